@@ -1,0 +1,23 @@
+//! Logging of refused requests that may be attacks, written once for every backend.
+
+use crate::error::LockError;
+use crate::id::ObjectId;
+use crate::token::LockToken;
+
+/// Logs a refused release or renew at `warn`: the object, the reason and a short token
+/// fingerprint, never the token. Backends call it for `NotHeld` and `TokenMismatch` outcomes.
+pub fn log_refusal(operation: &'static str, object: &ObjectId, token: &LockToken, error: &LockError) {
+    if matches!(
+        error,
+        LockError::NotHeld { .. } | LockError::TokenMismatch { .. }
+    ) {
+        tracing::warn!(
+            target: "lockd::audit",
+            operation,
+            object = %object,
+            token_fp = %token.fingerprint(),
+            reason = error.code(),
+            "refused {operation}: possible misuse or attack"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! Rust client for lockd's HTTP API; itself a LockService.

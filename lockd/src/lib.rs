@@ -1,0 +1,1 @@
+//! The lockd server.
