@@ -1,1 +1,151 @@
-//! placeholder
+//! # conformance-tests
+//!
+//! The one behaviour suite every lockd backend must pass: it is the definition of correct.
+//!
+//! Each check is a plain `pub async fn` taking `&dyn LockService` and the backend's
+//! [`Capabilities`]; it panics on failure. [`conformance_suite!`] expands to one named
+//! `#[tokio::test]` per check for a backend factory, so a new backend gets the whole suite in a
+//! few lines:
+//!
+//! ```ignore
+//! async fn memory() -> Option<std::sync::Arc<dyn lockcore::LockService>> {
+//!     Some(std::sync::Arc::new(backend_memory::MemoryLockService::new(
+//!         Default::default(),
+//!         lockcore::TokenIssuer::random(),
+//!     )))
+//! }
+//! conformance_tests::conformance_suite!(memory, conformance_tests::Capabilities::default());
+//! ```
+//!
+//! Every check names its objects under its own random prefix ([`Scope`]), so checks run in
+//! parallel against one shared Redis, Postgres or lockd. A factory returns `None` when the service
+//! it needs is absent, after calling [`skip_or_fail`]: the test then prints one loud `SKIP` line,
+//! or fails when `LOCKD_REQUIRE_BACKENDS=1` (as in CI).
+
+pub mod checks;
+mod scope;
+
+pub use scope::Scope;
+
+use lockcore::Limits;
+
+/// What a backend under test was configured with, where backends legitimately differ.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The limits the backend enforces (the invalid-argument checks probe just past them).
+    pub limits: Limits,
+    /// Whether waiters on one object in one process are served first-come first-served.
+    pub fifo_waiters: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            fifo_waiters: true,
+        }
+    }
+}
+
+impl Capabilities {
+    /// Capabilities with the given limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Capabilities with or without FIFO waiters.
+    pub fn with_fifo_waiters(mut self, fifo: bool) -> Self {
+        self.fifo_waiters = fifo;
+        self
+    }
+}
+
+/// Name of the environment variable that turns a skipped backend into a failure.
+pub const REQUIRE_BACKENDS_ENV: &str = "LOCKD_REQUIRE_BACKENDS";
+
+/// Whether missing backends must fail the run (`LOCKD_REQUIRE_BACKENDS=1`).
+pub fn backends_required() -> bool {
+    std::env::var(REQUIRE_BACKENDS_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Reports that `backend` cannot be tested here: one loud line on stderr, or a panic when
+/// [`backends_required`].
+pub fn skip_or_fail(backend: &str, why: &str) {
+    if backends_required() {
+        panic!("{backend} is required ({REQUIRE_BACKENDS_ENV}=1) but unavailable: {why}");
+    }
+    eprintln!(
+        "SKIP: {backend} tests skipped: {why} (set {REQUIRE_BACKENDS_ENV}=1 to make this a failure)"
+    );
+}
+
+/// Expands to one `#[tokio::test]` per conformance check.
+///
+/// `$factory` is the path of an `async fn() -> Option<Arc<dyn LockService>>`, called once per
+/// test; `$caps` an expression of type [`Capabilities`].
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:path, $caps:expr) => {
+        $crate::conformance_suite!(@tests $factory, $caps;
+            acquire_then_release_succeeds,
+            lease_carries_a_token_bound_to_its_fence,
+            second_owner_is_refused_while_held,
+            same_owner_is_refused_because_locks_are_not_reentrant,
+            release_of_an_unlocked_object_is_not_held,
+            release_with_another_holders_token_is_refused_and_lock_stays,
+            release_with_a_forged_token_is_refused_and_lock_stays,
+            malformed_tokens_are_refused_before_reaching_the_lock,
+            release_with_an_old_token_is_refused_and_lock_stays,
+            double_release_is_not_held,
+            release_returns_the_released_fence,
+            fences_increase_across_release,
+            fences_increase_across_expiry,
+            fences_are_independent_per_object_but_always_increase,
+            expiry_lets_another_owner_in,
+            expired_holder_cannot_release_and_new_holder_is_undisturbed,
+            expired_holder_cannot_renew,
+            renew_extends_the_lease_and_keeps_the_fence,
+            renew_of_an_unlocked_object_is_not_held,
+            renew_with_another_holders_token_is_refused,
+            validate_accepts_the_current_token,
+            validate_refuses_old_forged_and_foreign_tokens,
+            validate_refuses_after_expiry,
+            blocking_acquire_is_granted_promptly_on_release,
+            blocking_acquire_is_granted_on_expiry,
+            blocking_acquire_times_out_as_locked,
+            waiters_are_served_first_come_first_served,
+            a_waiter_that_times_out_does_not_block_the_next,
+            inspect_shows_the_holder_and_no_token,
+            inspect_of_a_free_object_is_none,
+            list_shows_holders_under_a_prefix_page_by_page,
+            list_leaves_out_released_and_expired_locks,
+            invalid_ttls_are_refused,
+            invalid_waits_are_refused,
+            invalid_ids_and_list_queries_are_refused,
+            objects_are_independent,
+        );
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn stress_holders_never_overlap_and_fences_increase() {
+            let Some(service) = $factory().await else {
+                return;
+            };
+            let caps: $crate::Capabilities = $caps;
+            $crate::checks::stress_holders_never_overlap_and_fences_increase(service, &caps).await;
+        }
+    };
+    (@tests $factory:path, $caps:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some(service) = $factory().await else {
+                    return;
+                };
+                let caps: $crate::Capabilities = $caps;
+                $crate::checks::$check(&*service, &caps).await;
+            }
+        )+
+    };
+}
