@@ -1,1 +1,15 @@
-//! Rust client for lockd's HTTP API; itself a LockService.
+#![doc = include_str!("../README.md")]
+
+mod client;
+mod config;
+mod events;
+mod guard;
+mod wire;
+
+pub use client::{LockdClient, MAX_EVENTS_LIMIT};
+pub use config::{ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_URL};
+pub use events::{Event, EventStream};
+pub use guard::{GuardOptions, LeaseGuard, LeaseState, LossReason};
+
+/// The name [`LockdClient`] reports as its backend, and puts in its `Unavailable` errors.
+pub const BACKEND: &str = "http";

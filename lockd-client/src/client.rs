@@ -1,0 +1,517 @@
+//! [`LockdClient`]: [`LockService`] over lockd's HTTP API.
+
+use std::fmt;
+use std::time::Duration;
+
+use lockcore::{
+    async_trait, Fence, Lease, ListQuery, LockError, LockInfo, LockPage, LockResult, LockService,
+    LockToken, ObjectId, OwnerId,
+};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Method, Url};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::events::{Event, EventStream, EventsResponse};
+use crate::wire::{
+    AcquireRequest, ErrorBody, GrantResponse, ListResponse, LockInfoBody, ObjectRequest,
+    ReleaseResponse, RenewRequest, TokenRequest, ValidateResponse,
+};
+use crate::{ClientConfig, BACKEND};
+
+/// The most events one [`LockdClient::events`] call may ask for.
+pub const MAX_EVENTS_LIMIT: usize = 10_000;
+
+/// A [`LockService`] that forwards every call to a lockd server over HTTP/JSON.
+///
+/// Cheap to clone (clones share one keep-alive connection pool); create one per process and
+/// share it. Every request has a deadline: [`ClientConfig::request_timeout`], plus the `wait` of
+/// a blocking acquire. A request that cannot connect or runs out of time is
+/// [`LockError::Unavailable`] with backend `http`.
+///
+/// A request that times out may still have been carried out by lockd. For an acquire that means
+/// the object can stay locked by a lease nobody knows the token of until its TTL runs out: safe
+/// (no one is told they hold it) but worth keeping TTLs short for.
+#[derive(Clone)]
+pub struct LockdClient {
+    http: reqwest::Client,
+    endpoints: std::sync::Arc<Endpoints>,
+    request_timeout: Duration,
+    url: String,
+}
+
+#[derive(Debug)]
+struct Endpoints {
+    acquire: Url,
+    release: Url,
+    renew: Url,
+    validate: Url,
+    inspect: Url,
+    locks: Url,
+    events: Url,
+    events_stream: Url,
+    readyz: Url,
+}
+
+impl fmt::Debug for LockdClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The API key lives only inside the HTTP client's default headers, marked sensitive.
+        f.debug_struct("LockdClient")
+            .field("url", &self.url)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockdClient {
+    /// A client for the server `config` names.
+    ///
+    /// Refuses a URL that is not `http://` or `https://` with a host, and an API key that cannot
+    /// be sent as a header, with [`LockError::InvalidArgument`]. Does not contact the server; use
+    /// [`LockService::health`] for that.
+    pub fn new(config: ClientConfig) -> LockResult<Self> {
+        let base = parse_base_url(&config.url)?;
+        let mut headers = HeaderMap::new();
+        if let Some(key) = &config.api_key {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                LockError::invalid_argument("api_key", "must be printable ASCII without newlines")
+            })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+            if base.scheme() == "http" && !is_loopback_host(&base) {
+                tracing::warn!(
+                    url = %base,
+                    "sending the lockd API key over plain http to a non-loopback host"
+                );
+            }
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("lockd-client/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(usize::MAX)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| LockError::Internal(format!("cannot build the HTTP client: {e}")))?;
+        let join = |path: &str| {
+            base.join(path).map_err(|e| {
+                LockError::invalid_argument("url", format!("cannot append {path}: {e}"))
+            })
+        };
+        let endpoints = Endpoints {
+            acquire: join("v1/locks/acquire")?,
+            release: join("v1/locks/release")?,
+            renew: join("v1/locks/renew")?,
+            validate: join("v1/locks/validate")?,
+            inspect: join("v1/locks/inspect")?,
+            locks: join("v1/locks")?,
+            events: join("v1/events")?,
+            events_stream: join("v1/events/stream")?,
+            readyz: join("readyz")?,
+        };
+        Ok(Self {
+            http,
+            endpoints: std::sync::Arc::new(endpoints),
+            request_timeout: config.request_timeout,
+            url: config.url,
+        })
+    }
+
+    /// The server URL this client talks to, as configured.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Up to `limit` events with a sequence number above `after` (all retained ones for `None`),
+    /// oldest first.
+    pub async fn events(&self, after: Option<u64>, limit: usize) -> LockResult<Vec<Event>> {
+        if limit == 0 || limit > MAX_EVENTS_LIMIT {
+            return Err(LockError::invalid_argument(
+                "limit",
+                format!("must be between 1 and {MAX_EVENTS_LIMIT}"),
+            ));
+        }
+        let mut url = self.endpoints.events.clone();
+        {
+            let mut pairs = url.query_pairs_mut();
+            if let Some(after) = after {
+                pairs.append_pair("after", &after.to_string());
+            }
+            pairs.append_pair("limit", &limit.to_string());
+        }
+        let response: EventsResponse = self
+            .call(Method::GET, url, None::<&()>, self.request_timeout, None)
+            .await?
+            .map_err(|(status, body)| body.into_lock_error(status, None))?;
+        Ok(response.events)
+    }
+
+    /// Follows lockd's live event stream, starting after sequence number `after` when given
+    /// (sent as `?after=` and `Last-Event-ID`). The stream has no overall deadline.
+    pub async fn event_stream(&self, after: Option<u64>) -> LockResult<EventStream> {
+        let mut url = self.endpoints.events_stream.clone();
+        let mut request = self.http.get(url.clone());
+        if let Some(after) = after {
+            url.query_pairs_mut()
+                .append_pair("after", &after.to_string());
+            request = self
+                .http
+                .get(url)
+                .header("Last-Event-ID", after.to_string());
+        }
+        let response = request
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        if !response.status().is_success() {
+            let body = response.bytes().await.map_err(transport_error)?;
+            return Err(ErrorBody::parse(status, &body).into_lock_error(status, None));
+        }
+        Ok(EventStream::new(response))
+    }
+
+    /// Sends one request; `Ok(Err(..))` is lockd's refusal (status and error body), `Err` a
+    /// transport failure or an unreadable success body.
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+        timeout: Duration,
+        object: Option<&ObjectId>,
+    ) -> LockResult<Result<R, (u16, ErrorBody)>> {
+        let mut request = self.http.request(method, url).timeout(timeout);
+        if let Some(body) = body {
+            let bytes = serde_json::to_vec(body)
+                .map_err(|e| LockError::Internal(format!("cannot encode the request: {e}")))?;
+            request = request
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(bytes);
+        }
+        let response = request.send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        if (200..300).contains(&status) {
+            let parsed = serde_json::from_slice(&bytes).map_err(|e| {
+                let what = object.map(|o| format!(" about {o}")).unwrap_or_default();
+                LockError::Internal(format!(
+                    "lockd answered{what} with a body this client does not understand: {e}"
+                ))
+            })?;
+            Ok(Ok(parsed))
+        } else {
+            Ok(Err((status, ErrorBody::parse(status, &bytes))))
+        }
+    }
+
+    /// [`Self::call`] for operations on one object, mapping refusals to [`LockError`].
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        url: &Url,
+        body: &B,
+        timeout: Duration,
+        object: &ObjectId,
+    ) -> LockResult<R> {
+        self.call(Method::POST, url.clone(), Some(body), timeout, Some(object))
+            .await?
+            .map_err(|(status, error)| error.into_lock_error(status, Some(object)))
+    }
+}
+
+#[async_trait]
+impl LockService for LockdClient {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn acquire(
+        &self,
+        object: &ObjectId,
+        owner: &OwnerId,
+        ttl: Duration,
+        wait: Duration,
+    ) -> LockResult<Lease> {
+        let body = AcquireRequest {
+            object: object.as_str(),
+            owner: owner.as_str(),
+            ttl_ms: ttl_millis(ttl)?,
+            wait_ms: ceil_millis(wait),
+        };
+        let timeout = self.request_timeout.saturating_add(wait);
+        let grant: GrantResponse = self
+            .post(&self.endpoints.acquire, &body, timeout, object)
+            .await?;
+        grant.into_lease()
+    }
+
+    async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
+        let body = TokenRequest {
+            object: object.as_str(),
+            token: token.expose(),
+        };
+        let released: ReleaseResponse = self
+            .post(&self.endpoints.release, &body, self.request_timeout, object)
+            .await?;
+        Ok(Fence(released.fence))
+    }
+
+    async fn renew(
+        &self,
+        object: &ObjectId,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> LockResult<Lease> {
+        let body = RenewRequest {
+            object: object.as_str(),
+            token: token.expose(),
+            ttl_ms: ttl_millis(ttl)?,
+        };
+        let grant: GrantResponse = self
+            .post(&self.endpoints.renew, &body, self.request_timeout, object)
+            .await?;
+        grant.into_lease()
+    }
+
+    async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
+        let body = TokenRequest {
+            object: object.as_str(),
+            token: token.expose(),
+        };
+        let valid: ValidateResponse = self
+            .post(&self.endpoints.validate, &body, self.request_timeout, object)
+            .await?;
+        valid.into_lease(token)
+    }
+
+    async fn inspect(&self, object: &ObjectId) -> LockResult<Option<LockInfo>> {
+        let body = ObjectRequest {
+            object: object.as_str(),
+        };
+        let answer: Result<LockInfoBody, _> = self
+            .call(
+                Method::POST,
+                self.endpoints.inspect.clone(),
+                Some(&body),
+                self.request_timeout,
+                Some(object),
+            )
+            .await?;
+        match answer {
+            Ok(info) => info.into_info().map(Some),
+            Err((_, error)) if error.code == "not_found" => Ok(None),
+            Err((status, error)) => Err(error.into_lock_error(status, Some(object))),
+        }
+    }
+
+    async fn list(&self, query: &ListQuery) -> LockResult<LockPage> {
+        query.check()?;
+        let mut url = self.endpoints.locks.clone();
+        {
+            let mut pairs = url.query_pairs_mut();
+            if !query.prefix.is_empty() {
+                pairs.append_pair("prefix", &query.prefix);
+            }
+            pairs.append_pair("limit", &query.limit.to_string());
+            if let Some(after) = &query.after {
+                pairs.append_pair("after", after);
+            }
+        }
+        let page: ListResponse = self
+            .call(Method::GET, url, None::<&()>, self.request_timeout, None)
+            .await?
+            .map_err(|(status, error)| error.into_lock_error(status, None))?;
+        Ok(LockPage {
+            locks: page
+                .locks
+                .into_iter()
+                .map(LockInfoBody::into_info)
+                .collect::<LockResult<_>>()?,
+            next: page.next,
+        })
+    }
+
+    /// Asks lockd's `/readyz`: succeeds when lockd is up and its backend reachable.
+    async fn health(&self) -> LockResult<()> {
+        let response = self
+            .http
+            .get(self.endpoints.readyz.clone())
+            .timeout(self.request_timeout)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        Err(LockError::unavailable(
+            BACKEND,
+            format!(
+                "lockd is not ready (HTTP {}): {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+            ),
+        ))
+    }
+}
+
+/// Checks and normalizes the base URL so that joining `v1/...` keeps any path prefix.
+fn parse_base_url(raw: &str) -> LockResult<Url> {
+    let mut url = Url::parse(raw.trim())
+        .map_err(|e| LockError::invalid_argument("url", format!("`{raw}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(LockError::invalid_argument(
+            "url",
+            format!("`{raw}` must start with http:// or https://"),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(LockError::invalid_argument(
+            "url",
+            format!("`{raw}` names no host"),
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(LockError::invalid_argument(
+            "url",
+            "must not carry credentials; set api_key instead",
+        ));
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// Whether the URL's host is a loopback address (or `localhost`).
+pub(crate) fn is_loopback_host(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// A TTL in whole milliseconds; sub-millisecond parts are refused as every backend refuses them.
+fn ttl_millis(ttl: Duration) -> LockResult<u64> {
+    if ttl.subsec_nanos() % 1_000_000 != 0 {
+        return Err(LockError::invalid_argument(
+            "ttl",
+            "must be a whole number of milliseconds",
+        ));
+    }
+    Ok(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A wait in milliseconds, rounded up so the caller waits at least as long as asked.
+fn ceil_millis(wait: Duration) -> u64 {
+    let ms = wait.as_millis() + u128::from(wait.subsec_nanos() % 1_000_000 != 0);
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// A failure to get an answer from lockd at all: always `Unavailable`, nothing was granted to us.
+fn transport_error(error: reqwest::Error) -> LockError {
+    let mut cause = if error.is_timeout() {
+        "lockd did not answer in time".to_owned()
+    } else if error.is_connect() {
+        "cannot connect to lockd".to_owned()
+    } else {
+        "request to lockd failed".to_owned()
+    };
+    let mut source: Option<&dyn std::error::Error> = Some(&error);
+    while let Some(err) = source {
+        cause.push_str(": ");
+        cause.push_str(&err.to_string());
+        source = err.source();
+    }
+    LockError::unavailable(BACKEND, cause)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_keep_their_path_prefix() {
+        let url = parse_base_url("https://proxy.example/lockd").unwrap();
+        assert_eq!(
+            url.join("v1/locks/acquire").unwrap().as_str(),
+            "https://proxy.example/lockd/v1/locks/acquire"
+        );
+        let url = parse_base_url("http://127.0.0.1:7070").unwrap();
+        assert_eq!(
+            url.join("v1/locks").unwrap().as_str(),
+            "http://127.0.0.1:7070/v1/locks"
+        );
+    }
+
+    #[test]
+    fn only_http_urls_with_a_host_are_accepted() {
+        for bad in [
+            "redis://127.0.0.1",
+            "127.0.0.1:7070",
+            "http://",
+            "",
+            "http://user:pw@host",
+        ] {
+            assert!(
+                matches!(
+                    LockdClient::new(ClientConfig::from_url(bad)),
+                    Err(LockError::InvalidArgument { field: "url", .. })
+                ),
+                "{bad} was accepted"
+            );
+        }
+        assert!(LockdClient::new(ClientConfig::from_url("https://locks.example")).is_ok());
+    }
+
+    #[test]
+    fn api_keys_must_fit_in_a_header_and_never_show_in_debug() {
+        let config = ClientConfig::from_url("http://127.0.0.1:7070").with_api_key("bad\nkey");
+        assert!(matches!(
+            LockdClient::new(config),
+            Err(LockError::InvalidArgument {
+                field: "api_key",
+                ..
+            })
+        ));
+        let config = ClientConfig::from_url("http://127.0.0.1:7070").with_api_key("k-123456");
+        let client = LockdClient::new(config).unwrap();
+        assert!(!format!("{client:?}").contains("k-123456"));
+        assert_eq!(client.backend(), "http");
+    }
+
+    #[test]
+    fn ttls_are_whole_milliseconds_and_waits_round_up() {
+        assert_eq!(ttl_millis(Duration::from_millis(1500)), Ok(1500));
+        assert!(matches!(
+            ttl_millis(Duration::from_micros(1500)),
+            Err(LockError::InvalidArgument { field: "ttl", .. })
+        ));
+        assert_eq!(ceil_millis(Duration::from_micros(1500)), 2);
+        assert_eq!(ceil_millis(Duration::ZERO), 0);
+        assert_eq!(ceil_millis(Duration::from_secs(2)), 2000);
+    }
+
+    #[test]
+    fn loopback_hosts_are_recognized() {
+        for (url, loopback) in [
+            ("http://127.0.0.1:1", true),
+            ("http://[::1]:1", true),
+            ("http://localhost:1", true),
+            ("http://10.0.0.1:1", false),
+            ("http://locks.example", false),
+        ] {
+            assert_eq!(is_loopback_host(&Url::parse(url).unwrap()), loopback, "{url}");
+        }
+    }
+}
