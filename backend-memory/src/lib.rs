@@ -1,1 +1,11 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod service;
+mod timers;
+
+pub use config::MemoryConfig;
+pub use service::{MemoryLockService, BACKEND};
+
+#[cfg(test)]
+mod tests;
