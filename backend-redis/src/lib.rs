@@ -1,1 +1,16 @@
-//! lockd backend on Redis: one Lua script round trip per operation, Redis's clock for expiry.
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod error;
+mod keys;
+mod listener;
+mod reply;
+mod scripts;
+mod service;
+
+pub use config::RedisConfig;
+pub use scripts::{acquire_script_source, release_script_source};
+pub use service::RedisLockService;
+
+/// The name this backend reports from [`lockcore::LockService::backend`].
+pub const BACKEND: &str = error::BACKEND;

@@ -1,0 +1,207 @@
+//! [`RedisConfig`]: where Redis is, how keys are named, and how long to wait for it.
+
+use std::fmt;
+use std::time::Duration;
+
+use lockcore::{LockError, Limits};
+
+/// How a [`RedisLockService`](crate::RedisLockService) reaches Redis and names its keys.
+///
+/// Deserializes with every field optional (`#[serde(default)]`); durations are whole
+/// milliseconds. `Debug` shows the URL with its password replaced by `***`.
+///
+/// ```
+/// use backend_redis::RedisConfig;
+/// let mut config = RedisConfig::from_url("redis://:hunter2@127.0.0.1:6379/0");
+/// config.key_prefix = "dfs-a:".into();
+/// assert!(!format!("{config:?}").contains("hunter2"));
+/// ```
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://...` for TLS
+    /// (default `redis://127.0.0.1:6379`).
+    pub url: String,
+    /// Prepended to every key and to the release channel (default `lockd:`). Several lock
+    /// namespaces can share one Redis under different prefixes. Must not contain `{` or `}`.
+    pub key_prefix: String,
+    /// The largest TTL and wait this backend accepts.
+    pub limits: Limits,
+    /// Longest wait for a connection to Redis, when connecting and reconnecting (default 5 s).
+    #[serde(with = "millis")]
+    pub connect_timeout: Duration,
+    /// Longest wait for one operation's answer; past it the operation fails as
+    /// `Unavailable` (default 2 s).
+    #[serde(with = "millis")]
+    pub operation_timeout: Duration,
+    /// How long an object's fence counter outlives its last lease (default 1 h). After that the
+    /// clock floor alone keeps fences increasing; the counter only guards against Redis's clock
+    /// stepping back. See the crate docs, "Fences".
+    #[serde(with = "millis")]
+    pub fence_retention: Duration,
+    /// How often the release listener pings its pub/sub connection to notice a dead link
+    /// (default 5 s).
+    #[serde(with = "millis")]
+    pub listener_ping_interval: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "lockd:".into(),
+            limits: Limits::default(),
+            connect_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(2),
+            fence_retention: Duration::from_secs(60 * 60),
+            listener_ping_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The defaults with `url`.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Refuses settings the backend cannot work with.
+    pub(crate) fn check(&self) -> Result<(), LockError> {
+        if self.key_prefix.contains(['{', '}']) {
+            return Err(LockError::invalid_argument(
+                "key_prefix",
+                "must not contain `{` or `}` (they delimit Redis hash tags)",
+            ));
+        }
+        if self.key_prefix.chars().any(char::is_control) {
+            return Err(LockError::invalid_argument(
+                "key_prefix",
+                "must not contain control characters",
+            ));
+        }
+        for (field, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("operation_timeout", self.operation_timeout),
+            ("listener_ping_interval", self.listener_ping_interval),
+        ] {
+            if value.is_zero() {
+                return Err(LockError::invalid_argument(field, "must be above zero"));
+            }
+        }
+        if self.fence_retention < Duration::from_millis(1) {
+            return Err(LockError::invalid_argument(
+                "fence_retention",
+                "must be at least 1 ms",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The URL with any password replaced by `***`, for logs and `Debug`.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+fn redact(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
+                return "<url with credentials>".into();
+            }
+            parsed.to_string()
+        }
+        // Unparseable: it may still hold a secret, so show nothing of it.
+        Err(_) => "<unparseable url>".into(),
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.redacted_url())
+            .field("key_prefix", &self.key_prefix)
+            .field("limits", &self.limits)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("fence_retention", &self.fence_retention)
+            .field("listener_ping_interval", &self.listener_ping_interval)
+            .finish()
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms = <u64 as serde::Deserialize>::deserialize(d)?;
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password_but_keeps_the_host() {
+        let config = RedisConfig::from_url("rediss://app:s3cret@redis.internal:6380/2");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("redis.internal:6380"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+    }
+
+    #[test]
+    fn debug_shows_nothing_of_an_unparseable_url() {
+        let config = RedisConfig::from_url("not a url :pw@");
+        assert!(!format!("{config:?}").contains("pw"));
+    }
+
+    #[test]
+    fn defaults_use_the_lockd_prefix() {
+        let config = RedisConfig::default();
+        assert_eq!(config.key_prefix, "lockd:");
+        assert!(config.check().is_ok());
+    }
+
+    #[test]
+    fn prefixes_with_hash_tag_braces_are_refused() {
+        let mut config = RedisConfig::default();
+        config.key_prefix = "a{b".into();
+        assert!(matches!(
+            config.check(),
+            Err(LockError::InvalidArgument {
+                field: "key_prefix",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let mut config = RedisConfig::default();
+        config.operation_timeout = Duration::ZERO;
+        assert!(config.check().is_err());
+    }
+
+    #[test]
+    fn every_field_is_optional_and_durations_are_milliseconds() {
+        let config: RedisConfig =
+            serde_json::from_str(r#"{"url":"redis://h:1","operation_timeout":250}"#)
+                .expect("valid config");
+        assert_eq!(config.url, "redis://h:1");
+        assert_eq!(config.operation_timeout, Duration::from_millis(250));
+        assert_eq!(config.key_prefix, "lockd:");
+        let back = serde_json::to_value(&config).expect("serializes");
+        assert_eq!(back["connect_timeout"], 5000);
+    }
+}

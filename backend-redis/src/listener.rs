@@ -1,0 +1,109 @@
+//! The release listener: one pub/sub connection per backend instance, waking local waiters.
+//!
+//! Release scripts `PUBLISH` the freed object on `{prefix}released`. The listener turns each
+//! message into [`WaitQueue::wake`]. When its connection drops (or stops answering pings) it
+//! reconnects with backoff and then calls [`WaitQueue::wake_all`], since releases published
+//! while it was away are lost. Expiries publish nothing: the head waiter's own timer, set to the
+//! holder's remaining TTL, covers them.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use lockcore::{LockError, ObjectId, WaitQueue};
+use redis::aio::PubSub;
+use redis::{Client, Value};
+
+use crate::error;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What the listener needs to (re)connect.
+#[derive(Debug, Clone)]
+pub(crate) struct Listener {
+    pub(crate) client: Client,
+    pub(crate) channel: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) operation_timeout: Duration,
+    pub(crate) ping_interval: Duration,
+}
+
+impl Listener {
+    /// Opens a pub/sub connection subscribed to the release channel.
+    pub(crate) async fn subscribe(&self) -> Result<PubSub, LockError> {
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(e)) => Err(error::from_redis("subscribe", &e)),
+            Err(_) => Err(error::timed_out("subscribe", self.connect_timeout)),
+        }
+    }
+
+    /// Serves `pubsub`, then reconnects whenever the connection is lost, until the wait queue
+    /// is gone (the backend was dropped) or the task is aborted.
+    pub(crate) async fn run(self, waits: Weak<WaitQueue>, mut pubsub: PubSub) {
+        loop {
+            self.serve(&waits, pubsub).await;
+            if waits.strong_count() == 0 {
+                return;
+            }
+            tracing::warn!(
+                target: "lockd::redis",
+                channel = %self.channel,
+                "release listener lost its Redis connection; reconnecting"
+            );
+            let mut backoff = MIN_BACKOFF;
+            pubsub = loop {
+                match self.subscribe().await {
+                    Ok(pubsub) => break pubsub,
+                    Err(e) => {
+                        tracing::debug!(target: "lockd::redis", error = %e, "release listener reconnect failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        if waits.strong_count() == 0 {
+                            return;
+                        }
+                    }
+                }
+            };
+            tracing::info!(target: "lockd::redis", "release listener reconnected");
+            // Releases published while we were away are lost: let every head waiter look.
+            if let Some(waits) = waits.upgrade() {
+                waits.wake_all();
+            }
+        }
+    }
+
+    /// Wakes waiters for every message until the connection ends or a ping goes unanswered.
+    async fn serve(&self, waits: &Weak<WaitQueue>, pubsub: PubSub) {
+        let (mut sink, mut stream) = pubsub.split();
+        let mut ticker = tokio::time::interval(self.ping_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                message = stream.next() => {
+                    let Some(message) = message else { return };
+                    let Some(waits) = waits.upgrade() else { return };
+                    let object = std::str::from_utf8(message.get_payload_bytes())
+                        .ok()
+                        .and_then(|name| ObjectId::new(name).ok());
+                    if let Some(object) = object {
+                        waits.wake(&object);
+                    }
+                }
+                _ = ticker.tick() => {
+                    let ping = tokio::time::timeout(self.operation_timeout, sink.ping::<Value>());
+                    if !matches!(ping.await, Ok(Ok(_))) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
