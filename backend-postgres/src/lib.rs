@@ -1,1 +1,13 @@
-//! lockd backend on PostgreSQL: one statement per operation, rows decided by row locking.
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod error;
+mod service;
+mod sql;
+mod tasks;
+
+pub use config::{PostgresConfig, MAX_SCHEMA_LEN};
+pub use service::PostgresLockService;
+
+/// The backend name reported by [`lockcore::LockService::backend`].
+pub const BACKEND: &str = error::BACKEND;

@@ -1,0 +1,107 @@
+//! Background work: the LISTEN task that wakes blocked acquires, and the reaper of free rows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockcore::{LockResult, ObjectId, WaitQueue};
+use sqlx::postgres::{PgListener, PgPool};
+
+use crate::error::from_sqlx;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Most rows one reaper statement deletes, so one pass never holds many row locks.
+const REAP_BATCH: i64 = 10_000;
+
+/// Connects the LISTEN connection and subscribes to `channel`.
+pub(crate) async fn start_listener(pool: &PgPool, channel: &str) -> LockResult<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await.map_err(from_sqlx)?;
+    listener.listen(channel).await.map_err(from_sqlx)?;
+    Ok(listener)
+}
+
+/// Wakes the head waiter of every object a release announces, for as long as the service lives.
+///
+/// When the connection drops, releases announced meanwhile are lost, so after reconnecting
+/// every head waiter is woken to look again. The task ends only when aborted (the service was
+/// dropped).
+pub(crate) async fn listen(mut listener: PgListener, channel: String, waits: Arc<WaitQueue>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                if let Ok(object) = ObjectId::new(notification.payload()) {
+                    waits.wake(&object);
+                }
+            }
+            // The connection was lost and (eager reconnect) re-established.
+            Ok(None) => {
+                tracing::warn!(target: "lockd::postgres", "LISTEN connection lost; reconnected");
+                waits.wake_all();
+            }
+            Err(error) => {
+                tracing::warn!(target: "lockd::postgres", %error, "LISTEN connection failed; reconnecting");
+                waits.wake_all();
+                let mut backoff = FIRST_BACKOFF;
+                loop {
+                    tokio::time::sleep(backoff).await;
+                    // `listen` reconnects if needed and re-subscribes every channel.
+                    match listener.listen(&channel).await {
+                        Ok(()) => break,
+                        Err(error) => {
+                            tracing::debug!(target: "lockd::postgres", %error, "LISTEN reconnect failed");
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                        }
+                    }
+                }
+                waits.wake_all();
+            }
+        }
+    }
+}
+
+/// Every `interval`, deletes rows free for longer than `older_than`.
+pub(crate) async fn reap(pool: PgPool, interval: Duration, older_than: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match reap_once(&pool, older_than).await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                tracing::debug!(target: "lockd::postgres", deleted, "reaped free lock rows")
+            }
+            Err(error) => {
+                tracing::warn!(target: "lockd::postgres", %error, "reaping free lock rows failed")
+            }
+        }
+    }
+}
+
+/// Deletes up to [`REAP_BATCH`] rows that were released or expired more than `older_than` ago
+/// by the database clock.
+///
+/// Safe for fencing: a row's fence is at most a few grants above the clock floor of the moment
+/// it was granted (see `lockd_acquire`), and the floor rises by 1024 per microsecond, so once a
+/// row has been free for `older_than` the floor is far above its fence and a fresh row for the
+/// same object starts above it. Rows are locked and re-checked (`FOR UPDATE SKIP LOCKED`), so a
+/// concurrent acquire either keeps its row or inserts a new one after the delete.
+pub(crate) async fn reap_once(pool: &PgPool, older_than: Duration) -> LockResult<u64> {
+    // Capped at ~100 years so the interval arithmetic cannot overflow.
+    let older_than_us = i64::try_from(older_than.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(100 * 366 * 86_400 * 1_000_000);
+    let done = sqlx::query(
+        "DELETE FROM locks WHERE object IN ( \
+             SELECT object FROM locks \
+             WHERE expires_at < clock_timestamp() - $1 * interval '1 microsecond' \
+             LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         AND expires_at < clock_timestamp() - $1 * interval '1 microsecond'",
+    )
+    .bind(older_than_us)
+    .bind(REAP_BATCH)
+    .execute(pool)
+    .await
+    .map_err(from_sqlx)?;
+    Ok(done.rows_affected())
+}
