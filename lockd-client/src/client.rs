@@ -20,7 +20,7 @@ use crate::wire::{
 use crate::{ClientConfig, BACKEND};
 
 /// The most events one [`LockdClient::events`] call may ask for.
-pub const MAX_EVENTS_LIMIT: usize = 10_000;
+pub const MAX_EVENTS_LIMIT: usize = 1000;
 
 /// A [`LockService`] that forwards every call to a lockd server over HTTP/JSON.
 ///
@@ -281,7 +281,12 @@ impl LockService for LockdClient {
             token: token.expose(),
         };
         let valid: ValidateResponse = self
-            .post(&self.endpoints.validate, &body, self.request_timeout, object)
+            .post(
+                &self.endpoints.validate,
+                &body,
+                self.request_timeout,
+                object,
+            )
             .await?;
         valid.into_lease(token)
     }
@@ -511,7 +516,11 @@ mod tests {
             ("http://10.0.0.1:1", false),
             ("http://locks.example", false),
         ] {
-            assert_eq!(is_loopback_host(&Url::parse(url).unwrap()), loopback, "{url}");
+            assert_eq!(
+                is_loopback_host(&Url::parse(url).unwrap()),
+                loopback,
+                "{url}"
+            );
         }
     }
 }

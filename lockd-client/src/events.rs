@@ -15,27 +15,29 @@ use crate::BACKEND;
 pub struct Event {
     /// Position in the log: strictly increasing; pass the last one seen as `after`.
     pub seq: u64,
-    /// What happened: `grant`, `release`, `renew`, `expire`, `refused` ... (as lockd names it).
+    /// What happened: `grant`, `release`, `renew`, `expiry` or `release_refused`.
     #[serde(alias = "type")]
     pub kind: String,
     /// When lockd recorded it (RFC 3339 text or Unix milliseconds on the wire).
     #[serde(
         default,
         alias = "timestamp",
-        alias = "time",
-        alias = "at_ms",
+        alias = "at",
         deserialize_with = "crate::wire::opt_time",
         serialize_with = "ser_time"
     )]
-    pub at: Option<SystemTime>,
+    pub time: Option<SystemTime>,
     /// The object concerned.
     pub object: String,
     /// The holder concerned, when there is one.
     #[serde(default)]
     pub owner: Option<String>,
-    /// The grant's fence, when there is one.
+    /// The grant's fence (for a refused release: the fence the presented token claims).
     #[serde(default)]
     pub fence: Option<u64>,
+    /// For a refused release: `not_held` or `token_mismatch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Any further fields lockd sends (the refusal reason, say), kept as JSON.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -147,9 +149,11 @@ fn parse_frame(frame: &[u8]) -> Option<LockResult<Event>> {
     if data.is_empty() {
         return None;
     }
-    Some(serde_json::from_str(&data).map_err(|e| {
-        LockError::Internal(format!("lockd sent an event that is not an event: {e}"))
-    }))
+    Some(
+        serde_json::from_str(&data).map_err(|e| {
+            LockError::Internal(format!("lockd sent an event that is not an event: {e}"))
+        }),
+    )
 }
 
 #[cfg(test)]
@@ -158,7 +162,7 @@ mod tests {
 
     #[test]
     fn frames_are_cut_at_blank_lines_and_comments_skipped() {
-        let mut buffer = b": keep-alive\n\nid: 3\nevent: grant\ndata: {\"seq\":3,\"kind\":\"grant\",\"object\":\"a\",\"owner\":\"o\",\"fence\":9,\"at\":1700000000000}\n\npartial".to_vec();
+        let mut buffer = b": keep-alive\n\nid: 3\nevent: grant\ndata: {\"seq\":3,\"kind\":\"grant\",\"object\":\"a\",\"owner\":\"o\",\"fence\":9,\"time\":1700000000000}\n\npartial".to_vec();
         let first = take_frame(&mut buffer).unwrap();
         assert!(parse_frame(&first).is_none());
         let second = take_frame(&mut buffer).unwrap();
@@ -167,7 +171,7 @@ mod tests {
         assert_eq!(event.kind, "grant");
         assert_eq!(event.owner.as_deref(), Some("o"));
         assert_eq!(event.fence, Some(9));
-        assert!(event.at.is_some());
+        assert!(event.time.is_some());
         assert_eq!(buffer, b"partial");
         assert!(take_frame(&mut buffer).is_none());
     }
@@ -175,11 +179,12 @@ mod tests {
     #[test]
     fn unknown_fields_are_kept() {
         let event: Event = serde_json::from_str(
-            r#"{"seq":1,"type":"refused","object":"a","reason":"token_mismatch","timestamp":"2026-01-01T00:00:00Z"}"#,
+            r#"{"seq":1,"type":"release_refused","object":"a","reason":"token_mismatch","time":"2026-01-01T00:00:00.123Z","extra":1}"#,
         )
         .unwrap();
-        assert_eq!(event.kind, "refused");
-        assert_eq!(event.extra["reason"], "token_mismatch");
-        assert!(event.at.is_some());
+        assert_eq!(event.kind, "release_refused");
+        assert_eq!(event.reason.as_deref(), Some("token_mismatch"));
+        assert_eq!(event.extra["extra"], 1);
+        assert!(event.time.is_some());
     }
 }

@@ -53,7 +53,10 @@ impl fmt::Display for LossReason {
             }
             LossReason::Expired {
                 last_error: Some(e),
-            } => write!(f, "lease ran out before a renewal succeeded (last error: {e})"),
+            } => write!(
+                f,
+                "lease ran out before a renewal succeeded (last error: {e})"
+            ),
         }
     }
 }
@@ -130,7 +133,10 @@ impl Schedule {
     fn new(options: &GuardOptions, lease: &Lease) -> LockResult<Self> {
         let ttl = options.ttl.unwrap_or(lease.ttl);
         if ttl.is_zero() {
-            return Err(LockError::invalid_argument("ttl", "a guarded lease needs a TTL"));
+            return Err(LockError::invalid_argument(
+                "ttl",
+                "a guarded lease needs a TTL",
+            ));
         }
         let every = options.renew_every.unwrap_or(ttl / 3);
         if every.is_zero() || every >= ttl {
@@ -143,7 +149,10 @@ impl Schedule {
             .retry_every
             .unwrap_or((ttl / 10).max(Duration::from_millis(10)));
         if retry.is_zero() {
-            return Err(LockError::invalid_argument("retry_every", "must be above zero"));
+            return Err(LockError::invalid_argument(
+                "retry_every",
+                "must be above zero",
+            ));
         }
         let margin = options.safety_margin.unwrap_or(ttl / 100);
         if margin >= ttl {
@@ -263,8 +272,7 @@ impl LeaseGuard {
         ttl: Duration,
         wait: Duration,
     ) -> LockResult<Self> {
-        Self::acquire_with_options(service, object, owner, ttl, wait, GuardOptions::default())
-            .await
+        Self::acquire_with_options(service, object, owner, ttl, wait, GuardOptions::default()).await
     }
 
     /// Acquires `object` and guards the lease with `options`.

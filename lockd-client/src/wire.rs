@@ -209,7 +209,10 @@ impl ErrorBody {
     /// | `internal`, anything else | `Internal` |
     pub(crate) fn into_lock_error(self, status: u16, object: Option<&ObjectId>) -> LockError {
         let message = if self.message.is_empty() {
-            format!("lockd refused the request with HTTP {status} ({})", self.code)
+            format!(
+                "lockd refused the request with HTTP {status} ({})",
+                self.code
+            )
         } else {
             self.message
         };
@@ -364,7 +367,10 @@ mod tests {
                 reason: "has the wrong length"
             }
         );
-        let err = map(400, r#"{"error":{"code":"invalid_token","message":"nope"}}"#);
+        let err = map(
+            400,
+            r#"{"error":{"code":"invalid_token","message":"nope"}}"#,
+        );
         assert!(matches!(err, LockError::InvalidToken { .. }));
     }
 
@@ -382,29 +388,71 @@ mod tests {
             400,
             r#"{"error":{"code":"invalid_argument","message":"bad","field":"wait_ms"}}"#,
         );
-        assert!(matches!(err, LockError::InvalidArgument { field: "wait", .. }), "{err:?}");
+        assert!(
+            matches!(err, LockError::InvalidArgument { field: "wait", .. }),
+            "{err:?}"
+        );
         let err = map(
             400,
             r#"{"error":{"code":"invalid_argument","message":"expected value at line 1"}}"#,
         );
-        assert!(matches!(err, LockError::InvalidArgument { field: "request", .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                LockError::InvalidArgument {
+                    field: "request",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn auth_and_size_errors_are_invalid_arguments() {
-        let err = map(401, r#"{"error":{"code":"unauthenticated","message":"missing key"}}"#);
-        assert!(matches!(err, LockError::InvalidArgument { field: "api_key", .. }), "{err:?}");
+        let err = map(
+            401,
+            r#"{"error":{"code":"unauthenticated","message":"missing key"}}"#,
+        );
+        assert!(
+            matches!(
+                err,
+                LockError::InvalidArgument {
+                    field: "api_key",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert!(!err.is_retryable());
-        let err = map(413, r#"{"error":{"code":"payload_too_large","message":"too big"}}"#);
-        assert!(matches!(err, LockError::InvalidArgument { field: "body", .. }), "{err:?}");
+        let err = map(
+            413,
+            r#"{"error":{"code":"payload_too_large","message":"too big"}}"#,
+        );
+        assert!(
+            matches!(err, LockError::InvalidArgument { field: "body", .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn unavailable_and_gateway_errors_are_retryable() {
-        let err = map(503, r#"{"error":{"code":"unavailable","message":"redis down"}}"#);
+        let err = map(
+            503,
+            r#"{"error":{"code":"unavailable","message":"redis down"}}"#,
+        );
         assert_eq!(err, LockError::unavailable("http", "redis down"));
         let err = map(502, "<html>Bad Gateway</html>");
-        assert!(matches!(err, LockError::Unavailable { backend: "http", .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                LockError::Unavailable {
+                    backend: "http",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert!(err.is_retryable());
     }
 
@@ -434,7 +482,10 @@ mod tests {
             info.acquired_at,
             UNIX_EPOCH + Duration::from_secs(1_767_225_600)
         );
-        assert_eq!(info.expires_at, UNIX_EPOCH + Duration::from_secs(1_767_225_605));
+        assert_eq!(
+            info.expires_at,
+            UNIX_EPOCH + Duration::from_secs(1_767_225_605)
+        );
 
         let before = SystemTime::now();
         let body: LockInfoBody =

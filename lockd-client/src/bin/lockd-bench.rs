@@ -1,1 +1,463 @@
-fn main() {}
+//! `lockd-bench`: drives a running lockd with N concurrent clients doing acquire+release pairs
+//! and reports pairs per second and latency percentiles.
+//!
+//! ```text
+//! lockd-bench --concurrency 50 --duration 10s                 # random objects, rarely contended
+//! lockd-bench --concurrency 50 --contended 4 --pairs 20000    # 50 clients fighting over 4 objects
+//! ```
+//!
+//! Each client has its own connection pool (so N clients hold N keep-alive connections, as
+//! `redis-benchmark -c N` does). A pair is one acquire followed, once granted, by its release;
+//! its latency runs from sending the acquire to receiving the release's answer. In contended
+//! mode acquires block (`--wait`, default 5 s) so pairs measure lock hand-over; elsewhere an
+//! acquire that finds the object locked counts as `locked` and is not a pair.
+//!
+//! Only loopback targets are accepted unless `--allow-remote` is given: a load generator pointed
+//! at a shared server by mistake hurts other people.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use lockcore::{LockError, LockService, ObjectId, OwnerId};
+use lockd_client::{ClientConfig, LockdClient};
+use rand::Rng;
+
+/// Load generator for lockd: concurrent acquire+release pairs, with pairs/s and latency.
+#[derive(Debug, Parser)]
+#[command(name = "lockd-bench", version)]
+struct Args {
+    /// lockd's URL.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    url: String,
+    /// API key, if lockd requires one.
+    #[arg(long, env = "LOCKD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Concurrent clients, each with its own connection.
+    #[arg(short = 'c', long, default_value_t = 50)]
+    concurrency: usize,
+    /// Stop after this long (e.g. `10s`); default 10 s unless `--pairs` is given.
+    #[arg(short = 'd', long, value_parser = humantime::parse_duration, conflicts_with = "pairs")]
+    duration: Option<Duration>,
+    /// Stop after this many acquire attempts (each granted one makes a pair).
+    #[arg(short = 'n', long)]
+    pairs: Option<u64>,
+    /// Contended mode: all clients use only this many objects (blocking acquires).
+    #[arg(long)]
+    contended: Option<usize>,
+    /// Number of distinct objects in uncontended mode (like redis-benchmark's `-r`).
+    #[arg(long, default_value_t = 100_000)]
+    objects: usize,
+    /// TTL of each lease.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// How long an acquire may block; default 0, or 5 s in contended mode.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    wait: Option<Duration>,
+    /// Unrequested warm-up time before measuring (connections opened, caches warm).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Allow a target that is not a loopback address.
+    #[arg(long)]
+    allow_remote: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one client measured.
+struct Tally {
+    pairs: Histogram<u64>,
+    acquires: Histogram<u64>,
+    releases: Histogram<u64>,
+    locked: u64,
+    errors: BTreeMap<&'static str, u64>,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn new() -> Result<Self, String> {
+        let histogram = || {
+            Histogram::new_with_bounds(1, 120_000_000, 3)
+                .map_err(|e| format!("cannot create a histogram: {e}"))
+        };
+        Ok(Self {
+            pairs: histogram()?,
+            acquires: histogram()?,
+            releases: histogram()?,
+            locked: 0,
+            errors: BTreeMap::new(),
+            first_error: None,
+        })
+    }
+
+    fn error(&mut self, error: &LockError) {
+        *self.errors.entry(error.code()).or_default() += 1;
+        self.first_error.get_or_insert_with(|| error.to_string());
+    }
+
+    fn merge(&mut self, other: Tally) {
+        // Histograms with equal bounds always merge.
+        let _ = self.pairs.add(&other.pairs);
+        let _ = self.acquires.add(&other.acquires);
+        let _ = self.releases.add(&other.releases);
+        self.locked += other.locked;
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// When to stop, shared by all clients.
+struct Plan {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    /// Acquire attempts still to make in `--pairs` mode.
+    budget: Option<AtomicU64>,
+    done: AtomicU64,
+}
+
+impl Plan {
+    /// Claims the right to start one more pair.
+    fn claim(&self) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        if !self.measuring.load(Ordering::Relaxed) {
+            return true;
+        }
+        match &self.budget {
+            None => true,
+            Some(budget) => budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok(),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+fn is_loopback(url: &str) -> Result<bool, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let host = parsed.host_str().unwrap_or("");
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn client_loop(
+    client: LockdClient,
+    worker: usize,
+    run: String,
+    space: usize,
+    ttl: Duration,
+    wait: Duration,
+    plan: Arc<Plan>,
+    tally: Arc<Mutex<Option<Tally>>>,
+) -> Result<(), String> {
+    let owner = OwnerId::new(format!("bench-{worker}")).map_err(|e| e.to_string())?;
+    let mut mine = Tally::new()?;
+    let mut measured_once = false;
+    while plan.claim() {
+        let measuring = plan.measuring.load(Ordering::Relaxed);
+        if measuring && !measured_once {
+            // Drop what was recorded during warm-up.
+            mine = Tally::new()?;
+            measured_once = true;
+        }
+        let n = rand::rng().random_range(0..space);
+        let object = ObjectId::new(format!("bench/{run}/{n}")).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let lease = match client.acquire(&object, &owner, ttl, wait).await {
+            Ok(lease) => lease,
+            Err(LockError::Locked { .. }) => {
+                mine.locked += 1;
+                continue;
+            }
+            Err(e) => {
+                mine.error(&e);
+                continue;
+            }
+        };
+        let acquired = Instant::now();
+        match client.release(&object, &lease.token).await {
+            Ok(_) => {
+                let finished = Instant::now();
+                let _ = mine.acquires.record(micros(acquired - started));
+                let _ = mine.releases.record(micros(finished - acquired));
+                let _ = mine.pairs.record(micros(finished - started));
+                if measuring {
+                    plan.done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => mine.error(&e),
+        }
+    }
+    let mut shared = tally.lock().map_err(|_| "a client panicked".to_owned())?;
+    match shared.as_mut() {
+        Some(total) => total.merge(mine),
+        None => *shared = Some(mine),
+    }
+    Ok(())
+}
+
+fn percentile(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+async fn run(args: Args) -> Result<bool, String> {
+    if args.concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    if !args.allow_remote && !is_loopback(&args.url)? {
+        return Err(format!(
+            "refusing to load {}: not a loopback address (pass --allow-remote if you mean it)",
+            args.url
+        ));
+    }
+    let space = match args.contended {
+        Some(0) => return Err("--contended must be at least 1".into()),
+        Some(k) => k,
+        None => args.objects.max(1),
+    };
+    let wait = args.wait.unwrap_or(if args.contended.is_some() {
+        Duration::from_secs(5)
+    } else {
+        Duration::ZERO
+    });
+    let duration = match (args.duration, args.pairs) {
+        (Some(d), _) => Some(d),
+        (None, None) => Some(Duration::from_secs(10)),
+        (None, Some(_)) => None,
+    };
+
+    let mut config = ClientConfig::from_url(&args.url);
+    config.api_key = args.api_key.clone();
+    let probe = LockdClient::new(config.clone()).map_err(|e| e.to_string())?;
+    probe
+        .health()
+        .await
+        .map_err(|e| format!("lockd at {} is not ready: {e}", args.url))?;
+
+    let run_id = format!("{:08x}", rand::rng().random::<u32>());
+    let plan = Arc::new(Plan {
+        measuring: AtomicBool::new(args.warmup.is_zero()),
+        stop: AtomicBool::new(false),
+        budget: args.pairs.map(AtomicU64::new),
+        done: AtomicU64::new(0),
+    });
+    let tally = Arc::new(Mutex::new(None));
+    let mut clients = Vec::with_capacity(args.concurrency);
+    for worker in 0..args.concurrency {
+        let client = LockdClient::new(config.clone()).map_err(|e| e.to_string())?;
+        clients.push(tokio::spawn(client_loop(
+            client,
+            worker,
+            run_id.clone(),
+            space,
+            args.ttl,
+            wait,
+            plan.clone(),
+            tally.clone(),
+        )));
+    }
+
+    if !args.warmup.is_zero() {
+        tokio::time::sleep(args.warmup).await;
+        plan.measuring.store(true, Ordering::Relaxed);
+    }
+    let started = Instant::now();
+    let bar = match (args.pairs, duration) {
+        (Some(pairs), _) => ProgressBar::new(pairs),
+        (None, Some(d)) => ProgressBar::new(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        (None, None) => ProgressBar::no_length(),
+    };
+    let template = if args.pairs.is_some() {
+        "{bar:40} {pos}/{len} pairs {msg}"
+    } else {
+        "{bar:40} {elapsed}/{duration} {msg}"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let done = plan.done.load(Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        bar.set_message(format!(
+            "{:.0} pairs/s",
+            done as f64 / elapsed.as_secs_f64()
+        ));
+        match (args.pairs, duration) {
+            (Some(pairs), _) => {
+                bar.set_position(done);
+                if done >= pairs || clients.iter().all(|c| c.is_finished()) {
+                    break;
+                }
+            }
+            (None, Some(d)) => {
+                bar.set_position(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+                if elapsed >= d {
+                    break;
+                }
+            }
+            (None, None) => break,
+        }
+    }
+    plan.stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client
+            .await
+            .map_err(|e| format!("a client task failed: {e}"))??;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+
+    let total = tally
+        .lock()
+        .map_err(|_| "a client panicked".to_owned())?
+        .take()
+        .ok_or("no client reported")?;
+    let pairs = total.pairs.len();
+    let rate = pairs as f64 / elapsed.as_secs_f64();
+    let errors: u64 = total.errors.values().sum();
+    let mode = match args.contended {
+        Some(k) => format!(
+            "contended on {k} objects, wait {}",
+            humantime::format_duration(wait)
+        ),
+        None => format!("random over {space} objects"),
+    };
+    if args.json {
+        let summary = serde_json::json!({
+            "url": args.url,
+            "concurrency": args.concurrency,
+            "mode": mode,
+            "seconds": elapsed.as_secs_f64(),
+            "pairs": pairs,
+            "pairs_per_sec": rate,
+            "locked": total.locked,
+            "errors": total.errors,
+            "pair_ms": {"p50": percentile(&total.pairs, 0.5), "p99": percentile(&total.pairs, 0.99), "p999": percentile(&total.pairs, 0.999), "max": total.pairs.max() as f64 / 1000.0},
+            "acquire_ms": {"p50": percentile(&total.acquires, 0.5), "p99": percentile(&total.acquires, 0.99), "p999": percentile(&total.acquires, 0.999)},
+            "release_ms": {"p50": percentile(&total.releases, 0.5), "p99": percentile(&total.releases, 0.99), "p999": percentile(&total.releases, 0.999)},
+        });
+        println!("{summary}");
+    } else {
+        println!(
+            "lockd-bench: {} clients against {} ({mode})",
+            args.concurrency, args.url
+        );
+        println!(
+            "  {pairs} pairs in {:.2} s = {rate:.0} pairs/s ({:.0} requests/s)",
+            elapsed.as_secs_f64(),
+            rate * 2.0
+        );
+        for (name, h) in [
+            ("pair", &total.pairs),
+            ("acquire", &total.acquires),
+            ("release", &total.releases),
+        ] {
+            println!(
+                "  {name:>7} latency ms: p50 {:.3}  p99 {:.3}  p999 {:.3}  max {:.3}",
+                percentile(h, 0.5),
+                percentile(h, 0.99),
+                percentile(h, 0.999),
+                h.max() as f64 / 1000.0
+            );
+        }
+        println!("  acquires refused as locked: {}", total.locked);
+        if errors > 0 {
+            println!("  errors: {:?}", total.errors);
+        }
+    }
+    if let Some(first) = &total.first_error {
+        eprintln!("lockd-bench: {errors} requests failed; first: {first}");
+    }
+    Ok(errors == 0)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("lockd-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("lockd-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets_pass_the_check() {
+        assert_eq!(is_loopback("http://127.0.0.1:7070"), Ok(true));
+        assert_eq!(is_loopback("http://[::1]:7070"), Ok(true));
+        assert_eq!(is_loopback("http://localhost:7070"), Ok(true));
+        assert_eq!(is_loopback("http://10.1.2.3:7070"), Ok(false));
+        assert_eq!(is_loopback("https://locks.example"), Ok(false));
+        assert!(is_loopback("not a url").is_err());
+    }
+
+    #[test]
+    fn a_pair_budget_is_shared_exactly() {
+        let plan = Plan {
+            measuring: AtomicBool::new(true),
+            stop: AtomicBool::new(false),
+            budget: Some(AtomicU64::new(3)),
+            done: AtomicU64::new(0),
+        };
+        assert!(plan.claim() && plan.claim() && plan.claim());
+        assert!(!plan.claim());
+    }
+
+    #[test]
+    fn arguments_parse() {
+        let args = Args::try_parse_from([
+            "lockd-bench",
+            "-c",
+            "8",
+            "--contended",
+            "2",
+            "--pairs",
+            "100",
+            "--ttl",
+            "5s",
+        ])
+        .unwrap();
+        assert_eq!(args.concurrency, 8);
+        assert_eq!(args.contended, Some(2));
+        assert_eq!(args.pairs, Some(100));
+        assert_eq!(args.ttl, Duration::from_secs(5));
+        assert!(Args::try_parse_from(["lockd-bench", "--pairs", "1", "--duration", "1s"]).is_err());
+    }
+}

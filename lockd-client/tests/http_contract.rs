@@ -1,0 +1,458 @@
+//! The client against a scripted HTTP server: what it sends, how it reads lockd's answers, and
+//! how it fails when lockd is slow or absent. (The real server is exercised by
+//! `lockd/tests/client_*.rs`.)
+
+#![allow(clippy::unwrap_used)] // Test helpers panic on setup failures by design.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockcore::{
+    Fence, ListQuery, LockError, LockService, LockToken, ObjectId, OwnerId, TokenIssuer,
+};
+use lockd_client::{ClientConfig, LockdClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One request as the scripted server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    headers: HashMap<String, String>,
+    body: serde_json::Value,
+}
+
+/// The scripted answer: status, body, and how long to wait before sending it.
+type Script = dyn Fn(&Seen) -> (u16, String, Duration) + Send + Sync;
+
+struct FakeLockd {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl FakeLockd {
+    async fn start(
+        script: impl Fn(&Seen) -> (u16, String, Duration) + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let script: Arc<Script> = Arc::new(script);
+        let (seen2, connections2) = (seen.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                connections2.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, seen2.clone(), script.clone()));
+            }
+        });
+        Self {
+            url,
+            seen,
+            connections,
+        }
+    }
+
+    fn client(&self) -> LockdClient {
+        LockdClient::new(ClientConfig::from_url(&self.url)).unwrap()
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Answers HTTP/1.1 requests on one connection until the client closes it.
+async fn serve(mut stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, script: Arc<Script>) {
+    let mut buffer = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(pos) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let mut start = lines.next().unwrap_or("").split(' ');
+        let method = start.next().unwrap_or("").to_owned();
+        let target = start.next().unwrap_or("").to_owned();
+        let headers: HashMap<String, String> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        buffer.drain(..head_end + 4);
+        while buffer.len() < length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: Vec<u8> = buffer.drain(..length).collect();
+        let request = Seen {
+            method,
+            target,
+            headers,
+            body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        };
+        seen.lock().unwrap().push(request.clone());
+        let (status, body, delay) = script(&request);
+        tokio::time::sleep(delay).await;
+        let response = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn token(object: &str, owner: &str, fence: u64) -> LockToken {
+    let issuer = TokenIssuer::random();
+    issuer.seal(
+        issuer.prepare(),
+        &ObjectId::new(object).unwrap(),
+        &OwnerId::new(owner).unwrap(),
+        Fence(fence),
+    )
+}
+
+fn grant_body(object: &str, owner: &str, fence: u64, ttl_ms: u64) -> String {
+    serde_json::json!({
+        "object": object,
+        "owner": owner,
+        "token": token(object, owner, fence).expose(),
+        "fence": fence,
+        "ttl_ms": ttl_ms,
+    })
+    .to_string()
+}
+
+fn names() -> (ObjectId, OwnerId) {
+    (
+        ObjectId::new("/vol/a").unwrap(),
+        OwnerId::new("node-1").unwrap(),
+    )
+}
+
+/// An acquire is a JSON POST to /v1/locks/acquire carrying the API key and every field.
+#[tokio::test]
+async fn acquire_posts_json_with_the_api_key() {
+    let lockd = FakeLockd::start(|_| {
+        (
+            200,
+            grant_body("/vol/a", "node-1", 77, 30_000),
+            Duration::ZERO,
+        )
+    })
+    .await;
+    let config = ClientConfig::from_url(&lockd.url).with_api_key("key-1");
+    let client = LockdClient::new(config).unwrap();
+    let (object, owner) = names();
+
+    let lease = client
+        .acquire(
+            &object,
+            &owner,
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(lease.object, object);
+    assert_eq!(lease.owner, owner);
+    assert_eq!(lease.fence, Fence(77));
+    assert_eq!(lease.ttl, Duration::from_secs(30));
+    let seen = lockd.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].target, "/v1/locks/acquire");
+    assert_eq!(seen[0].headers["authorization"], "Bearer key-1");
+    assert_eq!(seen[0].headers["content-type"], "application/json");
+    assert_eq!(
+        seen[0].body,
+        serde_json::json!({"object": "/vol/a", "owner": "node-1", "ttl_ms": 30000, "wait_ms": 250})
+    );
+}
+
+/// Release, renew and validate send the token and read the fence and lease back.
+#[tokio::test]
+async fn release_renew_and_validate_send_the_token() {
+    let lockd = FakeLockd::start(|seen| {
+        let body = match seen.target.as_str() {
+            "/v1/locks/release" => r#"{"object":"/vol/a","fence":9}"#.to_owned(),
+            "/v1/locks/renew" => grant_body("/vol/a", "node-1", 9, 5_000),
+            _ => r#"{"object":"/vol/a","owner":"node-1","fence":9,"ttl_ms":4200}"#.to_owned(),
+        };
+        (200, body, Duration::ZERO)
+    })
+    .await;
+    let client = lockd.client();
+    let (object, _) = names();
+    let token = token("/vol/a", "node-1", 9);
+
+    let renewed = client
+        .renew(&object, &token, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (renewed.fence, renewed.ttl),
+        (Fence(9), Duration::from_secs(5))
+    );
+    let valid = client.validate(&object, &token).await.unwrap();
+    assert_eq!(valid.token, token, "validate keeps the caller's token");
+    assert_eq!(valid.ttl, Duration::from_millis(4200));
+    assert_eq!(client.release(&object, &token).await.unwrap(), Fence(9));
+
+    let seen = lockd.seen();
+    let targets: Vec<_> = seen.iter().map(|s| s.target.as_str()).collect();
+    assert_eq!(
+        targets,
+        ["/v1/locks/renew", "/v1/locks/validate", "/v1/locks/release"]
+    );
+    for request in &seen {
+        assert_eq!(request.body["token"], token.expose());
+        assert_eq!(request.body["object"], "/vol/a");
+    }
+    assert_eq!(seen[0].body["ttl_ms"], 5000);
+}
+
+/// A refusal in lockd's envelope comes back as the same LockError an embedded backend returns.
+#[tokio::test]
+async fn refusals_come_back_as_lock_errors() {
+    let lockd = FakeLockd::start(|_| {
+        (
+            409,
+            r#"{"error":{"code":"locked","message":"locked","holder":"node-2","retry_after_ms":1234}}"#.to_owned(),
+            Duration::ZERO,
+        )
+    })
+    .await;
+    let (object, owner) = names();
+    let err = lockd
+        .client()
+        .acquire(&object, &owner, Duration::from_secs(1), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        LockError::Locked {
+            object,
+            holder: OwnerId::new("node-2").unwrap(),
+            retry_after: Duration::from_millis(1234),
+        }
+    );
+}
+
+/// Inspecting an unlocked object is `None` (lockd answers 404 not_found).
+#[tokio::test]
+async fn inspect_of_an_unlocked_object_is_none() {
+    let lockd = FakeLockd::start(|_| {
+        (
+            404,
+            r#"{"error":{"code":"not_found","message":"not locked"}}"#.to_owned(),
+            Duration::ZERO,
+        )
+    })
+    .await;
+    let (object, _) = names();
+    assert_eq!(lockd.client().inspect(&object).await.unwrap(), None);
+}
+
+/// A listing sends prefix, limit and cursor as query parameters and reads the page back.
+#[tokio::test]
+async fn list_sends_its_query_and_reads_the_page() {
+    let lockd = FakeLockd::start(|_| {
+        (
+            200,
+            r#"{"locks":[{"object":"/vol/a b","owner":"o","fence":3,"ttl_ms":900,"acquired_at":"2026-01-01T00:00:00.000Z","expires_at":"2026-01-01T00:00:01.000Z"}],"next":"/vol/a b"}"#.to_owned(),
+            Duration::ZERO,
+        )
+    })
+    .await;
+    let mut query = ListQuery::new("/vol/a b&c", 1);
+    query.after = Some("/vol/0".into());
+    let page = lockd.client().list(&query).await.unwrap();
+    assert_eq!(page.locks.len(), 1);
+    assert_eq!(page.locks[0].object.as_str(), "/vol/a b");
+    assert_eq!(page.locks[0].fence, Fence(3));
+    assert_eq!(page.next.as_deref(), Some("/vol/a b"));
+    let seen = lockd.seen();
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(
+        seen[0].target,
+        "/v1/locks?prefix=%2Fvol%2Fa+b%26c&limit=1&after=%2Fvol%2F0"
+    );
+}
+
+/// A listing lockd would refuse is refused locally with the same error.
+#[tokio::test]
+async fn list_checks_its_query_before_sending() {
+    let lockd = FakeLockd::start(|_| (500, String::new(), Duration::ZERO)).await;
+    let err = lockd
+        .client()
+        .list(&ListQuery::new("", 0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LockError::InvalidArgument { field: "limit", .. }),
+        "{err:?}"
+    );
+    assert!(lockd.seen().is_empty());
+}
+
+/// A blocking acquire's deadline is its wait plus the request timeout; anything else that takes
+/// longer than the request timeout is `Unavailable`.
+#[tokio::test]
+async fn a_blocking_acquire_gets_its_wait_on_top_of_the_request_timeout() {
+    let lockd = FakeLockd::start(|_| {
+        (
+            200,
+            grant_body("/vol/a", "node-1", 5, 1_000),
+            Duration::from_millis(700),
+        )
+    })
+    .await;
+    let config =
+        ClientConfig::from_url(&lockd.url).with_request_timeout(Duration::from_millis(300));
+    let client = LockdClient::new(config).unwrap();
+    let (object, owner) = names();
+
+    let lease = client
+        .acquire(
+            &object,
+            &owner,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lease.fence, Fence(5));
+
+    let err = client
+        .acquire(&object, &owner, Duration::from_secs(1), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LockError::Unavailable { backend: "http", cause } if cause.contains("in time")),
+        "{err:?}"
+    );
+}
+
+/// No server listening is `Unavailable`, never a grant.
+#[tokio::test]
+async fn an_absent_server_is_unavailable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let client = LockdClient::new(ClientConfig::from_url(url)).unwrap();
+    let (object, owner) = names();
+    let err = client
+        .acquire(&object, &owner, Duration::from_secs(1), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LockError::Unavailable {
+                backend: "http",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    assert!(matches!(
+        client.health().await,
+        Err(LockError::Unavailable { .. })
+    ));
+}
+
+/// A proxy's error page instead of lockd's envelope is still a typed error.
+#[tokio::test]
+async fn a_proxy_error_page_is_unavailable() {
+    let lockd =
+        FakeLockd::start(|_| (502, "<html>bad gateway</html>".to_owned(), Duration::ZERO)).await;
+    let (object, token) = (names().0, token("/vol/a", "node-1", 1));
+    let err = lockd.client().release(&object, &token).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LockError::Unavailable {
+                backend: "http",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// A success body the client cannot read is `Internal`, not a made-up lease.
+#[tokio::test]
+async fn an_unreadable_success_is_internal() {
+    let lockd =
+        FakeLockd::start(|_| (200, r#"{"object":"/vol/a"}"#.to_owned(), Duration::ZERO)).await;
+    let (object, owner) = names();
+    let err = lockd
+        .client()
+        .acquire(&object, &owner, Duration::from_secs(1), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::Internal(_)), "{err:?}");
+}
+
+/// Sequential requests reuse one kept-alive connection.
+#[tokio::test]
+async fn requests_reuse_a_kept_alive_connection() {
+    let lockd = FakeLockd::start(|_| {
+        (
+            200,
+            r#"{"object":"/vol/a","owner":"o","fence":1,"ttl_ms":10}"#.to_owned(),
+            Duration::ZERO,
+        )
+    })
+    .await;
+    let client = lockd.client();
+    let (object, _) = names();
+    for _ in 0..10 {
+        assert!(client.inspect(&object).await.unwrap().is_some());
+    }
+    assert_eq!(lockd.seen().len(), 10);
+    assert_eq!(lockd.connections.load(Ordering::SeqCst), 1);
+}
+
+/// The event log is read with `after` and `limit` and keeps every field lockd sends.
+#[tokio::test]
+async fn events_are_read_after_a_sequence_number() {
+    let lockd = FakeLockd::start(|_| {
+        (
+            200,
+            r#"{"events":[{"seq":8,"time":"2026-01-01T00:00:00.000Z","kind":"release_refused","object":"/vol/a","owner":null,"fence":4,"reason":"token_mismatch"}]}"#.to_owned(),
+            Duration::ZERO,
+        )
+    })
+    .await;
+    let events = lockd.client().events(Some(7), 50).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].seq, 8);
+    assert_eq!(events[0].kind, "release_refused");
+    assert_eq!(events[0].reason.as_deref(), Some("token_mismatch"));
+    assert_eq!(events[0].owner, None);
+    assert!(events[0].time.is_some());
+    assert_eq!(lockd.seen()[0].target, "/v1/events?after=7&limit=50");
+}
