@@ -1,0 +1,682 @@
+//! The HTTP/JSON API: routes, request and response bodies, extractors that answer in the error
+//! envelope, and authentication.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lockcore::{Lease, ListQuery, LockError, LockInfo, LockService, LockToken, ObjectId, OwnerId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::ApiError;
+use crate::events::{Event, EventKind, EventLog, NewEvent, MAX_EVENTS_PAGE};
+use crate::expiry::ExpiryTracker;
+use crate::metrics::Metrics;
+
+/// Default page size of `GET /v1/locks` and `GET /v1/events`.
+pub(crate) const DEFAULT_PAGE: usize = 100;
+
+/// Accepted API keys, kept as SHA-256 digests and compared in constant time.
+#[derive(Debug, Default)]
+pub(crate) struct ApiKeys {
+    digests: Vec<[u8; 32]>,
+}
+
+impl ApiKeys {
+    pub(crate) fn new(keys: &[String]) -> Self {
+        Self {
+            digests: keys.iter().map(|k| digest(k.as_bytes())).collect(),
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        !self.digests.is_empty()
+    }
+
+    /// Whether `presented` is one of the keys. Hashing first makes the comparison independent
+    /// of the keys' lengths; every key is compared, with no early exit.
+    fn accepts(&self, presented: &[u8]) -> bool {
+        let presented = digest(presented);
+        let mut found = subtle::Choice::from(0);
+        for key in &self.digests {
+            found |= key.ct_eq(&presented);
+        }
+        found.into()
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"lockd/api-key/v1");
+    hasher.update(bytes);
+    hasher.finalize().into()
+}
+
+/// Everything the handlers share.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) service: Arc<dyn LockService>,
+    pub(crate) events: Arc<EventLog>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) tracker: Arc<ExpiryTracker>,
+    pub(crate) keys: Arc<ApiKeys>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Builds the router: `/v1/...` (authenticated when keys are configured), `/metrics`,
+/// `/healthz`, `/readyz`.
+pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let v1 = Router::new()
+        .route("/locks/acquire", post(acquire))
+        .route("/locks/release", post(release))
+        .route("/locks/renew", post(renew))
+        .route("/locks/validate", post(validate))
+        .route("/locks/inspect", post(inspect))
+        .route("/locks", get(list))
+        .route("/events", get(events))
+        .route("/events/stream", get(stream))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.keys.enabled() {
+        let presented = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, key) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+            });
+        let ok = presented.is_some_and(|key| state.keys.accepts(key.as_bytes()));
+        if !ok {
+            tracing::warn!(
+                target: "lockd::audit",
+                path = %request.uri().path(),
+                key_present = presented.is_some(),
+                "refused request: missing or unknown API key"
+            );
+            return ApiError::Unauthenticated.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extractors answering in the envelope.
+
+/// A JSON body: wrong content type, bad JSON, missing or mistyped fields are `400
+/// invalid_argument`; a body over the limit is `413 payload_too_large`.
+#[derive(Debug)]
+pub(crate) struct ApiJson<T>(pub(crate) T);
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::BadRequest(
+                "expected a JSON body with Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("request body is larger than the server accepts".into())
+            } else {
+                ApiError::BadRequest(format!("cannot read the request body: {}", rejection.body_text()))
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Query parameters; anything unparsable is `400 invalid_argument`.
+#[derive(Debug)]
+pub(crate) struct ApiQuery<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies.
+
+#[derive(Debug, Deserialize)]
+struct AcquireRequest {
+    object: String,
+    owner: String,
+    ttl_ms: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenRequest {
+    object: String,
+    token: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RenewRequest {
+    object: String,
+    token: String,
+    ttl_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct InspectRequest {
+    object: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ListParams {
+    prefix: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct EventParams {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// What acquire and renew return.
+#[derive(Debug, Serialize)]
+struct LeaseBody {
+    object: String,
+    owner: String,
+    token: String,
+    fence: u64,
+    ttl_ms: u64,
+}
+
+/// What validate, inspect and list return per lock: never a token.
+#[derive(Debug, Serialize)]
+struct LockBody {
+    object: String,
+    owner: String,
+    fence: u64,
+    ttl_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acquired_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ReleaseBody {
+    object: String,
+    fence: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ListBody {
+    locks: Vec<LockBody>,
+    next: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct EventsBody {
+    events: Vec<Event>,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<&Lease> for LeaseBody {
+    fn from(lease: &Lease) -> Self {
+        Self {
+            object: lease.object.to_string(),
+            owner: lease.owner.to_string(),
+            token: lease.token.expose().to_owned(),
+            fence: lease.fence.get(),
+            ttl_ms: ms(lease.ttl),
+        }
+    }
+}
+
+impl From<&Lease> for LockBody {
+    fn from(lease: &Lease) -> Self {
+        Self {
+            object: lease.object.to_string(),
+            owner: lease.owner.to_string(),
+            fence: lease.fence.get(),
+            ttl_ms: ms(lease.ttl),
+            acquired_at: None,
+            expires_at: None,
+        }
+    }
+}
+
+impl From<&LockInfo> for LockBody {
+    fn from(info: &LockInfo) -> Self {
+        Self {
+            object: info.object.to_string(),
+            owner: info.owner.to_string(),
+            fence: info.fence.get(),
+            ttl_ms: ms(info.ttl),
+            acquired_at: Some(humantime::format_rfc3339_millis(info.acquired_at).to_string()),
+            expires_at: Some(humantime::format_rfc3339_millis(info.expires_at).to_string()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers.
+
+/// Runs one lock operation, recording its outcome and latency.
+async fn timed<T, F>(state: &AppState, operation: &'static str, work: F) -> Result<T, ApiError>
+where
+    F: Future<Output = Result<T, ApiError>>,
+{
+    let started = Instant::now();
+    let result = work.await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    state.metrics.observe(operation, outcome, started.elapsed());
+    result
+}
+
+struct WaiterGuard<'a>(&'a Metrics);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.add_waiters(-1);
+    }
+}
+
+fn record(state: &AppState, event: NewEvent) {
+    state.events.record(event);
+    state.metrics.event();
+}
+
+async fn acquire(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<AcquireRequest>,
+) -> Result<Json<LeaseBody>, ApiError> {
+    timed(&state, "acquire", async {
+        let object = ObjectId::new(&request.object)?;
+        let owner = OwnerId::new(&request.owner)?;
+        let ttl = Duration::from_millis(request.ttl_ms);
+        let wait = Duration::from_millis(request.wait_ms);
+        let _waiting = (!wait.is_zero()).then(|| {
+            state.metrics.add_waiters(1);
+            WaiterGuard(&state.metrics)
+        });
+        let lease = state.service.acquire(&object, &owner, ttl, wait).await?;
+        state.tracker.granted(&lease);
+        record(
+            &state,
+            NewEvent {
+                kind: EventKind::Grant,
+                object: lease.object.clone(),
+                owner: Some(lease.owner.clone()),
+                fence: lease.fence,
+                reason: None,
+            },
+        );
+        Ok(Json(LeaseBody::from(&lease)))
+    })
+    .await
+}
+
+async fn release(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<TokenRequest>,
+) -> Result<Json<ReleaseBody>, ApiError> {
+    timed(&state, "release", async {
+        let object = ObjectId::new(&request.object)?;
+        let token = LockToken::parse(&request.token)?;
+        match state.service.release(&object, &token).await {
+            Ok(fence) => {
+                let owner = state.tracker.released(&object, fence);
+                record(
+                    &state,
+                    NewEvent {
+                        kind: EventKind::Release,
+                        object: object.clone(),
+                        owner,
+                        fence,
+                        reason: None,
+                    },
+                );
+                Ok(Json(ReleaseBody {
+                    object: object.to_string(),
+                    fence: fence.get(),
+                }))
+            }
+            Err(e @ (LockError::NotHeld { .. } | LockError::TokenMismatch { .. })) => {
+                state.metrics.refused_release(e.code());
+                record(
+                    &state,
+                    NewEvent {
+                        kind: EventKind::ReleaseRefused,
+                        object,
+                        owner: None,
+                        fence: token.fence(),
+                        reason: Some(e.code()),
+                    },
+                );
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+}
+
+async fn renew(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<RenewRequest>,
+) -> Result<Json<LeaseBody>, ApiError> {
+    timed(&state, "renew", async {
+        let object = ObjectId::new(&request.object)?;
+        let token = LockToken::parse(&request.token)?;
+        let ttl = Duration::from_millis(request.ttl_ms);
+        let lease = state.service.renew(&object, &token, ttl).await?;
+        state.tracker.renewed(&lease);
+        record(
+            &state,
+            NewEvent {
+                kind: EventKind::Renew,
+                object: lease.object.clone(),
+                owner: Some(lease.owner.clone()),
+                fence: lease.fence,
+                reason: None,
+            },
+        );
+        Ok(Json(LeaseBody::from(&lease)))
+    })
+    .await
+}
+
+async fn validate(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<TokenRequest>,
+) -> Result<Json<LockBody>, ApiError> {
+    timed(&state, "validate", async {
+        let object = ObjectId::new(&request.object)?;
+        let token = LockToken::parse(&request.token)?;
+        let lease = state.service.validate(&object, &token).await?;
+        Ok(Json(LockBody::from(&lease)))
+    })
+    .await
+}
+
+async fn inspect(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<InspectRequest>,
+) -> Result<Json<LockBody>, ApiError> {
+    timed(&state, "inspect", async {
+        let object = ObjectId::new(&request.object)?;
+        match state.service.inspect(&object).await? {
+            Some(info) => Ok(Json(LockBody::from(&info))),
+            None => Err(ApiError::NotFound(format!("object {object} is not locked"))),
+        }
+    })
+    .await
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<ListBody>, ApiError> {
+    timed(&state, "list", async {
+        let query = ListQuery {
+            prefix: params.prefix.unwrap_or_default(),
+            limit: params.limit.unwrap_or(DEFAULT_PAGE),
+            after: params.after.filter(|a| !a.is_empty()),
+        };
+        query.check()?;
+        let page = state.service.list(&query).await?;
+        Ok(Json(ListBody {
+            locks: page.locks.iter().map(LockBody::from).collect(),
+            next: page.next,
+        }))
+    })
+    .await
+}
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_EVENTS_PAGE {
+        return Err(LockError::invalid_argument(
+            "limit",
+            format!("must be between 1 and {MAX_EVENTS_PAGE}"),
+        )
+        .into());
+    }
+    Ok(limit)
+}
+
+async fn events(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<EventParams>,
+) -> Result<Json<EventsBody>, ApiError> {
+    timed(&state, "events", async {
+        let limit = page_limit(params.limit)?;
+        Ok(Json(EventsBody {
+            events: state.events.since(params.after.unwrap_or(0), limit),
+        }))
+    })
+    .await
+}
+
+fn sse_event(event: &Event) -> SseEvent {
+    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
+    SseEvent::default()
+        .id(event.seq.to_string())
+        .event(event.kind.as_str())
+        .data(data)
+}
+
+/// `GET /v1/events/stream`: live events as server-sent events. With `?after=SEQ` (or a
+/// `Last-Event-ID` header, as browsers send on reconnect) the events after `SEQ` still in the
+/// ring are sent first.
+async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<EventParams>,
+) -> Result<impl IntoResponse, ApiError> {
+    let resume = match params.after {
+        Some(after) => Some(after),
+        None => match headers.get("last-event-id") {
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest("Last-Event-ID must be an event sequence number".into())
+                    })?,
+            ),
+            None => None,
+        },
+    };
+    // Subscribe before reading the backlog so nothing falls between the two.
+    let live = state.events.subscribe();
+    let last = resume.unwrap_or_else(|| state.events.last_seq());
+    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    tokio::spawn(forward_events(
+        state.events.clone(),
+        live,
+        last,
+        tx,
+        state.shutdown.clone(),
+    ));
+    let mut response = Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    // Tells reverse proxies not to buffer the stream.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Sends the ring's events after `last`, then live ones, until the client goes away or the
+/// server shuts down. A subscriber too slow for the live channel is caught up from the ring.
+async fn forward_events(
+    log: Arc<EventLog>,
+    mut live: broadcast::Receiver<Event>,
+    mut last: u64,
+    tx: mpsc::Sender<Result<SseEvent, Infallible>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    async fn catch_up(
+        log: &EventLog,
+        last: &mut u64,
+        tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
+    ) -> bool {
+        loop {
+            let batch = log.since(*last, MAX_EVENTS_PAGE);
+            if batch.is_empty() {
+                return true;
+            }
+            for event in batch {
+                *last = event.seq;
+                if tx.send(Ok(sse_event(&event))).await.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+    if !catch_up(&log, &mut last, &tx).await {
+        return;
+    }
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            () = tx.closed() => return,
+            received = live.recv() => match received {
+                Ok(event) => {
+                    if event.seq <= last {
+                        continue;
+                    }
+                    last = event.seq;
+                    if tx.send(Ok(sse_event(&event))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if !catch_up(&log, &mut last, &tx).await {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match state.metrics.encode() {
+        Ok(text) => (
+            [(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => ApiError::Lock(LockError::Internal("cannot encode metrics".into())).into_response(),
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.service.health().await?;
+    Ok(Json(
+        serde_json::json!({"status": "ready", "backend": state.service.backend()}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_accept_only_configured_keys() {
+        let keys = ApiKeys::new(&["key-one-0123456789".into(), "key-two-0123456789".into()]);
+        assert!(keys.enabled());
+        assert!(keys.accepts(b"key-one-0123456789"));
+        assert!(keys.accepts(b"key-two-0123456789"));
+        assert!(!keys.accepts(b"key-one-012345678"));
+        assert!(!keys.accepts(b""));
+        assert!(!ApiKeys::new(&[]).enabled());
+    }
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_json(&headers));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        assert!(is_json(&headers));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/vnd.lockd+json"));
+        assert!(is_json(&headers));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(!is_json(&headers));
+    }
+}

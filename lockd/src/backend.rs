@@ -1,0 +1,284 @@
+//! The one function that turns a backend URL into an `Arc<dyn LockService>`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[cfg(feature = "memory")]
+use lockcore::Fence;
+use lockcore::{LockError, LockService, Limits, TokenIssuer};
+
+#[cfg(feature = "memory")]
+use crate::grace::{RestartGuard, StateFile};
+
+/// URL schemes [`connect_backend`] understands, for help texts and error messages.
+pub const SCHEMES: &[&str] = &[
+    "memory://",
+    "redis://",
+    "rediss://",
+    "postgres://",
+    "postgresql://",
+    "http://",
+    "https://",
+];
+
+/// Everything besides the URL that a backend needs.
+///
+/// Build it with [`BackendOptions::new`] and the `with_*` methods; fields a backend does not use
+/// are ignored (the `http` backend, for instance, signs no tokens itself).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BackendOptions {
+    /// Mints and checks tokens. Several lockd processes sharing Redis or Postgres must use the
+    /// same secret, or they refuse each other's tokens.
+    pub issuer: TokenIssuer,
+    /// TTL and wait bounds the backend enforces.
+    pub limits: Limits,
+    /// For `memory://`: where the restart state file lives. `None` means no restart protection
+    /// (the process grants at once after a restart, and relies on the clock alone for fences).
+    pub data_dir: Option<PathBuf>,
+    /// For `http(s)://`: the API key sent as `Authorization: Bearer`.
+    pub api_key: Option<String>,
+    /// How long to wait for a network backend to answer the first connection.
+    pub connect_timeout: Option<Duration>,
+}
+
+impl BackendOptions {
+    /// Options with `issuer`, default [`Limits`], no data dir and no API key.
+    pub fn new(issuer: TokenIssuer) -> Self {
+        Self {
+            issuer,
+            limits: Limits::default(),
+            data_dir: None,
+            api_key: None,
+            connect_timeout: None,
+        }
+    }
+
+    /// Sets the TTL and wait bounds.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the data directory for `memory://`'s restart state.
+    pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets the API key for `http(s)://` backends.
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Sets the connect timeout for network backends.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+}
+
+/// Turns a backend URL into a lock service: the one place that does it, used by `lockd serve`
+/// and by any program that embeds lockd's backends.
+///
+/// | URL | backend |
+/// | --- | --- |
+/// | `memory://` | in-process (`backend-memory`); with [`BackendOptions::data_dir`], restart-safe (see the crate docs) |
+/// | `redis://host:6379/0`, `rediss://...` | `backend-redis` |
+/// | `postgres://user@host/db`, `postgresql://...` | `backend-postgres` |
+/// | `http://host:7070`, `https://...` | a remote lockd via `lockd-client` |
+///
+/// An unknown scheme or a malformed URL is [`LockError::InvalidArgument`] (field `backend`); a
+/// backend that cannot be reached is [`LockError::Unavailable`].
+///
+/// Must be called inside a Tokio runtime.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), lockcore::LockError> {
+/// use lockd::{connect_backend, BackendOptions};
+/// let locks = connect_backend("memory://", &BackendOptions::new(lockcore::TokenIssuer::random())).await?;
+/// assert_eq!(locks.backend(), "memory");
+/// # Ok(()) }
+/// ```
+pub async fn connect_backend(
+    url: &str,
+    options: &BackendOptions,
+) -> Result<Arc<dyn LockService>, LockError> {
+    let url = url.trim();
+    let scheme = url
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase())
+        .ok_or_else(|| {
+            LockError::invalid_argument(
+                "backend",
+                format!(
+                    "`{}` is not a URL; expected one of {}",
+                    redact_url(url),
+                    SCHEMES.join(", ")
+                ),
+            )
+        })?;
+    match scheme.as_str() {
+        "memory" => connect_memory(url, options).await,
+        "redis" | "rediss" => connect_redis(url, options).await,
+        "postgres" | "postgresql" => connect_postgres(url, options).await,
+        "http" | "https" => connect_http(url, options),
+        other => Err(LockError::invalid_argument(
+            "backend",
+            format!(
+                "unknown scheme `{other}://`; expected one of {}",
+                SCHEMES.join(", ")
+            ),
+        )),
+    }
+}
+
+#[cfg_attr(
+    all(feature = "memory", feature = "redis", feature = "postgres", feature = "http"),
+    allow(dead_code)
+)]
+fn not_built(scheme: &str, feature: &str) -> LockError {
+    LockError::invalid_argument(
+        "backend",
+        format!(
+            "{scheme}:// support is not built into this lockd (cargo feature `{feature}` is off)"
+        ),
+    )
+}
+
+#[cfg(feature = "memory")]
+async fn connect_memory(
+    url: &str,
+    options: &BackendOptions,
+) -> Result<Arc<dyn LockService>, LockError> {
+    let rest = &url["memory://".len()..];
+    if !rest.is_empty() && rest != "/" {
+        return Err(LockError::invalid_argument(
+            "backend",
+            "memory:// takes no host, path or parameters",
+        ));
+    }
+    let new_memory = |fence_floor: Fence| {
+        let config =
+            backend_memory::MemoryConfig::new(options.limits).with_fence_floor(fence_floor);
+        backend_memory::MemoryLockService::new(config, options.issuer.clone())
+    };
+    match &options.data_dir {
+        None => Ok(Arc::new(new_memory(Fence(0)))),
+        Some(dir) => {
+            let state = StateFile::open(dir).await?;
+            let inner = new_memory(state.fence_floor());
+            Ok(Arc::new(RestartGuard::new(
+                Arc::new(inner),
+                state,
+                options.limits,
+            )))
+        }
+    }
+}
+
+#[cfg(not(feature = "memory"))]
+async fn connect_memory(
+    _url: &str,
+    _options: &BackendOptions,
+) -> Result<Arc<dyn LockService>, LockError> {
+    Err(not_built("memory", "memory"))
+}
+
+#[cfg(feature = "redis")]
+async fn connect_redis(
+    url: &str,
+    options: &BackendOptions,
+) -> Result<Arc<dyn LockService>, LockError> {
+    let mut config = backend_redis::RedisConfig::from_url(url);
+    config.limits = options.limits;
+    if let Some(timeout) = options.connect_timeout {
+        config.connect_timeout = timeout;
+    }
+    let service = backend_redis::RedisLockService::connect(config, options.issuer.clone()).await?;
+    Ok(Arc::new(service))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn connect_redis(
+    _url: &str,
+    _options: &BackendOptions,
+) -> Result<Arc<dyn LockService>, LockError> {
+    Err(not_built("redis", "redis"))
+}
+
+#[cfg(feature = "postgres")]
+async fn connect_postgres(
+    url: &str,
+    options: &BackendOptions,
+) -> Result<Arc<dyn LockService>, LockError> {
+    let mut config = backend_postgres::PostgresConfig::from_url(url);
+    config.limits = options.limits;
+    if let Some(timeout) = options.connect_timeout {
+        config.connect_timeout = timeout;
+    }
+    let service =
+        backend_postgres::PostgresLockService::connect(config, options.issuer.clone()).await?;
+    Ok(Arc::new(service))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn connect_postgres(
+    _url: &str,
+    _options: &BackendOptions,
+) -> Result<Arc<dyn LockService>, LockError> {
+    Err(not_built("postgres", "postgres"))
+}
+
+#[cfg(feature = "http")]
+fn connect_http(url: &str, options: &BackendOptions) -> Result<Arc<dyn LockService>, LockError> {
+    let mut config = lockd_client::ClientConfig::from_url(url);
+    if options.api_key.is_some() {
+        config.api_key = options.api_key.clone();
+    }
+    if let Some(timeout) = options.connect_timeout {
+        config.connect_timeout = timeout;
+    }
+    Ok(Arc::new(lockd_client::LockdClient::new(config)?))
+}
+
+#[cfg(not(feature = "http"))]
+fn connect_http(_url: &str, _options: &BackendOptions) -> Result<Arc<dyn LockService>, LockError> {
+    Err(not_built("http", "http"))
+}
+
+/// A URL with any password replaced by `***`, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/locks"),
+            "postgres://app:***@db:5432/locks"
+        );
+        assert_eq!(redact_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(redact_url("memory://"), "memory://");
+        assert_eq!(redact_url("nonsense"), "nonsense");
+    }
+}

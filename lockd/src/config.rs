@@ -1,0 +1,468 @@
+//! Configuration: a TOML file (`--config`), overridden by `LOCKD_*` environment variables,
+//! overridden by command-line flags.
+//!
+//! [`ServeArgs`] is the `lockd serve` command line (each flag also reads its environment
+//! variable); [`FileConfig`] is the file; [`ServeArgs::resolve`] merges them into a
+//! [`ServerConfig`], failing with one clear [`ConfigError`] line on anything missing or wrong.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lockcore::{Limits, TokenSecret};
+use serde::Deserialize;
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default backend.
+pub const DEFAULT_BACKEND: &str = "memory://";
+/// Default request body limit in bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default number of events kept in the ring.
+pub const DEFAULT_EVENTS_CAPACITY: usize = 10_000;
+/// Default time allowed to finish requests in flight at shutdown.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A configuration problem, reported as one line before the server starts.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// The server's resolved configuration.
+///
+/// Start from [`ServerConfig::default`] (loopback `127.0.0.1:7070`, `memory://`, no API keys, a
+/// random token secret) and set fields; `Debug` hides the API keys and the secret.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Backend URL, see [`connect_backend`](crate::connect_backend).
+    pub backend: String,
+    /// Accepted API keys; empty means no authentication (refused on non-loopback addresses
+    /// unless [`ServerConfig::insecure_no_auth`]).
+    pub api_keys: Vec<String>,
+    /// Secret tokens are signed with; `None` makes a random one (tokens then die with the
+    /// process, and lockd processes sharing a backend refuse each other's tokens).
+    pub token_secret: Option<TokenSecret>,
+    /// Longest TTL and wait accepted.
+    pub limits: Limits,
+    /// Largest request body accepted, in bytes (larger: `413 payload_too_large`).
+    pub max_body_bytes: usize,
+    /// How many events the event ring keeps.
+    pub events_capacity: usize,
+    /// Where `memory://` keeps its restart state; `None`: no restart protection.
+    pub data_dir: Option<PathBuf>,
+    /// Allows listening on a non-loopback address without API keys.
+    pub insecure_no_auth: bool,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            backend: DEFAULT_BACKEND.to_owned(),
+            api_keys: Vec::new(),
+            token_secret: None,
+            limits: Limits::default(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            events_capacity: DEFAULT_EVENTS_CAPACITY,
+            data_dir: None,
+            insecure_no_auth: false,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("backend", &crate::backend::redact_url(&self.backend))
+            .field("api_keys", &format_args!("<{} redacted>", self.api_keys.len()))
+            .field("token_secret", &self.token_secret.as_ref().map(|_| "<redacted>"))
+            .field("limits", &self.limits)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("events_capacity", &self.events_capacity)
+            .field("data_dir", &self.data_dir)
+            .field("insecure_no_auth", &self.insecure_no_auth)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
+}
+
+/// The configuration file (TOML). Every key is optional; unknown keys are refused.
+///
+/// ```toml
+/// listen = "127.0.0.1:7070"
+/// backend = "memory://"
+/// api_keys = ["change-me"]
+/// token_secret_file = "/etc/lockd/token-secret"
+/// max_ttl = "24h"
+/// max_wait = "5m"
+/// max_body_bytes = 65536
+/// events_capacity = 10000
+/// data_dir = "/var/lib/lockd"
+/// insecure_no_auth = false
+/// shutdown_timeout = "10s"
+/// log = "info"
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct FileConfig {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--backend`.
+    pub backend: Option<String>,
+    /// `--api-key` (all of them).
+    pub api_keys: Option<Vec<String>>,
+    /// `--token-secret-file`.
+    pub token_secret_file: Option<PathBuf>,
+    /// `--max-ttl`, e.g. `"24h"`.
+    pub max_ttl: Option<String>,
+    /// `--max-wait`, e.g. `"5m"`.
+    pub max_wait: Option<String>,
+    /// `--max-body-bytes`.
+    pub max_body_bytes: Option<usize>,
+    /// `--events-capacity`.
+    pub events_capacity: Option<usize>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--insecure-no-auth`.
+    pub insecure_no_auth: Option<bool>,
+    /// `--shutdown-timeout`, e.g. `"10s"`.
+    pub shutdown_timeout: Option<String>,
+    /// `--log`, a tracing filter such as `info` or `lockd=debug`.
+    pub log: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            let detail = e.to_string().replace('\n', " ");
+            ConfigError::new(format!(
+                "config file {} is invalid: {}",
+                path.display(),
+                detail.split_whitespace().collect::<Vec<_>>().join(" ")
+            ))
+        })
+    }
+}
+
+/// `lockd serve`: every flag also reads the `LOCKD_*` variable named in its help.
+#[derive(Debug, Default, Clone, clap::Args)]
+#[non_exhaustive]
+pub struct ServeArgs {
+    /// TOML configuration file (overridden by environment and flags).
+    #[arg(long, env = "LOCKD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, env = "LOCKD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Backend URL: memory://, redis://..., rediss://..., postgres://... [default: memory://].
+    #[arg(long, env = "LOCKD_BACKEND", value_name = "URL")]
+    pub backend: Option<String>,
+    /// An accepted API key (repeatable; env: comma-separated).
+    #[arg(
+        long = "api-key",
+        env = "LOCKD_API_KEYS",
+        value_name = "KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// File holding the token secret (at least 32 bytes; env LOCKD_TOKEN_SECRET gives the
+    /// secret itself).
+    #[arg(long, env = "LOCKD_TOKEN_SECRET_FILE", value_name = "FILE")]
+    pub token_secret_file: Option<PathBuf>,
+    /// Longest lease granted, e.g. 30s, 1h [default: 24h].
+    #[arg(long, env = "LOCKD_MAX_TTL", value_name = "DURATION")]
+    pub max_ttl: Option<String>,
+    /// Longest a blocking acquire may wait [default: 5m].
+    #[arg(long, env = "LOCKD_MAX_WAIT", value_name = "DURATION")]
+    pub max_wait: Option<String>,
+    /// Largest request body accepted, in bytes [default: 65536].
+    #[arg(long, env = "LOCKD_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Events kept for GET /v1/events [default: 10000].
+    #[arg(long, env = "LOCKD_EVENTS_CAPACITY", value_name = "N")]
+    pub events_capacity: Option<usize>,
+    /// Directory for memory://'s restart state (no restart protection without it).
+    #[arg(long, env = "LOCKD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Allow a non-loopback listen address without API keys.
+    #[arg(long, env = "LOCKD_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Time allowed to finish requests in flight at shutdown [default: 10s].
+    #[arg(long, env = "LOCKD_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
+    /// Log filter (tracing syntax), e.g. info, lockd=debug [default: info].
+    #[arg(long, env = "LOCKD_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+fn duration(name: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        ConfigError::new(format!(
+            "{name} `{text}` is not a duration ({e}); use e.g. 500ms, 30s, 5m, 24h"
+        ))
+    })
+}
+
+fn read_secret_file(path: &Path) -> Result<TokenSecret, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        ConfigError::new(format!("cannot read token secret file {}: {e}", path.display()))
+    })?;
+    let trimmed = trim_ascii_end_newline(&bytes);
+    TokenSecret::new(trimmed).map_err(|e| {
+        ConfigError::new(format!("token secret file {}: {e}", path.display()))
+    })
+}
+
+fn trim_ascii_end_newline(bytes: &[u8]) -> &[u8] {
+    let mut end = bytes.len();
+    while end > 0 && matches!(bytes[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    &bytes[..end]
+}
+
+/// Everything `lockd serve` needs: the server configuration and the log filter.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Resolved {
+    /// The server configuration.
+    pub server: ServerConfig,
+    /// The log filter.
+    pub log: String,
+}
+
+impl ServeArgs {
+    /// Merges file < environment < flags into a [`ServerConfig`].
+    ///
+    /// `token_secret_env` is the value of `LOCKD_TOKEN_SECRET`, passed in so tests need not touch
+    /// the process environment. It is overridden by a `--token-secret-file` flag (or
+    /// `LOCKD_TOKEN_SECRET_FILE`), and overrides the file's `token_secret_file`.
+    pub fn resolve(&self, token_secret_env: Option<String>) -> Result<Resolved, ConfigError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let mut server = ServerConfig::default();
+
+        let listen = self
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        server.listen = listen.trim().parse().map_err(|_| {
+            ConfigError::new(format!(
+                "listen address `{listen}` is not IP:PORT (e.g. 127.0.0.1:7070 or [::1]:7070)"
+            ))
+        })?;
+
+        server.backend = self
+            .backend
+            .clone()
+            .or(file.backend)
+            .unwrap_or_else(|| DEFAULT_BACKEND.to_owned());
+
+        server.api_keys = if self.api_keys.is_empty() {
+            file.api_keys.unwrap_or_default()
+        } else {
+            self.api_keys.clone()
+        };
+        server.api_keys = server
+            .api_keys
+            .into_iter()
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect();
+        if let Some(short) = server.api_keys.iter().find(|k| k.len() < 16) {
+            return Err(ConfigError::new(format!(
+                "an API key is {} characters long; use at least 16 random characters",
+                short.len()
+            )));
+        }
+
+        server.token_secret = match (&self.token_secret_file, token_secret_env, &file.token_secret_file) {
+            (Some(path), _, _) => Some(read_secret_file(path)?),
+            (None, Some(secret), _) => Some(TokenSecret::new(secret.as_bytes()).map_err(|e| {
+                ConfigError::new(format!("LOCKD_TOKEN_SECRET: {e}"))
+            })?),
+            (None, None, Some(path)) => Some(read_secret_file(path)?),
+            (None, None, None) => None,
+        };
+
+        let mut limits = Limits::default();
+        if let Some(text) = self.max_ttl.as_deref().or(file.max_ttl.as_deref()) {
+            limits.max_ttl = duration("max_ttl", text)?;
+            if limits.max_ttl < lockcore::MIN_TTL {
+                return Err(ConfigError::new("max_ttl must be at least 1ms"));
+            }
+        }
+        if let Some(text) = self.max_wait.as_deref().or(file.max_wait.as_deref()) {
+            limits.max_wait = duration("max_wait", text)?;
+        }
+        server.limits = limits;
+
+        server.max_body_bytes = self
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if server.max_body_bytes < 1024 {
+            return Err(ConfigError::new(
+                "max_body_bytes must be at least 1024 (a request with the longest object id \
+                 and a token needs about that)",
+            ));
+        }
+        server.events_capacity = self
+            .events_capacity
+            .or(file.events_capacity)
+            .unwrap_or(DEFAULT_EVENTS_CAPACITY);
+        if server.events_capacity == 0 {
+            return Err(ConfigError::new("events_capacity must be at least 1"));
+        }
+        server.data_dir = self.data_dir.clone().or(file.data_dir);
+        server.insecure_no_auth = self.insecure_no_auth || file.insecure_no_auth.unwrap_or(false);
+        if let Some(text) = self
+            .shutdown_timeout
+            .as_deref()
+            .or(file.shutdown_timeout.as_deref())
+        {
+            server.shutdown_timeout = duration("shutdown_timeout", text)?;
+        }
+        let log = self
+            .log
+            .clone()
+            .or(file.log)
+            .unwrap_or_else(|| "info".to_owned());
+        Ok(Resolved { server, log })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn file(contents: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(contents.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_7070_with_memory() {
+        let resolved = ServeArgs::default().resolve(None).expect("valid");
+        assert_eq!(resolved.server.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(resolved.server.backend, "memory://");
+        assert!(resolved.server.api_keys.is_empty());
+        assert!(resolved.server.token_secret.is_none());
+        assert_eq!(resolved.log, "info");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let f = file(
+            "listen = \"127.0.0.1:9000\"\nmax_ttl = \"1h\"\nmax_wait = \"10s\"\n\
+             api_keys = [\"file-key-0123456789\"]\nevents_capacity = 5\n",
+        );
+        let args = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            listen: Some("127.0.0.1:9001".into()),
+            max_wait: Some("2s".into()),
+            ..ServeArgs::default()
+        };
+        let resolved = args.resolve(None).expect("valid").server;
+        assert_eq!(resolved.listen.port(), 9001);
+        assert_eq!(resolved.limits.max_ttl, Duration::from_secs(3600));
+        assert_eq!(resolved.limits.max_wait, Duration::from_secs(2));
+        assert_eq!(resolved.api_keys, vec!["file-key-0123456789".to_owned()]);
+        assert_eq!(resolved.events_capacity, 5);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_fail_with_one_line() {
+        let f = file("lisen = \"127.0.0.1:9000\"\n");
+        let args = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let err = args.resolve(None).expect_err("typo refused").to_string();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+
+        let args = ServeArgs {
+            max_ttl: Some("forever".into()),
+            ..ServeArgs::default()
+        };
+        assert!(args.resolve(None).is_err());
+
+        let args = ServeArgs {
+            listen: Some("not-an-address".into()),
+            ..ServeArgs::default()
+        };
+        assert!(args.resolve(None).is_err());
+
+        let args = ServeArgs {
+            config: Some(PathBuf::from("/nonexistent/lockd.toml")),
+            ..ServeArgs::default()
+        };
+        let err = args.resolve(None).expect_err("missing file").to_string();
+        assert!(err.contains("/nonexistent/lockd.toml"), "{err}");
+    }
+
+    #[test]
+    fn token_secret_comes_from_the_flag_file_then_env_then_config_file() {
+        let secret = file("0123456789abcdef0123456789abcdef\n");
+        let args = ServeArgs {
+            token_secret_file: Some(secret.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        assert!(args.resolve(Some("x".into())).expect("flag wins").server.token_secret.is_some());
+        let err = ServeArgs::default()
+            .resolve(Some("too short".into()))
+            .expect_err("short secret");
+        assert!(err.to_string().contains("LOCKD_TOKEN_SECRET"));
+        let short = file("short");
+        let args = ServeArgs {
+            token_secret_file: Some(short.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        assert!(args.resolve(None).is_err());
+    }
+
+    #[test]
+    fn short_api_keys_are_refused() {
+        let args = ServeArgs {
+            api_keys: vec!["short".into()],
+            ..ServeArgs::default()
+        };
+        assert!(args.resolve(None).is_err());
+    }
+
+    #[test]
+    fn debug_hides_keys_and_secret() {
+        let mut config = ServerConfig::default();
+        config.api_keys = vec!["super-secret-api-key".into()];
+        config.backend = "postgres://u:hunter2@db/locks".into();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("super-secret-api-key"));
+        assert!(!shown.contains("hunter2"));
+    }
+}

@@ -1,0 +1,115 @@
+//! The API's error envelope: `{"error": {"code": CODE, "message": str}}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use lockcore::LockError;
+use serde_json::json;
+
+/// An error answered by the HTTP API, always in the JSON envelope.
+#[derive(Debug)]
+pub enum ApiError {
+    /// A lock operation failed.
+    Lock(LockError),
+    /// `400 invalid_argument` for requests the API itself refuses (bad JSON, bad query...).
+    BadRequest(String),
+    /// `401 unauthenticated`.
+    Unauthenticated,
+    /// `404 not_found`.
+    NotFound(String),
+    /// `405` with code `invalid_argument`: the path exists, the method does not.
+    MethodNotAllowed,
+    /// `413 payload_too_large`.
+    PayloadTooLarge(String),
+}
+
+impl From<LockError> for ApiError {
+    fn from(e: LockError) -> Self {
+        ApiError::Lock(e)
+    }
+}
+
+impl ApiError {
+    /// The envelope's `code`, also the `outcome` label of the request metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Lock(e) => e.code(),
+            ApiError::BadRequest(_) | ApiError::MethodNotAllowed => "invalid_argument",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Lock(e) => lock_status(e),
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+}
+
+/// The HTTP status a [`LockError`] maps to.
+pub(crate) fn lock_status(e: &LockError) -> StatusCode {
+    match e {
+        LockError::Locked { .. } | LockError::NotHeld { .. } => StatusCode::CONFLICT,
+        LockError::TokenMismatch { .. } => StatusCode::FORBIDDEN,
+        LockError::InvalidToken { .. } | LockError::InvalidArgument { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        LockError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let code = self.code();
+        let mut body = match &self {
+            ApiError::Lock(LockError::Internal(detail)) => {
+                tracing::error!(%detail, "internal error");
+                json!({"code": code, "message": "internal error; see the server log"})
+            }
+            ApiError::Lock(e) => json!({"code": code, "message": e.to_string()}),
+            ApiError::BadRequest(m) | ApiError::NotFound(m) | ApiError::PayloadTooLarge(m) => {
+                json!({"code": code, "message": m})
+            }
+            ApiError::Unauthenticated => json!({
+                "code": code,
+                "message": "missing or unknown API key; send Authorization: Bearer KEY"
+            }),
+            ApiError::MethodNotAllowed => {
+                json!({"code": code, "message": "method not allowed on this path"})
+            }
+        };
+        if let ApiError::Lock(LockError::Locked {
+            holder,
+            retry_after,
+            ..
+        }) = &self
+        {
+            body["holder"] = json!(holder.as_str());
+            body["retry_after_ms"] = json!(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX));
+        }
+        let mut response = (status, axum::Json(json!({ "error": body }))).into_response();
+        match &self {
+            ApiError::Unauthenticated => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Lock(LockError::Unavailable { .. }) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

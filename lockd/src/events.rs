@@ -1,0 +1,215 @@
+//! The event log: every grant, release, renew, expiry and refused release, in a bounded ring,
+//! with a broadcast channel for live subscribers (`GET /v1/events/stream`).
+//!
+//! Events never carry a token. Sequence numbers start at 1 and increase by one per event within
+//! one process; they restart at 1 when lockd restarts.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use lockcore::{Fence, ObjectId, OwnerId};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// What happened to a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A lock was granted (acquire succeeded).
+    Grant,
+    /// The holder released the lock.
+    Release,
+    /// The holder renewed its lease.
+    Renew,
+    /// A lease granted by this process ran out without a release or renew seen by this process.
+    Expiry,
+    /// A release was refused (`not_held` or `token_mismatch`): possible misuse or attack.
+    ReleaseRefused,
+}
+
+impl EventKind {
+    /// The name used in JSON and as the SSE `event:` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Grant => "grant",
+            EventKind::Release => "release",
+            EventKind::Renew => "renew",
+            EventKind::Expiry => "expiry",
+            EventKind::ReleaseRefused => "release_refused",
+        }
+    }
+}
+
+/// One entry of the event log, as served by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Position in this process's log: 1, 2, 3...
+    pub seq: u64,
+    /// When lockd recorded it, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// The object concerned.
+    pub object: ObjectId,
+    /// The holder (absent for refused releases: a token does not name its owner).
+    pub owner: Option<OwnerId>,
+    /// The grant's fence (for refused releases: the fence the presented token claims).
+    pub fence: Fence,
+    /// For refused releases: `not_held` or `token_mismatch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+/// What a handler reports; the log adds the sequence number and time.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The object concerned.
+    pub object: ObjectId,
+    /// The holder, when known.
+    pub owner: Option<OwnerId>,
+    /// The fence concerned.
+    pub fence: Fence,
+    /// Refusal reason code.
+    pub reason: Option<&'static str>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    next_seq: u64,
+    events: VecDeque<Event>,
+}
+
+/// A bounded ring of recent events plus a broadcast channel to live subscribers.
+#[derive(Debug)]
+pub struct EventLog {
+    capacity: usize,
+    ring: Mutex<Ring>,
+    live: broadcast::Sender<Event>,
+}
+
+/// The most events one `GET /v1/events` returns.
+pub const MAX_EVENTS_PAGE: usize = 1000;
+
+impl EventLog {
+    /// A log keeping the newest `capacity` events (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        let (live, _) = broadcast::channel(capacity.clamp(16, 4096));
+        Self {
+            capacity,
+            ring: Mutex::new(Ring {
+                next_seq: 1,
+                events: VecDeque::with_capacity(capacity.min(65_536)),
+            }),
+            live,
+        }
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        // A panic while holding this lock cannot leave the ring inconsistent (each update is a
+        // push and a pop), so a poisoned lock is still usable.
+        self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends an event, evicting the oldest beyond capacity, and tells live subscribers.
+    pub fn record(&self, new: NewEvent) -> Event {
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let mut ring = self.ring();
+        let event = Event {
+            seq: ring.next_seq,
+            time,
+            kind: new.kind,
+            object: new.object,
+            owner: new.owner,
+            fence: new.fence,
+            reason: new.reason,
+        };
+        ring.next_seq += 1;
+        if ring.events.len() == self.capacity {
+            ring.events.pop_front();
+        }
+        ring.events.push_back(event.clone());
+        // Sent under the ring lock so subscribers see events in sequence order.
+        let _ = self.live.send(event.clone());
+        event
+    }
+
+    /// Up to `limit` events with a sequence number above `after`, oldest first.
+    pub fn since(&self, after: u64, limit: usize) -> Vec<Event> {
+        let ring = self.ring();
+        let start = ring.events.partition_point(|e| e.seq <= after);
+        ring.events.range(start..).take(limit).cloned().collect()
+    }
+
+    /// Subscribes to events recorded from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.live.subscribe()
+    }
+
+    /// The sequence number of the newest event (0 if none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.ring().next_seq - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(object: &str, fence: u64) -> NewEvent {
+        NewEvent {
+            kind: EventKind::Grant,
+            object: ObjectId::new(object).expect("valid"),
+            owner: Some(OwnerId::new("o").expect("valid")),
+            fence: Fence(fence),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_events_in_order() {
+        let log = EventLog::new(3);
+        for i in 1..=5 {
+            log.record(grant("a", i));
+        }
+        let seqs: Vec<u64> = log.since(0, 100).iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![3, 4, 5]);
+        let seqs: Vec<u64> = log.since(3, 100).iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![4, 5]);
+        assert_eq!(log.since(0, 1).len(), 1);
+        assert!(log.since(5, 100).is_empty());
+        assert_eq!(log.last_seq(), 5);
+    }
+
+    #[tokio::test]
+    async fn subscribers_receive_events_recorded_after_they_subscribe() {
+        let log = EventLog::new(10);
+        log.record(grant("before", 1));
+        let mut rx = log.subscribe();
+        log.record(grant("after", 2));
+        let got = rx.recv().await.expect("an event");
+        assert_eq!(got.object.as_str(), "after");
+        assert_eq!(got.seq, 2);
+    }
+
+    #[test]
+    fn events_serialize_without_tokens_and_with_snake_case_kinds() {
+        let log = EventLog::new(10);
+        let event = log.record(NewEvent {
+            kind: EventKind::ReleaseRefused,
+            object: ObjectId::new("x").expect("valid"),
+            owner: None,
+            fence: Fence(9),
+            reason: Some("not_held"),
+        });
+        let json = serde_json::to_value(&event).expect("serializes");
+        assert_eq!(json["kind"], "release_refused");
+        assert_eq!(json["reason"], "not_held");
+        assert_eq!(json["fence"], 9);
+        assert!(json["owner"].is_null());
+        assert!(json.get("token").is_none());
+    }
+}

@@ -1,0 +1,378 @@
+//! Restart safety for `memory://`: a small state file and a guard that refuses grants while a
+//! lease from before a restart may still be believed held.
+//!
+//! # What is stored
+//!
+//! `DATA_DIR/lockd-state.json`, written atomically (temporary file, `fsync`, rename, `fsync` of
+//! the directory):
+//!
+//! ```json
+//! {"version": 1, "highest_fence": 1830455044919296000, "grant_deadline_unix_ms": 1795795200000}
+//! ```
+//!
+//! * `grant_deadline_unix_ms` (wall clock) is at or after the expiry of every lease this process
+//!   has granted or renewed. It is written **before** a grant or renewal that would outlast it is
+//!   made, so a crash can never lose it. To keep writes rare it is pushed [`COALESCE`] beyond
+//!   what the grant needs, so a restart may wait up to that much longer than strictly necessary.
+//! * `highest_fence` is the highest fence handed out. It is flushed within about a second of a
+//!   grant and when the guard is dropped; fences after a restart start above it (and above the
+//!   wall-clock floor of [`lockcore::fence`], which already covers a crash between flushes).
+//!
+//! # At start
+//!
+//! If the stored deadline is in the future, every acquire is refused with
+//! [`LockError::Unavailable`] until it passes (clients retry; the error says how long). A fresh
+//! or empty data dir grants at once. An unreadable or corrupt state file stops the start with a
+//! clear error rather than guessing.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lockcore::{
+    async_trait, Fence, Lease, ListQuery, LockError, LockInfo, LockPage, LockResult, LockService,
+    LockToken, Limits, ObjectId, OwnerId,
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// Name of the state file inside the data directory.
+pub const STATE_FILE_NAME: &str = "lockd-state.json";
+
+/// How far beyond a grant's needs the stored deadline is pushed, so that a burst of grants
+/// costs one write.
+pub const COALESCE: Duration = Duration::from_secs(1);
+
+/// How often a changed highest fence is flushed.
+const FENCE_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+const BACKEND: &str = "memory";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct StateRecord {
+    version: u32,
+    highest_fence: u64,
+    grant_deadline_unix_ms: u64,
+}
+
+/// The restart state file of a data directory, read at start.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    stored: StateRecord,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn now_unix_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+fn state_error(path: &Path, what: impl std::fmt::Display) -> LockError {
+    LockError::invalid_argument(
+        "data_dir",
+        format!("restart state file {}: {what}", path.display()),
+    )
+}
+
+impl StateFile {
+    /// Creates `dir` if needed and reads its state file (absent: a fresh start).
+    pub async fn open(dir: &Path) -> Result<Self, LockError> {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&dir))
+            .await
+            .map_err(|e| LockError::Internal(format!("reading the state file panicked: {e}")))?
+    }
+
+    fn open_blocking(dir: &Path) -> Result<Self, LockError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            LockError::invalid_argument(
+                "data_dir",
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
+        let path = dir.join(STATE_FILE_NAME);
+        let stored = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let record: StateRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                    state_error(
+                        &path,
+                        format!(
+                            "is corrupt ({e}); remove it only when no lease granted before the \
+                             restart can still be in use"
+                        ),
+                    )
+                })?;
+                if record.version != 1 {
+                    return Err(state_error(
+                        &path,
+                        format!("has unknown version {}", record.version),
+                    ));
+                }
+                record
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateRecord {
+                version: 1,
+                ..StateRecord::default()
+            },
+            Err(e) => return Err(state_error(&path, format!("cannot be read: {e}"))),
+        };
+        // Prove now, not at the first grant, that the directory is writable.
+        write_atomically(&path, &stored).map_err(|e| state_error(&path, e))?;
+        Ok(Self { path, stored })
+    }
+
+    /// The lowest fence the backend may hand out next: above every fence stored.
+    pub fn fence_floor(&self) -> Fence {
+        Fence(self.stored.highest_fence.saturating_add(1))
+    }
+
+    /// How long grants must still be refused: until the stored deadline passes.
+    pub fn remaining_grace(&self) -> Duration {
+        Duration::from_millis(self.stored.grant_deadline_unix_ms.saturating_sub(now_unix_ms()))
+    }
+
+    /// Where the state lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn write_atomically(path: &Path, record: &StateRecord) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // Makes the rename itself durable; not supported everywhere, so best effort.
+        if let Ok(dir) = std::fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    /// The deadline on disk (unix ms); only grows.
+    deadline: tokio::sync::Mutex<u64>,
+    /// Highest fence handed out (in memory).
+    highest_fence: AtomicU64,
+    /// Highest fence on disk.
+    flushed_fence: AtomicU64,
+}
+
+impl Shared {
+    fn record(&self, deadline: u64) -> StateRecord {
+        StateRecord {
+            version: 1,
+            highest_fence: self.highest_fence.load(Ordering::Acquire),
+            grant_deadline_unix_ms: deadline,
+        }
+    }
+
+    async fn write(&self, record: StateRecord) -> LockResult<()> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&path, &record))
+            .await
+            .map_err(|e| LockError::Internal(format!("writing the state file panicked: {e}")))?
+            .map_err(|e| {
+                LockError::unavailable(
+                    BACKEND,
+                    format!("cannot persist restart state to {}: {e}", self.path.display()),
+                )
+            })?;
+        self.flushed_fence
+            .fetch_max(record.highest_fence, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Makes sure the stored deadline covers a lease that may last until `needed` (unix ms).
+    async fn cover(&self, needed: u64) -> LockResult<()> {
+        let mut deadline = self.deadline.lock().await;
+        if *deadline >= needed {
+            return Ok(());
+        }
+        let new = needed.saturating_add(u64::try_from(COALESCE.as_millis()).unwrap_or(1000));
+        self.write(self.record(new)).await?;
+        *deadline = new;
+        Ok(())
+    }
+
+    async fn flush_fence(&self) -> LockResult<()> {
+        let deadline = self.deadline.lock().await;
+        if self.highest_fence.load(Ordering::Acquire) > self.flushed_fence.load(Ordering::Acquire)
+        {
+            self.write(self.record(*deadline)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A `memory://` service that survives restarts safely: it persists what it grants to a
+/// [`StateFile`] and refuses grants during the grace period after a restart.
+///
+/// See the [module docs](self) for the scheme.
+#[derive(Debug)]
+pub struct RestartGuard {
+    inner: Arc<dyn LockService>,
+    limits: Limits,
+    shared: Arc<Shared>,
+    grace_until: Instant,
+    flusher: tokio::task::JoinHandle<()>,
+}
+
+impl RestartGuard {
+    /// Wraps `inner` (configured with the same `limits`), whose fences must already start at [`StateFile::fence_floor`].
+    ///
+    /// Spawns a small task that flushes the highest fence; must run inside a Tokio runtime.
+    pub fn new(inner: Arc<dyn LockService>, state: StateFile, limits: Limits) -> Self {
+        let grace = state.remaining_grace();
+        if !grace.is_zero() {
+            tracing::warn!(
+                grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                state_file = %state.path.display(),
+                "restarted while leases granted before may still be held: refusing grants \
+                 until they have expired"
+            );
+        }
+        let shared = Arc::new(Shared {
+            path: state.path,
+            deadline: tokio::sync::Mutex::new(state.stored.grant_deadline_unix_ms),
+            highest_fence: AtomicU64::new(state.stored.highest_fence),
+            flushed_fence: AtomicU64::new(state.stored.highest_fence),
+        });
+        let flusher = tokio::spawn(flush_loop(Arc::downgrade(&shared)));
+        Self {
+            inner,
+            limits,
+            shared,
+            grace_until: Instant::now() + grace,
+            flusher,
+        }
+    }
+
+    /// How long grants are still refused (zero once the grace period is over).
+    pub fn remaining_grace(&self) -> Duration {
+        self.grace_until.saturating_duration_since(Instant::now())
+    }
+
+    fn check_grace(&self) -> LockResult<()> {
+        let left = self.remaining_grace();
+        if left.is_zero() {
+            return Ok(());
+        }
+        Err(LockError::unavailable(
+            BACKEND,
+            format!(
+                "restart grace period: lockd restarted while locks granted before may still be \
+                 held, so it grants nothing for another {} ms",
+                left.as_millis().max(1)
+            ),
+        ))
+    }
+
+    fn saw(&self, lease: &Lease) {
+        self.shared
+            .highest_fence
+            .fetch_max(lease.fence.get(), Ordering::AcqRel);
+    }
+}
+
+async fn flush_loop(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(FENCE_FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Err(e) = shared.flush_fence().await {
+            tracing::error!(error = %e, "cannot flush the highest fence to the state file");
+        }
+    }
+}
+
+impl Drop for RestartGuard {
+    fn drop(&mut self) {
+        self.flusher.abort();
+        let deadline = match self.shared.deadline.try_lock() {
+            Ok(deadline) => *deadline,
+            Err(_) => return,
+        };
+        let record = self.shared.record(deadline);
+        if record.highest_fence > self.shared.flushed_fence.load(Ordering::Acquire) {
+            if let Err(e) = write_atomically(&self.shared.path, &record) {
+                tracing::error!(error = %e, "cannot write the final restart state");
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[async_trait]
+impl LockService for RestartGuard {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn acquire(
+        &self,
+        object: &ObjectId,
+        owner: &OwnerId,
+        ttl: Duration,
+        wait: Duration,
+    ) -> LockResult<Lease> {
+        // Checked here too so that an out-of-range request never moves the stored deadline.
+        self.limits.check_acquire(ttl, wait)?;
+        self.check_grace()?;
+        let needed = now_unix_ms()
+            .saturating_add(millis(wait))
+            .saturating_add(millis(ttl));
+        self.shared.cover(needed).await?;
+        let lease = self.inner.acquire(object, owner, ttl, wait).await?;
+        self.saw(&lease);
+        Ok(lease)
+    }
+
+    async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
+        self.inner.release(object, token).await
+    }
+
+    async fn renew(&self, object: &ObjectId, token: &LockToken, ttl: Duration) -> LockResult<Lease> {
+        self.limits.check_ttl(ttl)?;
+        let needed = now_unix_ms().saturating_add(millis(ttl));
+        self.shared.cover(needed).await?;
+        self.inner.renew(object, token, ttl).await
+    }
+
+    async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
+        self.inner.validate(object, token).await
+    }
+
+    async fn inspect(&self, object: &ObjectId) -> LockResult<Option<LockInfo>> {
+        self.inner.inspect(object).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> LockResult<LockPage> {
+        self.inner.list(query).await
+    }
+
+    async fn health(&self) -> LockResult<()> {
+        self.inner.health().await
+    }
+}
