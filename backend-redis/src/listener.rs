@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use lockcore::{LockError, ObjectId, WaitQueue};
-use redis::aio::PubSub;
+use redis::aio::{ConnectionManager, PubSub};
 use redis::{Client, Value};
 
 use crate::error;
@@ -27,6 +27,9 @@ pub(crate) struct Listener {
     pub(crate) connect_timeout: Duration,
     pub(crate) operation_timeout: Duration,
     pub(crate) ping_interval: Duration,
+    /// The backend's command connection, poked when the listener notices Redis went away or
+    /// came back, so that it reconnects before the next operation rather than failing it.
+    pub(crate) commands: ConnectionManager,
 }
 
 impl Listener {
@@ -57,6 +60,7 @@ impl Listener {
                 channel = %self.channel,
                 "release listener lost its Redis connection; reconnecting"
             );
+            self.poke_commands().await;
             let mut backoff = MIN_BACKOFF;
             pubsub = loop {
                 match self.subscribe().await {
@@ -72,11 +76,20 @@ impl Listener {
                 }
             };
             tracing::info!(target: "lockd::redis", "release listener reconnected");
+            self.poke_commands().await;
             // Releases published while we were away are lost: let every head waiter look.
             if let Some(waits) = waits.upgrade() {
                 waits.wake_all();
             }
         }
+    }
+
+    /// Sends a PING on the command connection: on a dead connection it fails, which makes the
+    /// connection manager reconnect in the background.
+    async fn poke_commands(&self) {
+        let mut commands = self.commands.clone();
+        let ping = redis::cmd("PING");
+        let _ = tokio::time::timeout(self.operation_timeout, ping.query_async::<Value>(&mut commands)).await;
     }
 
     /// Wakes waiters for every message until the connection ends or a ping goes unanswered.

@@ -116,6 +116,7 @@ impl RedisLockService {
             connect_timeout: config.connect_timeout,
             operation_timeout: config.operation_timeout,
             ping_interval: config.listener_ping_interval,
+            commands: conn.clone(),
         };
         let pubsub = listener.subscribe().await?;
         let waits = Arc::new(WaitQueue::new());

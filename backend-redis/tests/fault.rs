@@ -1,0 +1,225 @@
+//! Redis going away and coming back: operations fail as `Unavailable` (never a grant, never a
+//! panic) while it is down, the same backend object works again once it is back, and fences
+//! issued after the restart (which lost every key) are above every fence issued before.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backend_redis::RedisLockService;
+use common::PrivateRedis;
+use lockcore::{Fence, ListQuery, LockError, LockService, ObjectId, OwnerId, TokenIssuer};
+
+fn object(name: &str) -> ObjectId {
+    ObjectId::new(format!("fault/{name}")).expect("valid object id")
+}
+
+fn owner(name: &str) -> OwnerId {
+    OwnerId::new(name).expect("valid owner id")
+}
+
+fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, LockError>) -> bool {
+    matches!(result, Err(LockError::Unavailable { backend: "redis", .. }))
+}
+
+const TTL: Duration = Duration::from_secs(60);
+
+/// Retries `acquire` until Redis answers again (bounded), returning the lease.
+async fn acquire_once_back(service: &RedisLockService, name: &str, who: &str) -> lockcore::Lease {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let result = service
+            .acquire(&object(name), &owner(who), TTL, Duration::ZERO)
+            .await;
+        match result {
+            Ok(lease) => return lease,
+            Err(LockError::Unavailable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("expected a grant once Redis is back, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_fail_as_unavailable_while_redis_is_down_and_recover_with_higher_fences() {
+    let Some(mut redis) = PrivateRedis::start() else {
+        return;
+    };
+    let mut config = common::test_config(&redis.url());
+    config.operation_timeout = Duration::from_millis(500);
+    config.connect_timeout = Duration::from_millis(500);
+    config.listener_ping_interval = Duration::from_millis(200);
+    let service = Arc::new(
+        RedisLockService::connect(config, TokenIssuer::random())
+            .await
+            .expect("connects to the private redis-server"),
+    );
+
+    // Before the outage: a few grants per object; remember the highest fence of each.
+    let mut highest: HashMap<&str, Fence> = HashMap::new();
+    for name in ["a", "b"] {
+        for _ in 0..3 {
+            let lease = service
+                .acquire(&object(name), &owner("before"), TTL, Duration::ZERO)
+                .await
+                .expect("granted while Redis is up");
+            highest.insert(name, lease.fence);
+            service
+                .release(&object(name), &lease.token)
+                .await
+                .expect("released while Redis is up");
+        }
+    }
+    let held = service
+        .acquire(&object("held"), &owner("before"), TTL, Duration::ZERO)
+        .await
+        .expect("granted while Redis is up");
+
+    // A worker keeps acquiring and releasing through the outage, logging what it saw.
+    let worker = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let stop = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < stop {
+                let result = service
+                    .acquire(&object("busy"), &owner("worker"), TTL, Duration::ZERO)
+                    .await;
+                if let Ok(lease) = &result {
+                    let _ = service.release(&object("busy"), &lease.token).await;
+                }
+                seen.push((Instant::now(), result.map(|lease| lease.fence)));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    redis.kill();
+    let down_since = Instant::now();
+
+    // While down, every operation is Unavailable: never a grant, never another error.
+    let a = object("a");
+    let results = [
+        is_unavailable(&service.acquire(&a, &owner("x"), TTL, Duration::ZERO).await),
+        is_unavailable(&service.acquire(&a, &owner("x"), TTL, Duration::from_secs(1)).await),
+        is_unavailable(&service.release(&object("held"), &held.token).await),
+        is_unavailable(&service.renew(&object("held"), &held.token, TTL).await),
+        is_unavailable(&service.validate(&object("held"), &held.token).await),
+        is_unavailable(&service.inspect(&a).await),
+        is_unavailable(&service.list(&ListQuery::new("fault/", 10)).await),
+        is_unavailable(&service.health().await),
+    ];
+    assert_eq!(results, [true; 8], "acquire, blocking acquire, release, renew, validate, inspect, list, health");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let up_again = Instant::now();
+    redis.restart().expect("redis-server starts again on the same port");
+
+    // The same backend object works again, and fences are above every fence from before even
+    // though the restart lost every key.
+    for name in ["a", "b"] {
+        let lease = acquire_once_back(&service, name, "after").await;
+        assert!(
+            lease.fence > highest[name],
+            "fence {} after the restart is not above {} from before",
+            lease.fence,
+            highest[name]
+        );
+        service
+            .release(&object(name), &lease.token)
+            .await
+            .expect("released after the restart");
+    }
+    let regranted = acquire_once_back(&service, "held", "after").await;
+    assert!(regranted.fence > held.fence);
+    assert!(matches!(
+        service.release(&object("held"), &held.token).await,
+        Err(LockError::TokenMismatch { .. })
+    ));
+    service.health().await.expect("healthy again");
+
+    let seen = worker.await.expect("worker finished");
+    let mut last_fence = Fence(0);
+    for (at, result) in &seen {
+        match result {
+            Ok(fence) => {
+                assert!(
+                    *at < down_since || *at > up_again,
+                    "a grant was reported while Redis was down"
+                );
+                assert!(*fence > last_fence, "worker fences went backwards");
+                last_fence = *fence;
+            }
+            Err(e) => assert!(
+                matches!(e, LockError::Unavailable { .. }),
+                "the worker saw {e:?}, not Unavailable"
+            ),
+        }
+    }
+    assert!(
+        seen.iter().any(|(_, r)| r.is_err()),
+        "the worker should have run into the outage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_woken_by_releases_after_the_listener_reconnects() {
+    let Some(mut redis) = PrivateRedis::start() else {
+        return;
+    };
+    let mut config = common::test_config(&redis.url());
+    config.operation_timeout = Duration::from_millis(500);
+    config.connect_timeout = Duration::from_millis(500);
+    config.listener_ping_interval = Duration::from_millis(200);
+    let holder_side = RedisLockService::connect(config.clone(), TokenIssuer::random())
+        .await
+        .expect("connects");
+    let waiter_side = Arc::new(
+        RedisLockService::connect(config, TokenIssuer::random())
+            .await
+            .expect("connects"),
+    );
+
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart().expect("restarts");
+
+    let lease = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match holder_side
+                .acquire(&object("w"), &owner("holder"), TTL, Duration::ZERO)
+                .await
+            {
+                Ok(lease) => break lease,
+                Err(LockError::Unavailable { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                other => panic!("expected a grant, got {other:?}"),
+            }
+        }
+    };
+    let waiter = {
+        let waiter_side = waiter_side.clone();
+        tokio::spawn(async move {
+            waiter_side
+                .acquire(&object("w"), &owner("waiter"), TTL, Duration::from_secs(20))
+                .await
+        })
+    };
+    // Give the waiter time to queue (and its listener time to resubscribe).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    holder_side
+        .release(&object("w"), &lease.token)
+        .await
+        .expect("released");
+    // The holder's lease runs for a minute and the waiter waits 20 s: only the release
+    // message (or the reconnect's wake-up) can have granted it.
+    let granted = waiter.await.expect("waiter task").expect("waiter granted after the release");
+    assert!(granted.fence > lease.fence);
+}
