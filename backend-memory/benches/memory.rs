@@ -14,6 +14,8 @@ use tokio::runtime::{Builder, Runtime};
 
 const TTL: Duration = Duration::from_secs(3600);
 const TASKS: u64 = 8;
+/// Objects the acquire-with-held benchmark cycles through (not held).
+const FRESH: usize = 1 << 18;
 
 fn current_thread() -> Runtime {
     Builder::new_current_thread()
@@ -116,17 +118,20 @@ fn acquire_with_held(c: &mut Criterion) {
                     .expect("free object");
             }
         });
-        let fresh = ids("/bench/fresh", 4096);
+        // More fresh ids than fit in the CPU caches, so that lookups in the big table miss.
+        let fresh = ids("/bench/fresh", FRESH);
+        let cursor = std::cell::Cell::new(0usize);
         group.bench_function(format!("{held} held"), |b| {
             b.to_async(&runtime).iter_custom(|iters| {
-                let (locks, owner, fresh) = (locks.clone(), owner.clone(), fresh.clone());
+                let (locks, owner, fresh, cursor) = (&locks, &owner, &fresh, &cursor);
                 async move {
                     let mut timed = Duration::ZERO;
-                    for i in 0..iters {
-                        let object = &fresh[(i % fresh.len() as u64) as usize];
+                    for _ in 0..iters {
+                        let object = &fresh[cursor.get() % fresh.len()];
+                        cursor.set(cursor.get() + 1);
                         let start = Instant::now();
                         let lease = locks
-                            .acquire(object, &owner, TTL, Duration::ZERO)
+                            .acquire(object, owner, TTL, Duration::ZERO)
                             .await
                             .expect("free object");
                         timed += start.elapsed();

@@ -53,8 +53,8 @@ fn main() {
         let change = region.change();
         let rss_after = resident_bytes();
         assert_eq!(locks.held(), count);
-        let kept = change.bytes_allocated as f64 - change.bytes_deallocated as f64
-            + change.bytes_reallocated as f64;
+        // stats_alloc already folds reallocation growth into bytes_allocated/deallocated.
+        let kept = change.bytes_allocated as f64 - change.bytes_deallocated as f64;
         println!(
             "{count:>10} | {:>37.1} | {:>28.1}",
             kept / count as f64,

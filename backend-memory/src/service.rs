@@ -48,10 +48,10 @@ impl Entry {
         self.expires > now
     }
 
-    /// Whether `token` is this grant's: digest compared in constant time, and the fence.
-    fn is_held_by(&self, token: &LockToken) -> bool {
-        let same_digest = token.digest().ct_eq(&self.digest);
-        same_digest & (token.fence() == self.fence)
+    /// Whether a token with `digest` and `fence` is this grant's: the digest compared in
+    /// constant time, and the fence.
+    fn is_held_by(&self, digest: &TokenDigest, fence: Fence) -> bool {
+        digest.ct_eq(&self.digest) & (fence == self.fence)
     }
 
     fn remaining(&self, now: u64) -> Duration {
@@ -322,7 +322,7 @@ impl Inner {
 /// The sweeper task: reclaims expired leases as their deadlines pass, with work proportional
 /// to what expires. It holds the service only weakly and ends once the service is dropped.
 async fn sweep_forever(inner: Weak<Inner>, wake: Arc<Notify>) {
-    let mut due = Vec::with_capacity(SWEEP_BATCH);
+    let mut due = Vec::new();
     loop {
         let next = match inner.upgrade() {
             Some(inner) => inner.sweep_once(&mut due),
@@ -378,6 +378,7 @@ impl LockService for MemoryLockService {
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
         let inner = &*self.inner;
+        let (digest, fence) = (token.digest(), token.fence());
         let now = inner.clock.now();
         let mut expired = false;
         let mut mismatch = false;
@@ -387,7 +388,7 @@ impl LockService for MemoryLockService {
                 expired = true;
                 return true;
             }
-            mismatch = !entry.is_held_by(token);
+            mismatch = !entry.is_held_by(&digest, fence);
             !mismatch
         });
         if let Some((_, entry)) = removed {
@@ -417,9 +418,10 @@ impl LockService for MemoryLockService {
     ) -> LockResult<Lease> {
         let inner = &*self.inner;
         inner.config.limits.check_ttl(ttl)?;
+        let (digest, fence) = (token.digest(), token.fence());
         let now = inner.clock.now();
         let refusal = match inner.locks.get_mut(object) {
-            Some(mut entry) if entry.is_live(now) && entry.is_held_by(token) => {
+            Some(mut entry) if entry.is_live(now) && entry.is_held_by(&digest, fence) => {
                 let expires = now.saturating_add(nanos(ttl));
                 let mut wake = false;
                 if expires < entry.expires {
@@ -451,10 +453,11 @@ impl LockService for MemoryLockService {
 
     async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
         let inner = &*self.inner;
+        let (digest, fence) = (token.digest(), token.fence());
         let now = inner.clock.now();
         match inner.locks.get(object) {
             Some(entry) if entry.is_live(now) => {
-                if entry.is_held_by(token) {
+                if entry.is_held_by(&digest, fence) {
                     Ok(Lease {
                         object: object.clone(),
                         owner: entry.owner.clone(),
