@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
+mod conns;
 mod error;
 mod service;
 mod sql;

@@ -10,11 +10,12 @@ use lockcore::{
     async_trait, audit, Fence, Lease, Limits, ListQuery, LockError, LockInfo, LockPage, LockResult,
     LockToken, ObjectId, OwnerId, TokenDigest, TokenIssuer, WaitQueue,
 };
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::Row as _;
 use tokio::task::JoinHandle;
 
 use crate::config::PostgresConfig;
+use crate::conns::Connections;
 use crate::error::{from_sqlx, timed_out, BACKEND};
 use crate::sql;
 use crate::tasks;
@@ -33,7 +34,7 @@ pub struct PostgresLockService {
 }
 
 struct Inner {
-    pool: PgPool,
+    conns: Arc<Connections>,
     issuer: TokenIssuer,
     limits: Limits,
     waits: Arc<WaitQueue>,
@@ -48,7 +49,7 @@ impl fmt::Debug for PostgresLockService {
         f.debug_struct("PostgresLockService")
             .field("url", &self.inner.url)
             .field("schema", &self.inner.schema)
-            .field("pool_size", &self.inner.pool.size())
+            .field("idle_connections", &self.inner.conns.idle_count())
             .field("waiting", &self.inner.waits.waiting())
             .finish_non_exhaustive()
     }
@@ -73,31 +74,26 @@ impl PostgresLockService {
         config.check()?;
         let options = connect_options(&config)?;
         let deadline = config.connect_timeout + config.statement_timeout;
-        let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
-            .min_connections(0)
-            .acquire_timeout(config.connect_timeout)
-            // A liveness ping before every operation would double its round trips. A dead pooled
-            // connection instead fails one operation as unavailable and is then discarded.
-            .test_before_acquire(false)
-            .connect_lazy_with(options.clone());
-        // Prove the database answers (and the login works) before going further.
-        within(deadline, "connecting to postgres", async {
+        let conns = Arc::new(Connections::new(
+            options.clone(),
+            config.max_connections,
+            config.connect_timeout,
+        ));
+        // Prove the database answers (and the login works) before going further; the
+        // migrations run on this first connection.
+        within(deadline * 4, "connecting to postgres", async {
+            let mut conn = conns.get().await.map_err(unavailable)?;
             sqlx::query("SELECT 1")
-                .execute(&pool)
+                .execute(conn.raw()?)
                 .await
-                .map_err(connect_error)
+                .map_err(connect_error)?;
+            if config.run_migrations {
+                migrate(conn.raw()?, &config.schema).await?;
+            }
+            conn.keep();
+            Ok(())
         })
         .await?;
-
-        if config.run_migrations {
-            within(
-                deadline * 4,
-                "running lockd's migrations",
-                migrate(&pool, &config.schema),
-            )
-            .await?;
-        }
 
         let waits = Arc::new(WaitQueue::new());
         // LISTEN holds its connection for good, so it gets a pool of its own.
@@ -118,7 +114,7 @@ impl PostgresLockService {
         ))];
         if !config.reap_interval.is_zero() {
             spawned.push(tokio::spawn(tasks::reap(
-                pool.clone(),
+                conns.clone(),
                 config.reap_interval,
                 config.reap_after,
             )));
@@ -126,7 +122,7 @@ impl PostgresLockService {
 
         Ok(Self {
             inner: Arc::new(Inner {
-                pool,
+                conns,
                 issuer,
                 limits: config.limits,
                 waits,
@@ -138,11 +134,6 @@ impl PostgresLockService {
         })
     }
 
-    /// The pool lockd's operations use (for diagnostics and tests).
-    pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
-    }
-
     /// Deletes rows that have been free for longer than `older_than`, returning how many went.
     ///
     /// The reaper task calls this every `reap_interval`; it is public for operators and tests.
@@ -150,7 +141,7 @@ impl PostgresLockService {
         within(
             self.inner.deadline,
             "reaping free rows",
-            tasks::reap_once(&self.inner.pool, older_than),
+            tasks::reap_once(&self.inner.conns, older_than),
         )
         .await
     }
@@ -202,7 +193,10 @@ impl Inner {
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> LockResult<PgRow> {
         within(self.deadline, "a lockd statement", async {
-            query.fetch_one(&self.pool).await.map_err(from_sqlx)
+            let mut conn = self.conns.get().await?;
+            let row = query.fetch_one(conn.raw()?).await.map_err(from_sqlx)?;
+            conn.keep();
+            Ok(row)
         })
         .await
     }
@@ -212,7 +206,10 @@ impl Inner {
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> LockResult<Option<PgRow>> {
         within(self.deadline, "a lockd statement", async {
-            query.fetch_optional(&self.pool).await.map_err(from_sqlx)
+            let mut conn = self.conns.get().await?;
+            let row = query.fetch_optional(conn.raw()?).await.map_err(from_sqlx)?;
+            conn.keep();
+            Ok(row)
         })
         .await
     }
@@ -343,10 +340,10 @@ impl lockcore::LockService for PostgresLockService {
                 .bind(limit),
         };
         let rows = within(self.inner.deadline, "listing locks", async {
-            statement
-                .fetch_all(&self.inner.pool)
-                .await
-                .map_err(from_sqlx)
+            let mut conn = self.inner.conns.get().await?;
+            let rows = statement.fetch_all(conn.raw()?).await.map_err(from_sqlx)?;
+            conn.keep();
+            Ok(rows)
         })
         .await?;
         let more = rows.len() > query.limit;
@@ -367,11 +364,13 @@ impl lockcore::LockService for PostgresLockService {
 
     async fn health(&self) -> LockResult<()> {
         within(self.inner.deadline, "health check", async {
+            let mut conn = self.inner.conns.get().await?;
             sqlx::query("SELECT 1")
-                .execute(&self.inner.pool)
+                .execute(conn.raw()?)
                 .await
-                .map(|_| ())
-                .map_err(from_sqlx)
+                .map_err(from_sqlx)?;
+            conn.keep();
+            Ok(())
         })
         .await
     }
@@ -463,18 +462,22 @@ fn connect_options(config: &PostgresConfig) -> LockResult<PgConnectOptions> {
 }
 
 /// While connecting, every failure (refused, bad login, missing database) means "cannot serve".
-fn connect_error(error: sqlx::Error) -> LockError {
-    match from_sqlx(error) {
+fn unavailable(error: LockError) -> LockError {
+    match error {
         LockError::Internal(cause) => LockError::unavailable(BACKEND, cause),
         other => other,
     }
 }
 
-async fn migrate(pool: &PgPool, schema: &str) -> LockResult<()> {
+fn connect_error(error: sqlx::Error) -> LockError {
+    unavailable(from_sqlx(error))
+}
+
+async fn migrate(conn: &mut sqlx::PgConnection, schema: &str) -> LockResult<()> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
             .bind(schema)
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await
             .map_err(connect_error)?;
     if !exists {
@@ -484,11 +487,11 @@ async fn migrate(pool: &PgPool, schema: &str) -> LockResult<()> {
             "SELECT pg_advisory_xact_lock(hashtext('lockd.create_schema')); \
              CREATE SCHEMA IF NOT EXISTS \"{schema}\""
         ))
-        .execute(pool)
+        .execute(&mut *conn)
         .await
         .map_err(connect_error)?;
     }
-    MIGRATOR.run(pool).await.map_err(|e| match e {
+    MIGRATOR.run(conn).await.map_err(|e| match e {
         sqlx::migrate::MigrateError::Execute(e) => connect_error(e),
         other => LockError::unavailable(BACKEND, format!("lockd's migrations: {other}")),
     })

@@ -6,6 +6,7 @@ use std::time::Duration;
 use lockcore::{LockResult, ObjectId, WaitQueue};
 use sqlx::postgres::{PgListener, PgPool};
 
+use crate::conns::Connections;
 use crate::error::from_sqlx;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -60,13 +61,13 @@ pub(crate) async fn listen(mut listener: PgListener, channel: String, waits: Arc
 }
 
 /// Every `interval`, deletes rows free for longer than `older_than`.
-pub(crate) async fn reap(pool: PgPool, interval: Duration, older_than: Duration) {
+pub(crate) async fn reap(conns: Arc<Connections>, interval: Duration, older_than: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        match reap_once(&pool, older_than).await {
+        match reap_once(&conns, older_than).await {
             Ok(0) => {}
             Ok(deleted) => {
                 tracing::debug!(target: "lockd::postgres", deleted, "reaped free lock rows")
@@ -86,11 +87,12 @@ pub(crate) async fn reap(pool: PgPool, interval: Duration, older_than: Duration)
 /// row has been free for `older_than` the floor is far above its fence and a fresh row for the
 /// same object starts above it. Rows are locked and re-checked (`FOR UPDATE SKIP LOCKED`), so a
 /// concurrent acquire either keeps its row or inserts a new one after the delete.
-pub(crate) async fn reap_once(pool: &PgPool, older_than: Duration) -> LockResult<u64> {
+pub(crate) async fn reap_once(conns: &Connections, older_than: Duration) -> LockResult<u64> {
     // Capped at ~100 years so the interval arithmetic cannot overflow.
     let older_than_us = i64::try_from(older_than.as_micros())
         .unwrap_or(i64::MAX)
         .min(100 * 366 * 86_400 * 1_000_000);
+    let mut conn = conns.get().await?;
     let done = sqlx::query(
         "DELETE FROM locks WHERE object IN ( \
              SELECT object FROM locks \
@@ -100,8 +102,9 @@ pub(crate) async fn reap_once(pool: &PgPool, older_than: Duration) -> LockResult
     )
     .bind(older_than_us)
     .bind(REAP_BATCH)
-    .execute(pool)
+    .execute(conn.raw()?)
     .await
     .map_err(from_sqlx)?;
+    conn.keep();
     Ok(done.rows_affected())
 }
