@@ -1,0 +1,449 @@
+//! The HTTP API contract, driven against the real `lockd` binary: every endpoint and every
+//! error code, authentication, malformed and oversized requests, metrics and health.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use support::{assert_error, status_and_json, unique, Lockd};
+
+#[tokio::test]
+async fn acquire_grants_a_lease_and_a_second_owner_is_locked_out_with_holder_and_retry_after() {
+    let lockd = Lockd::start(&[]).await;
+    let object = unique("a");
+    let lease = lockd.acquire(&object, "alice", 30_000).await;
+    assert_eq!(lease["object"], object.as_str());
+    assert_eq!(lease["owner"], "alice");
+    assert_eq!(lease["ttl_ms"], 30_000);
+    assert!(lease["token"].as_str().is_some_and(|t| t.starts_with("lk1.")));
+    assert!(lease["fence"].as_u64().is_some_and(|f| f > 0));
+
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/acquire",
+            json!({"object": object, "owner": "bob", "ttl_ms": 1000}),
+        )
+        .await;
+    let error = assert_error(status, &body, StatusCode::CONFLICT, "locked");
+    assert_eq!(error["holder"], "alice");
+    let retry = error["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!(retry > 0 && retry <= 30_000, "{retry}");
+}
+
+#[tokio::test]
+async fn release_returns_the_fence_and_a_second_release_is_not_held() {
+    let lockd = Lockd::start(&[]).await;
+    let object = unique("r");
+    let lease = lockd.acquire(&object, "alice", 30_000).await;
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/release",
+            json!({"object": object, "token": lease["token"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"object": object, "fence": lease["fence"]}));
+
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/release",
+            json!({"object": object, "token": lease["token"]}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "not_held");
+    // The object is free again.
+    lockd.acquire(&object, "bob", 1000).await;
+}
+
+#[tokio::test]
+async fn release_with_another_holders_token_is_token_mismatch_and_the_lock_stays() {
+    let lockd = Lockd::start(&[]).await;
+    let (mine, theirs) = (unique("mine"), unique("theirs"));
+    let my_lease = lockd.acquire(&mine, "alice", 30_000).await;
+    lockd.acquire(&theirs, "bob", 30_000).await;
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/release",
+            json!({"object": theirs, "token": my_lease["token"]}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "token_mismatch");
+    let (status, info) = lockd
+        .post("/v1/locks/inspect", json!({"object": theirs}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(info["owner"], "bob");
+}
+
+#[tokio::test]
+async fn renew_extends_the_lease_and_keeps_the_fence_and_token() {
+    let lockd = Lockd::start(&[]).await;
+    let object = unique("renew");
+    let lease = lockd.acquire(&object, "alice", 1_000).await;
+    let (status, renewed) = lockd
+        .post(
+            "/v1/locks/renew",
+            json!({"object": object, "token": lease["token"], "ttl_ms": 60_000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    assert_eq!(renewed["fence"], lease["fence"]);
+    assert_eq!(renewed["token"], lease["token"]);
+    assert_eq!(renewed["owner"], "alice");
+    assert_eq!(renewed["ttl_ms"], 60_000);
+    // Well past the original TTL the lock is still held.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let (_, info) = lockd
+        .post("/v1/locks/inspect", json!({"object": object}))
+        .await;
+    assert_eq!(info["fence"], lease["fence"]);
+
+    let free = unique("free");
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/renew",
+            json!({"object": free, "token": lease["token"], "ttl_ms": 1000}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "not_held");
+}
+
+#[tokio::test]
+async fn validate_answers_for_the_current_token_only() {
+    let lockd = Lockd::start(&[]).await;
+    let object = unique("v");
+    let lease = lockd.acquire(&object, "alice", 30_000).await;
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/validate",
+            json!({"object": object, "token": lease["token"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], object.as_str());
+    assert_eq!(body["owner"], "alice");
+    assert_eq!(body["fence"], lease["fence"]);
+    assert!(body["ttl_ms"].as_u64().is_some_and(|t| t > 0 && t <= 30_000));
+    assert!(body.get("token").is_none(), "validate must not echo the token");
+
+    lockd
+        .post(
+            "/v1/locks/release",
+            json!({"object": object, "token": lease["token"]}),
+        )
+        .await;
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/validate",
+            json!({"object": object, "token": lease["token"]}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "not_held");
+}
+
+#[tokio::test]
+async fn inspect_shows_the_holder_without_the_token_or_404_when_free() {
+    let lockd = Lockd::start(&[]).await;
+    let object = unique("i");
+    let (status, body) = lockd
+        .post("/v1/locks/inspect", json!({"object": object}))
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    let lease = lockd.acquire(&object, "alice", 30_000).await;
+    let (status, info) = lockd
+        .post("/v1/locks/inspect", json!({"object": object}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!(info["object"], object.as_str());
+    assert_eq!(info["owner"], "alice");
+    assert_eq!(info["fence"], lease["fence"]);
+    assert!(info["ttl_ms"].as_u64().is_some_and(|t| t <= 30_000));
+    assert!(info.get("token").is_none());
+    assert!(!info.to_string().contains(lease["token"].as_str().expect("token")));
+}
+
+#[tokio::test]
+async fn list_pages_through_locks_under_a_prefix() {
+    let lockd = Lockd::start(&[]).await;
+    let prefix = unique("dir");
+    for name in ["a", "b", "c"] {
+        lockd
+            .acquire(&format!("{prefix}/{name}"), "alice", 30_000)
+            .await;
+    }
+    lockd.acquire(&unique("elsewhere"), "bob", 30_000).await;
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/locks?prefix={prefix}/&limit=2");
+        if let Some(cursor) = &after {
+            path.push_str(&format!("&after={cursor}"));
+        }
+        let (status, page) = lockd.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let locks = page["locks"].as_array().expect("locks array");
+        assert!(locks.len() <= 2);
+        for lock in locks {
+            assert!(lock.get("token").is_none());
+            seen.push(lock["object"].as_str().expect("object").to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => {
+                assert!(page["next"].is_null());
+                break;
+            }
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            format!("{prefix}/a"),
+            format!("{prefix}/b"),
+            format!("{prefix}/c")
+        ]
+    );
+
+    let (status, body) = lockd.get("/v1/locks?limit=0").await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+    let (status, body) = lockd.get("/v1/locks?limit=lots").await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+}
+
+#[tokio::test]
+async fn malformed_tokens_are_invalid_token() {
+    let lockd = Lockd::start(&[]).await;
+    let object = unique("t");
+    lockd.acquire(&object, "alice", 30_000).await;
+    for path in ["/v1/locks/release", "/v1/locks/validate"] {
+        let (status, body) = lockd
+            .post(path, json!({"object": object, "token": "not-a-token"}))
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_token");
+    }
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/renew",
+            json!({"object": object, "token": "lk1.short", "ttl_ms": 1000}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_token");
+}
+
+#[tokio::test]
+async fn bad_ids_and_out_of_range_ttls_and_waits_are_invalid_argument() {
+    let lockd = Lockd::start(&["--max-ttl", "10s", "--max-wait", "1s"]).await;
+    let object = unique("x");
+    for body in [
+        json!({"object": "", "owner": "alice", "ttl_ms": 1000}),
+        json!({"object": "bad\u{0}name", "owner": "alice", "ttl_ms": 1000}),
+        json!({"object": "x".repeat(1025), "owner": "alice", "ttl_ms": 1000}),
+        json!({"object": object, "owner": "", "ttl_ms": 1000}),
+        json!({"object": object, "owner": "alice", "ttl_ms": 0}),
+        json!({"object": object, "owner": "alice", "ttl_ms": 10_001}),
+        json!({"object": object, "owner": "alice", "ttl_ms": 1000, "wait_ms": 1001}),
+    ] {
+        let (status, reply) = lockd.post("/v1/locks/acquire", body.clone()).await;
+        assert_error(status, &reply, StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+    // The limits are inclusive.
+    let lease = lockd.acquire(&object, "alice", 10_000).await;
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/renew",
+            json!({"object": object, "token": lease["token"], "ttl_ms": 10_001}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+}
+
+#[tokio::test]
+async fn bad_json_missing_or_mistyped_fields_and_wrong_content_types_are_invalid_argument() {
+    let lockd = Lockd::start(&[]).await;
+    let raw = |body: &'static str, content_type: Option<&'static str>| {
+        let mut request = lockd
+            .request(Method::POST, "/v1/locks/acquire")
+            .body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        request
+    };
+    let json_ct = Some("application/json");
+    for (body, ct) in [
+        ("{not json", json_ct),
+        ("", json_ct),
+        ("[]", json_ct),
+        (r#"{"object": "a", "owner": "o"}"#, json_ct),
+        (r#"{"object": "a", "owner": "o", "ttl_ms": "soon"}"#, json_ct),
+        (r#"{"object": "a", "owner": "o", "ttl_ms": -5}"#, json_ct),
+        (r#"{"object": 7, "owner": "o", "ttl_ms": 1000}"#, json_ct),
+        (r#"{"object": "a", "owner": "o", "ttl_ms": 1000}"#, None),
+        (r#"{"object": "a", "owner": "o", "ttl_ms": 1000}"#, Some("text/plain")),
+    ] {
+        let response = raw(body, ct).send().await.expect("request");
+        let (status, reply) = status_and_json(response).await;
+        assert_error(status, &reply, StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+    // The server is unharmed.
+    lockd.acquire(&unique("after-garbage"), "alice", 1000).await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_payload_too_large() {
+    let lockd = Lockd::start(&["--max-body-bytes", "2048"]).await;
+    let big = json!({"object": "x".repeat(4096), "owner": "alice", "ttl_ms": 1000});
+    let (status, body) = lockd.post("/v1/locks/acquire", big).await;
+    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+
+    // Also without a Content-Length header (a streamed, chunked body).
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..8).map(|_| Ok(vec![b' '; 1024])).collect();
+    let response = lockd
+        .request(Method::POST, "/v1/locks/acquire")
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(tokio_stream::iter(chunks)))
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = status_and_json(response).await;
+    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    lockd.acquire(&unique("after-big"), "alice", 1000).await;
+}
+
+#[tokio::test]
+async fn unknown_paths_are_not_found_and_wrong_methods_are_refused_in_the_envelope() {
+    let lockd = Lockd::start(&[]).await;
+    let (status, body) = lockd.get("/v1/nothing-here").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = lockd.get("/v1/locks/acquire").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_argument",
+    );
+}
+
+#[tokio::test]
+async fn a_blocking_acquire_is_granted_when_the_holder_releases() {
+    let lockd = Lockd::start(&[]).await;
+    let object = unique("wait");
+    let first = lockd.acquire(&object, "alice", 30_000).await;
+    let waiter = {
+        let request = lockd.request(Method::POST, "/v1/locks/acquire").json(
+            &json!({"object": object, "owner": "bob", "ttl_ms": 5000, "wait_ms": 10_000}),
+        );
+        tokio::spawn(async move { status_and_json(request.send().await.expect("send")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, metrics) = (
+        (),
+        lockd
+            .request(Method::GET, "/metrics")
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text"),
+    );
+    assert!(metrics.contains("lockd_waiters 1"), "{metrics}");
+    let (status, _) = lockd
+        .post(
+            "/v1/locks/release",
+            json!({"object": object, "token": first["token"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, lease) = waiter.await.expect("waiter task");
+    assert_eq!(status, StatusCode::OK, "{lease}");
+    assert_eq!(lease["owner"], "bob");
+    assert!(lease["fence"].as_u64() > first["fence"].as_u64());
+}
+
+#[tokio::test]
+async fn api_keys_are_required_on_v1_when_configured() {
+    let key = "test-key-0123456789abcdef";
+    let lockd = Lockd::start(&["--api-key", key, "--api-key", "second-key-0123456789"]).await;
+    let object = unique("auth");
+    let body = json!({"object": object, "owner": "alice", "ttl_ms": 1000});
+
+    let (status, reply) = lockd.post("/v1/locks/acquire", body.clone()).await;
+    let _ = assert_error(status, &reply, StatusCode::UNAUTHORIZED, "unauthenticated");
+    for header in [
+        "Bearer wrong-key-0123456789abcdef".to_owned(),
+        format!("Basic {key}"),
+        format!("Bearer {key}x"),
+        "Bearer".to_owned(),
+    ] {
+        let response = lockd
+            .request(Method::POST, "/v1/locks/acquire")
+            .header("authorization", header)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let (status, reply) = status_and_json(response).await;
+        assert_error(status, &reply, StatusCode::UNAUTHORIZED, "unauthenticated");
+    }
+    let (status, reply) = lockd.get("/v1/locks").await;
+    assert_error(status, &reply, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let (status, reply) = lockd.get("/v1/events").await;
+    assert_error(status, &reply, StatusCode::UNAUTHORIZED, "unauthenticated");
+
+    // Probes stay open.
+    let (status, _) = lockd.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let lockd = lockd.with_api_key(key);
+    lockd.acquire(&object, "alice", 1000).await;
+    let lockd = lockd.with_api_key("second-key-0123456789");
+    let (status, _) = lockd.get("/v1/locks").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_report_the_server() {
+    let lockd = Lockd::start(&[]).await;
+    let (status, body) = lockd.get("/healthz").await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let (status, body) = lockd.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["backend"], "memory");
+
+    let object = unique("m");
+    let lease = lockd.acquire(&object, "alice", 30_000).await;
+    lockd
+        .post("/v1/locks/acquire", json!({"object": object, "owner": "bob", "ttl_ms": 10}))
+        .await;
+    lockd
+        .post(
+            "/v1/locks/release",
+            json!({"object": unique("free"), "token": lease["token"]}),
+        )
+        .await;
+    let response = lockd
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.expect("text");
+    for expected in [
+        r#"lockd_requests_total{operation="acquire",outcome="ok"} 1"#,
+        r#"lockd_requests_total{operation="acquire",outcome="locked"} 1"#,
+        r#"lockd_requests_total{operation="release",outcome="not_held"} 1"#,
+        r#"lockd_refused_releases_total{reason="not_held"} 1"#,
+        "lockd_locks_held 1",
+        "lockd_waiters 0",
+        r#"lockd_request_duration_seconds_count{operation="acquire"} 2"#,
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
