@@ -161,13 +161,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 "expected a JSON body with Content-Type: application/json".into(),
             ));
         }
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge("request body is larger than the server accepts".into())
-            } else {
-                ApiError::BadRequest(format!("cannot read the request body: {}", rejection.body_text()))
-            }
-        })?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(
+                        "request body is larger than the server accepts".into(),
+                    )
+                } else {
+                    ApiError::BadRequest(format!(
+                        "cannot read the request body: {}",
+                        rejection.body_text()
+                    ))
+                }
+            })?;
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
@@ -543,7 +550,9 @@ async fn stream(
                     .ok()
                     .and_then(|s| s.trim().parse::<u64>().ok())
                     .ok_or_else(|| {
-                        ApiError::BadRequest("Last-Event-ID must be an event sequence number".into())
+                        ApiError::BadRequest(
+                            "Last-Event-ID must be an event sequence number".into(),
+                        )
                     })?,
             ),
             None => None,
@@ -633,12 +642,16 @@ async fn metrics(State(state): State<AppState>) -> Response {
         Ok(text) => (
             [(
                 CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             )],
             text,
         )
             .into_response(),
-        Err(_) => ApiError::Lock(LockError::Internal("cannot encode metrics".into())).into_response(),
+        Err(_) => {
+            ApiError::Lock(LockError::Internal("cannot encode metrics".into())).into_response()
+        }
     }
 }
 
@@ -672,9 +685,15 @@ mod tests {
     fn json_content_types_are_recognised() {
         let mut headers = HeaderMap::new();
         assert!(!is_json(&headers));
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         assert!(is_json(&headers));
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/vnd.lockd+json"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.lockd+json"),
+        );
         assert!(is_json(&headers));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         assert!(!is_json(&headers));

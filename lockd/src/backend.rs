@@ -6,7 +6,7 @@ use std::time::Duration;
 
 #[cfg(feature = "memory")]
 use lockcore::Fence;
-use lockcore::{LockError, LockService, Limits, TokenIssuer};
+use lockcore::{Limits, LockError, LockService, TokenIssuer};
 
 #[cfg(feature = "memory")]
 use crate::grace::{RestartGuard, StateFile};
@@ -136,7 +136,12 @@ pub async fn connect_backend(
 }
 
 #[cfg_attr(
-    all(feature = "memory", feature = "redis", feature = "postgres", feature = "http"),
+    all(
+        feature = "memory",
+        feature = "redis",
+        feature = "postgres",
+        feature = "http"
+    ),
     allow(dead_code)
 )]
 fn not_built(scheme: &str, feature: &str) -> LockError {
@@ -277,8 +282,57 @@ mod tests {
             redact_url("postgres://app:s3cret@db:5432/locks"),
             "postgres://app:***@db:5432/locks"
         );
-        assert_eq!(redact_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
         assert_eq!(redact_url("memory://"), "memory://");
         assert_eq!(redact_url("nonsense"), "nonsense");
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    fn options() -> BackendOptions {
+        BackendOptions::new(TokenIssuer::random())
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_and_non_urls_are_invalid_arguments() {
+        for url in ["ftp://host", "nonsense", "", "memory://host/path"] {
+            let err = connect_backend(url, &options()).await.expect_err(url);
+            assert!(
+                matches!(
+                    err,
+                    LockError::InvalidArgument {
+                        field: "backend",
+                        ..
+                    }
+                ),
+                "{url}: {err}"
+            );
+        }
+    }
+
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn memory_urls_give_the_memory_backend() {
+        for url in ["memory://", "MEMORY://", " memory:// "] {
+            let service = connect_backend(url, &options()).await.expect(url);
+            assert_eq!(service.backend(), "memory");
+        }
+    }
+
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn memory_with_a_data_dir_writes_its_state_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let service = connect_backend("memory://", &options().with_data_dir(dir.path()))
+            .await
+            .expect("memory");
+        assert_eq!(service.backend(), "memory");
+        assert!(dir.path().join(crate::grace::STATE_FILE_NAME).exists());
     }
 }

@@ -88,8 +88,14 @@ impl fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("listen", &self.listen)
             .field("backend", &crate::backend::redact_url(&self.backend))
-            .field("api_keys", &format_args!("<{} redacted>", self.api_keys.len()))
-            .field("token_secret", &self.token_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "api_keys",
+                &format_args!("<{} redacted>", self.api_keys.len()),
+            )
+            .field(
+                "token_secret",
+                &self.token_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("limits", &self.limits)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("events_capacity", &self.events_capacity)
@@ -225,12 +231,14 @@ fn duration(name: &str, text: &str) -> Result<Duration, ConfigError> {
 
 fn read_secret_file(path: &Path) -> Result<TokenSecret, ConfigError> {
     let bytes = std::fs::read(path).map_err(|e| {
-        ConfigError::new(format!("cannot read token secret file {}: {e}", path.display()))
+        ConfigError::new(format!(
+            "cannot read token secret file {}: {e}",
+            path.display()
+        ))
     })?;
     let trimmed = trim_ascii_end_newline(&bytes);
-    TokenSecret::new(trimmed).map_err(|e| {
-        ConfigError::new(format!("token secret file {}: {e}", path.display()))
-    })
+    TokenSecret::new(trimmed)
+        .map_err(|e| ConfigError::new(format!("token secret file {}: {e}", path.display())))
 }
 
 fn trim_ascii_end_newline(bytes: &[u8]) -> &[u8] {
@@ -299,11 +307,16 @@ impl ServeArgs {
             )));
         }
 
-        server.token_secret = match (&self.token_secret_file, token_secret_env, &file.token_secret_file) {
+        server.token_secret = match (
+            &self.token_secret_file,
+            token_secret_env,
+            &file.token_secret_file,
+        ) {
             (Some(path), _, _) => Some(read_secret_file(path)?),
-            (None, Some(secret), _) => Some(TokenSecret::new(secret.as_bytes()).map_err(|e| {
-                ConfigError::new(format!("LOCKD_TOKEN_SECRET: {e}"))
-            })?),
+            (None, Some(secret), _) => Some(
+                TokenSecret::new(secret.as_bytes())
+                    .map_err(|e| ConfigError::new(format!("LOCKD_TOKEN_SECRET: {e}")))?,
+            ),
             (None, None, Some(path)) => Some(read_secret_file(path)?),
             (None, None, None) => None,
         };
@@ -434,7 +447,12 @@ mod tests {
             token_secret_file: Some(secret.path().to_path_buf()),
             ..ServeArgs::default()
         };
-        assert!(args.resolve(Some("x".into())).expect("flag wins").server.token_secret.is_some());
+        assert!(args
+            .resolve(Some("x".into()))
+            .expect("flag wins")
+            .server
+            .token_secret
+            .is_some());
         let err = ServeArgs::default()
             .resolve(Some("too short".into()))
             .expect_err("short secret");
@@ -458,9 +476,11 @@ mod tests {
 
     #[test]
     fn debug_hides_keys_and_secret() {
-        let mut config = ServerConfig::default();
-        config.api_keys = vec!["super-secret-api-key".into()];
-        config.backend = "postgres://u:hunter2@db/locks".into();
+        let config = ServerConfig {
+            api_keys: vec!["super-secret-api-key".into()],
+            backend: "postgres://u:hunter2@db/locks".into(),
+            ..ServerConfig::default()
+        };
         let shown = format!("{config:?}");
         assert!(!shown.contains("super-secret-api-key"));
         assert!(!shown.contains("hunter2"));

@@ -94,7 +94,8 @@ impl IntoResponse for ApiError {
         }) = &self
         {
             body["holder"] = json!(holder.as_str());
-            body["retry_after_ms"] = json!(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX));
+            body["retry_after_ms"] =
+                json!(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX));
         }
         let mut response = (status, axum::Json(json!({ "error": body }))).into_response();
         match &self {

@@ -111,7 +111,9 @@ impl EventLog {
     fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
         // A panic while holding this lock cannot leave the ring inconsistent (each update is a
         // push and a pop), so a poisoned lock is still usable.
-        self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.ring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Appends an event, evicting the oldest beyond capacity, and tells live subscribers.

@@ -168,7 +168,13 @@ impl ExpiryTracker {
         }
     }
 
-    async fn check(&self, service: &dyn LockService, object: ObjectId, generation: u64, fence: Fence) {
+    async fn check(
+        &self,
+        service: &dyn LockService,
+        object: ObjectId,
+        generation: u64,
+        fence: Fence,
+    ) {
         let outcome = service.inspect(&object).await;
         let mut state = self.state();
         let current = matches!(state.leases.get(&object), Some(t) if t.generation == generation);
@@ -185,9 +191,11 @@ impl ExpiryTracker {
         };
         match retry_in {
             Some(delay) => {
-                state
-                    .due
-                    .push(Reverse((Instant::now() + delay + SLACK, generation, object)));
+                state.due.push(Reverse((
+                    Instant::now() + delay + SLACK,
+                    generation,
+                    object,
+                )));
             }
             None => {
                 let tracked = state.leases.remove(&object);
@@ -206,7 +214,8 @@ impl ExpiryTracker {
             match self.take_due() {
                 Ok(due) => {
                     for (object, generation, fence) in due {
-                        self.check(service.as_ref(), object, generation, fence).await;
+                        self.check(service.as_ref(), object, generation, fence)
+                            .await;
                     }
                 }
                 Err(Some(next)) => {

@@ -31,8 +31,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockcore::{
-    async_trait, Fence, Lease, ListQuery, LockError, LockInfo, LockPage, LockResult, LockService,
-    LockToken, Limits, ObjectId, OwnerId,
+    async_trait, Fence, Lease, Limits, ListQuery, LockError, LockInfo, LockPage, LockResult,
+    LockService, LockToken, ObjectId, OwnerId,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -91,10 +91,7 @@ impl StateFile {
 
     fn open_blocking(dir: &Path) -> Result<Self, LockError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            LockError::invalid_argument(
-                "data_dir",
-                format!("cannot create {}: {e}", dir.display()),
-            )
+            LockError::invalid_argument("data_dir", format!("cannot create {}: {e}", dir.display()))
         })?;
         let path = dir.join(STATE_FILE_NAME);
         let stored = match std::fs::read(&path) {
@@ -134,7 +131,11 @@ impl StateFile {
 
     /// How long grants must still be refused: until the stored deadline passes.
     pub fn remaining_grace(&self) -> Duration {
-        Duration::from_millis(self.stored.grant_deadline_unix_ms.saturating_sub(now_unix_ms()))
+        Duration::from_millis(
+            self.stored
+                .grant_deadline_unix_ms
+                .saturating_sub(now_unix_ms()),
+        )
     }
 
     /// Where the state lives.
@@ -190,7 +191,10 @@ impl Shared {
             .map_err(|e| {
                 LockError::unavailable(
                     BACKEND,
-                    format!("cannot persist restart state to {}: {e}", self.path.display()),
+                    format!(
+                        "cannot persist restart state to {}: {e}",
+                        self.path.display()
+                    ),
                 )
             })?;
         self.flushed_fence
@@ -212,8 +216,7 @@ impl Shared {
 
     async fn flush_fence(&self) -> LockResult<()> {
         let deadline = self.deadline.lock().await;
-        if self.highest_fence.load(Ordering::Acquire) > self.flushed_fence.load(Ordering::Acquire)
-        {
+        if self.highest_fence.load(Ordering::Acquire) > self.flushed_fence.load(Ordering::Acquire) {
             self.write(self.record(*deadline)).await?;
         }
         Ok(())
@@ -353,7 +356,12 @@ impl LockService for RestartGuard {
         self.inner.release(object, token).await
     }
 
-    async fn renew(&self, object: &ObjectId, token: &LockToken, ttl: Duration) -> LockResult<Lease> {
+    async fn renew(
+        &self,
+        object: &ObjectId,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> LockResult<Lease> {
         self.limits.check_ttl(ttl)?;
         let needed = now_unix_ms().saturating_add(millis(ttl));
         self.shared.cover(needed).await?;
@@ -374,5 +382,86 @@ impl LockService for RestartGuard {
 
     async fn health(&self) -> LockResult<()> {
         self.inner.health().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(dir: &Path) -> StateRecord {
+        let bytes = std::fs::read(dir.join(STATE_FILE_NAME)).expect("state file");
+        serde_json::from_slice(&bytes).expect("valid state")
+    }
+
+    #[tokio::test]
+    async fn a_fresh_data_dir_has_no_grace_and_no_fence_floor() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = StateFile::open(&dir.path().join("nested"))
+            .await
+            .expect("opens");
+        assert_eq!(state.remaining_grace(), Duration::ZERO);
+        assert_eq!(state.fence_floor(), Fence(1));
+        assert!(
+            state.path().exists(),
+            "written at start to prove the dir is writable"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stored_future_deadline_means_grace_and_a_stored_fence_a_floor_above_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let record = StateRecord {
+            version: 1,
+            highest_fence: 500,
+            grant_deadline_unix_ms: now_unix_ms() + 60_000,
+        };
+        write_atomically(&dir.path().join(STATE_FILE_NAME), &record).expect("write");
+        let state = StateFile::open(dir.path()).await.expect("opens");
+        assert!(state.remaining_grace() > Duration::from_secs(50));
+        assert_eq!(state.fence_floor(), Fence(501));
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_or_unknown_state_file_stops_the_start() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join(STATE_FILE_NAME), b"{not json").expect("write");
+        let err = StateFile::open(dir.path())
+            .await
+            .expect_err("corrupt refused");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        std::fs::write(
+            dir.path().join(STATE_FILE_NAME),
+            br#"{"version": 9, "highest_fence": 1, "grant_deadline_unix_ms": 1}"#,
+        )
+        .expect("write");
+        assert!(StateFile::open(dir.path()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn covering_a_lease_persists_a_deadline_beyond_it_before_returning() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = StateFile::open(dir.path()).await.expect("opens");
+        let shared = Shared {
+            path: state.path.clone(),
+            deadline: tokio::sync::Mutex::new(0),
+            highest_fence: AtomicU64::new(7),
+            flushed_fence: AtomicU64::new(0),
+        };
+        let needed = now_unix_ms() + 5_000;
+        shared.cover(needed).await.expect("persisted");
+        let on_disk = read(dir.path());
+        assert!(on_disk.grant_deadline_unix_ms >= needed);
+        assert_eq!(on_disk.highest_fence, 7);
+        // A lease ending earlier needs no write: the stored deadline only grows.
+        shared.highest_fence.store(9, Ordering::Release);
+        shared.cover(needed - 1_000).await.expect("covered");
+        assert_eq!(read(dir.path()).highest_fence, 7);
+        shared.flush_fence().await.expect("flushed");
+        assert_eq!(read(dir.path()).highest_fence, 9);
+        assert_eq!(
+            read(dir.path()).grant_deadline_unix_ms,
+            on_disk.grant_deadline_unix_ms
+        );
     }
 }

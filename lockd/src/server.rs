@@ -130,12 +130,13 @@ impl Server {
         service: Arc<dyn LockService>,
     ) -> Result<Self, ServerError> {
         check_auth_policy(&config)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr()?;
         let metrics = Arc::new(Metrics::new());
         let events = Arc::new(EventLog::new(config.events_capacity));

@@ -16,7 +16,10 @@ use lockd::{connect_backend, BackendOptions, Server, ServerConfig};
 
 /// Starts a lockd on `backend` in a thread of its own (so it outlives each test's runtime) and
 /// returns its URL.
-fn start_shared_server(backend: String, data_dir: Option<std::path::PathBuf>) -> Result<String, String> {
+fn start_shared_server(
+    backend: String,
+    data_dir: Option<std::path::PathBuf>,
+) -> Result<String, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -102,7 +105,10 @@ async fn postgres() -> Option<Arc<dyn LockService>> {
 }
 
 mod over_memory {
-    conformance_tests::conformance_suite!(super::memory, conformance_tests::Capabilities::default());
+    conformance_tests::conformance_suite!(
+        super::memory,
+        conformance_tests::Capabilities::default()
+    );
 }
 
 mod over_memory_with_data_dir {

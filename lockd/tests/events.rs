@@ -47,15 +47,24 @@ async fn grants_renews_releases_refusals_and_expiries_are_logged_without_tokens(
     let other = unique("other");
     let bobs = lockd.acquire(&other, "bob", 30_000).await;
     let (status, _) = lockd
-        .post("/v1/locks/release", json!({"object": other, "token": token}))
+        .post(
+            "/v1/locks/release",
+            json!({"object": other, "token": token}),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     lockd
-        .post("/v1/locks/release", json!({"object": object, "token": token}))
+        .post(
+            "/v1/locks/release",
+            json!({"object": object, "token": token}),
+        )
         .await;
     // not_held: released already.
     let (status, _) = lockd
-        .post("/v1/locks/release", json!({"object": object, "token": token}))
+        .post(
+            "/v1/locks/release",
+            json!({"object": object, "token": token}),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     // An expiry: a short lease nobody releases.
@@ -71,7 +80,14 @@ async fn grants_renews_releases_refusals_and_expiries_are_logged_without_tokens(
     };
     assert_eq!(
         kinds(&log),
-        vec!["grant", "renew", "release", "release_refused", "grant", "expiry"],
+        vec![
+            "grant",
+            "renew",
+            "release",
+            "release_refused",
+            "grant",
+            "expiry"
+        ],
         "{log:#?}"
     );
     assert_eq!(log[0]["owner"], "alice");
@@ -80,9 +96,14 @@ async fn grants_renews_releases_refusals_and_expiries_are_logged_without_tokens(
     assert_eq!(log[3]["reason"], "not_held");
     assert_eq!(log[5]["owner"], "carol");
     assert_eq!(log[5]["fence"], short["fence"]);
-    let seqs: Vec<u64> = log.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+    let seqs: Vec<u64> = log
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-    assert!(log.iter().all(|e| e["time"].as_str().is_some_and(|t| t.ends_with('Z'))));
+    assert!(log
+        .iter()
+        .all(|e| e["time"].as_str().is_some_and(|t| t.ends_with('Z'))));
 
     let refused = events_about(&lockd, &other).await;
     assert_eq!(kinds(&refused), vec!["grant", "release_refused"]);
@@ -100,7 +121,9 @@ async fn grants_renews_releases_refusals_and_expiries_are_logged_without_tokens(
 async fn events_page_with_after_and_limit_and_the_ring_is_bounded() {
     let lockd = Lockd::start(&["--events-capacity", "3"]).await;
     for i in 0..5 {
-        lockd.acquire(&unique(&format!("e{i}")), "alice", 30_000).await;
+        lockd
+            .acquire(&unique(&format!("e{i}")), "alice", 30_000)
+            .await;
     }
     let (status, body) = lockd.get("/v1/events").await;
     assert_eq!(status, StatusCode::OK);
@@ -204,7 +227,10 @@ async fn the_stream_delivers_live_events_and_replays_after_a_sequence_number() {
         .iter()
         .map(|f| f.2["object"].as_str().expect("object"))
         .collect();
-    assert_eq!(objects, vec![before.as_str(), object.as_str(), object.as_str()]);
+    assert_eq!(
+        objects,
+        vec![before.as_str(), object.as_str(), object.as_str()]
+    );
 
     let response = lockd
         .request(Method::GET, "/v1/events/stream?after=2")

@@ -17,7 +17,9 @@ async fn acquire_grants_a_lease_and_a_second_owner_is_locked_out_with_holder_and
     assert_eq!(lease["object"], object.as_str());
     assert_eq!(lease["owner"], "alice");
     assert_eq!(lease["ttl_ms"], 30_000);
-    assert!(lease["token"].as_str().is_some_and(|t| t.starts_with("lk1.")));
+    assert!(lease["token"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("lk1.")));
     assert!(lease["fence"].as_u64().is_some_and(|f| f > 0));
 
     let (status, body) = lockd
@@ -125,8 +127,13 @@ async fn validate_answers_for_the_current_token_only() {
     assert_eq!(body["object"], object.as_str());
     assert_eq!(body["owner"], "alice");
     assert_eq!(body["fence"], lease["fence"]);
-    assert!(body["ttl_ms"].as_u64().is_some_and(|t| t > 0 && t <= 30_000));
-    assert!(body.get("token").is_none(), "validate must not echo the token");
+    assert!(body["ttl_ms"]
+        .as_u64()
+        .is_some_and(|t| t > 0 && t <= 30_000));
+    assert!(
+        body.get("token").is_none(),
+        "validate must not echo the token"
+    );
 
     lockd
         .post(
@@ -162,7 +169,9 @@ async fn inspect_shows_the_holder_without_the_token_or_404_when_free() {
     assert_eq!(info["fence"], lease["fence"]);
     assert!(info["ttl_ms"].as_u64().is_some_and(|t| t <= 30_000));
     assert!(info.get("token").is_none());
-    assert!(!info.to_string().contains(lease["token"].as_str().expect("token")));
+    assert!(!info
+        .to_string()
+        .contains(lease["token"].as_str().expect("token")));
 }
 
 #[tokio::test]
@@ -266,9 +275,7 @@ async fn bad_ids_and_out_of_range_ttls_and_waits_are_invalid_argument() {
 async fn bad_json_missing_or_mistyped_fields_and_wrong_content_types_are_invalid_argument() {
     let lockd = Lockd::start(&[]).await;
     let raw = |body: &'static str, content_type: Option<&'static str>| {
-        let mut request = lockd
-            .request(Method::POST, "/v1/locks/acquire")
-            .body(body);
+        let mut request = lockd.request(Method::POST, "/v1/locks/acquire").body(body);
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
@@ -280,11 +287,17 @@ async fn bad_json_missing_or_mistyped_fields_and_wrong_content_types_are_invalid
         ("", json_ct),
         ("[]", json_ct),
         (r#"{"object": "a", "owner": "o"}"#, json_ct),
-        (r#"{"object": "a", "owner": "o", "ttl_ms": "soon"}"#, json_ct),
+        (
+            r#"{"object": "a", "owner": "o", "ttl_ms": "soon"}"#,
+            json_ct,
+        ),
         (r#"{"object": "a", "owner": "o", "ttl_ms": -5}"#, json_ct),
         (r#"{"object": 7, "owner": "o", "ttl_ms": 1000}"#, json_ct),
         (r#"{"object": "a", "owner": "o", "ttl_ms": 1000}"#, None),
-        (r#"{"object": "a", "owner": "o", "ttl_ms": 1000}"#, Some("text/plain")),
+        (
+            r#"{"object": "a", "owner": "o", "ttl_ms": 1000}"#,
+            Some("text/plain"),
+        ),
     ] {
         let response = raw(body, ct).send().await.expect("request");
         let (status, reply) = status_and_json(response).await;
@@ -299,7 +312,12 @@ async fn oversized_bodies_are_payload_too_large() {
     let lockd = Lockd::start(&["--max-body-bytes", "2048"]).await;
     let big = json!({"object": "x".repeat(4096), "owner": "alice", "ttl_ms": 1000});
     let (status, body) = lockd.post("/v1/locks/acquire", big).await;
-    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
 
     // Also without a Content-Length header (a streamed, chunked body).
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
@@ -312,7 +330,12 @@ async fn oversized_bodies_are_payload_too_large() {
         .await
         .expect("request");
     let (status, body) = status_and_json(response).await;
-    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
     lockd.acquire(&unique("after-big"), "alice", 1000).await;
 }
 
@@ -336,9 +359,9 @@ async fn a_blocking_acquire_is_granted_when_the_holder_releases() {
     let object = unique("wait");
     let first = lockd.acquire(&object, "alice", 30_000).await;
     let waiter = {
-        let request = lockd.request(Method::POST, "/v1/locks/acquire").json(
-            &json!({"object": object, "owner": "bob", "ttl_ms": 5000, "wait_ms": 10_000}),
-        );
+        let request = lockd
+            .request(Method::POST, "/v1/locks/acquire")
+            .json(&json!({"object": object, "owner": "bob", "ttl_ms": 5000, "wait_ms": 10_000}));
         tokio::spawn(async move { status_and_json(request.send().await.expect("send")).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -412,7 +435,10 @@ async fn api_keys_are_required_on_v1_when_configured() {
 async fn health_readiness_and_metrics_report_the_server() {
     let lockd = Lockd::start(&[]).await;
     let (status, body) = lockd.get("/healthz").await;
-    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")));
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
     let (status, body) = lockd.get("/readyz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["backend"], "memory");
@@ -420,7 +446,10 @@ async fn health_readiness_and_metrics_report_the_server() {
     let object = unique("m");
     let lease = lockd.acquire(&object, "alice", 30_000).await;
     lockd
-        .post("/v1/locks/acquire", json!({"object": object, "owner": "bob", "ttl_ms": 10}))
+        .post(
+            "/v1/locks/acquire",
+            json!({"object": object, "owner": "bob", "ttl_ms": 10}),
+        )
         .await;
     lockd
         .post(

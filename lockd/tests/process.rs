@@ -16,19 +16,42 @@ fn assert_one_clear_line(stderr: &str, needle: &str) {
         .filter(|l| l.starts_with("lockd: error:"))
         .collect();
     assert_eq!(errors.len(), 1, "expected one error line, got:\n{stderr}");
-    assert!(errors[0].contains(needle), "{:?} lacks {needle:?}", errors[0]);
+    assert!(
+        errors[0].contains(needle),
+        "{:?} lacks {needle:?}",
+        errors[0]
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+type StartCase = (
+    Vec<&'static str>,
+    Vec<(&'static str, &'static str)>,
+    &'static str,
+);
+
 #[tokio::test]
 async fn missing_or_invalid_settings_fail_at_start_with_one_clear_line() {
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
-        (vec!["--config", "/nonexistent/lockd.toml"], vec![], "/nonexistent/lockd.toml"),
+    // (flags, environment, what the one error line must name)
+    let cases: Vec<StartCase> = vec![
+        (
+            vec!["--config", "/nonexistent/lockd.toml"],
+            vec![],
+            "/nonexistent/lockd.toml",
+        ),
         (vec!["--max-ttl", "forever"], vec![], "max_ttl"),
         (vec!["--listen", "nowhere"], vec![], "listen address"),
         (vec!["--backend", "ftp://x"], vec![], "unknown scheme"),
-        (vec![], vec![("LOCKD_TOKEN_SECRET", "short")], "LOCKD_TOKEN_SECRET"),
-        (vec!["--token-secret-file", "/nonexistent/secret"], vec![], "/nonexistent/secret"),
+        (
+            vec![],
+            vec![("LOCKD_TOKEN_SECRET", "short")],
+            "LOCKD_TOKEN_SECRET",
+        ),
+        (
+            vec!["--token-secret-file", "/nonexistent/secret"],
+            vec![],
+            "/nonexistent/secret",
+        ),
         (vec![], vec![("LOCKD_MAX_WAIT", "whenever")], "max_wait"),
     ];
     for (args, envs, needle) in cases {
@@ -63,12 +86,16 @@ async fn a_non_loopback_address_without_api_keys_is_refused_unless_insecure() {
 #[tokio::test]
 async fn settings_come_from_the_file_then_the_environment_then_flags() {
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
-    writeln!(file, "max_ttl = \"1s\"\napi_keys = [\"file-key-0123456789abcdef\"]").expect("write");
+    writeln!(
+        file,
+        "max_ttl = \"1s\"\napi_keys = [\"file-key-0123456789abcdef\"]"
+    )
+    .expect("write");
     let path = file.path().to_str().expect("utf-8 path");
     let ttl_ok = |lockd: &Lockd, ttl_ms: u64| {
-        let request = lockd.request(Method::POST, "/v1/locks/acquire").json(
-            &json!({"object": unique("p"), "owner": "o", "ttl_ms": ttl_ms}),
-        );
+        let request = lockd
+            .request(Method::POST, "/v1/locks/acquire")
+            .json(&json!({"object": unique("p"), "owner": "o", "ttl_ms": ttl_ms}));
         async move { request.send().await.expect("request").status() == StatusCode::OK }
     };
 
@@ -136,9 +163,16 @@ async fn after_a_crash_memory_grants_nothing_until_old_leases_expired_and_fences
             json!({"object": object, "owner": "bob", "ttl_ms": 1000}),
         )
         .await;
-    let error = assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    let error = assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
     assert!(
-        error["message"].as_str().is_some_and(|m| m.contains("restart grace")),
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("restart grace")),
         "{error}"
     );
     // Other objects too: the server does not know what was held before.
@@ -148,7 +182,12 @@ async fn after_a_crash_memory_grants_nothing_until_old_leases_expired_and_fences
             json!({"object": unique("any"), "owner": "bob", "ttl_ms": 1000}),
         )
         .await;
-    assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
 
     // Once alice's lease has certainly expired, grants resume, with a higher fence.
     let lease = loop {
@@ -161,8 +200,16 @@ async fn after_a_crash_memory_grants_nothing_until_old_leases_expired_and_fences
         if status == StatusCode::OK {
             break body;
         }
-        assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
-        assert!(granted_at.elapsed() < Duration::from_secs(15), "grace never ended");
+        assert_error(
+            status,
+            &body,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+        );
+        assert!(
+            granted_at.elapsed() < Duration::from_secs(15),
+            "grace never ended"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(
@@ -191,9 +238,9 @@ async fn sigterm_finishes_requests_in_flight_ends_streams_and_exits_zero() {
     lockd.acquire(&object, "alice", 1_000).await;
     // A blocking acquire that can only succeed once alice's lease runs out, ~1 s from now.
     let waiter = {
-        let request = lockd.request(Method::POST, "/v1/locks/acquire").json(
-            &json!({"object": object, "owner": "bob", "ttl_ms": 5_000, "wait_ms": 10_000}),
-        );
+        let request = lockd
+            .request(Method::POST, "/v1/locks/acquire")
+            .json(&json!({"object": object, "owner": "bob", "ttl_ms": 5_000, "wait_ms": 10_000}));
         tokio::spawn(async move { status_and_json(request.send().await.expect("send")).await })
     };
     // An open event stream must not hold up the shutdown.
@@ -207,7 +254,11 @@ async fn sigterm_finishes_requests_in_flight_ends_streams_and_exits_zero() {
 
     lockd.terminate();
     let (status, lease) = waiter.await.expect("waiter task");
-    assert_eq!(status, StatusCode::OK, "the request in flight completed: {lease}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the request in flight completed: {lease}"
+    );
     assert_eq!(lease["owner"], "bob");
     let url = lockd.url.clone();
     let code = lockd.wait().await;

@@ -41,7 +41,7 @@ const LOCKD_ENV: &[&str] = &[
 fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lockd"));
     cmd.arg("serve");
-    if !args.iter().any(|a| *a == "--listen") {
+    if !args.contains(&"--listen") {
         cmd.args(["--listen", "127.0.0.1:0"]);
     }
     cmd.args(args);
