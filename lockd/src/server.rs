@@ -15,6 +15,9 @@ use crate::events::EventLog;
 use crate::expiry::ExpiryTracker;
 use crate::metrics::Metrics;
 
+/// API keys shorter than this draw a warning at start.
+const MIN_STRONG_KEY_LEN: usize = 16;
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -130,6 +133,11 @@ impl Server {
         service: Arc<dyn LockService>,
     ) -> Result<Self, ServerError> {
         check_auth_policy(&config)?;
+        if config.api_keys.iter().any(|k| k.len() < MIN_STRONG_KEY_LEN) {
+            tracing::warn!(
+                "an API key is shorter than {MIN_STRONG_KEY_LEN} characters: use long random keys"
+            );
+        }
         let listener =
             TcpListener::bind(config.listen)
                 .await
