@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use lockcore::{LockError, Limits};
+use lockcore::{Limits, LockError};
 
 /// How a [`RedisLockService`](crate::RedisLockService) reaches Redis and names its keys.
 ///
@@ -141,7 +141,9 @@ mod millis {
         s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Duration, D::Error> {
         let ms = <u64 as serde::Deserialize>::deserialize(d)?;
         Ok(Duration::from_millis(ms))
     }
@@ -175,8 +177,10 @@ mod tests {
 
     #[test]
     fn prefixes_with_hash_tag_braces_are_refused() {
-        let mut config = RedisConfig::default();
-        config.key_prefix = "a{b".into();
+        let config = RedisConfig {
+            key_prefix: "a{b".into(),
+            ..RedisConfig::default()
+        };
         assert!(matches!(
             config.check(),
             Err(LockError::InvalidArgument {
@@ -188,8 +192,10 @@ mod tests {
 
     #[test]
     fn zero_timeouts_are_refused() {
-        let mut config = RedisConfig::default();
-        config.operation_timeout = Duration::ZERO;
+        let config = RedisConfig {
+            operation_timeout: Duration::ZERO,
+            ..RedisConfig::default()
+        };
         assert!(config.check().is_err());
     }
 

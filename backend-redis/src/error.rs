@@ -43,13 +43,25 @@ mod tests {
     fn io_errors_are_unavailable() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let mapped = from_redis("acquire", &RedisError::from(io));
-        assert!(matches!(mapped, LockError::Unavailable { backend: "redis", .. }));
+        assert!(matches!(
+            mapped,
+            LockError::Unavailable {
+                backend: "redis",
+                ..
+            }
+        ));
         assert!(mapped.is_retryable());
     }
 
     #[test]
     fn timeouts_are_unavailable() {
         let mapped = timed_out("release", std::time::Duration::from_millis(5));
-        assert!(matches!(mapped, LockError::Unavailable { backend: "redis", .. }));
+        assert!(matches!(
+            mapped,
+            LockError::Unavailable {
+                backend: "redis",
+                ..
+            }
+        ));
     }
 }

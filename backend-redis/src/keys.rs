@@ -176,7 +176,10 @@ mod tests {
     #[test]
     fn the_scan_pattern_escapes_glob_syntax() {
         let layout = KeyLayout::new("a*:");
-        assert_eq!(layout.lock_pattern("x?[y]\\"), "a\\*:{x\\?\\[y\\]\\\\*}:lock");
+        assert_eq!(
+            layout.lock_pattern("x?[y]\\"),
+            "a\\*:{x\\?\\[y\\]\\\\*}:lock"
+        );
         assert_eq!(layout.lock_pattern(""), "a\\*:{*}:lock");
         assert_eq!(layout.lock_pattern("{"), "a\\*:{%7B*}:lock");
     }

@@ -89,7 +89,11 @@ impl Listener {
     async fn poke_commands(&self) {
         let mut commands = self.commands.clone();
         let ping = redis::cmd("PING");
-        let _ = tokio::time::timeout(self.operation_timeout, ping.query_async::<Value>(&mut commands)).await;
+        let _ = tokio::time::timeout(
+            self.operation_timeout,
+            ping.query_async::<Value>(&mut commands),
+        )
+        .await;
     }
 
     /// Wakes waiters for every message until the connection ends or a ping goes unanswered.

@@ -73,7 +73,10 @@ mod tests {
     #[test]
     fn fences_parse_exactly_above_two_to_the_fifty_three() {
         let big = Value::BulkString(b"1836264012345678901".to_vec());
-        assert_eq!(fence(&big).expect("fence"), Fence(1_836_264_012_345_678_901));
+        assert_eq!(
+            fence(&big).expect("fence"),
+            Fence(1_836_264_012_345_678_901)
+        );
         assert!(fence(&Value::BulkString(b"1.5e18".to_vec())).is_err());
         assert!(fence(&Value::Int(3)).is_err());
     }
@@ -81,7 +84,10 @@ mod tests {
     #[test]
     fn pttl_maps_missing_and_persistent_keys() {
         let cap = Duration::from_secs(9);
-        assert_eq!(pttl(&Value::Int(1500), cap).expect("ttl"), Duration::from_millis(1500));
+        assert_eq!(
+            pttl(&Value::Int(1500), cap).expect("ttl"),
+            Duration::from_millis(1500)
+        );
         assert_eq!(pttl(&Value::Int(-2), cap).expect("ttl"), Duration::ZERO);
         assert_eq!(pttl(&Value::Int(-1), cap).expect("ttl"), cap);
     }
@@ -89,7 +95,13 @@ mod tests {
     #[test]
     fn wrong_shapes_are_internal_errors_not_panics() {
         assert!(matches!(array(Value::Nil), Err(LockError::Internal(_))));
-        assert!(matches!(owner(&Value::BulkString(vec![])), Err(LockError::Internal(_))));
-        assert!(matches!(text(&Value::BulkString(vec![0xff])), Err(LockError::Internal(_))));
+        assert!(matches!(
+            owner(&Value::BulkString(vec![])),
+            Err(LockError::Internal(_))
+        ));
+        assert!(matches!(
+            text(&Value::BulkString(vec![0xff])),
+            Err(LockError::Internal(_))
+        ));
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockcore::{
-    async_trait, audit, Fence, Lease, Limits, ListQuery, LockError, LockInfo, LockPage,
-    LockResult, LockService, LockToken, ObjectId, OwnerId, TokenIssuer, WaitQueue,
+    async_trait, audit, Fence, Lease, Limits, ListQuery, LockError, LockInfo, LockPage, LockResult,
+    LockService, LockToken, ObjectId, OwnerId, TokenIssuer, WaitQueue,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ScriptInvocation, Value};
@@ -138,9 +138,14 @@ impl RedisLockService {
 
     /// Runs one script invocation (one EVALSHA; NOSCRIPT reloads and retries) within the
     /// operation timeout.
-    async fn eval(&self, operation: &'static str, invocation: &ScriptInvocation<'_>) -> LockResult<Value> {
+    async fn eval(
+        &self,
+        operation: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> LockResult<Value> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.operation_timeout, invocation.invoke_async(&mut conn)).await {
+        match tokio::time::timeout(self.operation_timeout, invocation.invoke_async(&mut conn)).await
+        {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(error::from_redis(operation, &e)),
             Err(_) => Err(error::timed_out(operation, self.operation_timeout)),
@@ -148,7 +153,12 @@ impl RedisLockService {
     }
 
     /// One acquire attempt: grants, or fails with `Locked` naming the holder.
-    async fn try_acquire(&self, object: &ObjectId, owner: &OwnerId, ttl: Duration) -> LockResult<Lease> {
+    async fn try_acquire(
+        &self,
+        object: &ObjectId,
+        owner: &OwnerId,
+        ttl: Duration,
+    ) -> LockResult<Lease> {
         let pending = self.issuer.prepare();
         let ttl_ms = millis(ttl);
         let mut invocation = self.scripts.acquire.key(self.keys.lock_key(object));
@@ -222,10 +232,19 @@ impl RedisLockService {
     }
 
     /// One `SCAN` step: the next cursor (0 at the end) and the keys it returned.
-    async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> LockResult<(u64, Vec<Vec<u8>>)> {
+    async fn scan(
+        &self,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> LockResult<(u64, Vec<Vec<u8>>)> {
         let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
         match tokio::time::timeout(self.operation_timeout, cmd.query_async(&mut conn)).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(error::from_redis("list", &e)),
@@ -279,7 +298,12 @@ impl LockService for RedisLockService {
         Err(refused)
     }
 
-    async fn renew(&self, object: &ObjectId, token: &LockToken, ttl: Duration) -> LockResult<Lease> {
+    async fn renew(
+        &self,
+        object: &ObjectId,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> LockResult<Lease> {
         self.limits.check_ttl(ttl)?;
         let ttl_ms = millis(ttl);
         let mut invocation = self.scripts.renew.key(self.keys.lock_key(object));
@@ -338,14 +362,18 @@ impl LockService for RedisLockService {
         let mut page: Vec<ObjectId> = Vec::with_capacity(query.limit);
         let mut seen = HashSet::new();
         while page.len() < query.limit {
-            let Some(object) = pending.pop_front() else { break };
+            let Some(object) = pending.pop_front() else {
+                break;
+            };
             if object.as_str().starts_with(query.prefix.as_str()) && seen.insert(object.clone()) {
                 page.push(object);
             }
         }
         let mut rounds = 0;
         while page.len() < query.limit && rounds < MAX_SCAN_ROUNDS {
-            let ScanPosition::At(cursor) = scan else { break };
+            let ScanPosition::At(cursor) = scan else {
+                break;
+            };
             rounds += 1;
             let (next, keys) = self.scan(cursor, &pattern, query.limit).await?;
             scan = if next == 0 {
@@ -354,7 +382,9 @@ impl LockService for RedisLockService {
                 ScanPosition::At(next)
             };
             for key in keys {
-                let Some(object) = self.keys.object_of_lock_key(&key) else { continue };
+                let Some(object) = self.keys.object_of_lock_key(&key) else {
+                    continue;
+                };
                 if !seen.insert(object.clone()) {
                     continue;
                 }
@@ -380,7 +410,9 @@ impl LockService for RedisLockService {
     async fn health(&self) -> LockResult<()> {
         let mut conn = self.conn.clone();
         let ping = redis::cmd("PING");
-        match tokio::time::timeout(self.operation_timeout, ping.query_async::<Value>(&mut conn)).await {
+        match tokio::time::timeout(self.operation_timeout, ping.query_async::<Value>(&mut conn))
+            .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(error::from_redis("health", &e)),
             Err(_) => Err(error::timed_out("health", self.operation_timeout)),

@@ -21,7 +21,13 @@ fn owner(name: &str) -> OwnerId {
 }
 
 fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, LockError>) -> bool {
-    matches!(result, Err(LockError::Unavailable { backend: "redis", .. }))
+    matches!(
+        result,
+        Err(LockError::Unavailable {
+            backend: "redis",
+            ..
+        })
+    )
 }
 
 const TTL: Duration = Duration::from_secs(60);
@@ -106,7 +112,11 @@ async fn operations_fail_as_unavailable_while_redis_is_down_and_recover_with_hig
     let a = object("a");
     let results = [
         is_unavailable(&service.acquire(&a, &owner("x"), TTL, Duration::ZERO).await),
-        is_unavailable(&service.acquire(&a, &owner("x"), TTL, Duration::from_secs(1)).await),
+        is_unavailable(
+            &service
+                .acquire(&a, &owner("x"), TTL, Duration::from_secs(1))
+                .await,
+        ),
         is_unavailable(&service.release(&object("held"), &held.token).await),
         is_unavailable(&service.renew(&object("held"), &held.token, TTL).await),
         is_unavailable(&service.validate(&object("held"), &held.token).await),
@@ -114,11 +124,16 @@ async fn operations_fail_as_unavailable_while_redis_is_down_and_recover_with_hig
         is_unavailable(&service.list(&ListQuery::new("fault/", 10)).await),
         is_unavailable(&service.health().await),
     ];
-    assert_eq!(results, [true; 8], "acquire, blocking acquire, release, renew, validate, inspect, list, health");
+    assert_eq!(
+        results, [true; 8],
+        "acquire, blocking acquire, release, renew, validate, inspect, list, health"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let up_again = Instant::now();
-    redis.restart().expect("redis-server starts again on the same port");
+    redis
+        .restart()
+        .expect("redis-server starts again on the same port");
 
     // The same backend object works again, and fences are above every fence from before even
     // though the restart lost every key.
@@ -220,6 +235,9 @@ async fn waiters_are_woken_by_releases_after_the_listener_reconnects() {
         .expect("released");
     // The holder's lease runs for a minute and the waiter waits 20 s: only the release
     // message (or the reconnect's wake-up) can have granted it.
-    let granted = waiter.await.expect("waiter task").expect("waiter granted after the release");
+    let granted = waiter
+        .await
+        .expect("waiter task")
+        .expect("waiter granted after the release");
     assert!(granted.fence > lease.fence);
 }

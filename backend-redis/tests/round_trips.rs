@@ -78,7 +78,10 @@ async fn each_operation_is_exactly_one_evalsha() {
     );
 
     reset(&mut admin);
-    service.renew(&object, &lease.token, ttl).await.expect("renewed");
+    service
+        .renew(&object, &lease.token, ttl)
+        .await
+        .expect("renewed");
     assert_eq!(
         command_stats(&mut admin),
         expected(&[("evalsha", 1), ("hmget", 1), ("pexpire", 2)]),
@@ -86,7 +89,10 @@ async fn each_operation_is_exactly_one_evalsha() {
     );
 
     reset(&mut admin);
-    service.validate(&object, &lease.token).await.expect("valid");
+    service
+        .validate(&object, &lease.token)
+        .await
+        .expect("valid");
     assert_eq!(
         command_stats(&mut admin),
         expected(&[("evalsha", 1), ("hmget", 1), ("pttl", 1)]),
@@ -94,7 +100,10 @@ async fn each_operation_is_exactly_one_evalsha() {
     );
 
     reset(&mut admin);
-    service.release(&object, &lease.token).await.expect("released");
+    service
+        .release(&object, &lease.token)
+        .await
+        .expect("released");
     assert_eq!(
         command_stats(&mut admin),
         expected(&[("evalsha", 1), ("hmget", 1), ("del", 1), ("publish", 1)]),
@@ -108,7 +117,12 @@ async fn each_operation_is_exactly_one_evalsha() {
         .expect("granted");
     reset(&mut admin);
     let refused = service
-        .acquire(&object, &OwnerId::new("other").expect("valid"), ttl, Duration::ZERO)
+        .acquire(
+            &object,
+            &OwnerId::new("other").expect("valid"),
+            ttl,
+            Duration::ZERO,
+        )
         .await;
     assert!(refused.is_err());
     assert_eq!(
@@ -116,7 +130,10 @@ async fn each_operation_is_exactly_one_evalsha() {
         expected(&[("evalsha", 1), ("hget", 1), ("pttl", 1)]),
         "refused acquire"
     );
-    service.release(&object, &held.token).await.expect("released");
+    service
+        .release(&object, &held.token)
+        .await
+        .expect("released");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,11 +156,23 @@ async fn a_flushed_script_cache_is_reloaded_and_the_operation_succeeds() {
     reset(&mut admin);
     let object = ObjectId::new("rt/flushed").expect("valid");
     let lease = service
-        .acquire(&object, &OwnerId::new("o").expect("valid"), Duration::from_secs(5), Duration::ZERO)
+        .acquire(
+            &object,
+            &OwnerId::new("o").expect("valid"),
+            Duration::from_secs(5),
+            Duration::ZERO,
+        )
         .await
         .expect("granted after reloading the script");
     let stats = command_stats(&mut admin);
-    assert_eq!(stats.get("evalsha"), Some(&2), "NOSCRIPT, then the retry: {stats:?}");
+    assert_eq!(
+        stats.get("evalsha"),
+        Some(&2),
+        "NOSCRIPT, then the retry: {stats:?}"
+    );
     assert_eq!(stats.get("script|load"), Some(&1), "{stats:?}");
-    service.release(&object, &lease.token).await.expect("released");
+    service
+        .release(&object, &lease.token)
+        .await
+        .expect("released");
 }

@@ -129,7 +129,12 @@ impl LockService for ContainerBacked {
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
         self.service.release(object, token).await
     }
-    async fn renew(&self, object: &ObjectId, token: &LockToken, ttl: Duration) -> LockResult<Lease> {
+    async fn renew(
+        &self,
+        object: &ObjectId,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> LockResult<Lease> {
         self.service.renew(object, token, ttl).await
     }
     async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {

@@ -1,0 +1,378 @@
+//! Redis-specific behaviour beyond the shared suite: exact fences above 2^53, fences after
+//! lost keys, the key layout, several backends (processes) sharing one Redis, listing with
+//! awkward names, and connection failures.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backend_redis::{RedisConfig, RedisLockService};
+use lockcore::{Fence, ListQuery, LockError, LockService, ObjectId, OwnerId, TokenIssuer};
+
+fn object(name: &str) -> ObjectId {
+    ObjectId::new(name).expect("valid object id")
+}
+
+fn owner(name: &str) -> OwnerId {
+    OwnerId::new(name).expect("valid owner id")
+}
+
+const TTL: Duration = Duration::from_secs(30);
+
+/// A backend and a plain connection to the same Redis, or `None` (skipped).
+async fn setup() -> Option<(
+    RedisLockService,
+    RedisConfig,
+    redis::aio::MultiplexedConnection,
+)> {
+    let url = common::url_or_skip()?;
+    let config = common::test_config(&url);
+    let service = RedisLockService::connect(config.clone(), TokenIssuer::random())
+        .await
+        .expect("connects");
+    let raw = redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    Some((service, config, raw))
+}
+
+fn fence_key(config: &RedisConfig, object: &str) -> String {
+    format!("{}{{{object}}}:fence", config.key_prefix)
+}
+
+fn lock_key(config: &RedisConfig, object: &str) -> String {
+    format!("{}{{{object}}}:lock", config.key_prefix)
+}
+
+#[tokio::test]
+async fn fences_above_two_to_the_fifty_three_increase_by_exactly_one() {
+    let Some((service, config, mut raw)) = setup().await else {
+        return;
+    };
+    // A stored fence far above the clock floor and above 2^53, where doubles skip by 256.
+    let start: u64 = 4_000_000_000_000_000_001;
+    let _: () = redis::cmd("SET")
+        .arg(fence_key(&config, "big"))
+        .arg(start.to_string())
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut raw)
+        .await
+        .expect("SET");
+    let first = service
+        .acquire(&object("big"), &owner("o"), TTL, Duration::ZERO)
+        .await
+        .expect("granted");
+    assert_eq!(first.fence, Fence(start + 1));
+    service
+        .release(&object("big"), &first.token)
+        .await
+        .expect("released");
+    let second = service
+        .acquire(&object("big"), &owner("o"), TTL, Duration::ZERO)
+        .await
+        .expect("granted");
+    assert_eq!(second.fence, Fence(start + 2));
+    service
+        .release(&object("big"), &second.token)
+        .await
+        .expect("released");
+}
+
+#[tokio::test]
+async fn fences_follow_redis_time_and_stay_above_earlier_ones_when_keys_are_lost() {
+    let Some((service, config, mut raw)) = setup().await else {
+        return;
+    };
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(&mut raw)
+        .await
+        .expect("TIME");
+    let floor_before = Fence::clock_floor(secs * 1_000_000 + micros);
+    let lease = service
+        .acquire(&object("lost"), &owner("o"), TTL, Duration::ZERO)
+        .await
+        .expect("granted");
+    assert!(
+        lease.fence >= floor_before,
+        "the fence is at least the clock floor of Redis's TIME"
+    );
+    // Redis loses both keys (as after FLUSHALL or a restart without persistence).
+    let _: () = redis::cmd("DEL")
+        .arg(lock_key(&config, "lost"))
+        .arg(fence_key(&config, "lost"))
+        .query_async(&mut raw)
+        .await
+        .expect("DEL");
+    let after = service
+        .acquire(&object("lost"), &owner("o"), TTL, Duration::ZERO)
+        .await
+        .expect("granted: the lost lock is gone");
+    assert!(after.fence > lease.fence);
+    service
+        .release(&object("lost"), &after.token)
+        .await
+        .expect("released");
+}
+
+#[tokio::test]
+async fn a_released_object_keeps_only_its_fence_key_with_a_bounded_expiry() {
+    let Some((service, config, mut raw)) = setup().await else {
+        return;
+    };
+    let lease = service
+        .acquire(&object("gc"), &owner("o"), TTL, Duration::ZERO)
+        .await
+        .expect("granted");
+    let lock_ttl: i64 = redis::cmd("PTTL")
+        .arg(lock_key(&config, "gc"))
+        .query_async(&mut raw)
+        .await
+        .expect("PTTL");
+    assert!(
+        lock_ttl > 0 && lock_ttl <= 30_000,
+        "the lock key expires with the lease: {lock_ttl}"
+    );
+    service
+        .release(&object("gc"), &lease.token)
+        .await
+        .expect("released");
+    let lock_exists: bool = redis::cmd("EXISTS")
+        .arg(lock_key(&config, "gc"))
+        .query_async(&mut raw)
+        .await
+        .expect("EXISTS");
+    assert!(!lock_exists, "release deletes the lock key");
+    let fence_ttl: i64 = redis::cmd("PTTL")
+        .arg(fence_key(&config, "gc"))
+        .query_async(&mut raw)
+        .await
+        .expect("PTTL");
+    let bound = i64::try_from((TTL + config.fence_retention).as_millis()).expect("fits");
+    assert!(
+        fence_ttl > 0 && fence_ttl <= bound,
+        "the fence key expires: {fence_ttl} of {bound}"
+    );
+}
+
+#[tokio::test]
+async fn objects_with_braces_and_glob_characters_lock_list_and_stay_in_one_hash_tag() {
+    let Some((service, config, mut raw)) = setup().await else {
+        return;
+    };
+    let names = ["odd/a}b{c", "odd/*?[x]\\", "odd/%7D", "odd/plain"];
+    let mut leases = Vec::new();
+    for name in names {
+        leases.push(
+            service
+                .acquire(&object(name), &owner("o"), TTL, Duration::ZERO)
+                .await
+                .expect("granted"),
+        );
+    }
+    // The braces are escaped inside the hash tag.
+    let escaped = format!("{}{{odd/a%7Db%7Bc}}:lock", config.key_prefix);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&escaped)
+        .query_async(&mut raw)
+        .await
+        .expect("EXISTS");
+    assert!(exists, "{escaped} holds the lock on odd/a}}b{{c");
+
+    let listed = list_all(&service, "odd/", 1).await;
+    assert_eq!(listed, names.iter().map(|n| (*n).to_owned()).collect());
+    // Glob characters in the prefix are literal.
+    assert_eq!(
+        list_all(&service, "odd/*", 10).await,
+        BTreeSet::from(["odd/*?[x]\\".to_owned()])
+    );
+    assert_eq!(
+        list_all(&service, "odd/a}", 10).await,
+        BTreeSet::from(["odd/a}b{c".to_owned()])
+    );
+    for (name, lease) in names.iter().zip(&leases) {
+        service
+            .release(&object(name), &lease.token)
+            .await
+            .expect("released");
+    }
+    assert!(list_all(&service, "odd/", 10).await.is_empty());
+}
+
+/// Every object listed under `prefix`, following cursors; each page within the limit.
+async fn list_all(service: &RedisLockService, prefix: &str, limit: usize) -> BTreeSet<String> {
+    let mut query = ListQuery::new(prefix, limit);
+    let mut out = BTreeSet::new();
+    for _ in 0..10_000 {
+        let page = service.list(&query).await.expect("list");
+        assert!(page.locks.len() <= limit);
+        for lock in page.locks {
+            assert!(lock.object.as_str().starts_with(prefix));
+            out.insert(lock.object.as_str().to_owned());
+        }
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => return out,
+        }
+    }
+    panic!("listing did not end");
+}
+
+#[tokio::test]
+async fn paging_with_small_limits_finds_every_lock() {
+    let Some((service, _config, _raw)) = setup().await else {
+        return;
+    };
+    let names: Vec<String> = (0..40).map(|i| format!("many/{i:02}")).collect();
+    let mut leases = Vec::new();
+    for name in &names {
+        leases.push(
+            service
+                .acquire(&object(name), &owner("o"), TTL, Duration::ZERO)
+                .await
+                .expect("granted"),
+        );
+    }
+    for limit in [1, 3, 1000] {
+        assert_eq!(
+            list_all(&service, "many/", limit).await,
+            names.iter().cloned().collect(),
+            "limit {limit}"
+        );
+    }
+    let info = service
+        .inspect(&object("many/07"))
+        .await
+        .expect("inspect")
+        .expect("held");
+    assert_eq!(info.owner, owner("o"));
+    assert!(info.expires_at > info.acquired_at);
+    for (name, lease) in names.iter().zip(&leases) {
+        service
+            .release(&object(name), &lease.token)
+            .await
+            .expect("released");
+    }
+}
+
+#[tokio::test]
+async fn a_cursor_from_elsewhere_is_an_invalid_argument() {
+    let Some((service, _config, _raw)) = setup().await else {
+        return;
+    };
+    let mut query = ListQuery::new("x/", 10);
+    query.after = Some("not-a-cursor".into());
+    assert!(matches!(
+        service.list(&query).await,
+        Err(LockError::InvalidArgument { field: "after", .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_backends_on_one_redis_exclude_each_other_and_wake_each_others_waiters() {
+    let Some(url) = common::url_or_skip() else {
+        return;
+    };
+    let config = common::test_config(&url);
+    let node_a = RedisLockService::connect(config.clone(), TokenIssuer::random())
+        .await
+        .expect("connects");
+    let node_b = Arc::new(
+        RedisLockService::connect(config, TokenIssuer::random())
+            .await
+            .expect("connects"),
+    );
+    let shared = object("shared/file");
+    let lease = node_a
+        .acquire(&shared, &owner("a"), TTL, Duration::ZERO)
+        .await
+        .expect("granted on node a");
+    match node_b
+        .acquire(&shared, &owner("b"), TTL, Duration::ZERO)
+        .await
+    {
+        Err(LockError::Locked {
+            holder,
+            retry_after,
+            ..
+        }) => {
+            assert_eq!(holder, owner("a"));
+            assert!(retry_after <= TTL && retry_after > Duration::ZERO);
+        }
+        other => panic!("node b must see node a's lock, got {other:?}"),
+    }
+    let waiter = {
+        let node_b = node_b.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            node_b
+                .acquire(&shared, &owner("b"), TTL, Duration::from_secs(20))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node_a
+        .release(&shared, &lease.token)
+        .await
+        .expect("released on node a");
+    // Node a's lease had 30 s left and node b waits 20 s: only the release published by
+    // node a's script can have woken node b's waiter.
+    let granted = waiter
+        .await
+        .expect("task")
+        .expect("node b granted after node a's release");
+    assert!(granted.fence > lease.fence);
+    // Either node can check a token (both store and compare digests).
+    node_a
+        .validate(&shared, &granted.token)
+        .await
+        .expect("valid on node a too");
+    node_b
+        .release(&shared, &granted.token)
+        .await
+        .expect("released");
+}
+
+#[tokio::test]
+async fn connecting_to_a_closed_port_is_unavailable() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut config = RedisConfig::from_url(format!("redis://127.0.0.1:{port}"));
+    config.connect_timeout = Duration::from_millis(300);
+    let result = RedisLockService::connect(config, TokenIssuer::random()).await;
+    assert!(matches!(
+        result,
+        Err(LockError::Unavailable {
+            backend: "redis",
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn a_malformed_url_or_prefix_is_an_invalid_argument() {
+    let result =
+        RedisLockService::connect(RedisConfig::from_url("http://nope"), TokenIssuer::random())
+            .await;
+    assert!(matches!(
+        result,
+        Err(LockError::InvalidArgument { field: "url", .. })
+    ));
+    let mut config = RedisConfig::default();
+    config.key_prefix = "bad{".into();
+    let result = RedisLockService::connect(config, TokenIssuer::random()).await;
+    assert!(matches!(
+        result,
+        Err(LockError::InvalidArgument {
+            field: "key_prefix",
+            ..
+        })
+    ));
+}
