@@ -1,4 +1,5 @@
-//! The `lockd` binary: `lockd serve` runs the server.
+//! The `lockd` binary: `lockd serve` runs the server; `acquire`, `renew`, `release`, `list` and
+//! `events` talk to a running one.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
@@ -6,6 +7,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use lockd::{ServeArgs, Server};
 use tracing_subscriber::EnvFilter;
+
+#[cfg(feature = "http")]
+mod cli;
+
+/// Events fetched per `GET /v1/events` by `lockd events`.
+#[cfg(feature = "http")]
+const EVENTS_PAGE: usize = 1000;
 
 /// lockd: a lock server for distributed file systems.
 #[derive(Debug, Parser)]
@@ -19,6 +27,21 @@ struct Cli {
 enum Command {
     /// Run the server (prints `lockd listening on http://ADDR` once it accepts connections).
     Serve(ServeArgs),
+    /// Acquire a lock and print its token and fence.
+    #[cfg(feature = "http")]
+    Acquire(cli::AcquireArgs),
+    /// Renew a lease.
+    #[cfg(feature = "http")]
+    Renew(cli::RenewArgs),
+    /// Release a lock.
+    #[cfg(feature = "http")]
+    Release(cli::ReleaseArgs),
+    /// List current locks.
+    #[cfg(feature = "http")]
+    List(cli::ListArgs),
+    /// Print the event log; --follow keeps printing new events.
+    #[cfg(feature = "http")]
+    Events(cli::EventsArgs),
 }
 
 fn init_logs(filter: &str) -> Result<(), String> {
@@ -88,6 +111,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            #[cfg(feature = "http")]
+            Command::Acquire(args) => cli::acquire(args).await.map_err(|e| e.to_string()),
+            #[cfg(feature = "http")]
+            Command::Renew(args) => cli::renew(args).await.map_err(|e| e.to_string()),
+            #[cfg(feature = "http")]
+            Command::Release(args) => cli::release(args).await.map_err(|e| e.to_string()),
+            #[cfg(feature = "http")]
+            Command::List(args) => cli::list(args).await.map_err(|e| e.to_string()),
+            #[cfg(feature = "http")]
+            Command::Events(args) => cli::events(args).await.map_err(|e| e.to_string()),
         }
     });
     match result {
