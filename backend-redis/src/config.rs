@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use lockcore::{Limits, LockError};
 
+/// Longest `fence_retention` accepted.
+const MAX_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Longest `limits.max_ttl` accepted (Redis expiries must stay far from overflowing).
+const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
 /// How a [`RedisLockService`](crate::RedisLockService) reaches Redis and names its keys.
 ///
 /// Deserializes with every field optional (`#[serde(default)]`); durations are whole
@@ -37,7 +42,7 @@ pub struct RedisConfig {
     pub operation_timeout: Duration,
     /// How long an object's fence counter outlives its last lease (default 1 h). After that the
     /// clock floor alone keeps fences increasing; the counter only guards against Redis's clock
-    /// stepping back. See the crate docs, "Fences".
+    /// stepping back. At most 30 days. See the crate docs, "Fences".
     #[serde(with = "millis")]
     pub fence_retention: Duration,
     /// How often the release listener pings its pub/sub connection to notice a dead link
@@ -92,10 +97,16 @@ impl RedisConfig {
                 return Err(LockError::invalid_argument(field, "must be above zero"));
             }
         }
-        if self.fence_retention < Duration::from_millis(1) {
+        if self.fence_retention < Duration::from_millis(1) || self.fence_retention > MAX_RETENTION {
             return Err(LockError::invalid_argument(
                 "fence_retention",
-                "must be at least 1 ms",
+                "must be between 1 ms and 30 days",
+            ));
+        }
+        if self.limits.max_ttl > MAX_TTL {
+            return Err(LockError::invalid_argument(
+                "limits.max_ttl",
+                "must be at most 10 years",
             ));
         }
         Ok(())

@@ -376,3 +376,94 @@ async fn a_malformed_url_or_prefix_is_an_invalid_argument() {
         })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_backends_contending_never_overlap_and_fences_increase_in_grant_order() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    let Some(url) = common::url_or_skip() else {
+        return;
+    };
+    let config = common::test_config(&url);
+    // Three backends: each its own connections, listener and wait queue, like three processes.
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Arc::new(
+            RedisLockService::connect(config.clone(), TokenIssuer::random())
+                .await
+                .expect("connects"),
+        ));
+    }
+    let objects: Vec<ObjectId> = (0..3).map(|i| object(&format!("contend/{i}"))).collect();
+    let busy: Arc<Vec<AtomicBool>> = Arc::new((0..3).map(|_| AtomicBool::new(false)).collect());
+    let grants: Arc<Vec<Mutex<Vec<Fence>>>> =
+        Arc::new((0..3).map(|_| Mutex::new(Vec::new())).collect());
+    let mut tasks = Vec::new();
+    for worker in 0..12usize {
+        let node = nodes[worker % 3].clone();
+        let (objects, busy, grants) = (objects.clone(), busy.clone(), grants.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..25usize {
+                let which = (worker + round) % 3;
+                let lease = node
+                    .acquire(
+                        &objects[which],
+                        &owner(&format!("w{worker}")),
+                        Duration::from_secs(10),
+                        Duration::from_secs(20),
+                    )
+                    .await
+                    .expect("granted within the wait");
+                assert!(
+                    !busy[which].swap(true, Ordering::SeqCst),
+                    "two holders of {} at once",
+                    objects[which]
+                );
+                grants[which]
+                    .lock()
+                    .expect("not poisoned")
+                    .push(lease.fence);
+                tokio::time::sleep(Duration::from_micros(200)).await;
+                busy[which].store(false, Ordering::SeqCst);
+                node.release(&objects[which], &lease.token)
+                    .await
+                    .expect("released");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("worker succeeded");
+    }
+    for (object, fences) in objects.iter().zip(grants.iter()) {
+        let fences = fences.lock().expect("not poisoned");
+        assert_eq!(fences.len(), 100, "{object}");
+        assert!(
+            fences.windows(2).all(|w| w[0] < w[1]),
+            "fences of {object} increase in grant order"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tls_to_a_plain_port_is_unavailable_not_a_panic() {
+    let Some(url) = common::url_or_skip() else {
+        return;
+    };
+    let Some(rest) = url.strip_prefix("redis://") else {
+        return;
+    };
+    let mut config = common::test_config(&format!("rediss://{rest}"));
+    config.connect_timeout = Duration::from_millis(500);
+    let result = RedisLockService::connect(config, TokenIssuer::random()).await;
+    assert!(
+        matches!(
+            result,
+            Err(LockError::Unavailable {
+                backend: "redis",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+}
