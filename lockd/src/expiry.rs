@@ -4,10 +4,10 @@
 //!
 //! What an `expiry` event means: a lease granted by this lockd process is no longer held, and
 //! this process saw no release of it. On `memory://` that is exactly an expiry. With several
-//! lockd processes sharing Redis or Postgres, a lease granted here but released or renewed
-//! through another process is still followed here: a renew is noticed (the backend still shows
-//! the same fence, so the check is rescheduled), a release elsewhere is reported as an expiry.
-//! Leases granted by other processes produce no events here.
+//! lockd processes sharing Redis or Postgres, a lease granted here but renewed through another
+//! process is noticed (the backend still shows the same fence, so the check is rescheduled); one
+//! released through another process is reported as an expiry. Leases granted by other processes
+//! produce no events here.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -26,18 +26,34 @@ const SLACK: Duration = Duration::from_millis(5);
 /// Delay before asking again when the backend did not answer.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// One grant: an object and the fence it was granted with.
+type Grant = (ObjectId, Fence);
+
 #[derive(Debug)]
 struct Tracked {
     owner: OwnerId,
-    fence: Fence,
+    /// Bumped on every renew, so stale heap entries are recognised.
     generation: u64,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    leases: HashMap<ObjectId, Tracked>,
-    due: BinaryHeap<Reverse<(Instant, u64, ObjectId)>>,
+    leases: HashMap<Grant, Tracked>,
+    due: BinaryHeap<Reverse<(Instant, u64, Grant)>>,
     next_generation: u64,
+}
+
+impl State {
+    fn schedule(&mut self, grant: Grant, owner: OwnerId, after: Duration) {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        self.due.push(Reverse((
+            Instant::now() + after + SLACK,
+            generation,
+            grant.clone(),
+        )));
+        self.leases.insert(grant, Tracked { owner, generation });
+    }
 }
 
 /// The leases this process granted, by deadline.
@@ -64,65 +80,12 @@ impl ExpiryTracker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn schedule(state: &mut State, object: ObjectId, owner: OwnerId, fence: Fence, ttl: Duration) {
-        state.next_generation += 1;
-        let generation = state.next_generation;
-        state.due.push(Reverse((
-            Instant::now() + ttl + SLACK,
-            generation,
-            object.clone(),
-        )));
-        state.leases.insert(
-            object,
-            Tracked {
-                owner,
-                fence,
-                generation,
-            },
-        );
-    }
-
-    fn expired(&self, object: ObjectId, tracked: Tracked) {
-        self.events.record(NewEvent {
-            kind: EventKind::Expiry,
-            object,
-            owner: Some(tracked.owner),
-            fence: tracked.fence,
-            reason: None,
-        });
-        self.metrics.event();
-    }
-
-    /// A lease was granted. A lease this process still tracked on the same object has ended
-    /// without a release seen here: it is reported as expired first.
-    pub(crate) fn granted(&self, lease: &Lease) {
-        let previous = {
-            let mut state = self.state();
-            let previous = state.leases.remove(&lease.object);
-            Self::schedule(
-                &mut state,
-                lease.object.clone(),
-                lease.owner.clone(),
-                lease.fence,
-                lease.ttl,
-            );
-            self.metrics.set_locks_held(state.leases.len());
-            previous
-        };
-        if let Some(previous) = previous.filter(|p| p.fence != lease.fence) {
-            self.expired(lease.object.clone(), previous);
-        }
-        self.changed.notify_one();
-    }
-
-    /// A lease was renewed: its deadline moves.
-    pub(crate) fn renewed(&self, lease: &Lease) {
+    /// A lease was granted or renewed: (re)schedule its check.
+    fn track(&self, lease: &Lease) {
         let mut state = self.state();
-        Self::schedule(
-            &mut state,
-            lease.object.clone(),
+        state.schedule(
+            (lease.object.clone(), lease.fence),
             lease.owner.clone(),
-            lease.fence,
             lease.ttl,
         );
         self.metrics.set_locks_held(state.leases.len());
@@ -130,35 +93,47 @@ impl ExpiryTracker {
         self.changed.notify_one();
     }
 
-    /// A lease was released: it is forgotten. Returns its owner if it was tracked.
+    /// A lease was granted.
+    pub(crate) fn granted(&self, lease: &Lease) {
+        self.track(lease);
+    }
+
+    /// A lease was renewed: its deadline moves.
+    pub(crate) fn renewed(&self, lease: &Lease) {
+        self.track(lease);
+    }
+
+    /// A lease was released: it is forgotten. Returns its owner if this process granted it.
     pub(crate) fn released(&self, object: &ObjectId, fence: Fence) -> Option<OwnerId> {
         let mut state = self.state();
-        let owner = match state.leases.get(object) {
-            Some(t) if t.fence == fence => state.leases.remove(object).map(|t| t.owner),
-            _ => None,
-        };
+        let owner = state
+            .leases
+            .remove(&(object.clone(), fence))
+            .map(|t| t.owner);
         self.metrics.set_locks_held(state.leases.len());
         owner
     }
 
-    /// Takes the entries whose deadline has passed and are still current, or returns how long
-    /// to sleep until the next one.
-    fn take_due(&self) -> Result<Vec<(ObjectId, u64, Fence)>, Option<Instant>> {
+    /// Takes the grants whose deadline has passed and are still current, or returns when the
+    /// next one is due.
+    fn take_due(&self) -> Result<Vec<(Grant, u64)>, Option<Instant>> {
         let mut state = self.state();
         let now = Instant::now();
         let mut due = Vec::new();
-        while let Some(Reverse((deadline, generation, _))) = state.due.peek() {
-            if *deadline > now {
-                break;
-            }
-            let generation = *generation;
-            let Some(Reverse((_, _, object))) = state.due.pop() else {
+        while state
+            .due
+            .peek()
+            .is_some_and(|Reverse((deadline, _, _))| *deadline <= now)
+        {
+            let Some(Reverse((_, generation, grant))) = state.due.pop() else {
                 break;
             };
-            if let Some(t) = state.leases.get(&object) {
-                if t.generation == generation {
-                    due.push((object, generation, t.fence));
-                }
+            if state
+                .leases
+                .get(&grant)
+                .is_some_and(|t| t.generation == generation)
+            {
+                due.push((grant, generation));
             }
         }
         if due.is_empty() {
@@ -168,41 +143,44 @@ impl ExpiryTracker {
         }
     }
 
-    async fn check(
-        &self,
-        service: &dyn LockService,
-        object: ObjectId,
-        generation: u64,
-        fence: Fence,
-    ) {
-        let outcome = service.inspect(&object).await;
+    async fn check(&self, service: &dyn LockService, grant: Grant, generation: u64) {
+        let outcome = service.inspect(&grant.0).await;
         let mut state = self.state();
-        let current = matches!(state.leases.get(&object), Some(t) if t.generation == generation);
+        let current = state
+            .leases
+            .get(&grant)
+            .is_some_and(|t| t.generation == generation);
         if !current {
-            return;
+            return; // released or renewed meanwhile
         }
         let retry_in = match outcome {
-            Ok(Some(info)) if info.fence == fence => Some(info.ttl),
+            Ok(Some(info)) if info.fence == grant.1 => Some(info.ttl),
             Ok(_) => None,
             Err(e) => {
-                tracing::debug!(object = %object, error = %e, "expiry check failed; retrying");
+                tracing::debug!(object = %grant.0, error = %e, "expiry check failed; retrying");
                 Some(RETRY)
             }
         };
         match retry_in {
             Some(delay) => {
-                state.due.push(Reverse((
-                    Instant::now() + delay + SLACK,
-                    generation,
-                    object,
-                )));
+                state
+                    .due
+                    .push(Reverse((Instant::now() + delay + SLACK, generation, grant)));
             }
             None => {
-                let tracked = state.leases.remove(&object);
+                let tracked = state.leases.remove(&grant);
                 self.metrics.set_locks_held(state.leases.len());
                 drop(state);
                 if let Some(tracked) = tracked {
-                    self.expired(object, tracked);
+                    let (object, fence) = grant;
+                    self.events.record(NewEvent {
+                        kind: EventKind::Expiry,
+                        object,
+                        owner: Some(tracked.owner),
+                        fence,
+                        reason: None,
+                    });
+                    self.metrics.event();
                 }
             }
         }
@@ -213,9 +191,8 @@ impl ExpiryTracker {
         loop {
             match self.take_due() {
                 Ok(due) => {
-                    for (object, generation, fence) in due {
-                        self.check(service.as_ref(), object, generation, fence)
-                            .await;
+                    for (grant, generation) in due {
+                        self.check(service.as_ref(), grant, generation).await;
                     }
                 }
                 Err(Some(next)) => {
@@ -227,5 +204,77 @@ impl ExpiryTracker {
                 Err(None) => self.changed.notified().await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockcore::{Limits, TokenIssuer};
+
+    fn lease(
+        issuer: &TokenIssuer,
+        object: &ObjectId,
+        owner: &str,
+        fence: u64,
+        ttl_ms: u64,
+    ) -> Lease {
+        let owner = OwnerId::new(owner).expect("valid");
+        Lease {
+            token: issuer.seal(issuer.prepare(), object, &owner, Fence(fence)),
+            object: object.clone(),
+            owner,
+            fence: Fence(fence),
+            ttl: Duration::from_millis(ttl_ms),
+        }
+    }
+
+    fn tracker() -> (Arc<ExpiryTracker>, Arc<EventLog>) {
+        let events = Arc::new(EventLog::new(100));
+        let tracker = Arc::new(ExpiryTracker::new(events.clone(), Arc::new(Metrics::new())));
+        (tracker, events)
+    }
+
+    #[test]
+    fn a_release_seen_after_the_next_grant_is_still_a_release_not_an_expiry() {
+        let (tracker, events) = tracker();
+        let issuer = TokenIssuer::random();
+        let object = ObjectId::new("race").expect("valid");
+        tracker.granted(&lease(&issuer, &object, "alice", 1, 60_000));
+        // A waiter is granted before the releasing handler reports its release.
+        tracker.granted(&lease(&issuer, &object, "bob", 2, 60_000));
+        let owner = tracker.released(&object, Fence(1));
+        assert_eq!(owner.map(|o| o.to_string()), Some("alice".to_owned()));
+        assert!(events.since(0, 100).is_empty(), "no expiry was made up");
+    }
+
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn an_unreleased_lease_is_reported_expired_once_the_backend_no_longer_has_it() {
+        let (tracker, events) = tracker();
+        let issuer = TokenIssuer::random();
+        let config = backend_memory::MemoryConfig::new(Limits::default());
+        let service: Arc<dyn LockService> = Arc::new(backend_memory::MemoryLockService::new(
+            config,
+            issuer.clone(),
+        ));
+        let object = ObjectId::new("short").expect("valid");
+        let owner = OwnerId::new("alice").expect("valid");
+        let granted = service
+            .acquire(&object, &owner, Duration::from_millis(50), Duration::ZERO)
+            .await
+            .expect("granted");
+        tracker.granted(&granted);
+        let runner = tokio::spawn(tracker.clone().run(service));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while events.since(0, 10).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        runner.abort();
+        let log = events.since(0, 10);
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert_eq!(log[0].kind, EventKind::Expiry);
+        assert_eq!(log[0].fence, granted.fence);
+        assert_eq!(log[0].owner.as_ref().map(OwnerId::as_str), Some("alice"));
     }
 }

@@ -363,6 +363,12 @@ impl LockService for RestartGuard {
         ttl: Duration,
     ) -> LockResult<Lease> {
         self.limits.check_ttl(ttl)?;
+        // Only the holder may move the stored deadline: a stranger's renew must not lengthen
+        // the grace period of a future restart.
+        if let Err(e) = self.inner.validate(object, token).await {
+            lockcore::audit::log_refusal("renew", object, token, &e);
+            return Err(e);
+        }
         let needed = now_unix_ms().saturating_add(millis(ttl));
         self.shared.cover(needed).await?;
         self.inner.renew(object, token, ttl).await
