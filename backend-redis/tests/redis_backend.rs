@@ -98,9 +98,21 @@ async fn fences_follow_redis_time_and_stay_above_earlier_ones_when_keys_are_lost
         .acquire(&object("lost"), &owner("o"), TTL, Duration::ZERO)
         .await
         .expect("granted");
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(&mut raw)
+        .await
+        .expect("TIME");
+    let floor_after = Fence::clock_floor(secs * 1_000_000 + micros);
+    // A fresh object's first fence is exactly the floor at the grant: Redis's TIME in
+    // microseconds, shifted by FENCE_CLOCK_SHIFT, computed without rounding.
     assert!(
-        lease.fence >= floor_before,
-        "the fence is at least the clock floor of Redis's TIME"
+        floor_before <= lease.fence && lease.fence <= floor_after,
+        "{floor_before} <= {} <= {floor_after}",
+        lease.fence
+    );
+    assert_eq!(
+        lease.fence.get() % (1 << lockcore::fence::FENCE_CLOCK_SHIFT),
+        0
     );
     // Redis loses both keys (as after FLUSHALL or a restart without persistence).
     let _: () = redis::cmd("DEL")
