@@ -123,6 +123,7 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
             });
         let ok = presented.is_some_and(|key| state.keys.accepts(key.as_bytes()));
         if !ok {
+            state.metrics.unauthenticated();
             tracing::warn!(
                 target: "lockd::audit",
                 path = %request.uri().path(),
@@ -337,7 +338,14 @@ where
         Ok(_) => "ok",
         Err(e) => e.code(),
     };
-    state.metrics.observe(operation, outcome, started.elapsed());
+    let elapsed = started.elapsed();
+    state.metrics.observe(operation, outcome, elapsed);
+    tracing::debug!(
+        operation,
+        outcome,
+        elapsed_us = elapsed.as_micros() as u64,
+        "request"
+    );
     result
 }
 

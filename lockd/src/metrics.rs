@@ -43,6 +43,7 @@ pub struct Metrics {
     locks_held: Gauge<i64, AtomicI64>,
     waiters: Gauge<i64, AtomicI64>,
     events: Counter,
+    unauthenticated: Counter,
 }
 
 impl Default for Metrics {
@@ -87,6 +88,12 @@ impl Metrics {
         );
         let events = Counter::default();
         registry.register("events", "Events recorded in the event log", events.clone());
+        let unauthenticated = Counter::default();
+        registry.register(
+            "unauthenticated_requests",
+            "Requests refused for a missing or unknown API key",
+            unauthenticated.clone(),
+        );
         Self {
             registry,
             requests,
@@ -95,6 +102,7 @@ impl Metrics {
             locks_held,
             waiters,
             events,
+            unauthenticated,
         }
     }
 
@@ -123,6 +131,11 @@ impl Metrics {
     /// A blocking acquire started (`+1`) or finished (`-1`).
     pub fn add_waiters(&self, delta: i64) {
         self.waiters.inc_by(delta);
+    }
+
+    /// Counts a request refused for a missing or unknown API key.
+    pub fn unauthenticated(&self) {
+        self.unauthenticated.inc();
     }
 
     /// Counts a recorded event.
@@ -157,6 +170,9 @@ mod tests {
         assert!(text.contains(r#"lockd_refused_releases_total{reason="token_mismatch"} 1"#));
         assert!(text.contains("lockd_locks_held 3"));
         assert!(text.contains("lockd_waiters 1"));
+        metrics.unauthenticated();
+        let text = metrics.encode().expect("encodes");
+        assert!(text.contains("lockd_unauthenticated_requests_total 1"));
         assert!(text.contains("lockd_request_duration_seconds_bucket"));
     }
 }

@@ -117,6 +117,13 @@ impl Server {
                 url: redact_url(&config.backend),
                 source,
             })?;
+        if service.backend() != "memory" && config.data_dir.is_some() {
+            tracing::warn!(
+                backend = service.backend(),
+                "--data-dir is only used by memory:// and is ignored here (this backend keeps \
+                 its locks across lockd restarts itself)"
+            );
+        }
         if service.backend() == "memory" && config.data_dir.is_none() {
             tracing::info!(
                 "memory:// without --data-dir: locks are lost on restart and grants start at \

@@ -426,6 +426,18 @@ async fn api_keys_are_required_on_v1_when_configured() {
 
     let lockd = lockd.with_api_key(key);
     lockd.acquire(&object, "alice", 1000).await;
+    let metrics = lockd
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("lockd_unauthenticated_requests_total 7"),
+        "{metrics}"
+    );
     let lockd = lockd.with_api_key("second-key-0123456789");
     let (status, _) = lockd.get("/v1/locks").await;
     assert_eq!(status, StatusCode::OK);
