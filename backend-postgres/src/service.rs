@@ -23,6 +23,9 @@ use crate::tasks;
 /// The embedded migrations (`backend-postgres/migrations`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
+/// Added to `max_wait` when a blocking acquire asks for releases to be announced.
+const WANTED_MARGIN: Duration = Duration::from_secs(60);
+
 /// Locks kept as rows in PostgreSQL, shared by every lockd process using the same schema.
 ///
 /// Each operation is one statement, so one round trip and one transaction; see the crate docs
@@ -148,12 +151,14 @@ impl PostgresLockService {
 }
 
 impl Inner {
-    /// One non-blocking acquire attempt: one statement.
+    /// One acquire attempt: one statement. `wanted` is how long releases of the object must be
+    /// announced by NOTIFY because waiters may be queued (zero for a non-blocking acquire).
     async fn try_acquire(
         &self,
         object: &ObjectId,
         owner: &OwnerId,
         ttl: Duration,
+        wanted: Duration,
     ) -> LockResult<Lease> {
         let pending = self.issuer.prepare();
         let digest = pending.digest();
@@ -163,7 +168,8 @@ impl Inner {
                     .bind(object.as_str())
                     .bind(owner.as_str())
                     .bind(&digest.as_bytes()[..])
-                    .bind(millis(ttl)),
+                    .bind(millis(ttl))
+                    .bind(millis(wanted)),
             )
             .await?;
         let granted: bool = get(&row, 0)?;
@@ -230,9 +236,19 @@ impl lockcore::LockService for PostgresLockService {
     ) -> LockResult<Lease> {
         let inner = &self.inner;
         inner.limits.check_acquire(ttl, wait)?;
+        // A blocking attempt asks for releases to be announced for as long as any waiter queued
+        // behind it in this process may wait: at most `max_wait` from when it queued, plus a
+        // margin for an attempt already in flight when it queued (see migration 2).
+        let wanted = if wait.is_zero() {
+            Duration::ZERO
+        } else {
+            inner.limits.max_wait + WANTED_MARGIN
+        };
         inner
             .waits
-            .acquire(object, wait, || inner.try_acquire(object, owner, ttl))
+            .acquire(object, wait, || {
+                inner.try_acquire(object, owner, ttl, wanted)
+            })
             .await
     }
 

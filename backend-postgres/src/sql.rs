@@ -3,10 +3,11 @@
 //! Names resolve through the connection's `search_path`, which is lockd's schema. The functions
 //! are defined in `migrations/`; each runs as one statement in one implicit transaction.
 
-/// `$1` object, `$2` owner, `$3` token digest, `$4` TTL in ms ->
+/// `$1` object, `$2` owner, `$3` token digest, `$4` TTL in ms, `$5` for how long releases of
+/// the object must be announced (ms; 0 for a non-blocking attempt) ->
 /// `(granted, fence, holder, remaining_us)`.
-pub(crate) const ACQUIRE: &str =
-    "SELECT r_granted, r_fence, r_holder, r_remaining_us FROM lockd_acquire($1, $2, $3, $4)";
+pub(crate) const ACQUIRE: &str = "SELECT r_granted, r_fence, r_holder, r_remaining_us \
+                                  FROM lockd_acquire($1, $2, $3, $4, $5)";
 
 /// `$1` object, `$2` token digest, `$3` fence -> `(status, fence)`.
 pub(crate) const RELEASE: &str = "SELECT r_status, r_fence FROM lockd_release($1, $2, $3)";

@@ -80,7 +80,7 @@ pub(crate) async fn reap(conns: Arc<Connections>, interval: Duration, older_than
 }
 
 /// Deletes up to [`REAP_BATCH`] rows that were released or expired more than `older_than` ago
-/// by the database clock.
+/// by the database clock and that no waiter has marked as wanted.
 ///
 /// Safe for fencing: a row's fence is at most a few grants above the clock floor of the moment
 /// it was granted (see `lockd_acquire`), and the floor rises by 1024 per microsecond, so once a
@@ -97,8 +97,10 @@ pub(crate) async fn reap_once(conns: &Connections, older_than: Duration) -> Lock
         "DELETE FROM locks WHERE object IN ( \
              SELECT object FROM locks \
              WHERE expires_at < clock_timestamp() - $1 * interval '1 microsecond' \
+               AND (wanted_until IS NULL OR wanted_until < clock_timestamp()) \
              LIMIT $2 FOR UPDATE SKIP LOCKED) \
-         AND expires_at < clock_timestamp() - $1 * interval '1 microsecond'",
+         AND expires_at < clock_timestamp() - $1 * interval '1 microsecond' \
+         AND (wanted_until IS NULL OR wanted_until < clock_timestamp())",
     )
     .bind(older_than_us)
     .bind(REAP_BATCH)

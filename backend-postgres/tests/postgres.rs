@@ -377,3 +377,134 @@ async fn a_statement_timeout_is_unavailable_and_grants_nothing() {
         .expect("granted once the row is free");
     assert!(next.fence > lease.fence);
 }
+
+/// Releases are announced only for objects a blocking acquire has asked for (NOTIFY serialises
+/// commits database-wide, so unwanted announcements would cap release throughput).
+#[tokio::test]
+async fn only_releases_someone_waits_for_are_announced() {
+    let Some(url) = common::database_url().await else {
+        return;
+    };
+    let service = Arc::new(common::connect(common::test_config(&url)).await);
+    let mut listener = sqlx::postgres::PgListener::connect(&url)
+        .await
+        .expect("listener");
+    listener
+        .listen(&format!("lockd_free_{}", common::run_schema()))
+        .await
+        .expect("LISTEN");
+
+    let quiet = object("quiet");
+    let lease = service
+        .acquire(&quiet, &owner("a"), LONG, Duration::ZERO)
+        .await
+        .expect("granted");
+    service
+        .release(&quiet, &lease.token)
+        .await
+        .expect("released");
+    assert!(
+        !announced(&mut listener, &quiet, Duration::from_millis(500)).await,
+        "a release nobody waited for was announced"
+    );
+
+    let wanted = object("wanted");
+    let lease = service
+        .acquire(&wanted, &owner("a"), LONG, Duration::ZERO)
+        .await
+        .expect("granted");
+    let waiter = {
+        let (service, wanted) = (service.clone(), wanted.clone());
+        tokio::spawn(async move {
+            service
+                .acquire(&wanted, &owner("b"), LONG, Duration::from_secs(20))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service
+        .release(&wanted, &lease.token)
+        .await
+        .expect("released");
+    assert!(
+        announced(&mut listener, &wanted, Duration::from_secs(5)).await,
+        "the wanted release was not announced"
+    );
+    waiter.await.expect("waiter task").expect("waiter granted");
+}
+
+/// A waiter queued behind another in one process is woken by a release made through a third
+/// process, even though it never made an attempt itself before the object was freed.
+#[tokio::test]
+async fn a_second_waiter_is_woken_by_a_release_through_another_process() {
+    let Some(url) = common::database_url().await else {
+        return;
+    };
+    let holder = common::connect(common::test_config(&url)).await;
+    let waiting = Arc::new(common::connect(common::test_config(&url)).await);
+    let third = common::connect(common::test_config(&url)).await;
+    let target = object("relay");
+    let first_lease = holder
+        .acquire(&target, &owner("h"), LONG, Duration::ZERO)
+        .await
+        .expect("granted");
+
+    let spawn_waiter = |name: &'static str| {
+        let (waiting, target) = (waiting.clone(), target.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let lease = waiting
+                .acquire(&target, &owner(name), LONG, Duration::from_secs(25))
+                .await;
+            (lease, started.elapsed())
+        })
+    };
+    let w1 = spawn_waiter("w1");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let w2 = spawn_waiter("w2");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    holder
+        .release(&target, &first_lease.token)
+        .await
+        .expect("released");
+    let (w1_lease, _) = tokio::time::timeout(Duration::from_secs(10), w1)
+        .await
+        .expect("w1 woken")
+        .expect("w1 task");
+    let w1_lease = w1_lease.expect("w1 granted");
+    // w1's lease is released through a third process (as a lockd server behind a load
+    // balancer would): only NOTIFY can tell w2.
+    third
+        .release(&target, &w1_lease.token)
+        .await
+        .expect("released via the third process");
+    let (w2_lease, waited) = tokio::time::timeout(Duration::from_secs(20), w2)
+        .await
+        .expect("w2 finished")
+        .expect("w2 task");
+    let w2_lease = w2_lease.expect("w2 granted");
+    assert!(w2_lease.fence > w1_lease.fence);
+    assert!(
+        waited < Duration::from_secs(10),
+        "w2 woken late: {waited:?}"
+    );
+}
+
+/// Whether a release of `target` is announced within `limit` (other tests' announcements on
+/// the shared schema are skipped).
+async fn announced(
+    listener: &mut sqlx::postgres::PgListener,
+    target: &ObjectId,
+    limit: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, listener.recv()).await {
+            Err(_) => return false,
+            Ok(Ok(notification)) if notification.payload() == target.as_str() => return true,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("LISTEN connection failed: {e}"),
+        }
+    }
+}
