@@ -180,7 +180,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LOCKD_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
     /// Backend URL: memory://, redis://..., rediss://..., postgres://... [default: memory://].
-    #[arg(long, env = "LOCKD_BACKEND", value_name = "URL")]
+    #[arg(
+        long,
+        env = "LOCKD_BACKEND",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub backend: Option<String>,
     /// An accepted API key (repeatable; env: comma-separated).
     #[arg(

@@ -488,3 +488,70 @@ async fn health_readiness_and_metrics_report_the_server() {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn hostile_inputs_never_get_a_5xx_and_leave_other_locks_alone() {
+    let lockd = Lockd::start(&[]).await;
+    let object = unique("precious");
+    let lease = lockd.acquire(&object, "alice", 60_000).await;
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let bodies: Vec<String> = vec![
+        deep,
+        r#"{"object": null, "owner": null, "ttl_ms": null}"#.into(),
+        r#"{"object": "a", "owner": "o", "ttl_ms": 1e30}"#.into(),
+        r#"{"object": "a", "owner": "o", "ttl_ms": 18446744073709551616}"#.into(),
+        r#"{"object": "a", "owner": "o", "ttl_ms": 18446744073709551615, "wait_ms": 18446744073709551615}"#.into(),
+        format!(r#"{{"object": "{object}", "token": "{}"}}"#, "A".repeat(60_000)),
+        format!(r#"{{"object": "{object}", "token": "lk1.{}"}}"#, "A".repeat(75)),
+        format!(r#"{{"object": "{object}", "token": "lk1.{}"}}"#, "%".repeat(75)),
+        r#"{"object": "\u0000\ud800", "owner": "o", "ttl_ms": 5}"#.into(),
+        String::from_utf8_lossy(&[0xff, 0xfe, 0x00, 0x7b]).into_owned(),
+    ];
+    for path in [
+        "/v1/locks/acquire",
+        "/v1/locks/release",
+        "/v1/locks/renew",
+        "/v1/locks/validate",
+        "/v1/locks/inspect",
+    ] {
+        for body in &bodies {
+            let response = lockd
+                .request(Method::POST, path)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .expect("request");
+            let (status, reply) = status_and_json(response).await;
+            assert!(
+                !status.is_server_error(),
+                "{path} answered {status} to a hostile body: {reply}"
+            );
+            if !status.is_success() {
+                assert!(reply["error"]["code"].is_string(), "{reply}");
+            }
+        }
+    }
+    for query in [
+        "/v1/locks?limit=-1",
+        "/v1/locks?limit=99999999999999999999999",
+        "/v1/locks?prefix=%00",
+        "/v1/locks?after=%ff%fe",
+        "/v1/events?after=abc",
+        "/v1/events/stream?after=x",
+    ] {
+        let (status, reply) = lockd.get(query).await;
+        assert!(
+            status.is_client_error() || status.is_success(),
+            "{query}: {status} {reply}"
+        );
+    }
+    // alice's lock is untouched.
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/validate",
+            json!({"object": object, "token": lease["token"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
