@@ -101,8 +101,9 @@ impl Server {
             None => {
                 tracing::warn!(
                     "no token secret configured (--token-secret-file or LOCKD_TOKEN_SECRET): \
-                     using a random one, so tokens die with this process; several lockd \
-                     processes sharing Redis or Postgres must all use the same secret"
+                     using a random one, so tokens die with this process (fine for memory://); \
+                     several lockd processes sharing Redis or Postgres need the same secret, \
+                     or DFS nodes verifying tokens offline refuse some of them"
                 );
                 TokenIssuer::random()
             }
