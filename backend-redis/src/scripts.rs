@@ -57,6 +57,16 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 "#;
 
+/// Abandon: undoes an acquire whose reply was lost. ARGV: digest, channel, object.
+/// Deletes the lock only if it holds this digest (a token nobody ever received); returns 1 if
+/// it did, 0 otherwise.
+const ABANDON: &str = r#"
+if redis.call('HGET', KEYS[1], 'digest') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"#;
+
 /// Renew. ARGV: digest, fence, ttl ms, fence key ttl ms.
 /// Returns `{1, owner}` when renewed, `{0}` when not held, `{-1}` when held by another token.
 const RENEW: &str = r#"
@@ -104,6 +114,7 @@ pub(crate) struct Scripts {
     pub(crate) renew: Script,
     pub(crate) validate: Script,
     pub(crate) describe: Script,
+    pub(crate) abandon: Script,
 }
 
 impl Scripts {
@@ -114,16 +125,18 @@ impl Scripts {
             renew: Script::new(RENEW),
             validate: Script::new(VALIDATE),
             describe: Script::new(DESCRIBE),
+            abandon: Script::new(ABANDON),
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 5] {
+    pub(crate) fn all(&self) -> [&Script; 6] {
         [
             &self.acquire,
             &self.release,
             &self.renew,
             &self.validate,
             &self.describe,
+            &self.abandon,
         ]
     }
 }

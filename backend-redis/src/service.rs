@@ -22,6 +22,9 @@ use crate::scripts::Scripts;
 
 /// Delays between reconnect attempts of the command connection grow up to this.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// First and longest pause before taking back a lock whose acquire reply was lost.
+const ABANDON_FIRST_DELAY: Duration = Duration::from_millis(100);
+const ABANDON_MAX_DELAY: Duration = Duration::from_secs(2);
 /// Most `SCAN` calls one `list` page makes before it returns what it has.
 const MAX_SCAN_ROUNDS: usize = 64;
 
@@ -68,7 +71,11 @@ impl RedisLockService {
     /// connection, and with [`LockError::InvalidArgument`] for a bad URL or key prefix.
     pub async fn connect(config: RedisConfig, issuer: TokenIssuer) -> Result<Self, LockError> {
         config.check()?;
-        if config.url.starts_with("rediss:") {
+        if config
+            .url
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("rediss:"))
+        {
             // rustls needs a process-wide crypto provider; an already installed one is kept.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
@@ -77,7 +84,11 @@ impl RedisLockService {
         })?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.operation_timeout))
+            // Operations give up at operation_timeout themselves. The manager's own timeout,
+            // which drops the connection and reconnects, only catches a connection that has
+            // stopped answering altogether; a slow reply must not cost the connection (and the
+            // other requests in flight on it).
+            .set_response_timeout(Some(config.operation_timeout.saturating_mul(2)))
             .set_max_delay(MAX_RECONNECT_DELAY);
         let conn = match tokio::time::timeout(
             config.connect_timeout,
@@ -169,7 +180,18 @@ impl RedisLockService {
             .arg(ttl_ms)
             .arg(ttl_ms.saturating_add(self.fence_retention_ms))
             .arg(1u64 << lockcore::fence::FENCE_CLOCK_SHIFT);
-        let items = reply::array(self.eval("acquire", &invocation).await?)?;
+        let reply = match self.eval("acquire", &invocation).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                if matches!(e, LockError::Unavailable { .. }) {
+                    // Redis may have run the script and granted a lock nobody got the token
+                    // for: take it back once Redis answers again.
+                    self.abandon_in_background(object, pending.digest().to_hex(), ttl);
+                }
+                return Err(e);
+            }
+        };
+        let items = reply::array(reply)?;
         match reply::int(item(&items, 0)?)? {
             1 => {
                 let fence = reply::fence(item(&items, 1)?)?;
@@ -189,6 +211,39 @@ impl RedisLockService {
             }),
             _ => Err(reply::malformed("acquire status")),
         }
+    }
+
+    /// After an acquire whose outcome is unknown: deletes the lock if (and only if) it holds
+    /// `digest`, retrying with backoff until Redis answers or the lease would have run out
+    /// anyway. The token for that digest was never handed out, so nobody loses a lease.
+    fn abandon_in_background(&self, object: &ObjectId, digest: String, ttl: Duration) {
+        let mut conn = self.conn.clone();
+        let script = self.scripts.abandon.clone();
+        let (lock_key, channel) = (self.keys.lock_key(object), self.channel.clone());
+        let object = object.as_str().to_owned();
+        let timeout = self.operation_timeout;
+        tokio::spawn(async move {
+            let give_up = tokio::time::Instant::now() + ttl;
+            let mut delay = ABANDON_FIRST_DELAY;
+            while tokio::time::Instant::now() + delay < give_up {
+                tokio::time::sleep(delay).await;
+                let mut invocation = script.key(&lock_key);
+                invocation.arg(&digest).arg(&channel).arg(&object);
+                let attempt =
+                    tokio::time::timeout(timeout, invocation.invoke_async::<i64>(&mut conn));
+                if let Ok(Ok(taken_back)) = attempt.await {
+                    if taken_back == 1 {
+                        tracing::info!(
+                            target: "lockd::redis",
+                            object = %object,
+                            "took back a lock granted by an acquire whose reply was lost"
+                        );
+                    }
+                    return;
+                }
+                delay = (delay * 2).min(ABANDON_MAX_DELAY);
+            }
+        });
     }
 
     /// Refusal for a token that is not the holder's: `NotHeld` (0) or `TokenMismatch` (-1).

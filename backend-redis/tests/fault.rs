@@ -243,3 +243,58 @@ async fn waiters_are_woken_by_releases_after_the_listener_reconnects() {
         .expect("waiter granted after the release");
     assert!(granted.fence > lease.fence);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_granted_after_its_acquire_timed_out_is_taken_back() {
+    let Some(redis) = PrivateRedis::start() else {
+        return;
+    };
+    let mut config = common::test_config(&redis.url());
+    config.operation_timeout = Duration::from_millis(400);
+    let prefix = config.key_prefix.clone();
+    let service = RedisLockService::connect(config, TokenIssuer::random())
+        .await
+        .expect("connects");
+    let mut admin = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("admin connection");
+    // Redis holds every write for 600 ms: the acquire's script runs only after the backend
+    // has given up on it.
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(600)
+        .arg("WRITE")
+        .query::<()>(&mut admin)
+        .expect("CLIENT PAUSE");
+    let result = service
+        .acquire(&object("lost-reply"), &owner("first"), TTL, Duration::ZERO)
+        .await;
+    assert!(is_unavailable(&result), "{result:?}");
+
+    let fence_key = format!("{prefix}{{fault/lost-reply}}:fence");
+    let lock_key = format!("{prefix}{{fault/lost-reply}}:lock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (fence_exists, lock_exists): (bool, bool) = redis::pipe()
+            .cmd("EXISTS")
+            .arg(&fence_key)
+            .cmd("EXISTS")
+            .arg(&lock_key)
+            .query(&mut admin)
+            .expect("EXISTS");
+        // The fence key proves the script did grant; the lock key's absence, long before its
+        // one-minute TTL, that the backend took the unowned lock back.
+        if fence_exists && !lock_exists {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lock granted after the timeout was not taken back (fence key: {fence_exists}, lock key: {lock_exists})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    service
+        .acquire(&object("lost-reply"), &owner("second"), TTL, Duration::ZERO)
+        .await
+        .expect("the object is free again long before the lost grant's TTL");
+}
