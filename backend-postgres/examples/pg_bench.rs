@@ -65,7 +65,7 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    if args.concurrency.iter().any(|&c| c == 0) || args.rounds == 0 || args.seconds == 0 {
+    if args.concurrency.contains(&0) || args.rounds == 0 || args.seconds == 0 {
         return Err("concurrency, rounds and seconds must be positive".to_owned());
     }
     Ok(args)
@@ -157,7 +157,7 @@ fn same_sql_script(dir: &std::path::Path) -> PathBuf {
     // client locks its own object, named by its client id ("0", "1", ...); the token digest is
     // a fixed 32-byte value; the fence returned by the acquire goes into the release.
     let script = "SELECT r_granted, r_fence, r_holder, r_remaining_us \
-                  FROM lockd_acquire(:client_id, :owner, :digest, :ttl) \\gset\n\
+                  FROM lockd_acquire(:client_id, :owner, :digest, :ttl, :wanted) \\gset\n\
                   SELECT r_status, r_fence FROM lockd_release(:client_id, :digest, :r_fence);\n";
     let path = dir.join("lockd_same_sql.pgbench");
     std::fs::write(&path, script).expect("write pgbench script");
@@ -188,6 +188,8 @@ fn run_pgbench(args: &Args, script: &std::path::Path, clients: usize, same_sql: 
             "owner=bench",
             "-D",
             "ttl=30000",
+            "-D",
+            "wanted=0",
             "-D",
             &format!("digest=\\x{}", "ab".repeat(32)),
         ]);
