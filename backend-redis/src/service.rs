@@ -2,6 +2,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,10 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// First and longest pause before taking back a lock whose acquire reply was lost.
 const ABANDON_FIRST_DELAY: Duration = Duration::from_millis(100);
 const ABANDON_MAX_DELAY: Duration = Duration::from_secs(2);
+/// How long the backend keeps trying to take such a lock back (at most the lease's TTL).
+const ABANDON_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// Most lost acquires being taken back at once.
+const MAX_ABANDONING: usize = 1024;
 /// Most `SCAN` calls one `list` page makes before it returns what it has.
 const MAX_SCAN_ROUNDS: usize = 64;
 
@@ -44,6 +49,8 @@ pub struct RedisLockService {
     fence_retention_ms: u64,
     redacted_url: String,
     listener: JoinHandle<()>,
+    /// Lost acquires currently being taken back.
+    abandoning: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for RedisLockService {
@@ -144,6 +151,7 @@ impl RedisLockService {
             fence_retention_ms: millis(config.fence_retention),
             redacted_url: config.redacted_url(),
             listener,
+            abandoning: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -217,13 +225,21 @@ impl RedisLockService {
     /// `digest`, retrying with backoff until Redis answers or the lease would have run out
     /// anyway. The token for that digest was never handed out, so nobody loses a lease.
     fn abandon_in_background(&self, object: &ObjectId, digest: String, ttl: Duration) {
+        // Bounded work during a long outage: past the cap, such locks simply expire.
+        if self.abandoning.fetch_add(1, Ordering::AcqRel) >= MAX_ABANDONING {
+            self.abandoning.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(target: "lockd::redis", object = %object, "too many lost acquires to take back; this one will expire");
+            return;
+        }
+        let abandoning = self.abandoning.clone();
         let mut conn = self.conn.clone();
         let script = self.scripts.abandon.clone();
         let (lock_key, channel) = (self.keys.lock_key(object), self.channel.clone());
         let object = object.as_str().to_owned();
         let timeout = self.operation_timeout;
         tokio::spawn(async move {
-            let give_up = tokio::time::Instant::now() + ttl;
+            let _count = DecrementOnDrop(abandoning);
+            let give_up = tokio::time::Instant::now() + ttl.min(ABANDON_WINDOW);
             let mut delay = ABANDON_FIRST_DELAY;
             while tokio::time::Instant::now() + delay < give_up {
                 tokio::time::sleep(delay).await;
@@ -305,6 +321,15 @@ impl RedisLockService {
             Ok(Err(e)) => Err(error::from_redis("list", &e)),
             Err(_) => Err(error::timed_out("list", self.operation_timeout)),
         }
+    }
+}
+
+/// Decrements a counter when dropped (also when the task holding it is aborted).
+struct DecrementOnDrop(Arc<AtomicUsize>);
+
+impl Drop for DecrementOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
