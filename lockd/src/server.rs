@@ -216,6 +216,12 @@ impl Server {
             tracing::info!("shutting down: finishing requests in flight");
             stop.send_replace(true);
         };
+        // Lock requests are small and latency-bound: no Nagle delay on responses.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let serve = axum::serve(listener, router).with_graceful_shutdown(stop_signal);
         let deadline = async {
             let _ = stopping.wait_for(|stopped| *stopped).await;
