@@ -41,7 +41,7 @@ impl Lockd {
     async fn start(extra: &[&str]) -> Lockd {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lockd"));
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--log", "error"])
             .args(extra);
         for var in LOCKD_ENV {
             command.env_remove(var);

@@ -55,7 +55,7 @@ fn start_shared(backend: &str, api_key: Option<&str>) -> Result<SharedServer, St
         .arg(r#""$0" "$@" & pid=$!; read -r _line; kill -TERM "$pid" 2>/dev/null; wait "$pid""#)
         .arg(env!("CARGO_BIN_EXE_lockd"))
         .args(["serve", "--listen", "127.0.0.1:0", "--backend", backend])
-        .args(["--log", "warn", "--shutdown-timeout", "1s"]);
+        .args(["--log", "error", "--shutdown-timeout", "1s"]);
     if let Some(key) = api_key {
         command.args(["--api-key", key]);
     }
