@@ -364,19 +364,8 @@ async fn a_blocking_acquire_is_granted_when_the_holder_releases() {
             .json(&json!({"object": object, "owner": "bob", "ttl_ms": 5000, "wait_ms": 10_000}));
         tokio::spawn(async move { status_and_json(request.send().await.expect("send")).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, metrics) = (
-        (),
-        lockd
-            .request(Method::GET, "/metrics")
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text"),
-    );
-    assert!(metrics.contains("lockd_waiters 1"), "{metrics}");
+    // The waiter shows in the metrics while it waits.
+    lockd.wait_for_metric("lockd_waiters 1").await;
     let (status, _) = lockd
         .post(
             "/v1/locks/release",

@@ -250,7 +250,7 @@ async fn sigterm_finishes_requests_in_flight_ends_streams_and_exits_zero() {
         .await
         .expect("stream");
     assert_eq!(stream.status(), StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    lockd.wait_for_metric("lockd_waiters 1").await;
 
     lockd.terminate();
     let (status, lease) = waiter.await.expect("waiter task");

@@ -202,6 +202,29 @@ impl Lockd {
         status_and_json(response).await
     }
 
+    /// Waits (at most 10 s) until `/metrics` contains `needle`.
+    pub async fn wait_for_metric(&self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = self
+                .request(reqwest::Method::GET, "/metrics")
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            if metrics.contains(needle) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{needle:?} never appeared in:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Acquires `object` for `owner` and returns the response body, asserting success.
     pub async fn acquire(&self, object: &str, owner: &str, ttl_ms: u64) -> Value {
         let (status, body) = self
