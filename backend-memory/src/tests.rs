@@ -386,3 +386,69 @@ fn config_round_trips_through_serde_with_defaults_for_missing_fields() {
         serde_json::from_str(&serde_json::to_string(&config).expect("ser")).expect("de");
     assert_eq!(back, config);
 }
+
+#[tokio::test]
+async fn list_pages_cover_every_lock_once_in_object_order() {
+    let locks = service();
+    let holder = owner("h");
+    for n in 0..2_345 {
+        locks
+            .acquire(
+                &object(&format!("p/{n:05}")),
+                &holder,
+                Duration::from_secs(60),
+                Duration::ZERO,
+            )
+            .await
+            .expect("free");
+    }
+    locks
+        .acquire(
+            &object("q/elsewhere"),
+            &holder,
+            Duration::from_secs(60),
+            Duration::ZERO,
+        )
+        .await
+        .expect("free");
+    let mut query = lockcore::ListQuery::new("p/", 1_000);
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = locks.list(&query).await.expect("valid query");
+        pages += 1;
+        seen.extend(page.locks.into_iter().map(|info| info.object.to_string()));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..2_345).map(|n| format!("p/{n:05}")).collect();
+    assert_eq!(
+        seen, expected,
+        "every lock once, sorted, nothing outside the prefix"
+    );
+}
+
+#[tokio::test]
+async fn a_full_last_page_still_says_there_is_nothing_more() {
+    let locks = service();
+    for n in 0..4 {
+        locks
+            .acquire(
+                &object(&format!("f{n}")),
+                &owner("h"),
+                Duration::from_secs(60),
+                Duration::ZERO,
+            )
+            .await
+            .expect("free");
+    }
+    let page = locks
+        .list(&lockcore::ListQuery::new("f", 4))
+        .await
+        .expect("valid query");
+    assert_eq!(page.locks.len(), 4);
+    assert_eq!(page.next, None);
+}
