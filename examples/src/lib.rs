@@ -1,0 +1,1 @@
+//! Example programs live beside this crate; see `dfs.rs`.
