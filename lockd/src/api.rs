@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 
 use crate::error::ApiError;
 use crate::events::{Event, EventKind, EventLog, NewEvent, MAX_EVENTS_PAGE};
@@ -77,11 +78,13 @@ pub(crate) struct AppState {
     pub(crate) tracker: Arc<ExpiryTracker>,
     pub(crate) keys: Arc<ApiKeys>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) max_body_bytes: usize,
 }
 
 /// Builds the router: `/v1/...` (authenticated when keys are configured), `/metrics`,
 /// `/healthz`, `/readyz`.
-pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
+    let max_body_bytes = state.max_body_bytes;
     let v1 = Router::new()
         .route("/locks/acquire", post(acquire))
         .route("/locks/release", post(release))
@@ -130,6 +133,7 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
                 key_present = presented.is_some(),
                 "refused request: missing or unknown API key"
             );
+            drain(request.into_body().into_data_stream()).await;
             return ApiError::Unauthenticated.into_response();
         }
     }
@@ -153,29 +157,56 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+/// Most bytes of a refused request's body read and thrown away before answering.
+///
+/// A server that answers before reading the body and then closes the connection makes the
+/// kernel reset it, and the client may lose the answer; reading a bounded amount first lets
+/// clients of moderately oversized or unauthenticated requests see the error envelope.
+const DRAIN_MAX: usize = 1 << 20;
+/// Longest time spent draining a refused request's body.
+const DRAIN_TIME: Duration = Duration::from_millis(500);
+
+/// Reads and discards up to [`DRAIN_MAX`] bytes of `stream` for at most [`DRAIN_TIME`].
+async fn drain(mut stream: axum::body::BodyDataStream) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut drained = 0usize;
+    while drained <= DRAIN_MAX {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => drained += chunk.len(),
+            _ => return,
+        }
+    }
+}
+
+/// Reads a body of at most `limit` bytes; a larger one is `413 payload_too_large`.
+async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buffer = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
+        if buffer.len() + chunk.len() > limit {
+            drain(stream).await;
+            return Err(ApiError::PayloadTooLarge(format!(
+                "request body is larger than the {limit} bytes the server accepts"
+            )));
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buffer))
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        if !is_json(request.headers()) {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let json = is_json(request.headers());
+        let bytes = read_limited(request.into_body(), state.max_body_bytes).await?;
+        if !json {
             return Err(ApiError::BadRequest(
                 "expected a JSON body with Content-Type: application/json".into(),
             ));
         }
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(
-                        "request body is larger than the server accepts".into(),
-                    )
-                } else {
-                    ApiError::BadRequest(format!(
-                        "cannot read the request body: {}",
-                        rejection.body_text()
-                    ))
-                }
-            })?;
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))

@@ -165,8 +165,9 @@ impl Server {
             tracker: tracker.clone(),
             keys: Arc::new(ApiKeys::new(&config.api_keys)),
             shutdown: shutdown_rx,
+            max_body_bytes: config.max_body_bytes,
         };
-        let router = api::router(state, config.max_body_bytes);
+        let router = api::router(state);
         Ok(Self {
             listener,
             local_addr,
