@@ -3,16 +3,19 @@
 # (EVALSHA) and on plain SET NX PX + DEL, at the same concurrencies, against one private
 # redis-server on a free loopback port (killed by its PID at the end).
 #
-#   backend-redis/bench/compare.sh [SECONDS_PER_BACKEND_RUN] [CONCURRENCIES]
+#   backend-redis/bench/compare.sh [SECONDS_PER_BACKEND_RUN=3] [CONCURRENCIES=1,50] [ROUNDS=3]
 #
+# Each round runs every measurement once, back to back; the table shows the median of the
+# rounds, so a burst of load from elsewhere on the machine skews one round, not the result.
 # redis-benchmark runs one command per test, so its "pairs/s" is 1 / (1/acquire + 1/release).
 # Its release calls use random keys and mostly take the script's cheaper not-held path, which
-# flatters redis-benchmark; the backend always takes the full release path (HMGET, DEL, PUBLISH).
+# flatters redis-benchmark; the backend always takes the full release path (HMGET, DEL, EXISTS).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-SECONDS_PER_RUN="${1:-5}"
+SECONDS_PER_RUN="${1:-3}"
 CONCURRENCIES="${2:-1,50}"
+ROUNDS="${3:-3}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 
 cargo build -q --release -p backend-redis --example bench
@@ -21,10 +24,10 @@ BENCH="$TARGET/release/examples/bench"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
 REDIS_PID=$!
-trap 'kill "$REDIS_PID" 2>/dev/null || true' EXIT
+SCRIPTS="$(mktemp -d)"
+trap 'kill "$REDIS_PID" 2>/dev/null || true; rm -rf "$SCRIPTS"' EXIT
 for _ in $(seq 1 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
-SCRIPTS="$(mktemp -d)"
 "$BENCH" --print-scripts "$SCRIPTS"
 ACQ="$(redis-cli -p "$PORT" SCRIPT LOAD "$(cat "$SCRIPTS/acquire.lua")")"
 REL="$(redis-cli -p "$PORT" SCRIPT LOAD "$(cat "$SCRIPTS/release.lua")")"
@@ -35,24 +38,31 @@ rb() {
     local c="$1" n="$2"
     shift 2
     redis-benchmark -h 127.0.0.1 -p "$PORT" -c "$c" -n "$n" -r 1000000 --csv "$@" 2>/dev/null |
-        awk -F'","' 'NR == 2 { print $2 }'
+        awk -F'","' 'NR == 2 { printf "%.0f\n", $2 }'
 }
+backend() { "$BENCH" "redis://127.0.0.1:$PORT" "$SECONDS_PER_RUN" "$1" "$2" | sed -n 's/.*pairs_per_sec=\([0-9]*\).*/\1/p'; }
 pairs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", 1 / (1 / a + 1 / b) }'; }
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-echo "redis-server $(redis-server --version | awk '{print $3}'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "redis-server $(redis-server --version | awk '{print $3}'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg) at start, median of $ROUNDS rounds"
 echo
-echo "| concurrency | backend-redis pairs/s | redis-benchmark EVALSHA pairs/s (acquire, release rps) | ratio | SET NX PX + DEL pairs/s (set, del rps) |"
-echo "|---|---|---|---|---|"
+echo "| concurrency | backend-redis pairs/s (multi-thread runtime) | backend-redis pairs/s (current-thread runtime) | redis-benchmark EVALSHA pairs/s (acquire, release rps) | ratio multi / current | SET NX PX + DEL pairs/s (set, del rps) |"
+echo "|---|---|---|---|---|---|"
 IFS=',' read -ra LEVELS <<<"$CONCURRENCIES"
 for c in "${LEVELS[@]}"; do
-    n=$((c == 1 ? 40000 : 400000))
-    backend="$("$BENCH" "redis://127.0.0.1:$PORT" "$SECONDS_PER_RUN" "$c" | sed -n 's/.*pairs_per_sec=\([0-9]*\).*/\1/p')"
-    acq="$(rb "$c" "$n" evalsha "$ACQ" 2 'rb:{__rand_int__}:lock' 'rb:{__rand_int__}:fence' owner "$DIGEST" 1 1000 1024)"
-    rel="$(rb "$c" "$n" evalsha "$REL" 1 'rb:{__rand_int__}:lock' "$DIGEST" 123 rb:released obj)"
-    set_rps="$(rb "$c" "$n" set 'plain:__rand_int__' v NX PX 1)"
-    del_rps="$(rb "$c" "$n" del 'plain:__rand_int__')"
-    script_pairs="$(pairs "$acq" "$rel")"
-    ratio="$(awk -v a="$backend" -v b="$script_pairs" 'BEGIN { printf "%.2f", a / b }')"
-    echo "| $c | $backend | $script_pairs ($acq, $rel) | ${ratio}x | $(pairs "$set_rps" "$del_rps") ($set_rps, $del_rps) |"
+    n=$((c == 1 ? 30000 : 200000))
+    multi=() current=() acq=() rel=() script_pairs=() set_rps=() del_rps=() plain_pairs=()
+    for _ in $(seq 1 "$ROUNDS"); do
+        multi+=("$(backend "$c" multi)")
+        current+=("$(backend "$c" current)")
+        a="$(rb "$c" "$n" evalsha "$ACQ" 3 'rb:{__rand_int__}:lock' 'rb:{__rand_int__}:fence' 'rb:{__rand_int__}:waiting' owner "$DIGEST" 1 1000 1024 0)"
+        r="$(rb "$c" "$n" evalsha "$REL" 2 'rb:{__rand_int__}:lock' 'rb:{__rand_int__}:waiting' "$DIGEST" 123 rb:released obj)"
+        s="$(rb "$c" "$n" set 'plain:__rand_int__' v NX PX 1)"
+        d="$(rb "$c" "$n" del 'plain:__rand_int__')"
+        acq+=("$a") rel+=("$r") set_rps+=("$s") del_rps+=("$d")
+        script_pairs+=("$(pairs "$a" "$r")") plain_pairs+=("$(pairs "$s" "$d")")
+    done
+    m="$(median "${multi[@]}")" cur="$(median "${current[@]}")" sp="$(median "${script_pairs[@]}")"
+    ratio="$(awk -v a="$m" -v b="$cur" -v s="$sp" 'BEGIN { printf "%.2fx / %.2fx", a / s, b / s }')"
+    echo "| $c | $m | $cur | $sp ($(median "${acq[@]}"), $(median "${rel[@]}")) | $ratio | $(median "${plain_pairs[@]}") ($(median "${set_rps[@]}"), $(median "${del_rps[@]}")) |"
 done
-rm -rf "$SCRIPTS"

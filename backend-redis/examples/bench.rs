@@ -1,12 +1,13 @@
 //! Acquire+release pairs per second through `RedisLockService`, at several concurrencies.
 //!
 //! ```text
-//! cargo run --release -p backend-redis --example bench -- [URL] [SECONDS] [CONCURRENCY,...]
+//! cargo run --release -p backend-redis --example bench -- [URL] [SECONDS] [CONCURRENCY,...] [RUNTIME]
 //! cargo run --release -p backend-redis --example bench -- --print-scripts DIR
 //! ```
 //!
 //! Each task locks its own object in a loop (acquire with a 30 s TTL, then release), so the
-//! numbers measure the backend's round trips, not contention. `--print-scripts` writes the
+//! numbers measure the backend's round trips, not contention. `RUNTIME` is `multi` (tokio's
+//! multi-thread runtime, the default, as in the lockd server) or `current` (one thread). `--print-scripts` writes the
 //! acquire and release scripts to `DIR` for `redis-benchmark` (see `bench/compare.sh`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +17,21 @@ use std::time::{Duration, Instant};
 use backend_redis::{RedisConfig, RedisLockService};
 use lockcore::{LockService, ObjectId, OwnerId, TokenIssuer};
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match args.get(3).map(String::as_str).unwrap_or("multi") {
+        "multi" => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+        "current" => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        other => return Err(format!("unknown runtime {other}: use multi or current").into()),
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
     if args.first().map(String::as_str) == Some("--print-scripts") {
         let dir = args.get(1).ok_or("--print-scripts needs a directory")?;
         std::fs::write(
@@ -95,7 +108,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .as_secs_f64();
         let pairs = pairs.load(Ordering::Relaxed);
         println!(
-            "backend concurrency={concurrency} pairs={pairs} errors={} seconds={elapsed:.2} pairs_per_sec={:.0}",
+            "backend runtime={} concurrency={concurrency} pairs={pairs} errors={} seconds={elapsed:.2} pairs_per_sec={:.0}",
+            args.get(3).map(String::as_str).unwrap_or("multi"),
             errors.load(Ordering::Relaxed),
             pairs as f64 / elapsed
         );

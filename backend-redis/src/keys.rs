@@ -1,4 +1,5 @@
-//! Key layout: `{prefix}{<object>}:lock` and `{prefix}{<object>}:fence`.
+//! Key layout: `{prefix}{<object>}:lock`, `{prefix}{<object>}:fence` and
+//! `{prefix}{<object>}:waiting`.
 //!
 //! The object sits inside a Redis Cluster hash tag, so both keys of one object live in one slot
 //! and every script touches one slot. Inside the tag the object is escaped (`%` -> `%25`,
@@ -16,6 +17,7 @@ pub(crate) struct KeyLayout {
 
 const LOCK_SUFFIX: &str = "}:lock";
 const FENCE_SUFFIX: &str = "}:fence";
+const WAITING_SUFFIX: &str = "}:waiting";
 
 impl KeyLayout {
     pub(crate) fn new(prefix: &str) -> Self {
@@ -32,6 +34,11 @@ impl KeyLayout {
     /// The object's last fence, kept after release.
     pub(crate) fn fence_key(&self, object: &ObjectId) -> String {
         self.key(object, FENCE_SUFFIX)
+    }
+
+    /// Present (with an expiry) while someone waits for the object: releases publish only then.
+    pub(crate) fn waiting_key(&self, object: &ObjectId) -> String {
+        self.key(object, WAITING_SUFFIX)
     }
 
     /// The pub/sub channel release scripts publish freed objects on.
@@ -135,6 +142,10 @@ mod tests {
         assert_eq!(lock, "lockd:{/vol/a}:lock");
         assert_eq!(fence, "lockd:{/vol/a}:fence");
         assert_eq!(hash_tag(&lock), hash_tag(&fence));
+        assert_eq!(
+            layout.waiting_key(&object("/vol/a")),
+            "lockd:{/vol/a}:waiting"
+        );
     }
 
     /// The part of a key Redis Cluster hashes: from the first `{` to the next `}`.
@@ -168,6 +179,7 @@ mod tests {
     fn foreign_keys_are_not_taken_for_locks() {
         let layout = KeyLayout::new("lockd:");
         assert_eq!(layout.object_of_lock_key(b"lockd:{a}:fence"), None);
+        assert_eq!(layout.object_of_lock_key(b"lockd:{a}:waiting"), None);
         assert_eq!(layout.object_of_lock_key(b"other:{a}:lock"), None);
         assert_eq!(layout.object_of_lock_key(b"lockd:{}:lock"), None);
         assert_eq!(layout.object_of_lock_key(&[0xff, 0xfe]), None);

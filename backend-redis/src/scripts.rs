@@ -12,10 +12,20 @@
 
 use redis::Script;
 
-/// Acquire. ARGV: owner, digest (hex), ttl ms, fence key ttl ms, clock multiplier (2^shift).
+/// Acquire. KEYS: lock, fence, waiting. ARGV: owner, digest (hex), ttl ms, fence key ttl ms,
+/// clock multiplier (2^shift), waiting mark ms (0 for a caller that will not wait).
 /// Returns `{1, fence, acquired_at_ms}` on a grant, `{0, holder, pttl}` when held.
+///
+/// A blocking caller, refused or granted, marks the object as waited on (extending, never
+/// shortening, the mark) so that its release publishes: a refused caller waits for that
+/// message, and a granted one may have waiters queued behind it in its process that have not
+/// tried Redis yet.
 const ACQUIRE: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
+local mark = tonumber(ARGV[6])
+if mark > 0 and redis.call('PTTL', KEYS[3]) < mark then
+  redis.call('SET', KEYS[3], '1', 'PX', mark)
+end
 local holder = redis.call('HGET', KEYS[1], 'owner')
 if holder then
   return {0, holder, redis.call('PTTL', KEYS[1])}
@@ -46,24 +56,29 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, fence, now_ms}
 "#;
 
-/// Release. ARGV: digest, fence, channel, object.
-/// Returns 1 when released (and published), 0 when not held, -1 when held by another token.
+/// Release. KEYS: lock, waiting. ARGV: digest, fence, channel, object.
+/// Returns 1 when released, 0 when not held, -1 when held by another token. Publishes the
+/// object only when someone is waiting for it.
 const RELEASE: &str = r#"
 local h = redis.call('HMGET', KEYS[1], 'digest', 'fence')
 if not h[1] then return 0 end
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return -1 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
 return 1
 "#;
 
-/// Abandon: undoes an acquire whose reply was lost. ARGV: digest, channel, object.
-/// Deletes the lock only if it holds this digest (a token nobody ever received); returns 1 if
-/// it did, 0 otherwise.
+/// Abandon: undoes an acquire whose reply was lost. KEYS: lock, waiting. ARGV: digest,
+/// channel, object. Deletes the lock only if it holds this digest (a token nobody ever
+/// received); returns 1 if it did, 0 otherwise.
 const ABANDON: &str = r#"
 if redis.call('HGET', KEYS[1], 'digest') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
 return 1
 "#;
 

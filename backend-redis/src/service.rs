@@ -177,17 +177,20 @@ impl RedisLockService {
         object: &ObjectId,
         owner: &OwnerId,
         ttl: Duration,
+        wait: Duration,
     ) -> LockResult<Lease> {
         let pending = self.issuer.prepare();
         let ttl_ms = millis(ttl);
         let mut invocation = self.scripts.acquire.key(self.keys.lock_key(object));
         invocation
             .key(self.keys.fence_key(object))
+            .key(self.keys.waiting_key(object))
             .arg(owner.as_str())
             .arg(pending.digest().to_hex())
             .arg(ttl_ms)
             .arg(ttl_ms.saturating_add(self.fence_retention_ms))
-            .arg(1u64 << lockcore::fence::FENCE_CLOCK_SHIFT);
+            .arg(1u64 << lockcore::fence::FENCE_CLOCK_SHIFT)
+            .arg(self.waiting_mark_ms(wait));
         let reply = match self.eval("acquire", &invocation).await {
             Ok(reply) => reply,
             Err(e) => {
@@ -221,6 +224,17 @@ impl RedisLockService {
         }
     }
 
+    /// How long a blocking acquire marks its object as waited on: at least the longest wait
+    /// this backend allows, so the mark outlives every waiter of this process queued behind
+    /// this one (they try Redis only when they reach the head of the queue). 0 for `wait` 0.
+    fn waiting_mark_ms(&self, wait: Duration) -> u64 {
+        if wait.is_zero() {
+            0
+        } else {
+            millis(wait.max(self.limits.max_wait))
+        }
+    }
+
     /// After an acquire whose outcome is unknown: deletes the lock if (and only if) it holds
     /// `digest`, retrying with backoff until Redis answers or the lease would have run out
     /// anyway. The token for that digest was never handed out, so nobody loses a lease.
@@ -234,7 +248,8 @@ impl RedisLockService {
         let abandoning = self.abandoning.clone();
         let mut conn = self.conn.clone();
         let script = self.scripts.abandon.clone();
-        let (lock_key, channel) = (self.keys.lock_key(object), self.channel.clone());
+        let (lock_key, waiting_key) = (self.keys.lock_key(object), self.keys.waiting_key(object));
+        let channel = self.channel.clone();
         let object = object.as_str().to_owned();
         let timeout = self.operation_timeout;
         tokio::spawn(async move {
@@ -244,7 +259,11 @@ impl RedisLockService {
             while tokio::time::Instant::now() + delay < give_up {
                 tokio::time::sleep(delay).await;
                 let mut invocation = script.key(&lock_key);
-                invocation.arg(&digest).arg(&channel).arg(&object);
+                invocation
+                    .key(&waiting_key)
+                    .arg(&digest)
+                    .arg(&channel)
+                    .arg(&object);
                 let attempt =
                     tokio::time::timeout(timeout, invocation.invoke_async::<i64>(&mut conn));
                 if let Ok(Ok(taken_back)) = attempt.await {
@@ -358,13 +377,14 @@ impl LockService for RedisLockService {
     ) -> LockResult<Lease> {
         self.limits.check_acquire(ttl, wait)?;
         self.waits
-            .acquire(object, wait, || self.try_acquire(object, owner, ttl))
+            .acquire(object, wait, || self.try_acquire(object, owner, ttl, wait))
             .await
     }
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
         let mut invocation = self.scripts.release.key(self.keys.lock_key(object));
         invocation
+            .key(self.keys.waiting_key(object))
             .arg(token.digest().to_hex())
             .arg(token.fence().get())
             .arg(&self.channel)
