@@ -4,143 +4,16 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers panic on setup failures by design.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lockcore::{
-    Fence, ListQuery, LockError, LockService, LockToken, ObjectId, OwnerId, TokenIssuer,
-};
+use lockcore::{Fence, ListQuery, LockError, LockService, ObjectId, OwnerId};
 use lockd_client::{ClientConfig, LockdClient};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-/// One request as the scripted server saw it.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    target: String,
-    headers: HashMap<String, String>,
-    body: serde_json::Value,
-}
-
-/// The scripted answer: status, body, and how long to wait before sending it.
-type Script = dyn Fn(&Seen) -> (u16, String, Duration) + Send + Sync;
-
-struct FakeLockd {
-    url: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    connections: Arc<AtomicUsize>,
-}
-
-impl FakeLockd {
-    async fn start(
-        script: impl Fn(&Seen) -> (u16, String, Duration) + Send + Sync + 'static,
-    ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let script: Arc<Script> = Arc::new(script);
-        let (seen2, connections2) = (seen.clone(), connections.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                connections2.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, seen2.clone(), script.clone()));
-            }
-        });
-        Self {
-            url,
-            seen,
-            connections,
-        }
-    }
-
-    fn client(&self) -> LockdClient {
-        LockdClient::new(ClientConfig::from_url(&self.url)).unwrap()
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-/// Answers HTTP/1.1 requests on one connection until the client closes it.
-async fn serve(mut stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, script: Arc<Script>) {
-    let mut buffer = Vec::new();
-    loop {
-        let head_end = loop {
-            if let Some(pos) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos;
-            }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
-        let mut lines = head.split("\r\n");
-        let mut start = lines.next().unwrap_or("").split(' ');
-        let method = start.next().unwrap_or("").to_owned();
-        let target = start.next().unwrap_or("").to_owned();
-        let headers: HashMap<String, String> = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let length: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        buffer.drain(..head_end + 4);
-        while buffer.len() < length {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body: Vec<u8> = buffer.drain(..length).collect();
-        let request = Seen {
-            method,
-            target,
-            headers,
-            body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-        };
-        seen.lock().unwrap().push(request.clone());
-        let (status, body, delay) = script(&request);
-        tokio::time::sleep(delay).await;
-        let response = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if stream.write_all(response.as_bytes()).await.is_err() {
-            return;
-        }
-    }
-}
-
-fn token(object: &str, owner: &str, fence: u64) -> LockToken {
-    let issuer = TokenIssuer::random();
-    issuer.seal(
-        issuer.prepare(),
-        &ObjectId::new(object).unwrap(),
-        &OwnerId::new(owner).unwrap(),
-        Fence(fence),
-    )
-}
-
-fn grant_body(object: &str, owner: &str, fence: u64, ttl_ms: u64) -> String {
-    serde_json::json!({
-        "object": object,
-        "owner": owner,
-        "token": token(object, owner, fence).expose(),
-        "fence": fence,
-        "ttl_ms": ttl_ms,
-    })
-    .to_string()
-}
+use common::{grant_body, token, FakeLockd};
 
 fn names() -> (ObjectId, OwnerId) {
     (
