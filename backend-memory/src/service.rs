@@ -125,7 +125,10 @@ impl MemoryLockService {
     ///
     /// # Panics
     ///
-    /// If called outside a tokio runtime.
+    /// If called outside a tokio runtime. The runtime needs its time driver (`enable_time` or
+    /// `enable_all`, as `#[tokio::main]` sets up): without it the sweeper task stops (expired
+    /// leases are still free to acquire, but their memory is reclaimed only on access) and
+    /// blocking acquires panic.
     pub fn new(config: MemoryConfig, issuer: TokenIssuer) -> Self {
         let sweeper_wake = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
