@@ -2,7 +2,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,8 @@ const ABANDON_MAX_DELAY: Duration = Duration::from_secs(2);
 const ABANDON_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// Most lost acquires being taken back at once.
 const MAX_ABANDONING: usize = 1024;
+/// Added to a lease's TTL before its expiry wake-up, so Redis has expired it by then.
+const EXPIRY_WAKE_SLACK: Duration = Duration::from_millis(2);
 /// Most `SCAN` calls one `list` page makes before it returns what it has.
 const MAX_SCAN_ROUNDS: usize = 64;
 
@@ -51,6 +53,8 @@ pub struct RedisLockService {
     listener: JoinHandle<()>,
     /// Lost acquires currently being taken back.
     abandoning: Arc<AtomicUsize>,
+    /// Wake-ups at the expiry of leases granted to blocking acquires with waiters behind them.
+    expiry_wakes: Arc<ExpiryWakes>,
 }
 
 impl fmt::Debug for RedisLockService {
@@ -68,6 +72,65 @@ impl fmt::Debug for RedisLockService {
 impl Drop for RedisLockService {
     fn drop(&mut self) {
         self.listener.abort();
+        self.expiry_wakes.clear();
+    }
+}
+
+/// At most one pending expiry wake-up per object, replaced by newer grants, cancelled by
+/// releases from this process.
+///
+/// Why: a waiter queued behind a blocking acquire that gets granted becomes the head of the
+/// object's queue without ever having tried Redis, so it has no timer at the new holder's
+/// expiry, and Redis publishes nothing when a lease expires. Without this it would sleep until
+/// its own wait ran out while the object sat free.
+#[derive(Debug, Default)]
+struct ExpiryWakes {
+    timers: std::sync::Mutex<std::collections::HashMap<ObjectId, (u64, JoinHandle<()>)>>,
+    generation: AtomicU64,
+}
+
+impl ExpiryWakes {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<ObjectId, (u64, JoinHandle<()>)>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.timers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Wakes `object`'s head waiter once `ttl` has passed, unless replaced or cancelled first.
+    fn arm(self: &Arc<Self>, waits: &Arc<WaitQueue>, object: &ObjectId, ttl: Duration) {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let (waits, timers, key) = (Arc::downgrade(waits), Arc::downgrade(self), object.clone());
+        let handle = tokio::spawn(async move {
+            tokio::time::sleep(ttl + EXPIRY_WAKE_SLACK).await;
+            if let Some(timers) = timers.upgrade() {
+                let mut map = timers.lock();
+                if map.get(&key).is_some_and(|(g, _)| *g == generation) {
+                    map.remove(&key);
+                }
+            }
+            if let Some(waits) = waits.upgrade() {
+                waits.wake(&key);
+            }
+        });
+        if let Some((_, previous)) = self.lock().insert(object.clone(), (generation, handle)) {
+            previous.abort();
+        }
+    }
+
+    /// Drops `object`'s pending wake-up (its lease was released; the release publishes).
+    fn cancel(&self, object: &ObjectId) {
+        if let Some((_, timer)) = self.lock().remove(object) {
+            timer.abort();
+        }
+    }
+
+    fn clear(&self) {
+        for (_, (_, timer)) in self.lock().drain() {
+            timer.abort();
+        }
     }
 }
 
@@ -152,6 +215,7 @@ impl RedisLockService {
             redacted_url: config.redacted_url(),
             listener,
             abandoning: Arc::new(AtomicUsize::new(0)),
+            expiry_wakes: Arc::new(ExpiryWakes::default()),
         })
     }
 
@@ -207,6 +271,10 @@ impl RedisLockService {
             1 => {
                 let fence = reply::fence(item(&items, 1)?)?;
                 let token = self.issuer.seal(pending, object, owner, fence);
+                // Others may be queued behind this blocking acquire (the count includes it).
+                if !wait.is_zero() && self.waits.waiting() > 1 {
+                    self.expiry_wakes.arm(&self.waits, object, ttl);
+                }
                 Ok(Lease {
                     object: object.clone(),
                     owner: owner.clone(),
@@ -391,6 +459,7 @@ impl LockService for RedisLockService {
             .arg(object.as_str());
         let status = reply::int(&self.eval("release", &invocation).await?)?;
         if status == 1 {
+            self.expiry_wakes.cancel(object);
             return Ok(token.fence());
         }
         let refused = Self::refusal(object, status)?;

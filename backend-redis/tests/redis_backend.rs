@@ -479,3 +479,58 @@ async fn tls_to_a_plain_port_is_unavailable_not_a_panic() {
         "{result:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_queued_behind_a_granted_waiter_gets_the_lock_when_that_lease_expires() {
+    let Some((service, _config, _raw)) = setup().await else {
+        return;
+    };
+    let service = Arc::new(service);
+    let target = object("queued/expiry");
+    let first = service
+        .acquire(&target, &owner("first"), TTL, Duration::ZERO)
+        .await
+        .expect("granted");
+    // Two blocking waiters in this process: the second queues behind the first.
+    let short_lease = Duration::from_millis(300);
+    let w1 = {
+        let (service, target) = (service.clone(), target.clone());
+        tokio::spawn(async move {
+            service
+                .acquire(&target, &owner("w1"), short_lease, Duration::from_secs(10))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let w2 = {
+        let (service, target) = (service.clone(), target.clone());
+        tokio::spawn(async move {
+            service
+                .acquire(&target, &owner("w2"), TTL, Duration::from_secs(10))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    service
+        .release(&target, &first.token)
+        .await
+        .expect("released");
+    // w1 gets the lock and never releases it: its lease expires after 300 ms.
+    let w1_lease = w1.await.expect("task").expect("w1 granted on release");
+    assert_eq!(w1_lease.owner, owner("w1"));
+    // Well after w1's expiry (and long before w2's 10 s wait ends) w2 must hold the object:
+    // nothing publishes an expiry, so only a timer at w1's expiry can have woken w2.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    match service
+        .acquire(&target, &owner("latecomer"), TTL, Duration::ZERO)
+        .await
+    {
+        Err(LockError::Locked { holder, .. }) => assert_eq!(holder, owner("w2")),
+        other => panic!("w2 should hold the object after w1's lease expired, got {other:?}"),
+    }
+    let w2_lease = w2.await.expect("task").expect("w2 granted");
+    service
+        .release(&target, &w2_lease.token)
+        .await
+        .expect("released");
+}
