@@ -85,7 +85,13 @@ impl LockdClient {
                 );
             }
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &config.ca_file {
+            for certificate in read_ca_file(path)? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder
             .default_headers(headers)
             .user_agent(concat!("lockd-client/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)
@@ -394,6 +400,23 @@ fn parse_base_url(raw: &str) -> LockResult<Url> {
     Ok(url)
 }
 
+/// The certificates in a PEM file; a missing, unreadable or certificate-less file is refused.
+fn read_ca_file(path: &std::path::Path) -> LockResult<Vec<reqwest::Certificate>> {
+    let shown = path.display();
+    let pem = std::fs::read(path)
+        .map_err(|e| LockError::invalid_argument("ca_file", format!("cannot read {shown}: {e}")))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        LockError::invalid_argument("ca_file", format!("{shown} is not a PEM bundle: {e}"))
+    })?;
+    if certificates.is_empty() {
+        return Err(LockError::invalid_argument(
+            "ca_file",
+            format!("{shown} holds no PEM certificate"),
+        ));
+    }
+    Ok(certificates)
+}
+
 /// Whether the URL's host is a loopback address (or `localhost`).
 pub(crate) fn is_loopback_host(url: &Url) -> bool {
     let Some(host) = url.host_str() else {
@@ -493,6 +516,26 @@ mod tests {
         let client = LockdClient::new(config).unwrap();
         assert!(!format!("{client:?}").contains("k-123456"));
         assert_eq!(client.backend(), "http");
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_certificates() {
+        let base = || ClientConfig::from_url("https://locks.example");
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/test-ca.pem");
+        assert!(LockdClient::new(base().with_ca_file(fixture)).is_ok());
+        let not_pem = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        for path in ["/nonexistent/ca.pem", not_pem] {
+            assert!(
+                matches!(
+                    LockdClient::new(base().with_ca_file(path)),
+                    Err(LockError::InvalidArgument {
+                        field: "ca_file",
+                        ..
+                    })
+                ),
+                "{path} was accepted"
+            );
+        }
     }
 
     #[test]

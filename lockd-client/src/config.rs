@@ -1,6 +1,7 @@
 //! [`ClientConfig`]: where lockd is and how to talk to it.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default time allowed to open a TCP (and TLS) connection to lockd.
@@ -40,6 +41,9 @@ pub struct ClientConfig {
     /// Time allowed for one request (default 10 s). A blocking acquire gets its `wait` on top.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A PEM file of extra CA certificates to trust for `https://` (a private CA), on top of the
+    /// built-in web roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -49,6 +53,7 @@ impl Default for ClientConfig {
             api_key: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            ca_file: None,
         }
     }
 }
@@ -74,6 +79,12 @@ impl ClientConfig {
         self
     }
 
+    /// Trusts the CA certificates in the PEM file at `path` (builder style).
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
     /// Sets the per-request timeout (builder style).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
@@ -88,6 +99,7 @@ impl fmt::Debug for ClientConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
