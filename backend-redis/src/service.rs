@@ -23,8 +23,9 @@ use crate::scripts::Scripts;
 
 /// Delays between reconnect attempts of the command connection grow up to this.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
-/// First and longest pause before taking back a lock whose acquire reply was lost.
+/// Pause before the first try to take back a lock whose acquire reply was lost.
 const ABANDON_FIRST_DELAY: Duration = Duration::from_millis(100);
+/// Longest pause between such tries.
 const ABANDON_MAX_DELAY: Duration = Duration::from_secs(2);
 /// How long the backend keeps trying to take such a lock back (at most the lease's TTL).
 const ABANDON_WINDOW: Duration = Duration::from_secs(5 * 60);
