@@ -10,21 +10,44 @@ pub(crate) const BACKEND: &str = "redis";
 /// nothing was granted to the caller); a script failing on its own logic, or a reply of the
 /// wrong type, is `Internal`.
 pub(crate) fn from_redis(operation: &str, error: &RedisError) -> LockError {
-    let script_bug = match error.kind() {
-        ErrorKind::UnexpectedReturnType => true,
-        // A Lua error or the scripts' own `ERR lockd: ...` replies. Other replies (OOM, BUSY,
-        // LOADING, READONLY, NOPERM, `ERR max number of clients`, ...) mean Redis cannot
-        // serve right now.
-        ErrorKind::Server(ServerErrorKind::ResponseError) => error
-            .detail()
-            .is_some_and(|detail| detail.starts_with("lockd:") || detail.contains("script")),
-        _ => false,
-    };
-    if script_bug {
+    if is_script_bug(error) {
         LockError::Internal(format!("redis {operation}: {error}"))
     } else {
         LockError::unavailable(BACKEND, format!("{operation}: {error}"))
     }
+}
+
+/// Replies that mean Redis cannot serve right now, wherever they come from.
+const SERVER_STATE_CODES: [&str; 9] = [
+    "OOM",
+    "BUSY",
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOPERM",
+    "NOAUTH",
+];
+
+/// A script failing on its own logic or on data it did not expect (a Lua error, the scripts'
+/// own `ERR lockd: ...` replies, `WRONGTYPE` from a key a foreign writer put there), or a reply
+/// of the wrong type: retrying will not help.
+fn is_script_bug(error: &RedisError) -> bool {
+    if error.kind() == ErrorKind::UnexpectedReturnType {
+        return true;
+    }
+    let Some(code) = error.code() else {
+        return false;
+    };
+    if SERVER_STATE_CODES.contains(&code) {
+        return false;
+    }
+    let detail = error.detail().unwrap_or("");
+    code == "WRONGTYPE"
+        || detail.starts_with("lockd:")
+        || (error.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
+            && detail.contains("script"))
 }
 
 /// The error for an operation that did not finish within the operation timeout.

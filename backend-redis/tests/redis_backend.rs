@@ -534,3 +534,36 @@ async fn a_waiter_queued_behind_a_granted_waiter_gets_the_lock_when_that_lease_e
         .await
         .expect("released");
 }
+
+#[tokio::test]
+async fn keys_corrupted_by_a_foreign_writer_are_internal_errors_not_outages() {
+    let Some((service, config, mut raw)) = setup().await else {
+        return;
+    };
+    let _: () = redis::cmd("SET")
+        .arg(fence_key(&config, "corrupt/fence"))
+        .arg("not-a-number")
+        .query_async(&mut raw)
+        .await
+        .expect("SET");
+    let result = service
+        .acquire(&object("corrupt/fence"), &owner("o"), TTL, Duration::ZERO)
+        .await;
+    assert!(matches!(result, Err(LockError::Internal(_))), "{result:?}");
+
+    let _: () = redis::cmd("SET")
+        .arg(lock_key(&config, "corrupt/lock"))
+        .arg("a string, not a hash")
+        .query_async(&mut raw)
+        .await
+        .expect("SET");
+    let result = service
+        .acquire(&object("corrupt/lock"), &owner("o"), TTL, Duration::ZERO)
+        .await;
+    assert!(matches!(result, Err(LockError::Internal(_))), "{result:?}");
+    let inspected = service.inspect(&object("corrupt/lock")).await;
+    assert!(
+        matches!(inspected, Err(LockError::Internal(_))),
+        "{inspected:?}"
+    );
+}
