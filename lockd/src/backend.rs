@@ -174,12 +174,11 @@ async fn connect_memory(
         None => Ok(Arc::new(new_memory(Fence(0)))),
         Some(dir) => {
             let state = StateFile::open(dir).await?;
-            let inner = new_memory(state.fence_floor());
-            Ok(Arc::new(RestartGuard::new(
-                Arc::new(inner),
-                state,
-                options.limits,
-            )))
+            let inner = Arc::new(new_memory(state.fence_floor()));
+            let probe = Arc::clone(&inner);
+            let guard = RestartGuard::new(inner, state, options.limits)
+                .with_idle_probe(Box::new(move || probe.held() == 0));
+            Ok(Arc::new(guard))
         }
     }
 }

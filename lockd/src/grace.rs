@@ -18,6 +18,11 @@
 //!   grant and when the guard is dropped; fences after a restart start above it (and above the
 //!   wall-clock floor of [`lockcore::fence`], which already covers a crash between flushes).
 //!
+//! # At shutdown
+//!
+//! When the guard is dropped (a clean shutdown) it writes the highest fence, and if its probe
+//! says no lock is held, it moves the deadline back to now: the next start then grants at once.
+//!
 //! # At start
 //!
 //! If the stored deadline is in the future, every acquire is refused with
@@ -227,14 +232,29 @@ impl Shared {
 /// [`StateFile`] and refuses grants during the grace period after a restart.
 ///
 /// See the [module docs](self) for the scheme.
-#[derive(Debug)]
 pub struct RestartGuard {
     inner: Arc<dyn LockService>,
     limits: Limits,
     shared: Arc<Shared>,
     grace_until: Instant,
     flusher: tokio::task::JoinHandle<()>,
+    idle_probe: Option<IdleProbe>,
 }
+
+impl std::fmt::Debug for RestartGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestartGuard")
+            .field("inner", &self.inner)
+            .field("state_file", &self.shared.path)
+            .field("remaining_grace", &self.remaining_grace())
+            .field("idle_probe", &self.idle_probe.is_some())
+            .finish()
+    }
+}
+
+/// Says whether the wrapped service holds no lock at all (counting expired ones it has not
+/// reclaimed yet is fine: that only keeps the grace period).
+pub type IdleProbe = Box<dyn Fn() -> bool + Send + Sync>;
 
 impl RestartGuard {
     /// Wraps `inner` (configured with the same `limits`), whose fences must already start at [`StateFile::fence_floor`].
@@ -263,7 +283,15 @@ impl RestartGuard {
             shared,
             grace_until: Instant::now() + grace,
             flusher,
+            idle_probe: None,
         }
+    }
+
+    /// Lets a clean shutdown skip the next start's grace period when `probe` says no lock is
+    /// held at that moment (nobody can then believe they hold one).
+    pub fn with_idle_probe(mut self, probe: IdleProbe) -> Self {
+        self.idle_probe = Some(probe);
+        self
     }
 
     /// How long grants are still refused (zero once the grace period is over).
@@ -314,8 +342,13 @@ impl Drop for RestartGuard {
             Ok(deadline) => *deadline,
             Err(_) => return,
         };
-        let record = self.shared.record(deadline);
-        if record.highest_fence > self.shared.flushed_fence.load(Ordering::Acquire) {
+        let now = now_unix_ms();
+        let idle = deadline > now && self.idle_probe.as_ref().is_some_and(|idle| idle());
+        let record = self.shared.record(if idle { now } else { deadline });
+        if idle {
+            tracing::info!("no lock held at shutdown: the next start needs no grace period");
+        }
+        if idle || record.highest_fence > self.shared.flushed_fence.load(Ordering::Acquire) {
             if let Err(e) = write_atomically(&self.shared.path, &record) {
                 tracing::error!(error = %e, "cannot write the final restart state");
             }

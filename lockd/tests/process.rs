@@ -269,3 +269,43 @@ async fn sigterm_finishes_requests_in_flight_ends_streams_and_exits_zero() {
     );
     drop(stream);
 }
+
+#[tokio::test]
+async fn a_clean_shutdown_with_no_lock_held_restarts_without_grace_but_not_with_one_held() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().to_str().expect("utf-8 path");
+
+    // Everything released, then SIGTERM: the next start grants at once.
+    let lockd = Lockd::start(&["--data-dir", data_dir]).await;
+    let object = unique("clean");
+    let lease = lockd.acquire(&object, "alice", 60_000).await;
+    lockd
+        .post(
+            "/v1/locks/release",
+            json!({"object": object, "token": lease["token"]}),
+        )
+        .await;
+    lockd.terminate();
+    assert_eq!(lockd.wait().await, Some(0));
+    let lockd = Lockd::start(&["--data-dir", data_dir]).await;
+    let again = lockd.acquire(&object, "bob", 60_000).await;
+    assert!(again["fence"].as_u64() > lease["fence"].as_u64());
+
+    // A lock still held at SIGTERM: the next start waits it out.
+    lockd.terminate();
+    assert_eq!(lockd.wait().await, Some(0));
+    let lockd = Lockd::start(&["--data-dir", data_dir]).await;
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/acquire",
+            json!({"object": unique("other"), "owner": "carol", "ttl_ms": 1000}),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    lockd.kill().await;
+}
