@@ -250,7 +250,9 @@ async fn a_lock_granted_after_its_acquire_timed_out_is_taken_back() {
         return;
     };
     let mut config = common::test_config(&redis.url());
-    config.operation_timeout = Duration::from_millis(400);
+    // The backend gives up after 1 s; its connection manager would drop the connection (and
+    // with it the paused command) only after 2 s.
+    config.operation_timeout = Duration::from_secs(1);
     let prefix = config.key_prefix.clone();
     let service = RedisLockService::connect(config, TokenIssuer::random())
         .await
@@ -258,11 +260,11 @@ async fn a_lock_granted_after_its_acquire_timed_out_is_taken_back() {
     let mut admin = redis::Client::open(redis.url())
         .and_then(|c| c.get_connection())
         .expect("admin connection");
-    // Redis holds every write for 600 ms: the acquire's script runs only after the backend
-    // has given up on it.
+    // Redis holds every write for 1.5 s: the acquire's script runs only after the backend has
+    // given up on it.
     redis::cmd("CLIENT")
         .arg("PAUSE")
-        .arg(600)
+        .arg(1500)
         .arg("WRITE")
         .query::<()>(&mut admin)
         .expect("CLIENT PAUSE");
