@@ -99,9 +99,11 @@ impl PostgresLockService {
         .await?;
 
         let waits = Arc::new(WaitQueue::new());
-        // LISTEN holds its connection for good, so it gets a pool of its own.
+        // LISTEN holds its connection for good, so it gets a pool of its own (room for two: a
+        // replacement may connect while a failed connection is still being cleaned up).
         let listen_pool = PgPoolOptions::new()
-            .max_connections(1)
+            .max_connections(2)
+            .min_connections(0)
             .acquire_timeout(config.connect_timeout)
             .connect_lazy_with(options);
         let listener = within(
@@ -111,6 +113,7 @@ impl PostgresLockService {
         )
         .await?;
         let mut spawned = vec![tokio::spawn(tasks::listen(
+            listen_pool,
             listener,
             config.channel(),
             waits.clone(),

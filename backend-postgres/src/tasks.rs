@@ -24,9 +24,15 @@ pub(crate) async fn start_listener(pool: &PgPool, channel: &str) -> LockResult<P
 /// Wakes the head waiter of every object a release announces, for as long as the service lives.
 ///
 /// When the connection drops, releases announced meanwhile are lost, so after reconnecting
-/// every head waiter is woken to look again. The task ends only when aborted (the service was
-/// dropped).
-pub(crate) async fn listen(mut listener: PgListener, channel: String, waits: Arc<WaitQueue>) {
+/// every head waiter is woken to look again. On any other failure the listener is replaced by
+/// a new one on a fresh connection, retrying with back-off. The task ends only when aborted
+/// (the service was dropped).
+pub(crate) async fn listen(
+    pool: PgPool,
+    mut listener: PgListener,
+    channel: String,
+    waits: Arc<WaitQueue>,
+) {
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
@@ -41,19 +47,20 @@ pub(crate) async fn listen(mut listener: PgListener, channel: String, waits: Arc
             }
             Err(error) => {
                 tracing::warn!(target: "lockd::postgres", %error, "LISTEN connection failed; reconnecting");
+                // Its connection may be dead but still attached: start over with a new one.
+                drop(listener);
                 waits.wake_all();
                 let mut backoff = FIRST_BACKOFF;
-                loop {
+                listener = loop {
                     tokio::time::sleep(backoff).await;
-                    // `listen` reconnects if needed and re-subscribes every channel.
-                    match listener.listen(&channel).await {
-                        Ok(()) => break,
+                    match start_listener(&pool, &channel).await {
+                        Ok(listener) => break listener,
                         Err(error) => {
                             tracing::debug!(target: "lockd::postgres", %error, "LISTEN reconnect failed");
                             backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                     }
-                }
+                };
                 waits.wake_all();
             }
         }
