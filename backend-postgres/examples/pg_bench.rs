@@ -157,7 +157,7 @@ fn same_sql_script(dir: &std::path::Path) -> PathBuf {
     // client locks its own object, named by its client id ("0", "1", ...); the token digest is
     // a fixed 32-byte value; the fence returned by the acquire goes into the release.
     let script = "SELECT r_granted, r_fence, r_holder, r_remaining_us \
-                  FROM lockd_acquire(:client_id, :owner, :digest, :ttl, :wanted) \\gset\n\
+                  FROM lockd_acquire(:client_id, :owner, :digest, :ttl, :wanted, :mark) \\gset\n\
                   SELECT r_status, r_fence FROM lockd_release(:client_id, :digest, :r_fence);\n";
     let path = dir.join("lockd_same_sql.pgbench");
     std::fs::write(&path, script).expect("write pgbench script");
@@ -190,6 +190,8 @@ fn run_pgbench(args: &Args, script: &std::path::Path, clients: usize, same_sql: 
             "ttl=30000",
             "-D",
             "wanted=0",
+            "-D",
+            "mark=false",
             "-D",
             &format!("digest=\\x{}", "ab".repeat(32)),
         ]);

@@ -156,6 +156,10 @@ impl PostgresLockService {
 impl Inner {
     /// One acquire attempt: one statement. `wanted` is how long releases of the object must be
     /// announced by NOTIFY because waiters may be queued (zero for a non-blocking acquire).
+    ///
+    /// A refused blocking attempt always marks the object; a granted one only when other
+    /// acquires of this process are waiting (they will rely on the release being announced).
+    /// If one queued while the statement was in flight, a second statement marks it then.
     async fn try_acquire(
         &self,
         object: &ObjectId,
@@ -163,6 +167,9 @@ impl Inner {
         ttl: Duration,
         wanted: Duration,
     ) -> LockResult<Lease> {
+        let blocking = !wanted.is_zero();
+        // This attempt's own ticket counts as one waiter.
+        let mark_granted = blocking && self.waits.waiting() > 1;
         let pending = self.issuer.prepare();
         let digest = pending.digest();
         let row = self
@@ -172,12 +179,28 @@ impl Inner {
                     .bind(owner.as_str())
                     .bind(&digest.as_bytes()[..])
                     .bind(millis(ttl))
-                    .bind(millis(wanted)),
+                    .bind(millis(wanted))
+                    .bind(mark_granted),
             )
             .await?;
         let granted: bool = get(&row, 0)?;
         if granted {
             let fence = fence_from(get(&row, 1)?)?;
+            if blocking && !mark_granted && self.waits.waiting() > 1 {
+                // Someone queued behind us meanwhile. A failure here costs that waiter only
+                // promptness (its own deadline still ends its wait), so the grant stands.
+                let marked = self
+                    .fetch_one(
+                        sqlx::query(sql::MARK_WANTED)
+                            .bind(object.as_str())
+                            .bind(millis(wanted)),
+                    )
+                    .await;
+                if let Err(error) = marked {
+                    tracing::warn!(target: "lockd::postgres", %error, object = %object,
+                        "could not mark a contended object as wanted");
+                }
+            }
             let token = self.issuer.seal(pending, object, owner, fence);
             Ok(Lease {
                 object: object.clone(),

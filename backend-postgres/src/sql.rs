@@ -4,10 +4,13 @@
 //! are defined in `migrations/`; each runs as one statement in one implicit transaction.
 
 /// `$1` object, `$2` owner, `$3` token digest, `$4` TTL in ms, `$5` for how long releases of
-/// the object must be announced (ms; 0 for a non-blocking attempt) ->
-/// `(granted, fence, holder, remaining_us)`.
+/// the object must be announced if refused (ms; 0 for a non-blocking attempt), `$6` whether to
+/// mark it so if granted too -> `(granted, fence, holder, remaining_us)`.
 pub(crate) const ACQUIRE: &str = "SELECT r_granted, r_fence, r_holder, r_remaining_us \
-                                  FROM lockd_acquire($1, $2, $3, $4, $5)";
+                                  FROM lockd_acquire($1, $2, $3, $4, $5, $6)";
+
+/// `$1` object, `$2` ms: releases of the object are announced for that long.
+pub(crate) const MARK_WANTED: &str = "SELECT lockd_mark_wanted($1, $2)";
 
 /// `$1` object, `$2` token digest, `$3` fence -> `(status, fence)`.
 pub(crate) const RELEASE: &str = "SELECT r_status, r_fence FROM lockd_release($1, $2, $3)";

@@ -408,6 +408,20 @@ async fn only_releases_someone_waits_for_are_announced() {
         "a release nobody waited for was announced"
     );
 
+    // A blocking acquire that is granted at once, with nobody else waiting, marks nothing.
+    let lease = service
+        .acquire(&quiet, &owner("a"), LONG, Duration::from_secs(5))
+        .await
+        .expect("granted");
+    service
+        .release(&quiet, &lease.token)
+        .await
+        .expect("released");
+    assert!(
+        !announced(&mut listener, &quiet, Duration::from_millis(500)).await,
+        "an uncontended blocking acquire's release was announced"
+    );
+
     let wanted = object("wanted");
     let lease = service
         .acquire(&wanted, &owner("a"), LONG, Duration::ZERO)
