@@ -65,6 +65,10 @@ struct Args {
     /// Allow a target that is not a loopback address.
     #[arg(long)]
     allow_remote: bool,
+    /// Runtime threads of the load generator (1, like redis-benchmark, leaves the most CPU to
+    /// the server when both share a machine).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
