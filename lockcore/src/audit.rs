@@ -6,7 +6,12 @@ use crate::token::LockToken;
 
 /// Logs a refused release or renew at `warn`: the object, the reason and a short token
 /// fingerprint, never the token. Backends call it for `NotHeld` and `TokenMismatch` outcomes.
-pub fn log_refusal(operation: &'static str, object: &ObjectId, token: &LockToken, error: &LockError) {
+pub fn log_refusal(
+    operation: &'static str,
+    object: &ObjectId,
+    token: &LockToken,
+    error: &LockError,
+) {
     if matches!(
         error,
         LockError::NotHeld { .. } | LockError::TokenMismatch { .. }

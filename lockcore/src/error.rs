@@ -70,7 +70,10 @@ impl LockError {
     /// `Locked` may clear when the holder releases or expires; `Unavailable` when the backend
     /// comes back. Everything else needs a different request.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, LockError::Locked { .. } | LockError::Unavailable { .. })
+        matches!(
+            self,
+            LockError::Locked { .. } | LockError::Unavailable { .. }
+        )
     }
 
     /// A short, stable machine-readable code for this error (used by the HTTP API).
@@ -118,7 +121,10 @@ mod tests {
         }
         .is_retryable());
         assert!(LockError::unavailable("redis", "connection refused").is_retryable());
-        assert!(!LockError::NotHeld { object: object.clone() }.is_retryable());
+        assert!(!LockError::NotHeld {
+            object: object.clone()
+        }
+        .is_retryable());
         assert!(!LockError::TokenMismatch { object }.is_retryable());
         assert!(!LockError::InvalidToken { reason: "x" }.is_retryable());
         assert!(!LockError::invalid_argument("ttl", "too long").is_retryable());

@@ -193,7 +193,10 @@ mod tests {
     fn owner_ids_are_bounded() {
         assert!(OwnerId::new("x".repeat(MAX_OWNER_LEN)).is_ok());
         let err = OwnerId::new("x".repeat(MAX_OWNER_LEN + 1)).unwrap_err();
-        assert!(matches!(err, LockError::InvalidArgument { field: "owner", .. }));
+        assert!(matches!(
+            err,
+            LockError::InvalidArgument { field: "owner", .. }
+        ));
     }
 
     #[test]

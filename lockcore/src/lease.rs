@@ -71,7 +71,8 @@ impl ListQuery {
                 format!("must be between 1 and {MAX_LIST_LIMIT}"),
             ));
         }
-        if self.prefix.len() > crate::id::MAX_OBJECT_LEN || self.prefix.chars().any(char::is_control)
+        if self.prefix.len() > crate::id::MAX_OBJECT_LEN
+            || self.prefix.chars().any(char::is_control)
         {
             return Err(LockError::invalid_argument(
                 "prefix",

@@ -66,9 +66,7 @@ pub use id::{LockData, ObjectId, OwnerId, MAX_OBJECT_LEN, MAX_OWNER_LEN};
 pub use lease::{Lease, ListQuery, LockInfo, LockPage, MAX_LIST_LIMIT};
 pub use limits::{Limits, MIN_TTL};
 pub use service::LockService;
-pub use token::{
-    LockToken, PendingToken, TokenDigest, TokenIssuer, TokenSecret, TokenVerifier,
-};
+pub use token::{LockToken, PendingToken, TokenDigest, TokenIssuer, TokenSecret, TokenVerifier};
 pub use wait::WaitQueue;
 
 /// Re-exported so backends implement [`LockService`] with the same macro version.

@@ -40,7 +40,8 @@ pub trait LockService: Send + Sync + Debug + 'static {
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence>;
 
     /// Extends the current holder's lease to `ttl` from now, keeping its fence.
-    async fn renew(&self, object: &ObjectId, token: &LockToken, ttl: Duration) -> LockResult<Lease>;
+    async fn renew(&self, object: &ObjectId, token: &LockToken, ttl: Duration)
+        -> LockResult<Lease>;
 
     /// Returns the lease if `token` is the current, unexpired holder's: the DFS's check before it
     /// grants access.

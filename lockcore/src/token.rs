@@ -229,7 +229,12 @@ pub fn fingerprint(raw: &str) -> String {
 
 impl fmt::Debug for LockToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LockToken(fence={}, fp={})", self.fence, self.fingerprint())
+        write!(
+            f,
+            "LockToken(fence={}, fp={})",
+            self.fence,
+            self.fingerprint()
+        )
     }
 }
 
@@ -374,7 +379,12 @@ impl TokenVerifier {
     /// Returns the token's fence if it is authentic for `object` and `owner`; the MAC is compared
     /// in constant time. A malformed token is [`LockError::InvalidToken`]; a well-formed token not
     /// minted for these names is [`LockError::TokenMismatch`].
-    pub fn verify(&self, object: &ObjectId, owner: &OwnerId, raw: &str) -> Result<Fence, LockError> {
+    pub fn verify(
+        &self,
+        object: &ObjectId,
+        owner: &OwnerId,
+        raw: &str,
+    ) -> Result<Fence, LockError> {
         let token = LockToken::parse(raw)?;
         self.verify_parsed(object, owner, &token)?;
         Ok(token.fence)
@@ -453,9 +463,14 @@ mod tests {
         let (object, owner) = names();
         let token = issuer.seal(issuer.prepare(), &object, &owner, Fence(9));
         let verifier = issuer.verifier();
-        assert_eq!(verifier.verify(&object, &owner, token.expose()), Ok(Fence(9)));
+        assert_eq!(
+            verifier.verify(&object, &owner, token.expose()),
+            Ok(Fence(9))
+        );
         let other_owner = OwnerId::new("client-2").expect("valid");
-        assert!(verifier.verify(&object, &other_owner, token.expose()).is_err());
+        assert!(verifier
+            .verify(&object, &other_owner, token.expose())
+            .is_err());
         // Tampering with the fence breaks the MAC.
         let mut bytes = URL_SAFE_NO_PAD
             .decode(&token.expose()[PREFIX.len()..])

@@ -76,7 +76,12 @@ impl WaitQueue {
     /// when the holder's lease (the `retry_after` of the last `Locked`) runs out. When the wait
     /// elapses it leaves the queue, without holding up the waiters behind it, and returns the
     /// last `Locked` error.
-    pub async fn acquire<F, Fut>(&self, object: &ObjectId, wait: Duration, mut attempt: F) -> LockResult<Lease>
+    pub async fn acquire<F, Fut>(
+        &self,
+        object: &ObjectId,
+        wait: Duration,
+        mut attempt: F,
+    ) -> LockResult<Lease>
     where
         F: FnMut() -> Fut + Send,
         Fut: Future<Output = LockResult<Lease>> + Send,
@@ -85,16 +90,13 @@ impl WaitQueue {
             return attempt().await;
         }
         let deadline = Instant::now() + wait;
-        let mut ticket = self.enqueue(object);
+        let ticket = self.enqueue(object);
         loop {
             let mut retry_at = deadline;
             let is_head = ticket.is_head();
             if is_head || Instant::now() >= deadline {
                 match attempt().await {
-                    Ok(lease) => {
-                        ticket.granted = true;
-                        return Ok(lease);
-                    }
+                    Ok(lease) => return Ok(lease),
                     Err(LockError::Locked { retry_after, .. }) if Instant::now() < deadline => {
                         retry_at = deadline.min(Instant::now() + retry_after + EXPIRY_SLACK);
                     }
@@ -110,7 +112,9 @@ impl WaitQueue {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ObjectId, VecDeque<Arc<Waiter>>>> {
         // A panic while holding this lock cannot leave the map inconsistent; keep going.
-        self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn enqueue(&self, object: &ObjectId) -> Ticket<'_> {
@@ -127,7 +131,6 @@ impl WaitQueue {
             queue: self,
             object: object.clone(),
             waiter,
-            granted: false,
         }
     }
 }
@@ -137,7 +140,6 @@ struct Ticket<'a> {
     queue: &'a WaitQueue,
     object: ObjectId,
     waiter: Arc<Waiter>,
-    granted: bool,
 }
 
 impl Ticket<'_> {
@@ -160,9 +162,11 @@ impl Drop for Ticket<'_> {
                 None => {
                     queues.remove(&self.object);
                 }
-                // The object is free or its state unknown: let the next waiter look. After a
-                // grant the object is held, and the release will wake the next waiter.
-                Some(next) if was_head && !self.granted => next.notify.notify_one(),
+                // The next waiter becomes head and looks now. If this ticket was granted, its
+                // attempt is refused, but that tells it when the new lease expires, so it wakes
+                // at that expiry even if no release ever comes (a crashed holder on a backend
+                // that does not announce expiries).
+                Some(next) if was_head => next.notify.notify_one(),
                 Some(_) => {}
             }
         }
@@ -209,6 +213,49 @@ mod tests {
             .await;
         assert!(matches!(result, Err(LockError::Locked { .. })));
         assert_eq!(queue.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_waiter_wakes_at_the_granted_lease_expiry_without_any_release() {
+        // The backend never announces expiries: only the expiry timer can wake the second
+        // waiter once the first waiter's lease runs out.
+        let queue = Arc::new(WaitQueue::new());
+        let object = ObjectId::new("x").expect("valid");
+        let held_until = Arc::new(Mutex::new(Instant::now() + Duration::from_millis(100)));
+        let attempt = |queue: Arc<WaitQueue>, held_until: Arc<Mutex<Instant>>, object: ObjectId| async move {
+            queue
+                .acquire(&object, Duration::from_secs(60), || {
+                    let (held_until, object) = (held_until.clone(), object.clone());
+                    async move {
+                        let mut until = held_until.lock().expect("clock");
+                        let now = Instant::now();
+                        if now >= *until {
+                            *until = now + Duration::from_secs(1);
+                            Ok(lease(&object))
+                        } else {
+                            Err(LockError::Locked {
+                                object: object.clone(),
+                                holder: OwnerId::new("h").expect("valid"),
+                                retry_after: *until - now,
+                            })
+                        }
+                    }
+                })
+                .await
+        };
+        let started = Instant::now();
+        let first = tokio::spawn(attempt(queue.clone(), held_until.clone(), object.clone()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let second = tokio::spawn(attempt(queue.clone(), held_until.clone(), object.clone()));
+        assert!(first.await.expect("task").is_ok());
+        assert!(second.await.expect("task").is_ok());
+        // First granted at ~100 ms, its lease runs 1 s: the second is granted at ~1.1 s, not at
+        // the end of its 60 s wait.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
