@@ -276,6 +276,10 @@ impl LeaseGuard {
     }
 
     /// Acquires `object` and guards the lease with `options`.
+    ///
+    /// A blocking acquire (`wait` above zero) is followed by one renewal: the grant happened at
+    /// some unknown moment during the wait, and the renewal tells the guard when the lease runs
+    /// out. If that renewal is refused, the lease already lapsed and its error is returned.
     pub async fn acquire_with_options(
         service: Arc<dyn LockService>,
         object: &ObjectId,
@@ -285,8 +289,25 @@ impl LeaseGuard {
         mut options: GuardOptions,
     ) -> LockResult<Self> {
         let sent = Instant::now();
-        let lease = service.acquire(object, owner, ttl, wait).await?;
-        options.requested_at.get_or_insert(sent);
+        let mut lease = service.acquire(object, owner, ttl, wait).await?;
+        let mut granted_after = sent;
+        if !wait.is_zero() {
+            // A blocking grant happened somewhere during the wait, so the lease may be nearly
+            // spent already by the time the answer arrives. Renew once to know its deadline.
+            let renew_sent = Instant::now();
+            match service.renew(object, &lease.token, ttl).await {
+                Ok(renewed) => {
+                    lease = renewed;
+                    granted_after = renew_sent;
+                }
+                // The lease lapsed before it could be guarded: there is nothing to hold.
+                Err(e) if !is_transient(&e) => return Err(e),
+                // Keep the conservative deadline (measured from the acquire); the renewal
+                // task will retry.
+                Err(_) => {}
+            }
+        }
+        options.requested_at.get_or_insert(granted_after);
         if options.ttl.is_none() {
             options.ttl = Some(ttl);
         }

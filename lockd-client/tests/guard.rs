@@ -289,6 +289,33 @@ async fn dropping_a_guard_stops_renewing() {
         .unwrap();
 }
 
+/// A lease granted after a wait longer than its TTL is still guarded as held (the guard renews
+/// once to learn its deadline instead of counting from the request).
+#[tokio::test]
+async fn a_lease_granted_after_a_long_wait_is_held() {
+    let (_, service) = setup();
+    let (object, holder, intruder) = names("long-wait");
+    let first = service
+        .acquire(&object, &intruder, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap();
+    let releaser = {
+        let (service, object) = (service.clone(), object.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(TTL * 2).await;
+            service.release(&object, &first.token).await.unwrap();
+        })
+    };
+    let guard = LeaseGuard::acquire(service.clone(), &object, &holder, TTL, TTL * 10)
+        .await
+        .unwrap();
+    releaser.await.unwrap();
+    assert!(guard.is_held(), "{:?}", guard.state());
+    tokio::time::sleep(TTL * 2).await;
+    assert!(guard.is_held(), "{:?}", guard.state());
+    service.validate(&object, &guard.token()).await.unwrap();
+}
+
 /// Custom renewal periods are honoured: a renewal every 50 ms keeps a 150 ms lease alive.
 #[tokio::test]
 async fn a_custom_renewal_period_keeps_a_short_lease_alive() {
