@@ -314,8 +314,13 @@ impl LeaseGuard {
         Self::with_options(service, lease, options)
     }
 
-    /// Guards a lease already acquired from `service`, with default options. The lease is
-    /// assumed to have been granted just now (see [`GuardOptions::requested_at`]).
+    /// Guards a lease already acquired from `service`, with default options.
+    ///
+    /// The lease is assumed to have been granted just now: create the guard right after a
+    /// non-blocking acquire returns. For a lease obtained earlier, or by a blocking acquire, use
+    /// [`LeaseGuard::acquire`] or set [`GuardOptions::requested_at`]; otherwise the guard's
+    /// deadline runs later than the backend's and it may call a lapsed lease held until its
+    /// first renewal is refused.
     ///
     /// Needs a Tokio runtime (it spawns the renewal task); outside one it fails with
     /// [`LockError::Internal`].
