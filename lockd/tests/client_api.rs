@@ -40,9 +40,10 @@ struct Lockd {
 impl Lockd {
     async fn start(extra: &[&str]) -> Lockd {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lockd"));
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--log", "error"])
-            .args(extra);
+        command.args(["serve", "--log", "error"]).args(extra);
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         for var in LOCKD_ENV {
             command.env_remove(var);
         }
@@ -232,6 +233,43 @@ async fn a_blocking_acquire_outlasts_the_request_timeout() {
         .await
         .unwrap();
     assert!(second.fence > first.fence);
+}
+
+/// A client keeps working across a lockd restart: its pooled connections to the old process
+/// are dropped, not reused, and the old process's token is refused by the new one.
+#[tokio::test]
+async fn a_client_survives_a_lockd_restart() {
+    let mut lockd = Lockd::start(&[]).await;
+    let client = lockd.client();
+    let object = object("restart");
+    let before = client
+        .acquire(
+            &object,
+            &owner("a"),
+            Duration::from_secs(30),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    let listen = lockd.url.trim_start_matches("http://").to_owned();
+    lockd.child.kill().await.unwrap();
+    lockd.child.wait().await.unwrap();
+
+    let _restarted = Lockd::start(&["--listen", &listen]).await;
+    // The same client, the same URL: the first request goes out on a fresh connection.
+    assert_eq!(client.inspect(&object).await.unwrap(), None);
+    let err = client.release(&object, &before.token).await.unwrap_err();
+    assert!(matches!(err, LockError::NotHeld { .. }), "{err:?}");
+    let after = client
+        .acquire(
+            &object,
+            &owner("b"),
+            Duration::from_secs(30),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert!(after.fence > before.fence, "fences never go backwards");
 }
 
 /// Over HTTP, a guard renews a short lease beyond its TTL, and reports a lock taken from it.
