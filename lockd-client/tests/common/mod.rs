@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use lockcore::{Fence, LockToken, ObjectId, OwnerId, TokenIssuer};
 use lockd_client::{ClientConfig, LockdClient};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// One request as the scripted server saw it.
 #[derive(Debug, Clone)]
@@ -35,8 +35,20 @@ impl FakeLockd {
     pub async fn start(
         script: impl Fn(&Seen) -> (u16, String, Duration) + Send + Sync + 'static,
     ) -> Self {
+        Self::start_with(None, script).await
+    }
+
+    /// Like [`FakeLockd::start`], speaking TLS with `tls` when given (URL `https://localhost`).
+    pub async fn start_with(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        script: impl Fn(&Seen) -> (u16, String, Duration) + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let port = listener.local_addr().unwrap().port();
+        let url = match tls {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let script: Arc<Script> = Arc::new(script);
@@ -44,7 +56,21 @@ impl FakeLockd {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 connections2.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, seen2.clone(), script.clone()));
+                let (seen, script) = (seen2.clone(), script.clone());
+                match &tls {
+                    None => {
+                        tokio::spawn(serve(stream, seen, script));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            // A client that refuses our certificate ends the handshake here.
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve(stream, seen, script).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         Self {
@@ -64,7 +90,11 @@ impl FakeLockd {
 }
 
 /// Answers HTTP/1.1 requests on one connection until the client closes it.
-async fn serve(mut stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, script: Arc<Script>) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    script: Arc<Script>,
+) {
     let mut buffer = Vec::new();
     loop {
         let head_end = loop {
@@ -116,6 +146,30 @@ async fn serve(mut stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, script: Arc<S
             return;
         }
     }
+}
+
+/// A TLS acceptor with the test server certificate (for `localhost` and 127.0.0.1), signed by
+/// the test CA in `tests/data/test-ca.pem`. Test-only keys: never trust this CA elsewhere.
+pub fn test_tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+    let certs = CertificateDer::pem_file_iter(format!("{data}/test-server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(format!("{data}/test-server-key.pem")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 pub fn token(object: &str, owner: &str, fence: u64) -> LockToken {
