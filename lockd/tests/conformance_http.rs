@@ -6,8 +6,9 @@
 //! - `memory`: lockd on `memory://`;
 //! - `memory_with_data_dir`: lockd on `memory://` with restart protection (the state file
 //!   written on every grant must not change any behaviour);
-//! - `redis` / `postgres`: lockd on `LOCKD_TEST_REDIS_URL` / `LOCKD_TEST_POSTGRES_URL`, skipped
-//!   loudly when unset (a failure under `LOCKD_REQUIRE_BACKENDS=1`).
+//!
+//! lockd on Redis and on Postgres runs the suite through the real binary in
+//! `client_conformance.rs`; it is not repeated here.
 
 use std::sync::{Arc, OnceLock};
 
@@ -76,34 +77,6 @@ async fn memory_with_data_dir() -> Option<Arc<dyn LockService>> {
 }
 
 /// A lockd on the backend named by `var`, or a loud skip.
-async fn external(
-    name: &str,
-    var: &str,
-    cell: &'static OnceLock<Result<String, String>>,
-) -> Option<Arc<dyn LockService>> {
-    let Ok(backend) = std::env::var(var) else {
-        conformance_tests::skip_or_fail(name, &format!("{var} is not set"));
-        return None;
-    };
-    match cell.get_or_init(|| start_shared_server(backend, None)) {
-        Ok(url) => Some(client(url).await),
-        Err(e) => {
-            conformance_tests::skip_or_fail(name, &format!("lockd on {var} did not start: {e}"));
-            None
-        }
-    }
-}
-
-async fn redis() -> Option<Arc<dyn LockService>> {
-    static URL: OnceLock<Result<String, String>> = OnceLock::new();
-    external("lockd over redis", "LOCKD_TEST_REDIS_URL", &URL).await
-}
-
-async fn postgres() -> Option<Arc<dyn LockService>> {
-    static URL: OnceLock<Result<String, String>> = OnceLock::new();
-    external("lockd over postgres", "LOCKD_TEST_POSTGRES_URL", &URL).await
-}
-
 mod over_memory {
     conformance_tests::conformance_suite!(
         super::memory,
@@ -114,17 +87,6 @@ mod over_memory {
 mod over_memory_with_data_dir {
     conformance_tests::conformance_suite!(
         super::memory_with_data_dir,
-        conformance_tests::Capabilities::default()
-    );
-}
-
-mod over_redis {
-    conformance_tests::conformance_suite!(super::redis, conformance_tests::Capabilities::default());
-}
-
-mod over_postgres {
-    conformance_tests::conformance_suite!(
-        super::postgres,
         conformance_tests::Capabilities::default()
     );
 }
