@@ -8,7 +8,8 @@
 //! 4. `sqlx advisory`: the same advisory pair from Rust, one dedicated connection per task.
 //!
 //! Each is run for `--seconds` at each concurrency, the whole set `--rounds` times interleaved,
-//! and the median is reported as a Markdown table.
+//! and the median is reported as a Markdown table. `--lockd-only` runs just the backend (for
+//! profiling).
 //!
 //! ```text
 //! cargo run --release -p backend-postgres --example pg_bench -- \
@@ -33,6 +34,8 @@ struct Args {
     rounds: usize,
     concurrency: Vec<usize>,
     pgbench: PathBuf,
+    /// Run only the backend (for profiling it).
+    lockd_only: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,9 +46,14 @@ fn parse_args() -> Result<Args, String> {
         rounds: 3,
         concurrency: vec![1, 16],
         pgbench: find_pgbench(),
+        lockd_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--lockd-only" {
+            args.lockd_only = true;
+            continue;
+        }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--url" => args.url = value,
@@ -218,6 +226,20 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+fn print_table(concurrency: &[usize], results: &[Vec<Vec<f64>>]) {
+    println!(
+        "| concurrency | lockd backend (pairs/s) | pgbench, same SQL | lockd / pgbench (median of per-round ratios) | pgbench advisory | sqlx advisory |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (ci, &c) in concurrency.iter().enumerate() {
+        let m: Vec<f64> = results[ci].iter().map(|v| median(v.clone())).collect();
+        println!(
+            "| {c} | {:.0} | {:.0} | {:.2}x | {:.0} | {:.0} |",
+            m[0], m[1], m[4], m[2], m[3]
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = match parse_args() {
@@ -270,6 +292,11 @@ async fn main() {
             // Warm the backend's connections and prepared statements.
             bench_lockd(&service, c, Duration::from_millis(300)).await;
             // Alternate which of the pair runs first, so drift does not favour one.
+            if args.lockd_only {
+                let lockd = bench_lockd(&service, c, run_for).await;
+                eprintln!("round {round} c={c}: lockd {lockd:.0}/s");
+                continue;
+            }
             let (lockd, pgbench_same) = if round % 2 == 0 {
                 let lockd = bench_lockd(&service, c, run_for).await;
                 (lockd, run_pgbench(&args, &same_sql, c, true))
@@ -294,16 +321,8 @@ async fn main() {
         }
     }
 
-    println!(
-        "| concurrency | lockd backend (pairs/s) | pgbench, same SQL | lockd / pgbench (median of per-round ratios) | pgbench advisory | sqlx advisory |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|");
-    for (ci, &c) in args.concurrency.iter().enumerate() {
-        let m: Vec<f64> = results[ci].iter().map(|v| median(v.clone())).collect();
-        println!(
-            "| {c} | {:.0} | {:.0} | {:.2}x | {:.0} | {:.0} |",
-            m[0], m[1], m[4], m[2], m[3]
-        );
+    if !args.lockd_only {
+        print_table(&args.concurrency, &results);
     }
     let _ = std::fs::remove_dir_all(&dir);
     drop(service);
