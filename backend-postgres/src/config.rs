@@ -9,6 +9,9 @@ use lockcore::{Limits, LockError};
 /// PostgreSQL's 63-byte identifier limit.
 pub const MAX_SCHEMA_LEN: usize = 48;
 
+/// Largest `max_ttl` / `max_wait` accepted: 100 years.
+const MAX_DURATION_LIMIT: Duration = Duration::from_secs(100 * 366 * 24 * 60 * 60);
+
 /// Configuration of a [`PostgresLockService`](crate::PostgresLockService).
 ///
 /// Deserializes with defaults for every missing field; durations are whole milliseconds in the
@@ -98,6 +101,20 @@ impl PostgresConfig {
             return Err(LockError::invalid_argument(
                 "connect_timeout",
                 "must be positive",
+            ));
+        }
+        // Far beyond any sensible lease, and well inside PostgreSQL's interval and timestamp
+        // ranges, so TTL and wait arithmetic in SQL cannot overflow.
+        if self.limits.max_ttl > MAX_DURATION_LIMIT {
+            return Err(LockError::invalid_argument(
+                "max_ttl",
+                "must be at most 100 years",
+            ));
+        }
+        if self.limits.max_wait > MAX_DURATION_LIMIT {
+            return Err(LockError::invalid_argument(
+                "max_wait",
+                "must be at most 100 years",
             ));
         }
         if self.statement_timeout < Duration::from_millis(1) {
@@ -262,6 +279,33 @@ mod tests {
             };
             assert!(config.check().is_ok(), "{good:?} was refused");
         }
+    }
+
+    #[test]
+    fn limits_beyond_what_sql_intervals_hold_are_refused() {
+        let config = PostgresConfig {
+            limits: Limits::new(Duration::MAX, Duration::from_secs(1)),
+            ..PostgresConfig::default()
+        };
+        assert!(matches!(
+            config.check(),
+            Err(LockError::InvalidArgument {
+                field: "max_ttl",
+                ..
+            })
+        ));
+        let config = PostgresConfig {
+            limits: Limits::new(Duration::from_secs(1), Duration::MAX),
+            ..PostgresConfig::default()
+        };
+        assert!(matches!(
+            config.check(),
+            Err(LockError::InvalidArgument {
+                field: "max_wait",
+                ..
+            })
+        ));
+        assert!(PostgresConfig::default().check().is_ok());
     }
 
     #[test]

@@ -367,6 +367,13 @@ impl lockcore::LockService for PostgresLockService {
     async fn list(&self, query: &ListQuery) -> LockResult<LockPage> {
         query.check()?;
         let after = query.after.as_deref().unwrap_or("");
+        // Cursors are object ids; anything else (PostgreSQL text cannot even hold NUL) is bogus.
+        if after.chars().any(char::is_control) {
+            return Err(LockError::invalid_argument(
+                "after",
+                "is not a cursor this backend returned",
+            ));
+        }
         let limit = i64::try_from(query.limit)
             .unwrap_or(i64::MAX)
             .saturating_add(1);

@@ -522,3 +522,23 @@ async fn announced(
         }
     }
 }
+
+/// A list cursor this backend could not have returned is an invalid argument, not an error of
+/// the database.
+#[tokio::test]
+async fn a_bogus_list_cursor_is_an_invalid_argument() {
+    let Some(url) = common::database_url().await else {
+        return;
+    };
+    let service = common::connect(common::test_config(&url)).await;
+    let mut query = lockcore::ListQuery::new("pgtest/", 10);
+    query.after = Some("bad\0cursor".to_owned());
+    let result = service.list(&query).await;
+    assert!(
+        matches!(
+            result,
+            Err(LockError::InvalidArgument { field: "after", .. })
+        ),
+        "{result:?}"
+    );
+}
