@@ -43,19 +43,19 @@ pub struct PostgresConfig {
     pub max_connections: u32,
     /// How long to wait for a connection, new or pooled, before an operation fails as
     /// unavailable (default 5 s).
-    #[serde(with = "millis")]
+    #[serde(with = "lockcore::serde_millis")]
     pub connect_timeout: Duration,
     /// Server-side `statement_timeout` of every lockd statement (default 5 s). A statement that
     /// hits it (for example stuck behind a row lock) fails as unavailable and grants nothing.
-    #[serde(with = "millis")]
+    #[serde(with = "lockcore::serde_millis")]
     pub statement_timeout: Duration,
     /// How long a released or expired row is kept before the reaper deletes it (default 10 min).
     /// Deleting is safe once the database clock has moved past the row's fence; a longer period
     /// also tolerates the database clock stepping back by that much.
-    #[serde(with = "millis")]
+    #[serde(with = "lockcore::serde_millis")]
     pub reap_after: Duration,
     /// How often this process runs the reaper (default 1 min; zero turns it off).
-    #[serde(with = "millis")]
+    #[serde(with = "lockcore::serde_millis")]
     pub reap_interval: Duration,
     /// `application_name` of lockd's connections, as shown in `pg_stat_activity`
     /// (default `lockd`).
@@ -198,21 +198,6 @@ fn redact(raw: &str) -> String {
         url.query_pairs_mut().clear().extend_pairs(pairs);
     }
     url.to_string()
-}
-
-mod millis {
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<Duration, D::Error> {
-        let ms = <u64 as serde::Deserialize>::deserialize(d)?;
-        Ok(Duration::from_millis(ms))
-    }
 }
 
 #[cfg(test)]

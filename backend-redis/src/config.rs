@@ -34,20 +34,20 @@ pub struct RedisConfig {
     /// The largest TTL and wait this backend accepts.
     pub limits: Limits,
     /// Longest wait for a connection to Redis, when connecting and reconnecting (default 5 s).
-    #[serde(with = "millis")]
+    #[serde(with = "lockcore::serde_millis")]
     pub connect_timeout: Duration,
     /// Longest wait for one operation's answer; past it the operation fails as
     /// `Unavailable` (default 2 s).
-    #[serde(with = "millis")]
+    #[serde(with = "lockcore::serde_millis")]
     pub operation_timeout: Duration,
     /// How long an object's fence counter outlives its last lease (default 1 h). After that the
     /// clock floor alone keeps fences increasing; the counter only guards against Redis's clock
     /// stepping back. At most 30 days. See the crate docs, "Fences".
-    #[serde(with = "millis")]
+    #[serde(with = "lockcore::serde_millis")]
     pub fence_retention: Duration,
     /// How often the release listener pings its pub/sub connection to notice a dead link
     /// (default 5 s).
-    #[serde(with = "millis")]
+    #[serde(with = "lockcore::serde_millis")]
     pub listener_ping_interval: Duration,
 }
 
@@ -142,21 +142,6 @@ impl fmt::Debug for RedisConfig {
             .field("fence_retention", &self.fence_retention)
             .field("listener_ping_interval", &self.listener_ping_interval)
             .finish()
-    }
-}
-
-mod millis {
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<Duration, D::Error> {
-        let ms = <u64 as serde::Deserialize>::deserialize(d)?;
-        Ok(Duration::from_millis(ms))
     }
 }
 

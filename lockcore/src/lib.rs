@@ -56,6 +56,7 @@ pub mod fence;
 mod id;
 mod lease;
 mod limits;
+pub mod serde_millis;
 mod service;
 pub mod token;
 mod wait;

@@ -16,10 +16,10 @@ pub const MIN_TTL: Duration = Duration::from_millis(1);
 #[non_exhaustive]
 pub struct Limits {
     /// Longest lease granted (default 24 h).
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_millis")]
     pub max_ttl: Duration,
     /// Longest a blocking acquire may wait (default 5 min).
-    #[serde(with = "millis")]
+    #[serde(with = "crate::serde_millis")]
     pub max_wait: Duration,
 }
 
@@ -74,21 +74,6 @@ impl Limits {
     pub fn check_acquire(&self, ttl: Duration, wait: Duration) -> Result<(), LockError> {
         self.check_ttl(ttl)?;
         self.check_wait(wait)
-    }
-}
-
-mod millis {
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<Duration, D::Error> {
-        let ms = <u64 as serde::Deserialize>::deserialize(d)?;
-        Ok(Duration::from_millis(ms))
     }
 }
 
