@@ -30,7 +30,7 @@ const SWEEP_BATCH: usize = 1024;
 const SWEEPER_NAP_NANOS: u64 = 1_000_000_000;
 
 /// One held lock. Boxed in the map so that the hash table's empty buckets cost a pointer, not a
-/// whole entry (see BENCHMARKS-memory.md for the measured bytes per lock).
+/// whole entry (see BENCHMARKS.md for the measured bytes per lock).
 #[derive(Debug)]
 struct Entry {
     owner: OwnerId,
