@@ -196,7 +196,11 @@ async fn connect_redis(
     url: &str,
     options: &BackendOptions,
 ) -> Result<Arc<dyn LockService>, LockError> {
+    let (url, key_prefix) = take_query_param(url, "key_prefix")?;
     let mut config = backend_redis::RedisConfig::from_url(url);
+    if let Some(prefix) = key_prefix {
+        config.key_prefix = prefix;
+    }
     config.limits = options.limits;
     if let Some(timeout) = options.connect_timeout {
         config.connect_timeout = timeout;
@@ -218,7 +222,11 @@ async fn connect_postgres(
     url: &str,
     options: &BackendOptions,
 ) -> Result<Arc<dyn LockService>, LockError> {
+    let (url, schema) = take_query_param(url, "schema")?;
     let mut config = backend_postgres::PostgresConfig::from_url(url);
+    if let Some(schema) = schema {
+        config.schema = schema;
+    }
     config.limits = options.limits;
     if let Some(timeout) = options.connect_timeout {
         config.connect_timeout = timeout;
@@ -251,6 +259,37 @@ fn connect_http(url: &str, options: &BackendOptions) -> Result<Arc<dyn LockServi
 #[cfg(not(feature = "http"))]
 fn connect_http(_url: &str, _options: &BackendOptions) -> Result<Arc<dyn LockService>, LockError> {
     Err(not_built("http", "http"))
+}
+
+/// Removes lockd's own query parameter `name` from a backend URL, returning the URL the backend
+/// driver sees and the parameter's (percent-decoded) value. Lets one URL carry settings such as
+/// `redis://host/0?key_prefix=dfs1:` or `postgres://host/db?schema=dfs1`.
+#[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
+fn take_query_param(raw: &str, name: &str) -> Result<(String, Option<String>), LockError> {
+    let mut parsed = url::Url::parse(raw).map_err(|e| {
+        LockError::invalid_argument("backend", format!("`{}`: {e}", redact_url(raw)))
+    })?;
+    let mut value = None;
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter_map(|(k, v)| {
+            if k == name {
+                value = Some(v.into_owned());
+                None
+            } else {
+                Some((k.into_owned(), v.into_owned()))
+            }
+        })
+        .collect();
+    if value.is_none() {
+        return Ok((raw.to_owned(), None));
+    }
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok((parsed.to_string(), value))
 }
 
 /// A URL with any password replaced by `***`, for logs and error messages.
@@ -333,5 +372,59 @@ mod url_tests {
             .expect("memory");
         assert_eq!(service.backend(), "memory");
         assert!(dir.path().join(crate::grace::STATE_FILE_NAME).exists());
+    }
+
+    #[test]
+    fn lockd_query_parameters_are_taken_out_of_the_url() {
+        let (url, prefix) = take_query_param(
+            "redis://h:6379/0?key_prefix=dfs%3A1%3A&timeout=5",
+            "key_prefix",
+        )
+        .expect("valid URL");
+        assert_eq!(prefix.as_deref(), Some("dfs:1:"));
+        assert_eq!(url, "redis://h:6379/0?timeout=5");
+        let (url, schema) =
+            take_query_param("postgres://u@h/db?schema=locks", "schema").expect("valid URL");
+        assert_eq!(schema.as_deref(), Some("locks"));
+        assert_eq!(url, "postgres://u@h/db");
+        let (url, none) = take_query_param("redis://h/0", "key_prefix").expect("valid URL");
+        assert_eq!((url.as_str(), none), ("redis://h/0", None));
+    }
+
+    /// Two lockd deployments sharing one Redis under different key prefixes never see each
+    /// other's locks.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn redis_key_prefix_from_the_url_separates_deployments() {
+        let Ok(base) = std::env::var("LOCKD_TEST_REDIS_URL") else {
+            conformance_tests::skip_or_fail("redis", "LOCKD_TEST_REDIS_URL is not set");
+            return;
+        };
+        let tag: u64 = rand::random();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let first = connect_backend(&format!("{base}{sep}key_prefix=t{tag}a:"), &options())
+            .await
+            .expect("redis");
+        let second = connect_backend(&format!("{base}{sep}key_prefix=t{tag}b:"), &options())
+            .await
+            .expect("redis");
+        let object = lockcore::ObjectId::new("shared/name").expect("valid");
+        let owner = lockcore::OwnerId::new("o").expect("valid");
+        let ttl = std::time::Duration::from_secs(5);
+        let zero = std::time::Duration::ZERO;
+        let a = first
+            .acquire(&object, &owner, ttl, zero)
+            .await
+            .expect("granted in a");
+        let b = second
+            .acquire(&object, &owner, ttl, zero)
+            .await
+            .expect("granted in b too");
+        assert!(matches!(
+            first.acquire(&object, &owner, ttl, zero).await,
+            Err(LockError::Locked { .. })
+        ));
+        first.release(&object, &a.token).await.expect("release a");
+        second.release(&object, &b.token).await.expect("release b");
     }
 }
