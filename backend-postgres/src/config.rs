@@ -134,7 +134,7 @@ impl PostgresConfig {
 
     /// The URL with any password replaced by `***`, for logs and `Debug`.
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        lockcore::redact_url(&self.url)
     }
 
     /// The NOTIFY channel releases are announced on.
@@ -176,28 +176,6 @@ fn check_schema(schema: &str) -> Result<(), LockError> {
         ));
     }
     Ok(())
-}
-
-/// Replaces the password in a URL's user info and any `password=` query parameter.
-fn redact(raw: &str) -> String {
-    let Ok(mut url) = url::Url::parse(raw) else {
-        // Not a URL we can take apart: show nothing that might be a secret.
-        return "<unparsable url>".to_owned();
-    };
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    }
-    if url.query_pairs().any(|(k, _)| k == "password") {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if k == "password" { "***".into() } else { v };
-                (k.into_owned(), v.into_owned())
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.to_string()
 }
 
 #[cfg(test)]

@@ -114,20 +114,7 @@ impl RedisConfig {
 
     /// The URL with any password replaced by `***`, for logs and `Debug`.
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
-    }
-}
-
-fn redact(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
-                return "<url with credentials>".into();
-            }
-            parsed.to_string()
-        }
-        // Unparseable: it may still hold a secret, so show nothing of it.
-        Err(_) => "<unparseable url>".into(),
+        lockcore::redact_url(&self.url)
     }
 }
 

@@ -292,21 +292,13 @@ fn take_query_param(raw: &str, name: &str) -> Result<(String, Option<String>), L
     Ok((parsed.to_string(), value))
 }
 
-/// A URL with any password replaced by `***`, for logs and error messages.
+/// A URL with any password replaced by `***`, for logs and error messages
+/// ([`lockcore::redact_url`]); a string that is not a URL at all (no `://`) is shown as it is.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = match rest.find(['/', '?', '#']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
+    if url.contains("://") {
+        lockcore::redact_url(url)
+    } else {
+        url.to_owned()
     }
 }
 
