@@ -408,16 +408,7 @@ async fn acquire(
         });
         let lease = state.service.acquire(&object, &owner, ttl, wait).await?;
         state.tracker.granted(&lease);
-        record(
-            &state,
-            NewEvent {
-                kind: EventKind::Grant,
-                object: lease.object.clone(),
-                owner: Some(lease.owner.clone()),
-                fence: lease.fence,
-                reason: None,
-            },
-        );
+        record(&state, NewEvent::of_lease(EventKind::Grant, &lease));
         Ok(Json(LeaseBody::from(&lease)))
     })
     .await
@@ -478,16 +469,7 @@ async fn renew(
         let ttl = Duration::from_millis(request.ttl_ms);
         let lease = state.service.renew(&object, &token, ttl).await?;
         state.tracker.renewed(&lease);
-        record(
-            &state,
-            NewEvent {
-                kind: EventKind::Renew,
-                object: lease.object.clone(),
-                owner: Some(lease.owner.clone()),
-                fence: lease.fence,
-                reason: None,
-            },
-        );
+        record(&state, NewEvent::of_lease(EventKind::Renew, &lease));
         Ok(Json(LeaseBody::from(&lease)))
     })
     .await

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use lockcore::{Fence, ObjectId, OwnerId};
+use lockcore::{Fence, Lease, ObjectId, OwnerId};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -74,6 +74,19 @@ pub struct NewEvent {
     pub fence: Fence,
     /// Refusal reason code.
     pub reason: Option<&'static str>,
+}
+
+impl NewEvent {
+    /// A `kind` event for a lease the backend just granted or renewed.
+    pub fn of_lease(kind: EventKind, lease: &Lease) -> Self {
+        Self {
+            kind,
+            object: lease.object.clone(),
+            owner: Some(lease.owner.clone()),
+            fence: lease.fence,
+            reason: None,
+        }
+    }
 }
 
 #[derive(Debug)]
