@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Setup failures should fail the test loudly.
 
+mod support;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,24 +14,6 @@ use lockcore::{ListQuery, LockError, LockService, ObjectId, OwnerId};
 use lockd_client::{ClientConfig, LeaseGuard, LeaseState, LockdClient, LossReason};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-/// Environment variables a test server must not inherit from the developer's shell.
-const LOCKD_ENV: &[&str] = &[
-    "LOCKD_CONFIG",
-    "LOCKD_LISTEN",
-    "LOCKD_BACKEND",
-    "LOCKD_API_KEYS",
-    "LOCKD_TOKEN_SECRET",
-    "LOCKD_TOKEN_SECRET_FILE",
-    "LOCKD_MAX_TTL",
-    "LOCKD_MAX_WAIT",
-    "LOCKD_MAX_BODY_BYTES",
-    "LOCKD_EVENTS_CAPACITY",
-    "LOCKD_DATA_DIR",
-    "LOCKD_INSECURE_NO_AUTH",
-    "LOCKD_SHUTDOWN_TIMEOUT",
-    "LOCKD_LOG",
-];
 
 /// A `lockd serve` on memory:// for one test; killed when dropped.
 struct Lockd {
@@ -44,7 +28,7 @@ impl Lockd {
         if !extra.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
-        for var in LOCKD_ENV {
+        for var in support::LOCKD_ENV {
             command.env_remove(var);
         }
         let mut child = command

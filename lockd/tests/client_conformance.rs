@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Setup failures should fail the test loudly.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -20,24 +22,6 @@ use lockd_client::{ClientConfig, LockdClient};
 
 /// The API key the shared memory server requires.
 const API_KEY: &str = "client-conformance-key";
-
-/// Environment variables a test server must not inherit from the developer's shell.
-const LOCKD_ENV: &[&str] = &[
-    "LOCKD_CONFIG",
-    "LOCKD_LISTEN",
-    "LOCKD_BACKEND",
-    "LOCKD_API_KEYS",
-    "LOCKD_TOKEN_SECRET",
-    "LOCKD_TOKEN_SECRET_FILE",
-    "LOCKD_MAX_TTL",
-    "LOCKD_MAX_WAIT",
-    "LOCKD_MAX_BODY_BYTES",
-    "LOCKD_EVENTS_CAPACITY",
-    "LOCKD_DATA_DIR",
-    "LOCKD_INSECURE_NO_AUTH",
-    "LOCKD_SHUTDOWN_TIMEOUT",
-    "LOCKD_LOG",
-];
 
 /// A lockd that lives as long as this test process.
 struct SharedServer {
@@ -59,7 +43,7 @@ fn start_shared(backend: &str, api_key: Option<&str>) -> Result<SharedServer, St
     if let Some(key) = api_key {
         command.args(["--api-key", key]);
     }
-    for var in LOCKD_ENV {
+    for var in support::LOCKD_ENV {
         command.env_remove(var);
     }
     let mut shell = command

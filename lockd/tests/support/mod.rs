@@ -21,7 +21,7 @@ pub struct Lockd {
 }
 
 /// Environment variables the tests must not inherit.
-const LOCKD_ENV: &[&str] = &[
+pub const LOCKD_ENV: &[&str] = &[
     "LOCKD_CONFIG",
     "LOCKD_LISTEN",
     "LOCKD_BACKEND",
