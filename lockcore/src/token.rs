@@ -108,15 +108,9 @@ impl TokenDigest {
 
     /// Parses [`TokenDigest::to_hex`] output.
     pub fn from_hex(text: &str) -> Result<Self, LockError> {
-        let bad = || LockError::Internal("stored token digest is not 64 hex digits".into());
-        if text.len() != 64 {
-            return Err(bad());
-        }
         let mut out = [0u8; 32];
-        for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
-            let pair = std::str::from_utf8(chunk).map_err(|_| bad())?;
-            out[i] = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
-        }
+        hex::decode_to_slice(text, &mut out)
+            .map_err(|_| LockError::Internal("stored token digest is not 64 hex digits".into()))?;
         Ok(Self(out))
     }
 
@@ -132,13 +126,9 @@ impl fmt::Debug for TokenDigest {
     }
 }
 
+/// Lower-case hex. Every backend operation encodes a digest, so this is on the hot path.
 fn hex(bytes: &[u8]) -> String {
-    use fmt::Write as _;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    hex::encode(bytes)
 }
 
 fn nonce_digest(nonce: &[u8; NONCE_LEN]) -> TokenDigest {
