@@ -7,6 +7,8 @@ use lockcore::{Limits, LockError};
 
 /// Longest `fence_retention` accepted.
 const MAX_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Most dedicated connections accepted.
+const MAX_DEDICATED_CONNECTIONS: usize = 64;
 /// Longest `limits.max_ttl` accepted (Redis expiries must stay far from overflowing).
 const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
@@ -49,6 +51,11 @@ pub struct RedisConfig {
     /// (default 5 s).
     #[serde(with = "lockcore::serde_millis")]
     pub listener_ping_interval: Duration,
+    /// Connections that each serve one operation at a time from the operation's own task
+    /// (default 2, at most 64, 0 turns them off). An operation takes one when it is idle, for
+    /// the lowest latency; operations beyond these share the multiplexed connection, which
+    /// pipelines them. Ignored for `rediss://` (TLS), where every operation is multiplexed.
+    pub dedicated_connections: usize,
 }
 
 impl Default for RedisConfig {
@@ -61,6 +68,7 @@ impl Default for RedisConfig {
             operation_timeout: Duration::from_secs(2),
             fence_retention: Duration::from_secs(60 * 60),
             listener_ping_interval: Duration::from_secs(5),
+            dedicated_connections: 2,
         }
     }
 }
@@ -103,6 +111,12 @@ impl RedisConfig {
                 "must be between 1 ms and 30 days",
             ));
         }
+        if self.dedicated_connections > MAX_DEDICATED_CONNECTIONS {
+            return Err(LockError::invalid_argument(
+                "dedicated_connections",
+                format!("must be at most {MAX_DEDICATED_CONNECTIONS}"),
+            ));
+        }
         if self.limits.max_ttl > MAX_TTL {
             return Err(LockError::invalid_argument(
                 "limits.max_ttl",
@@ -128,6 +142,7 @@ impl fmt::Debug for RedisConfig {
             .field("operation_timeout", &self.operation_timeout)
             .field("fence_retention", &self.fence_retention)
             .field("listener_ping_interval", &self.listener_ping_interval)
+            .field("dedicated_connections", &self.dedicated_connections)
             .finish()
     }
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
+mod dedicated;
 mod error;
 mod keys;
 mod listener;

@@ -15,6 +15,7 @@ use redis::{ScriptInvocation, Value};
 use tokio::task::JoinHandle;
 
 use crate::config::RedisConfig;
+use crate::dedicated::DedicatedConnections;
 use crate::error::{self, BACKEND};
 use crate::keys::KeyLayout;
 use crate::listener::Listener;
@@ -38,10 +39,12 @@ const MAX_SCAN_ROUNDS: usize = 64;
 
 /// A [`LockService`] keeping its locks in Redis; see the crate docs for the guarantees.
 ///
-/// Cheap to share behind an `Arc`; every operation is one `EVALSHA` on a multiplexed
-/// connection that reconnects by itself.
+/// Cheap to share behind an `Arc`; every operation is one `EVALSHA`, on an idle dedicated
+/// connection when there is one, otherwise on a multiplexed connection that reconnects by
+/// itself.
 pub struct RedisLockService {
     conn: ConnectionManager,
+    dedicated: DedicatedConnections,
     scripts: Scripts,
     keys: KeyLayout,
     channel: String,
@@ -190,6 +193,12 @@ impl RedisLockService {
                 Err(_) => return Err(error::timed_out("script load", config.operation_timeout)),
             }
         }
+        let dedicated = DedicatedConnections::open(
+            client.get_connection_info(),
+            config.dedicated_connections,
+            config.connect_timeout,
+        )
+        .await;
         let keys = KeyLayout::new(&config.key_prefix);
         let channel = keys.channel();
         let listener = Listener {
@@ -205,6 +214,7 @@ impl RedisLockService {
         let listener = tokio::spawn(listener.run(Arc::downgrade(&waits), pubsub));
         Ok(Self {
             conn,
+            dedicated,
             scripts,
             keys,
             channel,
@@ -221,15 +231,20 @@ impl RedisLockService {
     }
 
     /// Runs one script invocation (one EVALSHA; NOSCRIPT reloads and retries) within the
-    /// operation timeout.
+    /// operation timeout, on an idle dedicated connection if there is one.
     async fn eval(
         &self,
         operation: &'static str,
         invocation: &ScriptInvocation<'_>,
     ) -> LockResult<Value> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.operation_timeout, invocation.invoke_async(&mut conn)).await
-        {
+        let run = async {
+            if let Some(mut dedicated) = self.dedicated.checkout().await {
+                return dedicated.invoke(invocation).await;
+            }
+            let mut conn = self.conn.clone();
+            invocation.invoke_async(&mut conn).await
+        };
+        match tokio::time::timeout(self.operation_timeout, run).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(error::from_redis(operation, &e)),
             Err(_) => Err(error::timed_out(operation, self.operation_timeout)),

@@ -253,6 +253,10 @@ async fn a_lock_granted_after_its_acquire_timed_out_is_taken_back() {
     // The backend gives up after 1 s; its connection manager would drop the connection (and
     // with it the paused command) only after 2 s.
     config.operation_timeout = Duration::from_secs(1);
+    // On the multiplexed connection, which stays open after a timeout, so Redis runs the paused
+    // script. A dedicated connection is closed at the timeout, and Redis drops the command
+    // with it (the next test).
+    config.dedicated_connections = 0;
     let prefix = config.key_prefix.clone();
     let service = RedisLockService::connect(config, TokenIssuer::random())
         .await
@@ -299,4 +303,48 @@ async fn a_lock_granted_after_its_acquire_timed_out_is_taken_back() {
         .acquire(&object("lost-reply"), &owner("second"), TTL, Duration::ZERO)
         .await
         .expect("the object is free again long before the lost grant's TTL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_timed_out_on_a_dedicated_connection_leaves_the_object_free() {
+    let Some(redis) = PrivateRedis::start() else {
+        return;
+    };
+    let mut config = common::test_config(&redis.url());
+    config.operation_timeout = Duration::from_secs(1);
+    config.dedicated_connections = 1;
+    let service = RedisLockService::connect(config, TokenIssuer::random())
+        .await
+        .expect("connects");
+    let mut admin = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("admin connection");
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("WRITE")
+        .query::<()>(&mut admin)
+        .expect("CLIENT PAUSE");
+    let result = service
+        .acquire(&object("cut-off"), &owner("first"), TTL, Duration::ZERO)
+        .await;
+    assert!(is_unavailable(&result), "{result:?}");
+
+    // Whether Redis dropped the paused script with its connection or ran it, nobody holds the
+    // object long before the lost grant's one-minute TTL.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match service
+            .acquire(&object("cut-off"), &owner("second"), TTL, Duration::ZERO)
+            .await
+        {
+            Ok(_) => break,
+            Err(LockError::Locked { .. } | LockError::Unavailable { .. })
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("the object stayed taken after a cut-off acquire: {other:?}"),
+        }
+    }
 }

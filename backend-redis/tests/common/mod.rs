@@ -41,14 +41,29 @@ pub fn test_config(url: &str) -> RedisConfig {
 /// A backend on the Redis the environment provides (keeping any container alive as long as
 /// the backend), or `None` after a loud skip.
 pub async fn backend() -> Option<Arc<dyn LockService>> {
+    backend_with(RedisConfig::default().dedicated_connections).await
+}
+
+/// [`backend`] with dedicated connections off: every operation goes through the multiplexed
+/// connection, as every operation beyond the dedicated ones does under load.
+pub async fn multiplexed_backend() -> Option<Arc<dyn LockService>> {
+    backend_with(0).await
+}
+
+async fn backend_with(dedicated_connections: usize) -> Option<Arc<dyn LockService>> {
+    let config_for = |url: &str| {
+        let mut config = test_config(url);
+        config.dedicated_connections = dedicated_connections;
+        config
+    };
     if let Ok(url) = std::env::var(URL_ENV) {
-        let service = RedisLockService::connect(test_config(&url), TokenIssuer::random())
+        let service = RedisLockService::connect(config_for(&url), TokenIssuer::random())
             .await
             .unwrap_or_else(|e| panic!("{URL_ENV}={url} is set but Redis is unusable: {e}"));
         return Some(Arc::new(service));
     }
     if docker_answers() {
-        match start_container().await {
+        match start_container(config_for).await {
             Ok(backed) => return Some(Arc::new(backed)),
             Err(why) => {
                 conformance_tests::skip_or_fail("redis", &why);
@@ -78,7 +93,9 @@ fn docker_answers() -> bool {
     std::env::var_os("DOCKER_HOST").is_some() || Path::new("/var/run/docker.sock").exists()
 }
 
-async fn start_container() -> Result<ContainerBacked, String> {
+async fn start_container(
+    config_for: impl Fn(&str) -> RedisConfig,
+) -> Result<ContainerBacked, String> {
     let container = Redis::default()
         .start()
         .await
@@ -89,7 +106,7 @@ async fn start_container() -> Result<ContainerBacked, String> {
         .await
         .map_err(|e| e.to_string())?;
     let url = format!("redis://{host}:{port}");
-    let service = RedisLockService::connect(test_config(&url), TokenIssuer::random())
+    let service = RedisLockService::connect(config_for(&url), TokenIssuer::random())
         .await
         .map_err(|e| format!("Redis in a container at {url} is unusable: {e}"))?;
     Ok(ContainerBacked {
