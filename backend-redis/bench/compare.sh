@@ -3,19 +3,22 @@
 # (EVALSHA) and on plain SET NX PX + DEL, at the same concurrencies, against one private
 # redis-server on a free loopback port (killed by its PID at the end).
 #
-#   backend-redis/bench/compare.sh [SECONDS_PER_BACKEND_RUN=3] [CONCURRENCIES=1,50] [ROUNDS=3]
+#   backend-redis/bench/compare.sh [SECONDS_PER_BACKEND_RUN=3] [CONCURRENCIES=1,50] [ROUNDS=5]
 #
 # Each round runs every measurement once, back to back; the table shows the median of the
 # rounds, so a burst of load from elsewhere on the machine skews one round, not the result.
+# The ratios are the median of each round's own ratio (backend / redis-benchmark measured
+# minutes apart would compare two different machines), with the lowest and highest round.
 # redis-benchmark runs one command per test, so its "pairs/s" is 1 / (1/acquire + 1/release).
-# Its release calls use random keys and mostly take the script's cheaper not-held path, which
-# flatters redis-benchmark; the backend always takes the full release path (HMGET, DEL, EXISTS).
+# Its release calls use random keys, so before each release test every one of those keys is
+# filled with a held lock whose digest and fence match: the releases then take the script's
+# full path (HMGET, DEL, EXISTS), as the backend's always do, not the cheaper not-held path.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SECONDS_PER_RUN="${1:-3}"
 CONCURRENCIES="${2:-1,50}"
-ROUNDS="${3:-3}"
+ROUNDS="${3:-5}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 
 cargo build -q --release -p backend-redis --example bench
@@ -32,37 +35,50 @@ for _ in $(seq 1 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sle
 ACQ="$(redis-cli -p "$PORT" SCRIPT LOAD "$(cat "$SCRIPTS/acquire.lua")")"
 REL="$(redis-cli -p "$PORT" SCRIPT LOAD "$(cat "$SCRIPTS/release.lua")")"
 DIGEST="$(printf '%064d' 7)"
+KEYSPACE=1000000
+# Held locks on every key redis-benchmark's release test can pick (__rand_int__ is 12 digits).
+hold_all() {
+    redis-cli -p "$PORT" EVAL "for i = 0, $((KEYSPACE - 1)) do redis.call('HSET', string.format('rb:{%012d}:lock', i), 'owner', 'o', 'digest', ARGV[1], 'fence', '123') end return 1" 0 "$DIGEST" >/dev/null
+}
 
 # rps of one redis-benchmark test: rb CONCURRENCY REQUESTS COMMAND...
 rb() {
     local c="$1" n="$2"
     shift 2
-    redis-benchmark -h 127.0.0.1 -p "$PORT" -c "$c" -n "$n" -r 1000000 --csv "$@" 2>/dev/null |
+    redis-benchmark -h 127.0.0.1 -p "$PORT" -c "$c" -n "$n" -r "$KEYSPACE" --csv "$@" 2>/dev/null |
         awk -F'","' 'NR == 2 { printf "%.0f\n", $2 }'
 }
-backend() { "$BENCH" "redis://127.0.0.1:$PORT" "$SECONDS_PER_RUN" "$1" "$2" | sed -n 's/.*pairs_per_sec=\([0-9]*\).*/\1/p'; }
+# pairs/s of one backend run: backend CONCURRENCY RUNTIME DEDICATED_CONNECTIONS
+backend() { "$BENCH" "redis://127.0.0.1:$PORT" "$SECONDS_PER_RUN" "$1" "$2" "$3" | sed -n 's/.*pairs_per_sec=\([0-9]*\).*/\1/p'; }
 pairs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", 1 / (1 / a + 1 / b) }'; }
 median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+spread() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[1] "-" v[NR] }'; }
 
 echo "redis-server $(redis-server --version | awk '{print $3}'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg) at start, median of $ROUNDS rounds"
 echo
-echo "| concurrency | backend-redis pairs/s (multi-thread runtime) | backend-redis pairs/s (current-thread runtime) | redis-benchmark EVALSHA pairs/s (acquire, release rps) | ratio multi / current | SET NX PX + DEL pairs/s (set, del rps) |"
-echo "|---|---|---|---|---|---|"
+echo "| concurrency | backend-redis pairs/s (multi-thread runtime) | backend-redis pairs/s (current-thread runtime) | redis-benchmark EVALSHA pairs/s (acquire, release rps) | ratio multi / current (median of rounds, lowest-highest) | backend-redis, multiplexed connection only (multi-thread) | SET NX PX + DEL pairs/s (set, del rps) |"
+echo "|---|---|---|---|---|---|---|"
 IFS=',' read -ra LEVELS <<<"$CONCURRENCIES"
 for c in "${LEVELS[@]}"; do
     n=$((c == 1 ? 30000 : 200000))
-    multi=() current=() acq=() rel=() script_pairs=() set_rps=() del_rps=() plain_pairs=()
+    multi=() current=() multiplexed=() multi_ratio=() current_ratio=() acq=() rel=() script_pairs=() set_rps=() del_rps=() plain_pairs=()
     for _ in $(seq 1 "$ROUNDS"); do
-        multi+=("$(backend "$c" multi)")
-        current+=("$(backend "$c" current)")
+        multi+=("$(backend "$c" multi 2)")
+        current+=("$(backend "$c" current 2)")
+        multiplexed+=("$(backend "$c" multi 0)")
+        redis-cli -p "$PORT" FLUSHALL >/dev/null
         a="$(rb "$c" "$n" evalsha "$ACQ" 3 'rb:{__rand_int__}:lock' 'rb:{__rand_int__}:fence' 'rb:{__rand_int__}:waiting' owner "$DIGEST" 1 1000 1024 0)"
+        hold_all
         r="$(rb "$c" "$n" evalsha "$REL" 2 'rb:{__rand_int__}:lock' 'rb:{__rand_int__}:waiting' "$DIGEST" 123 rb:released obj)"
+        redis-cli -p "$PORT" FLUSHALL >/dev/null
         s="$(rb "$c" "$n" set 'plain:__rand_int__' v NX PX 1)"
         d="$(rb "$c" "$n" del 'plain:__rand_int__')"
         acq+=("$a") rel+=("$r") set_rps+=("$s") del_rps+=("$d")
         script_pairs+=("$(pairs "$a" "$r")") plain_pairs+=("$(pairs "$s" "$d")")
+        multi_ratio+=("$(awk -v b="${multi[-1]}" -v s="${script_pairs[-1]}" 'BEGIN { printf "%.3f", b / s }')")
+        current_ratio+=("$(awk -v b="${current[-1]}" -v s="${script_pairs[-1]}" 'BEGIN { printf "%.3f", b / s }')")
     done
     m="$(median "${multi[@]}")" cur="$(median "${current[@]}")" sp="$(median "${script_pairs[@]}")"
-    ratio="$(awk -v a="$m" -v b="$cur" -v s="$sp" 'BEGIN { printf "%.2fx / %.2fx", a / s, b / s }')"
-    echo "| $c | $m | $cur | $sp ($(median "${acq[@]}"), $(median "${rel[@]}")) | $ratio | $(median "${plain_pairs[@]}") ($(median "${set_rps[@]}"), $(median "${del_rps[@]}")) |"
+    ratio="$(median "${multi_ratio[@]}")x ($(spread "${multi_ratio[@]}")) / $(median "${current_ratio[@]}")x ($(spread "${current_ratio[@]}"))"
+    echo "| $c | $m | $cur | $sp ($(median "${acq[@]}"), $(median "${rel[@]}")) | $ratio | $(median "${multiplexed[@]}") | $(median "${plain_pairs[@]}") ($(median "${set_rps[@]}"), $(median "${del_rps[@]}")) |"
 done

@@ -1,14 +1,16 @@
 //! Acquire+release pairs per second through `RedisLockService`, at several concurrencies.
 //!
 //! ```text
-//! cargo run --release -p backend-redis --example bench -- [URL] [SECONDS] [CONCURRENCY,...] [RUNTIME]
+//! cargo run --release -p backend-redis --example bench -- [URL] [SECONDS] [CONCURRENCY,...] [RUNTIME] [DEDICATED]
 //! cargo run --release -p backend-redis --example bench -- --print-scripts DIR
 //! ```
 //!
 //! Each task locks its own object in a loop (acquire with a 30 s TTL, then release), so the
 //! numbers measure the backend's round trips, not contention. `RUNTIME` is `multi` (tokio's
-//! multi-thread runtime, the default, as in the lockd server) or `current` (one thread). `--print-scripts` writes the
-//! acquire and release scripts to `DIR` for `redis-benchmark` (see `bench/compare.sh`).
+//! multi-thread runtime, the default, as in the lockd server) or `current` (one thread).
+//! `DEDICATED` sets `RedisConfig::dedicated_connections` (default: the config's default, 2).
+//! `--print-scripts` writes the acquire and release scripts to `DIR` for `redis-benchmark`
+//! (see `bench/compare.sh`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -59,6 +61,10 @@ async fn run(args: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = RedisConfig::from_url(url);
     config.key_prefix = format!("lockd-bench-{}:", std::process::id());
+    if let Some(dedicated) = args.get(4) {
+        config.dedicated_connections = dedicated.parse()?;
+    }
+    let service_dedicated = config.dedicated_connections;
     let service = Arc::new(RedisLockService::connect(config, TokenIssuer::random()).await?);
     let owner = OwnerId::new("bench")?;
     let ttl = Duration::from_secs(30);
@@ -108,8 +114,9 @@ async fn run(args: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
             .as_secs_f64();
         let pairs = pairs.load(Ordering::Relaxed);
         println!(
-            "backend runtime={} concurrency={concurrency} pairs={pairs} errors={} seconds={elapsed:.2} pairs_per_sec={:.0}",
+            "backend runtime={} dedicated={} concurrency={concurrency} pairs={pairs} errors={} seconds={elapsed:.2} pairs_per_sec={:.0}",
             args.get(3).map(String::as_str).unwrap_or("multi"),
+            service_dedicated,
             errors.load(Ordering::Relaxed),
             pairs as f64 / elapsed
         );
