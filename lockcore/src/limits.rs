@@ -50,7 +50,7 @@ impl Limits {
                 format!("must be at most {} ms", self.max_ttl.as_millis()),
             ));
         }
-        if ttl.subsec_nanos() % 1_000_000 != 0 {
+        if !ttl.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(LockError::invalid_argument(
                 "ttl",
                 "must be a whole number of milliseconds",

@@ -431,7 +431,7 @@ pub(crate) fn is_loopback_host(url: &Url) -> bool {
 
 /// A TTL in whole milliseconds; sub-millisecond parts are refused as every backend refuses them.
 fn ttl_millis(ttl: Duration) -> LockResult<u64> {
-    if ttl.subsec_nanos() % 1_000_000 != 0 {
+    if !ttl.subsec_nanos().is_multiple_of(1_000_000) {
         return Err(LockError::invalid_argument(
             "ttl",
             "must be a whole number of milliseconds",
@@ -442,7 +442,7 @@ fn ttl_millis(ttl: Duration) -> LockResult<u64> {
 
 /// A wait in milliseconds, rounded up so the caller waits at least as long as asked.
 fn ceil_millis(wait: Duration) -> u64 {
-    let ms = wait.as_millis() + u128::from(wait.subsec_nanos() % 1_000_000 != 0);
+    let ms = wait.as_millis() + u128::from(!wait.subsec_nanos().is_multiple_of(1_000_000));
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 

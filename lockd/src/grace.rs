@@ -29,6 +29,13 @@
 //! [`LockError::Unavailable`] until it passes (clients retry; the error says how long). A fresh
 //! or empty data dir grants at once. An unreadable or corrupt state file stops the start with a
 //! clear error rather than guessing.
+//!
+//! # One process per data dir
+//!
+//! The state describes one process's grants, so a data dir has one owner: opening it takes an
+//! exclusive lock on `DATA_DIR/lockd.lock` (`flock`), held until the service is dropped and
+//! released by the OS if the process dies. A second process opening the same dir fails to
+//! start, instead of both overwriting each other's deadline and fence.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +51,9 @@ use tokio::time::Instant;
 
 /// Name of the state file inside the data directory.
 pub const STATE_FILE_NAME: &str = "lockd-state.json";
+
+/// Name of the file whose lock marks the data directory as in use by one process.
+pub const LOCK_FILE_NAME: &str = "lockd.lock";
 
 /// How far beyond a grant's needs the stored deadline is pushed, so that a burst of grants
 /// costs one write.
@@ -61,11 +71,13 @@ struct StateRecord {
     grant_deadline_unix_ms: u64,
 }
 
-/// The restart state file of a data directory, read at start.
+/// The restart state file of a data directory, read at start, with the directory's lock.
 #[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
     stored: StateRecord,
+    /// Holds the exclusive lock on [`LOCK_FILE_NAME`] while open.
+    dir_lock: std::fs::File,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -86,7 +98,8 @@ fn state_error(path: &Path, what: impl std::fmt::Display) -> LockError {
 }
 
 impl StateFile {
-    /// Creates `dir` if needed and reads its state file (absent: a fresh start).
+    /// Creates `dir` if needed, locks it for this process and reads its state file (absent: a
+    /// fresh start). Fails if another process has the directory open.
     pub async fn open(dir: &Path) -> Result<Self, LockError> {
         let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || Self::open_blocking(&dir))
@@ -98,6 +111,7 @@ impl StateFile {
         std::fs::create_dir_all(dir).map_err(|e| {
             LockError::invalid_argument("data_dir", format!("cannot create {}: {e}", dir.display()))
         })?;
+        let dir_lock = lock_dir(dir)?;
         let path = dir.join(STATE_FILE_NAME);
         let stored = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -126,7 +140,11 @@ impl StateFile {
         };
         // Prove now, not at the first grant, that the directory is writable.
         write_atomically(&path, &stored).map_err(|e| state_error(&path, e))?;
-        Ok(Self { path, stored })
+        Ok(Self {
+            path,
+            stored,
+            dir_lock,
+        })
     }
 
     /// The lowest fence the backend may hand out next: above every fence stored.
@@ -146,6 +164,30 @@ impl StateFile {
     /// Where the state lives.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Takes the exclusive lock on `dir`'s lock file, without waiting.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, LockError> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let failed = |what: String| {
+        LockError::invalid_argument("data_dir", format!("{}: {what}", dir.display()))
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| failed(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(failed(format!(
+            "in use by another lockd process (it holds {LOCK_FILE_NAME}); each process needs \
+             its own data dir"
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(failed(format!("cannot lock {}: {e}", path.display())))
+        }
     }
 }
 
@@ -236,6 +278,8 @@ pub struct RestartGuard {
     inner: Arc<dyn LockService>,
     limits: Limits,
     shared: Arc<Shared>,
+    /// Keeps the data dir locked for this process; dropped (unlocked) after the final write.
+    _dir_lock: std::fs::File,
     grace_until: Instant,
     flusher: tokio::task::JoinHandle<()>,
     idle_probe: Option<IdleProbe>,
@@ -281,6 +325,7 @@ impl RestartGuard {
             inner,
             limits,
             shared,
+            _dir_lock: state.dir_lock,
             grace_until: Instant::now() + grace,
             flusher,
             idle_probe: None,
@@ -475,6 +520,30 @@ mod tests {
         )
         .expect("write");
         assert!(StateFile::open(dir.path()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_open_in_one_process_cannot_be_opened_again_until_released() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = StateFile::open(dir.path()).await.expect("opens");
+        let err = StateFile::open(dir.path())
+            .await
+            .expect_err("a second owner is refused");
+        assert!(
+            matches!(
+                err,
+                LockError::InvalidArgument {
+                    field: "data_dir",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(first);
+        StateFile::open(dir.path())
+            .await
+            .expect("free again once the first owner is gone");
     }
 
     #[tokio::test]
