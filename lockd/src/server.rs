@@ -3,6 +3,7 @@
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lockcore::{LockError, LockService, TokenIssuer};
 use tokio::net::TcpListener;
@@ -44,6 +45,13 @@ pub enum ServerError {
     /// Serving failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    /// Requests were still in flight when the shutdown timeout ran out, and were cut off: their
+    /// clients got no answer (an acquire among them may or may not have been granted).
+    #[error("requests still in flight after the shutdown timeout ({timeout:?}) were cut off")]
+    ShutdownCutOff {
+        /// The shutdown timeout that ran out.
+        timeout: Duration,
+    },
 }
 
 /// A bound, not yet running lockd server.
@@ -191,6 +199,7 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops accepting connections, ends event streams,
     /// and waits up to [`ServerConfig::shutdown_timeout`] for requests in flight to finish.
+    /// Fails with [`ServerError::ShutdownCutOff`] if it had to cut some off.
     pub async fn run_until<F>(self, shutdown: F) -> Result<(), ServerError>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -230,13 +239,9 @@ impl Server {
         };
         let result = tokio::select! {
             result = serve.into_future() => result.map_err(ServerError::from),
-            () = deadline => {
-                tracing::warn!(
-                    timeout = ?config.shutdown_timeout,
-                    "requests still in flight at the shutdown deadline were cut off"
-                );
-                Ok(())
-            }
+            () = deadline => Err(ServerError::ShutdownCutOff {
+                timeout: config.shutdown_timeout,
+            }),
         };
         expiries.abort();
         drop(service);

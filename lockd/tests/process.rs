@@ -271,6 +271,34 @@ async fn sigterm_finishes_requests_in_flight_ends_streams_and_exits_zero() {
 }
 
 #[tokio::test]
+async fn requests_cut_off_by_the_shutdown_timeout_make_the_exit_code_one() {
+    let lockd = Lockd::start(&["--shutdown-timeout", "300ms"]).await;
+    let object = unique("cut-off");
+    lockd.acquire(&object, "alice", 60_000).await;
+    // Waits far longer than the shutdown timeout: alice holds the object for a minute.
+    let waiter = {
+        let request = lockd
+            .request(Method::POST, "/v1/locks/acquire")
+            .json(&json!({"object": object, "owner": "bob", "ttl_ms": 5_000, "wait_ms": 30_000}));
+        tokio::spawn(async move { request.send().await })
+    };
+    lockd.wait_for_metric("lockd_waiters 1").await;
+
+    lockd.terminate();
+    let code = lockd.wait().await;
+    assert_eq!(
+        code,
+        Some(1),
+        "a shutdown that cut off a request must not exit 0"
+    );
+    let answer = waiter.await.expect("waiter task");
+    assert!(
+        answer.is_err(),
+        "the cut-off request got an answer: {answer:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_clean_shutdown_with_no_lock_held_restarts_without_grace_but_not_with_one_held() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().to_str().expect("utf-8 path");
