@@ -1,8 +1,12 @@
 //! The event log: every grant, release, renew, expiry and refused release, in a bounded ring,
 //! with a broadcast channel for live subscribers (`GET /v1/events/stream`).
 //!
-//! Events never carry a token. Sequence numbers start at 1 and increase by one per event within
-//! one process; they restart at 1 when lockd restarts.
+//! Events never carry a token. Sequence numbers increase by one per event. The server's log
+//! starts at the wall-clock time of its start in microseconds since 1970
+//! ([`EventLog::starting_now`]), so they keep increasing across restarts: a consumer resuming
+//! with `after=` a number from before a restart gets every event since. That holds unless the
+//! clock steps back across the restart, or a process recorded more than one event per
+//! microsecond on average over its life (lockd's request rate is orders of magnitude below).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -107,14 +111,30 @@ pub struct EventLog {
 pub const MAX_EVENTS_PAGE: usize = 1000;
 
 impl EventLog {
-    /// A log keeping the newest `capacity` events (at least 1).
+    /// A log keeping the newest `capacity` events (at least 1), numbered from 1.
     pub fn new(capacity: usize) -> Self {
+        Self::starting_at(capacity, 1)
+    }
+
+    /// A log numbered from the current wall-clock time in microseconds since 1970, so its
+    /// numbers are above those of an earlier process's log (see the module docs). They stay
+    /// below 2^53, exact in JSON numbers, until the year 2255.
+    pub fn starting_now(capacity: usize) -> Self {
+        let micros = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Self::starting_at(capacity, micros.max(1))
+    }
+
+    /// A log keeping the newest `capacity` events (at least 1), numbered from `first_seq`.
+    pub fn starting_at(capacity: usize, first_seq: u64) -> Self {
         let capacity = capacity.max(1);
         let (live, _) = broadcast::channel(capacity.clamp(16, 4096));
         Self {
             capacity,
             ring: Mutex::new(Ring {
-                next_seq: 1,
+                next_seq: first_seq.max(1),
                 events: VecDeque::with_capacity(capacity.min(65_536)),
             }),
             live,
@@ -164,7 +184,7 @@ impl EventLog {
         self.live.subscribe()
     }
 
-    /// The sequence number of the newest event (0 if none yet).
+    /// The sequence number of the newest event (one below the first number if none yet).
     pub fn last_seq(&self) -> u64 {
         self.ring().next_seq - 1
     }

@@ -163,7 +163,7 @@ impl Server {
                 })?;
         let local_addr = listener.local_addr()?;
         let metrics = Arc::new(Metrics::new());
-        let events = Arc::new(EventLog::new(config.events_capacity));
+        let events = Arc::new(EventLog::starting_now(config.events_capacity));
         let tracker = Arc::new(ExpiryTracker::new(events.clone(), metrics.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = AppState {

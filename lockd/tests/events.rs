@@ -133,12 +133,16 @@ async fn events_page_with_after_and_limit_and_the_ring_is_bounded() {
         .iter()
         .map(|e| e["seq"].as_u64().expect("seq"))
         .collect();
-    assert_eq!(seqs, vec![3, 4, 5], "only the newest 3 are kept");
+    // Numbered one up per event from the server's start time in µs: 5 events, the newest 3 kept.
+    assert_eq!(seqs.len(), 3, "only the newest 3 are kept: {seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
 
-    let (_, body) = lockd.get("/v1/events?after=3&limit=1").await;
+    let (_, body) = lockd
+        .get(&format!("/v1/events?after={}&limit=1", seqs[0]))
+        .await;
     let page = body["events"].as_array().expect("events");
     assert_eq!(page.len(), 1);
-    assert_eq!(page[0]["seq"], 4);
+    assert_eq!(page[0]["seq"], seqs[1]);
 
     let (status, body) = lockd.get("/v1/events?limit=0").await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
@@ -232,11 +236,12 @@ async fn the_stream_delivers_live_events_and_replays_after_a_sequence_number() {
         vec![before.as_str(), object.as_str(), object.as_str()]
     );
 
+    let second = frames[1].1;
     let response = lockd
-        .request(Method::GET, "/v1/events/stream?after=2")
+        .request(Method::GET, &format!("/v1/events/stream?after={second}"))
         .send()
         .await
         .expect("stream");
     let frames = read_sse(response, 1).await;
-    assert_eq!(frames[0].1, 3);
+    assert_eq!(frames[0].1, second + 1);
 }

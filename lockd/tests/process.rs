@@ -221,6 +221,45 @@ async fn after_a_crash_memory_grants_nothing_until_old_leases_expired_and_fences
     lockd.kill().await;
 }
 
+/// The sequence numbers of every event the server still has.
+async fn event_seqs(lockd: &Lockd) -> Vec<u64> {
+    let (_, body) = lockd.get("/v1/events?limit=1000").await;
+    body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+#[tokio::test]
+async fn event_numbers_keep_increasing_across_a_restart() {
+    let lockd = Lockd::start(&[]).await;
+    for i in 0..3 {
+        lockd
+            .acquire(&unique(&format!("seq{i}")), "alice", 1_000)
+            .await;
+    }
+    let before = event_seqs(&lockd).await;
+    let last_before = *before.last().expect("events before the restart");
+    lockd.kill().await;
+
+    let lockd = Lockd::start(&[]).await;
+    lockd.acquire(&unique("seq-after"), "bob", 1_000).await;
+    let (_, body) = lockd.get(&format!("/v1/events?after={last_before}")).await;
+    let resumed = body["events"].as_array().expect("events");
+    assert_eq!(
+        resumed.len(),
+        1,
+        "resuming after {last_before} from before the restart: {resumed:?}"
+    );
+    assert_eq!(resumed[0]["owner"], "bob");
+    assert!(event_seqs(&lockd)
+        .await
+        .iter()
+        .all(|&seq| seq > last_before));
+}
+
 #[tokio::test]
 async fn without_a_data_dir_a_restart_grants_at_once() {
     let lockd = Lockd::start(&[]).await;
