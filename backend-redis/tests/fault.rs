@@ -244,19 +244,19 @@ async fn waiters_are_woken_by_releases_after_the_listener_reconnects() {
     assert!(granted.fence > lease.fence);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_granted_after_its_acquire_timed_out_is_taken_back() {
-    let Some(redis) = PrivateRedis::start() else {
-        return;
-    };
+/// A backend giving up on operations after 1 s, with `dedicated_connections`, whose acquire of
+/// `name` Redis holds back for 1.5 s (`CLIENT PAUSE WRITE`), so it fails as unavailable before
+/// Redis has run it. Returns the backend, an admin connection and the backend's key prefix.
+async fn acquire_cut_off_by_a_write_pause(
+    redis: &PrivateRedis,
+    dedicated_connections: usize,
+    name: &str,
+) -> (RedisLockService, redis::Connection, String) {
     let mut config = common::test_config(&redis.url());
-    // The backend gives up after 1 s; its connection manager would drop the connection (and
-    // with it the paused command) only after 2 s.
+    // Its connection manager would drop the connection (and with it the paused command) only
+    // after twice that.
     config.operation_timeout = Duration::from_secs(1);
-    // On the multiplexed connection, which stays open after a timeout, so Redis runs the paused
-    // script. A dedicated connection is closed at the timeout, and Redis drops the command
-    // with it (the next test).
-    config.dedicated_connections = 0;
+    config.dedicated_connections = dedicated_connections;
     let prefix = config.key_prefix.clone();
     let service = RedisLockService::connect(config, TokenIssuer::random())
         .await
@@ -264,8 +264,6 @@ async fn a_lock_granted_after_its_acquire_timed_out_is_taken_back() {
     let mut admin = redis::Client::open(redis.url())
         .and_then(|c| c.get_connection())
         .expect("admin connection");
-    // Redis holds every write for 1.5 s: the acquire's script runs only after the backend has
-    // given up on it.
     redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(1500)
@@ -273,9 +271,22 @@ async fn a_lock_granted_after_its_acquire_timed_out_is_taken_back() {
         .query::<()>(&mut admin)
         .expect("CLIENT PAUSE");
     let result = service
-        .acquire(&object("lost-reply"), &owner("first"), TTL, Duration::ZERO)
+        .acquire(&object(name), &owner("first"), TTL, Duration::ZERO)
         .await;
     assert!(is_unavailable(&result), "{result:?}");
+    (service, admin, prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_granted_after_its_acquire_timed_out_is_taken_back() {
+    let Some(redis) = PrivateRedis::start() else {
+        return;
+    };
+    // On the multiplexed connection, which stays open after a timeout, so Redis runs the paused
+    // script. A dedicated connection is closed at the timeout, and Redis drops the command
+    // with it (the next test).
+    let (service, mut admin, prefix) =
+        acquire_cut_off_by_a_write_pause(&redis, 0, "lost-reply").await;
 
     let fence_key = format!("{prefix}{{fault/lost-reply}}:fence");
     let lock_key = format!("{prefix}{{fault/lost-reply}}:lock");
@@ -310,25 +321,7 @@ async fn an_acquire_timed_out_on_a_dedicated_connection_leaves_the_object_free()
     let Some(redis) = PrivateRedis::start() else {
         return;
     };
-    let mut config = common::test_config(&redis.url());
-    config.operation_timeout = Duration::from_secs(1);
-    config.dedicated_connections = 1;
-    let service = RedisLockService::connect(config, TokenIssuer::random())
-        .await
-        .expect("connects");
-    let mut admin = redis::Client::open(redis.url())
-        .and_then(|c| c.get_connection())
-        .expect("admin connection");
-    redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(1500)
-        .arg("WRITE")
-        .query::<()>(&mut admin)
-        .expect("CLIENT PAUSE");
-    let result = service
-        .acquire(&object("cut-off"), &owner("first"), TTL, Duration::ZERO)
-        .await;
-    assert!(is_unavailable(&result), "{result:?}");
+    let (service, _admin, _prefix) = acquire_cut_off_by_a_write_pause(&redis, 1, "cut-off").await;
 
     // Whether Redis dropped the paused script with its connection or ran it, nobody holds the
     // object long before the lost grant's one-minute TTL.
