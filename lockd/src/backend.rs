@@ -197,9 +197,18 @@ async fn connect_redis(
     options: &BackendOptions,
 ) -> Result<Arc<dyn LockService>, LockError> {
     let (url, key_prefix) = take_query_param(url, "key_prefix")?;
+    let (url, dedicated) = take_query_param(&url, "dedicated_connections")?;
     let mut config = backend_redis::RedisConfig::from_url(url);
     if let Some(prefix) = key_prefix {
         config.key_prefix = prefix;
+    }
+    if let Some(count) = dedicated {
+        config.dedicated_connections = count.parse().map_err(|_| {
+            LockError::invalid_argument(
+                "dedicated_connections",
+                format!("`{count}` is not a number of connections"),
+            )
+        })?;
     }
     config.limits = options.limits;
     if let Some(timeout) = options.connect_timeout {
@@ -383,6 +392,26 @@ mod url_tests {
         assert_eq!((url.as_str(), none), ("redis://h/0", None));
     }
 
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn a_redis_dedicated_connections_count_that_is_not_a_number_is_refused() {
+        // Refused before any connection is tried: the port is closed.
+        for (count, field) in [
+            ("two", "dedicated_connections"),
+            ("65", "dedicated_connections"),
+        ] {
+            let result = connect_backend(
+                &format!("redis://127.0.0.1:1/0?dedicated_connections={count}"),
+                &options(),
+            )
+            .await;
+            assert!(
+                matches!(result, Err(LockError::InvalidArgument { field: f, .. }) if f == field),
+                "{count}: {result:?}"
+            );
+        }
+    }
+
     /// Two lockd deployments sharing one Redis under different key prefixes never see each
     /// other's locks.
     #[cfg(feature = "redis")]
@@ -394,9 +423,13 @@ mod url_tests {
         };
         let tag: u64 = rand::random();
         let sep = if base.contains('?') { '&' } else { '?' };
-        let first = connect_backend(&format!("{base}{sep}key_prefix=t{tag}a:"), &options())
-            .await
-            .expect("redis");
+        // The first also turns dedicated connections off: both parameters leave the URL.
+        let first = connect_backend(
+            &format!("{base}{sep}key_prefix=t{tag}a:&dedicated_connections=0"),
+            &options(),
+        )
+        .await
+        .expect("redis");
         let second = connect_backend(&format!("{base}{sep}key_prefix=t{tag}b:"), &options())
             .await
             .expect("redis");
