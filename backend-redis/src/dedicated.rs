@@ -39,7 +39,6 @@ const REOPEN_DELAY: Duration = Duration::from_secs(1);
 type Socket = Pin<Box<dyn AsyncStream + Send + Sync>>;
 
 /// A small pool of connections driven by the tasks that use them; see the module docs.
-#[derive(Clone)]
 pub(crate) struct DedicatedConnections {
     inner: Arc<Inner>,
 }

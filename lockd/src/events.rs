@@ -120,11 +120,7 @@ impl EventLog {
     /// numbers are above those of an earlier process's log (see the module docs). They stay
     /// below 2^53, exact in JSON numbers, until the year 2255.
     pub fn starting_now(capacity: usize) -> Self {
-        let micros = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        Self::starting_at(capacity, micros.max(1))
+        Self::starting_at(capacity, lockcore::wall_clock_micros())
     }
 
     /// A log keeping the newest `capacity` events (at least 1), numbered from `first_seq`.
