@@ -632,24 +632,64 @@ fn seed() -> u64 {
         .unwrap_or_else(|| rand::rng().random())
 }
 
+/// Clients running against some services until a deadline, recording one history.
+struct Load {
+    seed: u64,
+    recorder: Arc<Recorder>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts the clients on `services`; they stop by themselves after `length`.
+    fn start(
+        name: &str,
+        services: Arc<RwLock<Vec<Arc<dyn LockService>>>>,
+        length: Duration,
+    ) -> Self {
+        let seed = seed();
+        eprintln!("scenario {name}: LOCKD_HISTORY_SEED={seed}");
+        let recorder = Arc::new(Recorder::new());
+        let objects = (0..OBJECTS)
+            .map(|i| {
+                ObjectId::new(format!("/history/{}/{name}/{i}", std::process::id()))
+                    .expect("object")
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            recorder: recorder.clone(),
+            storage: StorageNode::new(recorder.clone()),
+            services,
+            objects,
+        });
+        let until = Instant::now() + length;
+        let clients = (0..CLIENTS)
+            .map(|index| tokio::spawn(client(index, seed, shared.clone(), until)))
+            .collect();
+        Self {
+            seed,
+            recorder,
+            clients,
+        }
+    }
+
+    /// Waits for every client to stop and returns the history.
+    async fn finish(self) -> History {
+        for task in self.clients {
+            task.await.expect("client task");
+        }
+        self.recorder.history()
+    }
+}
+
+fn check_history(history: &History) -> history_check::Report {
+    let config = CheckConfig::default().with_unknown_effect_horizon(UNKNOWN_EFFECT_HORIZON);
+    check(history, &config)
+}
+
 /// Runs the clients against `fleet` while `plan` is injected, then checks the history:
 /// no violation, no refusal of a well-formed request, a grant after every fault, and the
 /// storage node refused at least one zombie.
 async fn run_scenario(name: &str, mut fleet: Fleet, mut backend: Backend, plan: &[Step]) {
-    let seed = seed();
-    eprintln!("scenario {name}: LOCKD_HISTORY_SEED={seed}");
-    let recorder = Arc::new(Recorder::new());
-    let objects = (0..OBJECTS)
-        .map(|i| {
-            ObjectId::new(format!("/history/{}/{name}/{i}", std::process::id())).expect("object")
-        })
-        .collect();
-    let shared = Arc::new(Shared {
-        recorder: recorder.clone(),
-        storage: StorageNode::new(recorder.clone()),
-        services: fleet.services.clone(),
-        objects,
-    });
     let plan_length: u64 = plan
         .iter()
         .map(|step| match *step {
@@ -659,24 +699,18 @@ async fn run_scenario(name: &str, mut fleet: Fleet, mut backend: Backend, plan: 
         })
         .sum();
     // The clients stop by themselves: the plan's length (faults may take longer), plus the tail.
-    let until = Instant::now() + ms(plan_length) + TAIL;
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|index| tokio::spawn(client(index, seed, shared.clone(), until)))
-        .collect();
+    let load = Load::start(name, fleet.services.clone(), ms(plan_length) + TAIL);
+    let (seed, recorder) = (load.seed, load.recorder.clone());
     for step in plan {
         inject(*step, &mut fleet, &mut backend, &recorder).await;
     }
     let faults_done = Instant::now();
-    for task in clients {
-        task.await.expect("client task");
-    }
+    let history = load.finish().await;
     let tail = Instant::now().saturating_duration_since(faults_done);
     fleet.stop_all().await;
     drop(backend);
 
-    let history = recorder.history();
-    let config = CheckConfig::default().with_unknown_effect_horizon(UNKNOWN_EFFECT_HORIZON);
-    let report = check(&history, &config);
+    let report = check_history(&history);
     print_report(name, seed, &history, &report, tail);
 
     assert!(
@@ -756,8 +790,8 @@ fn print_report(
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
-/// One lockd on `memory://` without a data dir: SIGSTOP, then SIGKILL and a restart that loses
-/// every lock (overlap across it is excused; fences and the storage node are still judged).
+/// One lockd on `memory://` without a data dir: SIGSTOP, then SIGKILL and an immediate restart
+/// that loses every lock (overlap across it is excused; fences and the storage node are still judged).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_history_under_faults_has_no_violation() {
     let fleet = Fleet::start(1, vec!["--backend".into(), "memory://".into()]).await;
@@ -765,7 +799,7 @@ async fn memory_history_under_faults_has_no_violation() {
         Step::Run(2500),
         Step::StopLockd(0, 1500),
         Step::Run(2500),
-        Step::KillLockd(0, 300, true),
+        Step::KillLockd(0, 0, true),
         Step::Run(1500),
     ];
     run_scenario("memory", fleet, Backend::Memory, &plan).await;
@@ -839,4 +873,165 @@ async fn postgres_history_under_faults_has_no_violation() {
         Step::Run(500),
     ];
     run_scenario("postgres", fleet, Backend::Postgres(postgres), &plan).await;
+}
+
+// ---- Self-tests: the workload and the checker catch broken services ---------------------
+
+/// The workload and the checker catch a broken service: behind the clients, two memory
+/// backends that share nothing (a split brain) grant the same objects to two holders at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_brain_is_caught() {
+    let issuer = lockcore::TokenIssuer::random();
+    let brain = || -> Arc<dyn LockService> {
+        let config = backend_memory::MemoryConfig::new(lockcore::Limits::default());
+        Arc::new(backend_memory::MemoryLockService::new(
+            config,
+            issuer.clone(),
+        ))
+    };
+    let violations = violations_of("split-brain", vec![brain(), brain()]).await;
+    assert!(
+        violations
+            .iter()
+            .any(|v| matches!(v, history_check::Violation::OverlappingHolders { .. })),
+        "two holders at once went unnoticed: {violations:?}"
+    );
+}
+
+/// A deliberately broken service for the self-tests: a memory backend with one bug.
+#[derive(Debug)]
+struct Broken {
+    inner: backend_memory::MemoryLockService,
+    bug: Bug,
+    granted: std::sync::Mutex<std::collections::HashMap<String, Lease>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bug {
+    /// `validate` accepts any token it ever granted, expired or released.
+    ValidateIgnoresExpiry,
+    /// Grants report fences that run backwards.
+    FencesRunBackwards,
+}
+
+impl Broken {
+    fn service(bug: Bug) -> Arc<dyn LockService> {
+        let config = backend_memory::MemoryConfig::new(lockcore::Limits::default());
+        Arc::new(Self {
+            inner: backend_memory::MemoryLockService::new(config, lockcore::TokenIssuer::random()),
+            bug,
+            granted: std::sync::Mutex::default(),
+        })
+    }
+}
+
+#[lockcore::async_trait]
+impl LockService for Broken {
+    fn backend(&self) -> &'static str {
+        "broken"
+    }
+
+    async fn acquire(
+        &self,
+        object: &ObjectId,
+        owner: &OwnerId,
+        ttl: Duration,
+        wait: Duration,
+    ) -> LockResult<Lease> {
+        let mut lease = self.inner.acquire(object, owner, ttl, wait).await?;
+        self.granted
+            .lock()
+            .expect("granted")
+            .insert(lease.token.fingerprint(), lease.clone());
+        if self.bug == Bug::FencesRunBackwards {
+            lease.fence = lockcore::Fence(u64::MAX - lease.fence.get());
+        }
+        Ok(lease)
+    }
+
+    async fn release(
+        &self,
+        object: &ObjectId,
+        token: &lockcore::LockToken,
+    ) -> LockResult<lockcore::Fence> {
+        self.inner.release(object, token).await
+    }
+
+    async fn renew(
+        &self,
+        object: &ObjectId,
+        token: &lockcore::LockToken,
+        ttl: Duration,
+    ) -> LockResult<Lease> {
+        self.inner.renew(object, token, ttl).await
+    }
+
+    async fn validate(&self, object: &ObjectId, token: &lockcore::LockToken) -> LockResult<Lease> {
+        let result = self.inner.validate(object, token).await;
+        if self.bug == Bug::ValidateIgnoresExpiry && result.is_err() {
+            if let Some(lease) = self
+                .granted
+                .lock()
+                .expect("granted")
+                .get(&token.fingerprint())
+            {
+                return Ok(lease.clone());
+            }
+        }
+        result
+    }
+
+    async fn inspect(&self, object: &ObjectId) -> LockResult<Option<lockcore::LockInfo>> {
+        self.inner.inspect(object).await
+    }
+
+    async fn list(&self, query: &lockcore::ListQuery) -> LockResult<lockcore::LockPage> {
+        self.inner.list(query).await
+    }
+}
+
+/// Runs the clients against `services` for a few seconds and returns the violations found.
+async fn violations_of(
+    name: &str,
+    services: Vec<Arc<dyn LockService>>,
+) -> Vec<history_check::Violation> {
+    let load = Load::start(name, Arc::new(RwLock::new(services)), ms(3000));
+    let seed = load.seed;
+    let history = load.finish().await;
+    let report = check_history(&history);
+    print_report(name, seed, &history, &report, Duration::ZERO);
+    report.violations
+}
+
+/// The workload and the checker catch a validate that accepts expired leases (the zombies
+/// validate after their TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validate_accepting_expired_leases_is_caught() {
+    let violations = violations_of(
+        "validate-ignores-expiry",
+        vec![Broken::service(Bug::ValidateIgnoresExpiry)],
+    )
+    .await;
+    assert!(
+        violations
+            .iter()
+            .any(|v| matches!(v, history_check::Violation::AcceptedExpired { .. })),
+        "{violations:?}"
+    );
+}
+
+/// The workload and the checker catch fences that do not follow real-time order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_running_backwards_are_caught() {
+    let violations = violations_of(
+        "fences-backwards",
+        vec![Broken::service(Bug::FencesRunBackwards)],
+    )
+    .await;
+    assert!(
+        violations
+            .iter()
+            .any(|v| matches!(v, history_check::Violation::FenceOrder { .. })),
+        "{violations:?}"
+    );
 }
