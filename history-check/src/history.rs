@@ -261,6 +261,20 @@ impl History {
             .min()
     }
 
+    /// How many acquires succeeded with a completion between `from` and `to`: the service's
+    /// availability during a fault.
+    pub fn grants_between(&self, from: Duration, to: Duration) -> usize {
+        self.operations
+            .iter()
+            .filter(|op| {
+                matches!(op.kind, OpKind::Acquire { .. })
+                    && matches!(op.outcome, Outcome::Granted(_))
+                    && op.completed >= from
+                    && op.completed <= to
+            })
+            .count()
+    }
+
     /// How many operations of each kind ended with each outcome, sorted by kind and outcome.
     pub fn summary(&self) -> Vec<(&'static str, String, usize)> {
         let mut counts = std::collections::BTreeMap::<(&'static str, String), usize>::new();

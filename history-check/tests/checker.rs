@@ -473,4 +473,9 @@ fn recovery_is_measured_to_the_first_grant_after_the_fault() {
         .fault(100, 1000, false);
     let fault = history.history.faults[0].clone();
     assert_eq!(history.history.recovery_after(&fault), Some(ms(250)));
+    assert_eq!(
+        history.history.grants_between(fault.started, fault.ended),
+        0
+    );
+    assert_eq!(history.history.grants_between(ms(0), ms(1400)), 3);
 }

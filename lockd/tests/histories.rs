@@ -776,10 +776,11 @@ fn print_report(
     faults.sort_by_key(|f| f.started);
     for fault in &faults {
         text.push_str(&format!(
-            "   fault at {:>6.2} s, {:>5} ms: {:<55} recovery {}\n",
+            "   fault at {:>6.2} s, {:>5} ms: {:<55} grants during {:>3}, recovery {}\n",
             fault.started.as_secs_f64(),
             (fault.ended - fault.started).as_millis(),
             fault.name,
+            history.grants_between(fault.started, fault.ended),
             history
                 .recovery_after(fault)
                 .map_or("none".to_owned(), |r| format!("{} ms", r.as_millis()))
