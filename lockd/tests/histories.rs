@@ -806,9 +806,9 @@ async fn memory_history_under_faults_has_no_violation() {
     run_scenario("memory", fleet, Backend::Memory, &plan).await;
 }
 
-/// One lockd on `memory://` with `--data-dir`: SIGSTOP, then SIGKILL and a restart on the same
-/// data dir, which must grant nothing while a lease from before may be held (no data loss is
-/// excused).
+/// One lockd on `memory://` with `--data-dir`: SIGSTOP longer than any TTL, then SIGKILL and a
+/// restart on the same data dir, killed again during its grace period; it must grant nothing
+/// while a lease from before may be held (no data loss is excused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_with_data_dir_history_under_faults_has_no_violation() {
     let dir = tempfile::tempdir().expect("data dir");
@@ -820,17 +820,21 @@ async fn memory_with_data_dir_history_under_faults_has_no_violation() {
     ];
     let fleet = Fleet::start(1, args).await;
     let plan = [
-        Step::Run(2500),
-        Step::StopLockd(0, 1500),
-        Step::Run(2500),
+        Step::Run(2000),
+        Step::StopLockd(0, 3000),
+        Step::Run(2000),
         Step::KillLockd(0, 300, false),
+        Step::Run(200),
+        // Killed again during the grace period: the deadline on disk still holds.
+        Step::KillLockd(0, 0, false),
         Step::Run(1500),
     ];
     run_scenario("memory-data-dir", fleet, Backend::Memory, &plan).await;
 }
 
-/// Three lockd processes on a private Redis: SIGSTOP and SIGKILL of a lockd, `CLIENT PAUSE`,
-/// `FLUSHALL` and a Redis restart without persistence (the last two lose every lock).
+/// Three lockd processes on a private Redis: SIGSTOP and SIGKILL of a lockd, `CLIENT PAUSE`
+/// longer than lockd's Redis timeout, `FLUSHALL` and a Redis restart without persistence (the
+/// last two lose every lock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_history_under_faults_has_no_violation() {
     let Some(redis) = PrivateRedis::start().await else {
@@ -838,15 +842,17 @@ async fn redis_history_under_faults_has_no_violation() {
     };
     let fleet = Fleet::start(3, vec!["--backend".into(), redis.url()]).await;
     let plan = [
-        Step::Run(1500),
-        Step::StopLockd(0, 1500),
+        Step::Run(1000),
+        // Longer than any TTL: leases expire while lockd is frozen.
+        Step::StopLockd(0, 3000),
         Step::Run(1000),
         Step::KillLockd(1, 300, false),
         Step::Run(1000),
-        Step::RedisPause(1000),
+        // Longer than lockd's 2 s Redis timeout: commands run after lockd gave up on them.
+        Step::RedisPause(2500),
         Step::Run(1000),
         Step::RedisFlushAll,
-        Step::Run(1500),
+        Step::Run(1000),
         Step::RedisRestart(300),
         Step::Run(500),
     ];
@@ -864,7 +870,7 @@ async fn postgres_history_under_faults_has_no_violation() {
     let fleet = Fleet::start(3, vec!["--backend".into(), postgres.url()]).await;
     let plan = [
         Step::Run(1500),
-        Step::StopLockd(0, 1500),
+        Step::StopLockd(0, 3000),
         Step::Run(1000),
         Step::KillLockd(1, 300, false),
         Step::Run(1000),
