@@ -42,6 +42,11 @@ const OBJECTS: usize = 3;
 const TTL_MS: (u64, u64) = (300, 800);
 /// How long a client waits for one answer (plus any blocking `wait`).
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The share of holds that let the lease expire without a release.
+const EXPIRE_SHARE: f64 = 0.05;
+/// The share of holds that end as zombies: they outlive their lease, then write, validate and
+/// release anyway.
+const ZOMBIE_SHARE: f64 = 0.05;
 /// Load that keeps running after the last fault, so every fault's recovery is seen.
 const TAIL: Duration = Duration::from_millis(3000);
 /// How late an operation of unknown outcome may still take effect: a request queued in a
@@ -503,6 +508,8 @@ struct Shared {
     storage: StorageNode,
     services: Arc<RwLock<Vec<Arc<dyn LockService>>>>,
     objects: Vec<ObjectId>,
+    /// The share of holds that end as zombies.
+    zombie_share: f64,
 }
 
 impl Shared {
@@ -586,22 +593,22 @@ async fn hold(index: usize, rng: &mut StdRng, shared: &Shared, lease: Lease, ttl
         let _ = shared.storage.write(index, object, fence);
     }
     let service = shared.service(rng.random_range(0..3));
-    match rng.random_range(0..20) {
+    let ending: f64 = rng.random();
+    if ending < EXPIRE_SHARE {
         // Let the lease expire.
-        0 => {}
+    } else if ending < EXPIRE_SHARE + shared.zombie_share {
         // A zombie: it outlives its lease, writes, validates and releases anyway.
-        1 => {
-            tokio::time::sleep(ttl + ms(50)).await;
-            let _ = shared.storage.write(index, object, fence);
-            let kind = OpKind::Validate { lease: id.clone() };
-            let call = bounded(
-                REQUEST_TIMEOUT,
-                service.validate(&lease.object, &lease.token),
-            );
-            let _ = recorder.lease_op(index, object, kind, call).await;
-            release(index, shared, &*service, &lease, id).await;
-        }
-        _ => release(index, shared, &*service, &lease, id).await,
+        tokio::time::sleep(ttl + ms(50)).await;
+        let _ = shared.storage.write(index, object, fence);
+        let kind = OpKind::Validate { lease: id.clone() };
+        let call = bounded(
+            REQUEST_TIMEOUT,
+            service.validate(&lease.object, &lease.token),
+        );
+        let _ = recorder.lease_op(index, object, kind, call).await;
+        release(index, shared, &*service, &lease, id).await;
+    } else {
+        release(index, shared, &*service, &lease, id).await;
     }
 }
 
@@ -640,11 +647,13 @@ struct Load {
 }
 
 impl Load {
-    /// Starts the clients on `services`; they stop by themselves after `length`.
+    /// Starts the clients on `services`; they stop by themselves after `length`. A
+    /// `zombie_share` of the holds end as zombies.
     fn start(
         name: &str,
         services: Arc<RwLock<Vec<Arc<dyn LockService>>>>,
         length: Duration,
+        zombie_share: f64,
     ) -> Self {
         let seed = seed();
         eprintln!("scenario {name}: LOCKD_HISTORY_SEED={seed}");
@@ -660,6 +669,7 @@ impl Load {
             storage: StorageNode::new(recorder.clone()),
             services,
             objects,
+            zombie_share,
         });
         let until = Instant::now() + length;
         let clients = (0..CLIENTS)
@@ -699,7 +709,12 @@ async fn run_scenario(name: &str, mut fleet: Fleet, mut backend: Backend, plan: 
         })
         .sum();
     // The clients stop by themselves: the plan's length (faults may take longer), plus the tail.
-    let load = Load::start(name, fleet.services.clone(), ms(plan_length) + TAIL);
+    let load = Load::start(
+        name,
+        fleet.services.clone(),
+        ms(plan_length) + TAIL,
+        ZOMBIE_SHARE,
+    );
     let (seed, recorder) = (load.seed, load.recorder.clone());
     for step in plan {
         inject(*step, &mut fleet, &mut backend, &recorder).await;
@@ -998,11 +1013,12 @@ impl LockService for Broken {
 }
 
 /// Runs the clients against `services` for a few seconds and returns the violations found.
+/// A third of the holds end as zombies, so that every run has some.
 async fn violations_of(
     name: &str,
     services: Vec<Arc<dyn LockService>>,
 ) -> Vec<history_check::Violation> {
-    let load = Load::start(name, Arc::new(RwLock::new(services)), ms(3000));
+    let load = Load::start(name, Arc::new(RwLock::new(services)), ms(3000), 0.3);
     let seed = load.seed;
     let history = load.finish().await;
     let report = check_history(&history);
