@@ -46,7 +46,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
 const EXPIRE_SHARE: f64 = 0.05;
 /// The share of holds that end as zombies: they outlive their lease, then write, validate and
 /// release anyway.
-const ZOMBIE_SHARE: f64 = 0.05;
+const ZOMBIE_SHARE: f64 = 0.10;
 /// Load that keeps running after the last fault, so every fault's recovery is seen.
 const TAIL: Duration = Duration::from_millis(3000);
 /// How late an operation of unknown outcome may still take effect: a request queued in a
