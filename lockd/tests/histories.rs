@@ -14,6 +14,10 @@
 //! The shared Redis and PostgreSQL are never touched. Without `redis-server` or the PostgreSQL
 //! server binaries a scenario skips loudly (a failure under `LOCKD_REQUIRE_BACKENDS=1`).
 //!
+//! Three self-tests run the same clients against in-process services with one bug each (a split
+//! brain, a validate that ignores expiry, fences that run backwards) and assert that the checker
+//! reports it, so a run with zero violations means something.
+//!
 //! `LOCKD_HISTORY_SEED=N` fixes the clients' random choices (timing still varies).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Setup failures should fail the test loudly.
