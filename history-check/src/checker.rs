@@ -218,7 +218,7 @@ pub fn check(history: &History, config: &CheckConfig) -> Report {
 }
 
 /// Everything the history says about one lease.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct LeaseRecord<'h> {
     /// Successful acquires that returned it (more than one only for an idempotent retry).
     acquires: Vec<&'h Operation>,
@@ -249,12 +249,7 @@ fn collect_leases<'h>(ops: &[&'h Operation]) -> BTreeMap<LeaseId, LeaseRecord<'h
         if let (OpKind::Acquire { .. }, Some(grant)) = (&op.kind, granted(op)) {
             leases
                 .entry(grant.lease.clone())
-                .or_insert_with(|| LeaseRecord {
-                    acquires: Vec::new(),
-                    renews: Vec::new(),
-                    unknown_renews: Vec::new(),
-                    released_at: None,
-                })
+                .or_default()
                 .acquires
                 .push(op);
         }
