@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backend_postgres::{PostgresConfig, PostgresLockService};
-use lockcore::{LockError, LockService, ObjectId, OwnerId, TokenIssuer};
+use lockcore::{LockError, LockService, ObjectId, OwnerId};
 use rand::Rng;
 
 fn object(label: &str) -> ObjectId {
@@ -234,7 +234,7 @@ async fn a_database_restart_is_unavailable_then_recovers() {
     config.max_connections = 2;
     config.connect_timeout = Duration::from_secs(2);
     config.statement_timeout = Duration::from_secs(2);
-    let service = PostgresLockService::connect(config, TokenIssuer::random())
+    let service = PostgresLockService::connect(config, common::issuer())
         .await
         .expect("connected to the private cluster");
     let held = object("restart");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use backend_postgres::PostgresLockService;
 use lockcore::fence::FENCE_CLOCK_SHIFT;
-use lockcore::{Fence, LockError, LockService, ObjectId, OwnerId, TokenIssuer};
+use lockcore::{Fence, LockError, LockService, ObjectId, OwnerId};
 use rand::Rng;
 
 fn object(label: &str) -> ObjectId {
@@ -306,7 +306,7 @@ async fn an_unreachable_database_is_unavailable() {
     config.connect_timeout = Duration::from_secs(1);
     config.statement_timeout = Duration::from_secs(1);
     let started = Instant::now();
-    let result = PostgresLockService::connect(config, TokenIssuer::random()).await;
+    let result = PostgresLockService::connect(config, common::issuer()).await;
     assert!(
         matches!(
             result,

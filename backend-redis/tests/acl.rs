@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backend_redis::RedisLockService;
 use common::PrivateRedis;
-use lockcore::{ListQuery, LockService, ObjectId, OwnerId, TokenIssuer};
+use lockcore::{ListQuery, LockService, ObjectId, OwnerId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_works_with_the_documented_acl() {
@@ -36,7 +36,7 @@ async fn every_operation_works_with_the_documented_acl() {
     setuser.query::<()>(&mut admin).expect("ACL SETUSER");
     config.url = format!("redis://lockd:lockd-test-password@127.0.0.1:{}", redis.port);
     let service = Arc::new(
-        RedisLockService::connect(config, TokenIssuer::random())
+        RedisLockService::connect(config, common::issuer())
             .await
             .expect("connects with the documented permissions"),
     );

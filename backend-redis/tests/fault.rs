@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use backend_redis::RedisLockService;
 use common::PrivateRedis;
-use lockcore::{Fence, ListQuery, LockError, LockService, ObjectId, OwnerId, TokenIssuer};
+use lockcore::{Fence, ListQuery, LockError, LockService, ObjectId, OwnerId};
 
 fn object(name: &str) -> ObjectId {
     ObjectId::new(format!("fault/{name}")).expect("valid object id")
@@ -59,7 +59,7 @@ async fn operations_fail_as_unavailable_while_redis_is_down_and_recover_with_hig
     config.connect_timeout = Duration::from_millis(500);
     config.listener_ping_interval = Duration::from_millis(200);
     let service = Arc::new(
-        RedisLockService::connect(config, TokenIssuer::random())
+        RedisLockService::connect(config, common::issuer())
             .await
             .expect("connects to the private redis-server"),
     );
@@ -193,11 +193,11 @@ async fn waiters_are_woken_by_releases_after_the_listener_reconnects() {
     config.operation_timeout = Duration::from_millis(500);
     config.connect_timeout = Duration::from_millis(500);
     config.listener_ping_interval = Duration::from_millis(200);
-    let holder_side = RedisLockService::connect(config.clone(), TokenIssuer::random())
+    let holder_side = RedisLockService::connect(config.clone(), common::issuer())
         .await
         .expect("connects");
     let waiter_side = Arc::new(
-        RedisLockService::connect(config, TokenIssuer::random())
+        RedisLockService::connect(config, common::issuer())
             .await
             .expect("connects"),
     );
@@ -258,7 +258,7 @@ async fn acquire_cut_off_by_a_write_pause(
     config.operation_timeout = Duration::from_secs(1);
     config.dedicated_connections = dedicated_connections;
     let prefix = config.key_prefix.clone();
-    let service = RedisLockService::connect(config, TokenIssuer::random())
+    let service = RedisLockService::connect(config, common::issuer())
         .await
         .expect("connects");
     let mut admin = redis::Client::open(redis.url())

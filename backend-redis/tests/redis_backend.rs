@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backend_redis::{RedisConfig, RedisLockService};
-use lockcore::{Fence, ListQuery, LockError, LockService, ObjectId, OwnerId, TokenIssuer};
+use lockcore::{Fence, ListQuery, LockError, LockService, ObjectId, OwnerId};
 
 fn object(name: &str) -> ObjectId {
     ObjectId::new(name).expect("valid object id")
@@ -30,7 +30,7 @@ async fn setup() -> Option<(
 )> {
     let url = common::url_or_skip()?;
     let config = common::test_config(&url);
-    let service = RedisLockService::connect(config.clone(), TokenIssuer::random())
+    let service = RedisLockService::connect(config.clone(), common::issuer())
         .await
         .expect("connects");
     let raw = redis::Client::open(url)
@@ -291,11 +291,11 @@ async fn two_backends_on_one_redis_exclude_each_other_and_wake_each_others_waite
         return;
     };
     let config = common::test_config(&url);
-    let node_a = RedisLockService::connect(config.clone(), TokenIssuer::random())
+    let node_a = RedisLockService::connect(config.clone(), common::issuer())
         .await
         .expect("connects");
     let node_b = Arc::new(
-        RedisLockService::connect(config, TokenIssuer::random())
+        RedisLockService::connect(config, common::issuer())
             .await
             .expect("connects"),
     );
@@ -358,7 +358,7 @@ async fn connecting_to_a_closed_port_is_unavailable() {
         .port();
     let mut config = RedisConfig::from_url(format!("redis://127.0.0.1:{port}"));
     config.connect_timeout = Duration::from_millis(300);
-    let result = RedisLockService::connect(config, TokenIssuer::random()).await;
+    let result = RedisLockService::connect(config, common::issuer()).await;
     assert!(matches!(
         result,
         Err(LockError::Unavailable {
@@ -371,15 +371,14 @@ async fn connecting_to_a_closed_port_is_unavailable() {
 #[tokio::test]
 async fn a_malformed_url_or_prefix_is_an_invalid_argument() {
     let result =
-        RedisLockService::connect(RedisConfig::from_url("http://nope"), TokenIssuer::random())
-            .await;
+        RedisLockService::connect(RedisConfig::from_url("http://nope"), common::issuer()).await;
     assert!(matches!(
         result,
         Err(LockError::InvalidArgument { field: "url", .. })
     ));
     let mut config = RedisConfig::default();
     config.key_prefix = "bad{".into();
-    let result = RedisLockService::connect(config, TokenIssuer::random()).await;
+    let result = RedisLockService::connect(config, common::issuer()).await;
     assert!(matches!(
         result,
         Err(LockError::InvalidArgument {
@@ -402,7 +401,7 @@ async fn several_backends_contending_never_overlap_and_fences_increase_in_grant_
     let mut nodes = Vec::new();
     for _ in 0..3 {
         nodes.push(Arc::new(
-            RedisLockService::connect(config.clone(), TokenIssuer::random())
+            RedisLockService::connect(config.clone(), common::issuer())
                 .await
                 .expect("connects"),
         ));
@@ -467,7 +466,7 @@ async fn tls_to_a_plain_port_is_unavailable_not_a_panic() {
     };
     let mut config = common::test_config(&format!("rediss://{rest}"));
     config.connect_timeout = Duration::from_millis(500);
-    let result = RedisLockService::connect(config, TokenIssuer::random()).await;
+    let result = RedisLockService::connect(config, common::issuer()).await;
     assert!(
         matches!(
             result,

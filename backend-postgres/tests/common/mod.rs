@@ -87,7 +87,7 @@ pub async fn service() -> Option<PostgresLockService> {
 /// Connects with `config`, panicking with the cause when the database refuses.
 pub async fn connect(config: PostgresConfig) -> PostgresLockService {
     drop_old_schemas(&config.url).await;
-    PostgresLockService::connect(config, TokenIssuer::random())
+    PostgresLockService::connect(config, issuer())
         .await
         .unwrap_or_else(|e| panic!("connecting to the test database failed: {e}"))
 }
@@ -190,4 +190,10 @@ fn start_container() -> Result<String, String> {
     });
     rx.recv_timeout(Duration::from_secs(180))
         .map_err(|_| "the PostgreSQL container did not start in time".to_owned())?
+}
+
+/// The token issuer of every service a test connects: one secret, as several lockd processes
+/// sharing a backend must have (each checks the MAC of every token presented to it).
+pub fn issuer() -> TokenIssuer {
+    TokenIssuer::new(lockcore::TokenSecret::new([7u8; 32]).expect("32 bytes is long enough"))
 }

@@ -57,7 +57,7 @@ async fn backend_with(dedicated_connections: usize) -> Option<Arc<dyn LockServic
         config
     };
     if let Ok(url) = std::env::var(URL_ENV) {
-        let service = RedisLockService::connect(config_for(&url), TokenIssuer::random())
+        let service = RedisLockService::connect(config_for(&url), issuer())
             .await
             .unwrap_or_else(|e| panic!("{URL_ENV}={url} is set but Redis is unusable: {e}"));
         return Some(Arc::new(service));
@@ -106,7 +106,7 @@ async fn start_container(
         .await
         .map_err(|e| e.to_string())?;
     let url = format!("redis://{host}:{port}");
-    let service = RedisLockService::connect(config_for(&url), TokenIssuer::random())
+    let service = RedisLockService::connect(config_for(&url), issuer())
         .await
         .map_err(|e| format!("Redis in a container at {url} is unusable: {e}"))?;
     Ok(ContainerBacked {
@@ -236,4 +236,10 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The token issuer of every service a test connects: one secret, as several lockd processes
+/// sharing a backend must have (each checks the MAC of every token presented to it).
+pub fn issuer() -> TokenIssuer {
+    TokenIssuer::new(lockcore::TokenSecret::new([7u8; 32]).expect("32 bytes is long enough"))
 }
