@@ -23,6 +23,7 @@
 //! or fails when `LOCKD_REQUIRE_BACKENDS=1` (as in CI).
 
 pub mod checks;
+pub mod model;
 mod scope;
 
 pub use scope::Scope;
@@ -130,6 +131,16 @@ macro_rules! conformance_suite {
             invalid_ids_and_list_queries_are_refused,
             objects_are_independent,
         );
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn random_operations_agree_with_the_reference_model() {
+            let Some(service) = $factory().await else {
+                return;
+            };
+            let caps: $crate::Capabilities = $caps;
+            $crate::model::random_operations_agree_with_the_reference_model(&*service, &caps)
+                .await;
+        }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn stress_holders_never_overlap_and_fences_increase() {
