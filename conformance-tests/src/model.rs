@@ -413,7 +413,10 @@ impl ReferenceModel {
                     return Err("the token does not carry the lease's fence".into());
                 }
                 if lease.ttl > *ttl {
-                    return Err(format!("granted ttl {:?} exceeds the {ttl:?} asked", lease.ttl));
+                    return Err(format!(
+                        "granted ttl {:?} exceeds the {ttl:?} asked",
+                        lease.ttl
+                    ));
                 }
                 state.last_fence = Some(lease.fence);
                 self.grants.push((*object, lease.token.clone()));
@@ -430,7 +433,10 @@ impl ReferenceModel {
             (Op::Renew { object, ttl, .. }, Outcome::Accepted { .. }) => {
                 let lease = lease.ok_or("a renewal without a lease")?;
                 if lease.ttl > *ttl {
-                    return Err(format!("renewed ttl {:?} exceeds the {ttl:?} asked", lease.ttl));
+                    return Err(format!(
+                        "renewed ttl {:?} exceeds the {ttl:?} asked",
+                        lease.ttl
+                    ));
                 }
                 if let Some(holder) = &mut self.objects[*object].holder {
                     holder.expires = during.shifted(*ttl);
@@ -469,11 +475,7 @@ fn outcome_of<T>(
 }
 
 /// Runs `op` on the backend.
-async fn execute(
-    svc: &dyn LockService,
-    objects: &[ObjectId],
-    op: &Op,
-) -> (Outcome, Option<Lease>) {
+async fn execute(svc: &dyn LockService, objects: &[ObjectId], op: &Op) -> (Outcome, Option<Lease>) {
     match op {
         Op::Acquire { object, owner, ttl } => outcome_of(
             svc.acquire(&objects[*object], owner, *ttl, Duration::ZERO)
@@ -525,7 +527,9 @@ fn accepted(lease: Lease) -> (Outcome, Option<Lease>) {
 /// Draws the next operation from the model's current state.
 fn generate(rng: &mut StdRng, model: &ReferenceModel, owners: &[OwnerId]) -> Op {
     if rng.random_bool(PAUSE_PROBABILITY) {
-        return Op::Pause(Duration::from_millis(rng.random_range(10..=LONGEST_PAUSE_MS)));
+        return Op::Pause(Duration::from_millis(
+            rng.random_range(10..=LONGEST_PAUSE_MS),
+        ));
     }
     let object = rng.random_range(0..model.objects.len());
     let ttl = Duration::from_millis(TTLS_MS[rng.random_range(0..TTLS_MS.len())]);
@@ -566,10 +570,9 @@ fn choose_token(rng: &mut StdRng, model: &ReferenceModel, object: usize) -> Opti
     match rng.random_range(0..10) {
         0..=4 if current.is_some() => current.map(|g| authentic(TokenKind::Current, g)),
         5 | 6 if !old.is_empty() => Some(authentic(TokenKind::Old, pick(rng, &old))),
-        7 if !of_others.is_empty() => Some(authentic(
-            TokenKind::OtherObject,
-            pick(rng, &of_others),
-        )),
+        7 if !of_others.is_empty() => {
+            Some(authentic(TokenKind::OtherObject, pick(rng, &of_others)))
+        }
         8 | 9 if !of_object.is_empty() => {
             let base = current.unwrap_or_else(|| pick(rng, &of_object));
             let original = &model.grants[base].1;
@@ -586,7 +589,9 @@ fn choose_token(rng: &mut StdRng, model: &ReferenceModel, object: usize) -> Opti
         }
         _ => match current {
             Some(grant) => Some(authentic(TokenKind::Current, grant)),
-            None => of_object.last().map(|&grant| authentic(TokenKind::Old, grant)),
+            None => of_object
+                .last()
+                .map(|&grant| authentic(TokenKind::Old, grant)),
         },
     }
 }
@@ -619,7 +624,11 @@ fn tamper_mac(rng: &mut StdRng, token: &LockToken) -> LockToken {
     let at = BODY_START + rng.random_range(MAC_CHARS);
     let raw = replace_char(rng, token, at);
     let tampered = LockToken::parse(&raw).expect("a token with one MAC character changed parses");
-    assert_eq!(tampered.fence(), token.fence(), "MAC tampering kept the fence");
+    assert_eq!(
+        tampered.fence(),
+        token.fence(),
+        "MAC tampering kept the fence"
+    );
     assert!(tampered.digest().ct_eq(&token.digest()), "and the nonce");
     tampered
 }
@@ -629,8 +638,15 @@ fn tamper_fence(rng: &mut StdRng, token: &LockToken) -> LockToken {
     let at = BODY_START + rng.random_range(FENCE_CHARS);
     let raw = replace_char(rng, token, at);
     let tampered = LockToken::parse(&raw).expect("a token with one fence character changed parses");
-    assert_ne!(tampered.fence(), token.fence(), "fence tampering changed the fence");
-    assert!(tampered.digest().ct_eq(&token.digest()), "and kept the nonce");
+    assert_ne!(
+        tampered.fence(),
+        token.fence(),
+        "fence tampering changed the fence"
+    );
+    assert!(
+        tampered.digest().ct_eq(&token.digest()),
+        "and kept the nonce"
+    );
     tampered
 }
 
