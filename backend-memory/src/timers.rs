@@ -419,11 +419,23 @@ mod tests {
         /// One step against the heap; ids are picked among the live nodes by index.
         #[derive(Debug, Clone)]
         enum Step {
-            Insert { deadline: u64 },
-            Reschedule { pick: prop::sample::Index, deadline: u64 },
-            Cancel { pick: prop::sample::Index },
-            Pop { advance: u64, max: usize },
-            Sleep { nap: u64 },
+            Insert {
+                deadline: u64,
+            },
+            Reschedule {
+                pick: prop::sample::Index,
+                deadline: u64,
+            },
+            Cancel {
+                pick: prop::sample::Index,
+            },
+            Pop {
+                advance: u64,
+                max: usize,
+            },
+            Sleep {
+                nap: u64,
+            },
         }
 
         fn step() -> impl Strategy<Value = Step> {

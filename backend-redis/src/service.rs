@@ -712,7 +712,10 @@ mod tests {
 
         fn cursor() -> impl Strategy<Value = ListCursor> {
             (
-                prop_oneof![Just(ScanPosition::Done), any::<u64>().prop_map(ScanPosition::At)],
+                prop_oneof![
+                    Just(ScanPosition::Done),
+                    any::<u64>().prop_map(ScanPosition::At)
+                ],
                 proptest::collection::vec("[a-z./{}%ü ]{1,10}", 0..5),
             )
                 .prop_map(|(scan, pending)| ListCursor {
