@@ -8,7 +8,10 @@
 //! current holder's token; a token of an earlier grant of the object is `NotHeld` when the object
 //! is free and `TokenMismatch` when it is held; a token that is not authentic for the object
 //! (its MAC or fence bytes changed, or minted for another object) is `InvalidToken` and changes
-//! nothing; a lease ends when released or when its TTL has run out.
+//! nothing; an acquire that repeats the request id (and owner) of the current lease's acquire
+//! gets that same lease back (same token and fence, expiry unchanged), never a second grant, and
+//! once that lease has ended the same request id asks for a new grant; a lease ends when released
+//! or when its TTL has run out.
 //!
 //! [`random_operations_agree_with_the_reference_model`] drives a backend and the model with the
 //! same random operations and compares every outcome.
@@ -27,7 +30,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
-use lockcore::{Fence, Lease, LockError, LockService, LockToken, ObjectId, OwnerId};
+use lockcore::{
+    AcquireRequest, Fence, Lease, LockError, LockService, LockToken, ObjectId, OwnerId, RequestId,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
@@ -141,7 +146,7 @@ pub enum TokenKind {
 /// One operation of the randomized check.
 #[derive(Debug, Clone)]
 pub enum Op {
-    /// `acquire(object, owner, ttl, wait = 0)`.
+    /// `acquire(object, owner, ttl, wait = 0)`, with or without a request id.
     Acquire {
         /// Index of the object.
         object: usize,
@@ -149,6 +154,8 @@ pub enum Op {
         owner: OwnerId,
         /// The lease asked for.
         ttl: Duration,
+        /// The request id, when the acquire carries one (a retry repeats an earlier one).
+        request_id: Option<RequestId>,
     },
     /// `release(object, token)`.
     Release {
@@ -185,8 +192,17 @@ pub enum Op {
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::Acquire { object, owner, ttl } => {
-                write!(f, "acquire(o{object}, {owner}, ttl={}ms)", ttl.as_millis())
+            Op::Acquire {
+                object,
+                owner,
+                ttl,
+                request_id,
+            } => {
+                write!(f, "acquire(o{object}, {owner}, ttl={}ms", ttl.as_millis())?;
+                match request_id {
+                    Some(id) => write!(f, ", request id {})", id.as_str()),
+                    None => f.write_str(")"),
+                }
             }
             Op::Release { object, token } => write!(f, "release(o{object}, {})", token),
             Op::Renew { object, token, ttl } => {
@@ -212,6 +228,12 @@ pub enum Outcome {
     Granted {
         /// The new holder.
         owner: OwnerId,
+    },
+    /// Acquire with a request id returned the lease that request was already granted (same
+    /// token and fence) instead of a second grant.
+    Replayed {
+        /// The fence of the lease returned.
+        fence: Fence,
     },
     /// Release succeeded, returning the released fence.
     Released {
@@ -251,6 +273,10 @@ pub struct ReferenceModel {
     pub objects: Vec<ObjectModel>,
     /// Every grant: which object it was for and its token.
     pub grants: Vec<(usize, LockToken)>,
+    /// Per grant, the owner and request id of the acquire that made it, if it carried an id.
+    pub grant_requests: Vec<Option<(OwnerId, RequestId)>>,
+    /// Every acquire with a request id sent so far (object, owner, id, ttl), for retries.
+    pub requests: Vec<(usize, OwnerId, RequestId, Duration)>,
     /// How close to an expiry an operation must be to count as too close to call.
     pub margin: Duration,
     /// Time zero of the run, for readable reports.
@@ -263,6 +289,8 @@ impl ReferenceModel {
         Self {
             objects: vec![ObjectModel::default(); objects],
             grants: Vec::new(),
+            grant_requests: Vec::new(),
+            requests: Vec::new(),
             margin,
             started: Instant::now(),
         }
@@ -319,7 +347,15 @@ impl ReferenceModel {
                 .cloned()
         };
         match op {
-            Op::Acquire { object, owner, .. } => match holder(*object) {
+            Op::Acquire {
+                object,
+                owner,
+                request_id,
+                ..
+            } => match holder(*object) {
+                Some(h) if self.made_by(h.grant, owner, request_id.as_ref()) => {
+                    Outcome::Replayed { fence: h.fence }
+                }
                 Some(h) => Outcome::Locked { holder: h.owner },
                 None => Outcome::Granted {
                     owner: owner.clone(),
@@ -349,6 +385,40 @@ impl ReferenceModel {
                 Outcome::Inspected(holder(*object).map(|h| (h.owner, h.fence)))
             }
             Op::Pause(_) => Outcome::Paused,
+        }
+    }
+
+    /// Whether grant `grant` was made by an acquire of `owner` with `request_id`.
+    fn made_by(&self, grant: usize, owner: &OwnerId, request_id: Option<&RequestId>) -> bool {
+        match (&self.grant_requests[grant], request_id) {
+            (Some((by, id)), Some(request_id)) => by == owner && id == request_id,
+            _ => false,
+        }
+    }
+
+    /// Tells a replayed lease from a new grant: a grant that carries the fence of the current
+    /// lease, made by the same request, is that lease returned again.
+    pub fn classify(&self, op: &Op, outcome: Outcome, lease: Option<&Lease>) -> Outcome {
+        let (
+            Op::Acquire {
+                object,
+                owner,
+                request_id,
+                ..
+            },
+            Outcome::Granted { .. },
+            Some(lease),
+        ) = (op, &outcome, lease)
+        else {
+            return outcome;
+        };
+        match &self.objects[*object].holder {
+            Some(h)
+                if h.fence == lease.fence && self.made_by(h.grant, owner, request_id.as_ref()) =>
+            {
+                Outcome::Replayed { fence: lease.fence }
+            }
+            _ => outcome,
         }
     }
 
@@ -398,7 +468,15 @@ impl ReferenceModel {
         lease: Option<&Lease>,
     ) -> Result<(), String> {
         match (op, outcome) {
-            (Op::Acquire { object, owner, ttl }, Outcome::Granted { .. }) => {
+            (
+                Op::Acquire {
+                    object,
+                    owner,
+                    ttl,
+                    request_id,
+                },
+                Outcome::Granted { .. },
+            ) => {
                 let lease = lease.ok_or("a grant without a lease")?;
                 let state = &mut self.objects[*object];
                 if let Some(last) = state.last_fence {
@@ -420,12 +498,30 @@ impl ReferenceModel {
                 }
                 state.last_fence = Some(lease.fence);
                 self.grants.push((*object, lease.token.clone()));
+                self.grant_requests
+                    .push(request_id.clone().map(|id| (owner.clone(), id)));
                 self.objects[*object].holder = Some(Holder {
                     owner: owner.clone(),
                     fence: lease.fence,
                     grant: self.grants.len() - 1,
                     expires: during.shifted(*ttl),
                 });
+            }
+            (Op::Acquire { object, ttl, .. }, Outcome::Replayed { .. }) => {
+                let lease = lease.ok_or("a replay without a lease")?;
+                let holder = self.objects[*object]
+                    .holder
+                    .as_ref()
+                    .ok_or("a replay of no lease")?;
+                if lease.token != self.grants[holder.grant].1 {
+                    return Err("a retried request got a different token for the same lease".into());
+                }
+                if lease.ttl > *ttl {
+                    return Err(format!(
+                        "replayed ttl {:?} exceeds the {ttl:?} asked",
+                        lease.ttl
+                    ));
+                }
             }
             (Op::Release { object, .. }, Outcome::Released { .. }) => {
                 self.objects[*object].holder = None;
@@ -477,9 +573,24 @@ fn outcome_of<T>(
 /// Runs `op` on the backend.
 async fn execute(svc: &dyn LockService, objects: &[ObjectId], op: &Op) -> (Outcome, Option<Lease>) {
     match op {
-        Op::Acquire { object, owner, ttl } => outcome_of(
-            svc.acquire(&objects[*object], owner, *ttl, Duration::ZERO)
-                .await,
+        Op::Acquire {
+            object,
+            owner,
+            ttl,
+            request_id,
+        } => outcome_of(
+            match request_id {
+                Some(id) => {
+                    let request =
+                        AcquireRequest::new(objects[*object].clone(), owner.clone(), *ttl)
+                            .with_request_id(id.clone());
+                    svc.acquire_with(&request).await
+                }
+                None => {
+                    svc.acquire(&objects[*object], owner, *ttl, Duration::ZERO)
+                        .await
+                }
+            },
             |lease| {
                 (
                     Outcome::Granted {
@@ -524,8 +635,9 @@ fn accepted(lease: Lease) -> (Outcome, Option<Lease>) {
     )
 }
 
-/// Draws the next operation from the model's current state.
-fn generate(rng: &mut StdRng, model: &ReferenceModel, owners: &[OwnerId]) -> Op {
+/// Draws the next operation from the model's current state (and records the request ids it
+/// hands out, so later steps can retry them).
+fn generate(rng: &mut StdRng, model: &mut ReferenceModel, owners: &[OwnerId]) -> Op {
     if rng.random_bool(PAUSE_PROBABILITY) {
         return Op::Pause(Duration::from_millis(
             rng.random_range(10..=LONGEST_PAUSE_MS),
@@ -535,11 +647,34 @@ fn generate(rng: &mut StdRng, model: &ReferenceModel, owners: &[OwnerId]) -> Op 
     let ttl = Duration::from_millis(TTLS_MS[rng.random_range(0..TTLS_MS.len())]);
     let token = choose_token(rng, model, object);
     match (rng.random_range(0..10), token) {
-        (0..=3, _) | (_, None) => Op::Acquire {
-            object,
-            owner: owners[rng.random_range(0..owners.len())].clone(),
-            ttl,
-        },
+        (0..=3, _) | (_, None) => {
+            if !model.requests.is_empty() && rng.random_bool(0.25) {
+                // A retry: the same object, owner, request id and TTL as an earlier acquire.
+                let (object, owner, id, ttl) =
+                    model.requests[rng.random_range(0..model.requests.len())].clone();
+                return Op::Acquire {
+                    object,
+                    owner,
+                    ttl,
+                    request_id: Some(id),
+                };
+            }
+            let owner = owners[rng.random_range(0..owners.len())].clone();
+            let request_id = rng.random_bool(0.4).then(|| {
+                let id = RequestId::new(format!("model-{:032x}", rng.random::<u128>()))
+                    .expect("a valid request id");
+                model
+                    .requests
+                    .push((object, owner.clone(), id.clone(), ttl));
+                id
+            });
+            Op::Acquire {
+                object,
+                owner,
+                ttl,
+                request_id,
+            }
+        }
         (4 | 5, Some(token)) => Op::Release { object, token },
         (6, Some(token)) => Op::Renew { object, token, ttl },
         (7 | 8, Some(token)) => Op::Validate { object, token },
@@ -611,7 +746,7 @@ fn replace_char(rng: &mut StdRng, token: &LockToken, at: usize) -> String {
     String::from_utf8(bytes).expect("base64 characters are ASCII")
 }
 
-/// Where a token's body starts (after `lk1.`) and where its MAC's characters lie: the body is
+/// Where a token's body starts (after `lk2.`) and where its MAC's characters lie: the body is
 /// fence (8 bytes) | nonce (16) | MAC (32), so characters 32..=73 of the body encode MAC bits
 /// only (the last one also carries padding bits, and is left alone).
 const BODY_START: usize = 4;
@@ -713,10 +848,11 @@ pub async fn random_operations_agree_with_the_reference_model(
     let mut model = ReferenceModel::new(OBJECTS, margin_for(svc.backend()));
     let mut history: VecDeque<String> = VecDeque::with_capacity(HISTORY);
     for step in 0..STEPS {
-        let op = generate(&mut rng, &model, &owners);
+        let op = generate(&mut rng, &mut model, &owners);
         let started = Instant::now();
         let (outcome, lease) = execute(svc, &objects, &op).await;
         let during = Window::new(started, Instant::now());
+        let outcome = model.classify(&op, outcome, lease.as_ref());
         let line = format!(
             "#{step} {}..{}ms {op} -> {outcome:?}",
             model.ms(during.earliest),
@@ -756,8 +892,7 @@ mod tests {
     fn token(fence: u64) -> LockToken {
         let issuer = TokenIssuer::random();
         let object = ObjectId::new("o").expect("valid");
-        let owner = OwnerId::new("w").expect("valid");
-        issuer.seal(issuer.prepare(), &object, &owner, Fence(fence))
+        issuer.seal(issuer.prepare(), &object, Fence(fence))
     }
 
     #[test]

@@ -1,11 +1,15 @@
-//! Property tests of lockcore's parsers and schemes: tokens, object and owner ids, and fences.
+//! Property tests of lockcore's parsers and schemes: tokens, object, owner and request ids, and
+//! fences.
 //!
 //! Each property runs a few hundred random cases (proptest prints the failing input and a seed
 //! to replay it; `PROPTEST_CASES` raises the count for a longer local run).
 
 use lockcore::token::TOKEN_LEN;
+use std::time::Duration;
+
 use lockcore::{
-    Fence, LockError, LockToken, ObjectId, OwnerId, TokenIssuer, MAX_OBJECT_LEN, MAX_OWNER_LEN,
+    AcquireRequest, Fence, LockError, LockToken, ObjectId, OwnerId, RequestId, TokenIssuer,
+    MAX_OBJECT_LEN, MAX_OWNER_LEN, MAX_REQUEST_ID_LEN, MIN_REQUEST_ID_LEN,
 };
 use proptest::prelude::*;
 
@@ -24,8 +28,8 @@ fn owner_id() -> impl Strategy<Value = OwnerId> {
 fn token_like() -> impl Strategy<Value = String> {
     prop_oneof![
         any::<String>(),
-        "lk1\\.[A-Za-z0-9_-]{70,80}",
-        "lk1\\.[A-Za-z0-9_+/=!-]{75}",
+        "lk[12]\\.[A-Za-z0-9_-]{70,80}",
+        "lk2\\.[A-Za-z0-9_+/=!-]{75}",
         "[a-z0-9]{3}\\.[A-Za-z0-9_-]{75}",
     ]
 }
@@ -51,25 +55,25 @@ proptest! {
     }
 
     /// A sealed token parses back to itself, with its fence and digest, and verifies for its
-    /// object and owner.
+    /// object.
     #[test]
     fn a_sealed_token_round_trips_and_verifies(
         object in object_id(),
-        owner in owner_id(),
         fence in any::<u64>(),
     ) {
         let issuer = issuer();
         let pending = issuer.prepare();
         let stored = pending.digest();
-        let token = issuer.seal(pending, &object, &owner, Fence(fence));
+        let token = issuer.seal(pending, &object, Fence(fence));
         let parsed = LockToken::parse(token.expose()).expect("sealed tokens parse");
         prop_assert_eq!(&parsed, &token);
         prop_assert_eq!(parsed.fence(), Fence(fence));
         prop_assert!(parsed.digest().ct_eq(&stored));
         prop_assert_eq!(
-            issuer.verifier().verify(&object, &owner, token.expose()),
+            issuer.verifier().verify(&object, token.expose()),
             Ok(Fence(fence))
         );
+        prop_assert_eq!(issuer.check(&object, &parsed), Ok(()));
     }
 
     /// Changing any one character of a token either makes it unparsable or yields a different
@@ -77,45 +81,95 @@ proptest! {
     #[test]
     fn changing_any_one_character_is_detected(
         object in object_id(),
-        owner in owner_id(),
         fence in any::<u64>(),
         at in 0..TOKEN_LEN,
         replacement in any::<char>(),
     ) {
         let issuer = issuer();
-        let token = issuer.seal(issuer.prepare(), &object, &owner, Fence(fence));
+        let token = issuer.seal(issuer.prepare(), &object, Fence(fence));
         let mut chars: Vec<char> = token.expose().chars().collect();
         prop_assume!(chars[at] != replacement);
         chars[at] = replacement;
         let changed: String = chars.into_iter().collect();
         if let Ok(parsed) = LockToken::parse(&changed) {
             prop_assert_ne!(&parsed, &token);
-            prop_assert!(
-                issuer.verifier().verify(&object, &owner, &changed).is_err(),
-                "a token with character {at} changed still verifies"
-            );
+            let refused = matches!(issuer.check(&object, &parsed), Err(LockError::InvalidToken { .. }));
+            prop_assert!(refused, "a token with character {at} changed still verifies");
         }
     }
 
-    /// A token verifies only for the object and owner it was minted for.
+    /// A token verifies only for the object it was minted for and under its own secret.
     #[test]
-    fn a_token_verifies_for_no_other_object_or_owner(
+    fn a_token_verifies_for_no_other_object_or_secret(
+        object in object_id(),
+        other_object in object_id(),
+        fence in any::<u64>(),
+    ) {
+        let issuer = issuer();
+        let token = issuer.seal(issuer.prepare(), &object, Fence(fence));
+        if other_object != object {
+            let refused = matches!(
+                issuer.check(&other_object, &token),
+                Err(LockError::InvalidToken { .. })
+            );
+            prop_assert!(refused, "a token of {object:?} passes for {other_object:?}");
+        }
+        prop_assert!(TokenIssuer::random().check(&object, &token).is_err());
+    }
+
+    /// A request with a request id draws the same nonce (so the same token at the same fence)
+    /// on every retry, and a different one for any other object, owner or request id.
+    #[test]
+    fn a_retried_request_draws_the_same_token_and_no_other_request_does(
         object in object_id(),
         other_object in object_id(),
         owner in owner_id(),
         other_owner in owner_id(),
-        fence in any::<u64>(),
+        id in "[a-zA-Z0-9_.:-]{16,40}",
+        other_id in "[a-zA-Z0-9_.:-]{16,40}",
     ) {
         let issuer = issuer();
-        let token = issuer.seal(issuer.prepare(), &object, &owner, Fence(fence));
-        let verifier = issuer.verifier();
-        if other_object != object {
-            prop_assert!(verifier.verify(&other_object, &owner, token.expose()).is_err());
+        let request = |object: &ObjectId, owner: &OwnerId, id: &str| {
+            AcquireRequest::new(object.clone(), owner.clone(), Duration::from_secs(1))
+                .with_request_id(RequestId::new(id).expect("valid request id"))
+        };
+        let digest = |r: &AcquireRequest| issuer.prepare_for(r).digest();
+        let first = digest(&request(&object, &owner, &id));
+        prop_assert!(first.ct_eq(&digest(&request(&object, &owner, &id))));
+        let sealed = |r: &AcquireRequest| issuer.seal(issuer.prepare_for(r), &object, Fence(7));
+        prop_assert_eq!(
+            sealed(&request(&object, &owner, &id)),
+            sealed(&request(&object, &owner, &id))
+        );
+        prop_assert_eq!(first.ct_eq(&digest(&request(&other_object, &owner, &id))), other_object == object);
+        prop_assert_eq!(first.ct_eq(&digest(&request(&object, &other_owner, &id))), other_owner == owner);
+        prop_assert_eq!(first.ct_eq(&digest(&request(&object, &owner, &other_id))), other_id == id);
+        let without_id = AcquireRequest::new(object.clone(), owner.clone(), Duration::from_secs(1));
+        prop_assert!(!digest(&without_id).ct_eq(&digest(&without_id)), "no id: a fresh nonce each time");
+    }
+
+    /// Request ids accept exactly 16 to 128 bytes of ASCII letters, digits, `-_.:`.
+    #[test]
+    fn request_ids_accept_exactly_bounded_ascii_names(raw in prop_oneof![
+        any::<String>(),
+        "[a-zA-Z0-9_.:-]{10,20}",
+        "[a-zA-Z0-9_.:-]{120,135}",
+        "[a-zA-Z0-9_.:/ +é-]{16,20}",
+    ]) {
+        let valid = (MIN_REQUEST_ID_LEN..=MAX_REQUEST_ID_LEN).contains(&raw.len())
+            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        match RequestId::new(&raw) {
+            Ok(id) => {
+                prop_assert!(valid, "accepted {raw:?}");
+                prop_assert_eq!(id.as_str(), raw.as_str());
+                prop_assert!(!format!("{id:?}").contains(raw.as_str()), "Debug hides the id");
+            }
+            Err(e) => {
+                prop_assert!(!valid, "refused {raw:?}");
+                let is_field = matches!(e, LockError::InvalidArgument { field: "request_id", .. });
+                prop_assert!(is_field, "{e:?}");
+            }
         }
-        if other_owner != owner {
-            prop_assert!(verifier.verify(&object, &other_owner, token.expose()).is_err());
-        }
-        prop_assert!(TokenIssuer::random().verifier().verify(&object, &owner, token.expose()).is_err());
     }
 
     /// Object ids accept exactly the non-empty strings of at most 1024 bytes without control

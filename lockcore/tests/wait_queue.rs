@@ -80,7 +80,7 @@ fn lease(object: &ObjectId, issuer: &TokenIssuer) -> Lease {
     Lease {
         object: object.clone(),
         owner: owner.clone(),
-        token: issuer.seal(issuer.prepare(), object, &owner, Fence(1)),
+        token: issuer.seal(issuer.prepare(), object, Fence(1)),
         fence: Fence(1),
         ttl: Duration::from_millis(1),
     }

@@ -164,7 +164,7 @@ fn token(material: &Material) -> BoxedStrategy<Value> {
     prop_oneof![
         5 => mutated,
         2 => proptest::sample::select(decoys).prop_map(Value::from),
-        1 => "lk1\\.[A-Za-z0-9_-]{75}".prop_map(Value::from),
+        1 => "lk2\\.[A-Za-z0-9_-]{75}".prop_map(Value::from),
         1 => "lk[0-9]\\.[A-Za-z0-9_+/=-]{0,90}".prop_map(Value::from),
         1 => any::<String>().prop_map(Value::from),
     ]
