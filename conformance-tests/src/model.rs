@@ -507,7 +507,7 @@ impl ReferenceModel {
                     expires: during.shifted(*ttl),
                 });
             }
-            (Op::Acquire { object, ttl, .. }, Outcome::Replayed { .. }) => {
+            (Op::Acquire { object, .. }, Outcome::Replayed { .. }) => {
                 let lease = lease.ok_or("a replay without a lease")?;
                 let holder = self.objects[*object]
                     .holder
@@ -516,9 +516,15 @@ impl ReferenceModel {
                 if lease.token != self.grants[holder.grant].1 {
                     return Err("a retried request got a different token for the same lease".into());
                 }
-                if lease.ttl > *ttl {
+                // The lease as it stands: its remaining time, which a renewal may have made
+                // longer than the TTL the request asked for.
+                let left = holder
+                    .expires
+                    .latest
+                    .saturating_duration_since(during.earliest);
+                if lease.ttl > left + self.margin {
                     return Err(format!(
-                        "replayed ttl {:?} exceeds the {ttl:?} asked",
+                        "replayed ttl {:?} exceeds the {left:?} the lease has left",
                         lease.ttl
                     ));
                 }
