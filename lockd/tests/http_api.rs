@@ -450,7 +450,7 @@ async fn health_readiness_and_metrics_report_the_server() {
     assert_eq!(body["backend"], "memory");
 
     let object = unique("m");
-    let lease = lockd.acquire(&object, "alice", 30_000).await;
+    lockd.acquire(&object, "alice", 30_000).await;
     lockd
         .post(
             "/v1/locks/acquire",
