@@ -411,4 +411,127 @@ mod tests {
         timers.assert_consistent();
         assert_eq!(timers.live(), model.len());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One step against the heap; ids are picked among the live nodes by index.
+        #[derive(Debug, Clone)]
+        enum Step {
+            Insert {
+                deadline: u64,
+            },
+            Reschedule {
+                pick: prop::sample::Index,
+                deadline: u64,
+            },
+            Cancel {
+                pick: prop::sample::Index,
+            },
+            Pop {
+                advance: u64,
+                max: usize,
+            },
+            Sleep {
+                nap: u64,
+            },
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                3 => (0u64..500).prop_map(|deadline| Step::Insert { deadline }),
+                2 => (any::<prop::sample::Index>(), 0u64..500)
+                    .prop_map(|(pick, deadline)| Step::Reschedule { pick, deadline }),
+                2 => any::<prop::sample::Index>().prop_map(|pick| Step::Cancel { pick }),
+                2 => (0u64..60, 1usize..8).prop_map(|(advance, max)| Step::Pop { advance, max }),
+                1 => (0u64..300).prop_map(|nap| Step::Sleep { nap }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// Under any sequence of inserts, reschedules, cancels, pops and sweeper naps, the heap
+            /// stays consistent, pops the earliest due deadlines first (at most `max`, never one
+            /// not yet due), and asks to wake the sweeper exactly for deadlines before its wake-up.
+            #[test]
+            fn random_steps_keep_the_heap_consistent_and_ordered(
+                steps in proptest::collection::vec(step(), 1..120),
+            ) {
+                let mut timers = Timers::default();
+                // Model: live id -> (deadline, armed).
+                let mut model: BTreeMap<TimerId, (u64, bool)> = BTreeMap::new();
+                let mut wakes_at = u64::MAX;
+                let mut now = 0u64;
+                for (n, step) in steps.into_iter().enumerate() {
+                    match step {
+                        Step::Insert { deadline } => {
+                            let deadline = now + deadline;
+                            let (id, wake) = timers
+                                .insert(object(n as u32), deadline)
+                                .expect("room");
+                            prop_assert!(!model.contains_key(&id), "id {id} handed out twice");
+                            prop_assert_eq!(wake, deadline < wakes_at);
+                            wakes_at = wakes_at.min(deadline);
+                            model.insert(id, (deadline, true));
+                        }
+                        Step::Reschedule { pick, deadline } if !model.is_empty() => {
+                            let id = *model.keys().nth(pick.index(model.len())).expect("id");
+                            let deadline = now + deadline;
+                            let wake = timers.reschedule(id, deadline);
+                            prop_assert_eq!(wake, deadline < wakes_at);
+                            wakes_at = wakes_at.min(deadline);
+                            model.insert(id, (deadline, true));
+                        }
+                        Step::Cancel { pick } if !model.is_empty() => {
+                            let id = *model.keys().nth(pick.index(model.len())).expect("id");
+                            timers.cancel(id);
+                            model.remove(&id);
+                        }
+                        Step::Pop { advance, max } => {
+                            now += advance;
+                            let mut out = Vec::new();
+                            timers.pop_due(now, max, &mut out);
+                            wakes_at = 0;
+                            let mut due: Vec<(u64, TimerId)> = model
+                                .iter()
+                                .filter(|(_, &(d, armed))| armed && d <= now)
+                                .map(|(&id, &(d, _))| (d, id))
+                                .collect();
+                            due.sort_unstable();
+                            prop_assert_eq!(out.len(), due.len().min(max));
+                            let popped: Vec<u64> = out.iter().map(|&(id, _)| model[&id].0).collect();
+                            prop_assert!(popped.windows(2).all(|w| w[0] <= w[1]), "{popped:?}");
+                            let earliest: Vec<u64> = due.iter().take(max).map(|&(d, _)| d).collect();
+                            prop_assert_eq!(&popped, &earliest);
+                            for (id, popped_object) in out {
+                                let entry = model.get_mut(&id).expect("popped a live node");
+                                prop_assert!(entry.1, "popped a node twice");
+                                entry.1 = false;
+                                prop_assert!(popped_object.as_str().starts_with("obj-"));
+                            }
+                        }
+                        Step::Sleep { nap } => {
+                            let until = timers.sweeper_sleeps(now + nap);
+                            let earliest = model
+                                .values()
+                                .filter(|(_, armed)| *armed)
+                                .map(|(d, _)| *d)
+                                .min();
+                            prop_assert_eq!(until, earliest.map_or(now + nap, |d| d.min(now + nap)));
+                            wakes_at = until;
+                        }
+                        _ => {}
+                    }
+                    timers.assert_consistent();
+                    prop_assert_eq!(timers.live(), model.len());
+                    prop_assert_eq!(
+                        timers.scheduled(),
+                        model.values().filter(|(_, armed)| *armed).count()
+                    );
+                }
+            }
+        }
+    }
 }

@@ -195,4 +195,91 @@ mod tests {
         assert_eq!(layout.lock_pattern(""), "a\\*:{*}:lock");
         assert_eq!(layout.lock_pattern("{"), "a\\*:{%7B*}:lock");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Object names rich in the characters the escaping and the glob pattern care about.
+        fn name() -> impl Strategy<Value = String> {
+            "[a%{}7BDd25*?\\[\\]\\\\:/ü]{1,12}"
+        }
+
+        fn object(name: &str) -> ObjectId {
+            ObjectId::new(name).expect("generated names are valid")
+        }
+
+        /// Redis `stringmatch` for the patterns `lock_pattern` builds: `*`, `?` and `\x`.
+        fn glob_matches(pattern: &[char], text: &[char]) -> bool {
+            match pattern.split_first() {
+                None => text.is_empty(),
+                Some(('*', rest)) => (0..=text.len()).any(|skip| glob_matches(rest, &text[skip..])),
+                Some(('?', rest)) => !text.is_empty() && glob_matches(rest, &text[1..]),
+                Some(('\\', rest)) if !rest.is_empty() => {
+                    text.first() == Some(&rest[0]) && glob_matches(&rest[1..], &text[1..])
+                }
+                Some((c, rest)) => text.first() == Some(c) && glob_matches(rest, &text[1..]),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Distinct objects never share a key, and every key names its object back.
+            #[test]
+            fn distinct_objects_never_map_to_the_same_key(
+                prefix in "[a-z:{}*]{0,6}",
+                a in name(),
+                b in name(),
+            ) {
+                let layout = KeyLayout::new(&prefix);
+                let (a, b) = (object(&a), object(&b));
+                prop_assert_eq!(a == b, layout.lock_key(&a) == layout.lock_key(&b));
+                prop_assert_eq!(a == b, layout.fence_key(&a) == layout.fence_key(&b));
+                prop_assert_ne!(layout.lock_key(&a), layout.fence_key(&b));
+                prop_assert_ne!(layout.lock_key(&a), layout.waiting_key(&b));
+                prop_assert_eq!(layout.object_of_lock_key(layout.lock_key(&a).as_bytes()), Some(a.clone()));
+                prop_assert_eq!(layout.object_of_lock_key(layout.fence_key(&a).as_bytes()), None);
+            }
+
+            /// Escaping round-trips, leaves no brace to end the hash tag early, and keeps prefixes:
+            /// `a` starts with `p` exactly when `escape(a)` starts with `escape(p)`.
+            #[test]
+            fn escaping_round_trips_and_preserves_prefixes(a in name(), p in "[a%{}7BD25]{0,6}") {
+                let escaped = escape(&a);
+                prop_assert_eq!(unescape(&escaped), Some(a.clone()));
+                prop_assert!(!escaped.contains(['{', '}']), "{escaped} has a brace");
+                prop_assert_eq!(a.starts_with(&p), escaped.starts_with(&escape(&p)));
+            }
+
+            /// The `SCAN MATCH` pattern for a prefix matches an object's lock key exactly when the
+            /// object starts with the prefix, whatever glob syntax either contains.
+            #[test]
+            fn the_scan_pattern_matches_exactly_the_lock_keys_under_the_prefix(
+                key_prefix in "[a-z:*?\\[\\]]{0,5}",
+                object_prefix in "[a%{}*?\\[\\]\\\\]{0,4}",
+                a in name(),
+            ) {
+                let layout = KeyLayout::new(&key_prefix);
+                let a = object(&a);
+                let pattern: Vec<char> = layout.lock_pattern(&object_prefix).chars().collect();
+                let key: Vec<char> = layout.lock_key(&a).chars().collect();
+                prop_assert_eq!(
+                    glob_matches(&pattern, &key),
+                    a.as_str().starts_with(object_prefix.as_str())
+                );
+                let fence: Vec<char> = layout.fence_key(&a).chars().collect();
+                prop_assert!(!glob_matches(&pattern, &fence));
+            }
+
+            /// Parsing arbitrary text or key bytes never panics.
+            #[test]
+            fn parsing_arbitrary_keys_never_panics(text in any::<String>(), bytes in any::<Vec<u8>>()) {
+                let _ = unescape(&text);
+                let layout = KeyLayout::new("lockd:");
+                let _ = layout.object_of_lock_key(text.as_bytes());
+                let _ = layout.object_of_lock_key(&bytes);
+            }
+        }
+    }
 }

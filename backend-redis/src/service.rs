@@ -734,4 +734,48 @@ mod tests {
             );
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cursor() -> impl Strategy<Value = ListCursor> {
+            (
+                prop_oneof![
+                    Just(ScanPosition::Done),
+                    any::<u64>().prop_map(ScanPosition::At)
+                ],
+                proptest::collection::vec("[a-z./{}%ü ]{1,10}", 0..5),
+            )
+                .prop_map(|(scan, pending)| ListCursor {
+                    scan,
+                    pending: pending
+                        .into_iter()
+                        .map(|n| ObjectId::new(n).expect("valid"))
+                        .collect(),
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Every cursor a page hands out parses back to the same position and pending objects.
+            #[test]
+            fn list_cursors_round_trip(cursor in cursor()) {
+                prop_assert_eq!(ListCursor::parse(&cursor.encode()).expect("parses"), cursor);
+            }
+
+            /// Any other text is refused as `invalid_argument` on `after`, never a panic.
+            #[test]
+            fn arbitrary_cursors_are_refused_without_panicking(text in prop_oneof![
+                any::<String>(),
+                "v1\\.[0-9a-z]{0,22}(\\.[0-9a-fA-F]{0,9}){0,3}",
+            ]) {
+                if let Err(e) = ListCursor::parse(&text) {
+                    let names_after = matches!(e, LockError::InvalidArgument { field: "after", .. });
+                    prop_assert!(names_after, "{e:?}");
+                }
+            }
+        }
+    }
 }

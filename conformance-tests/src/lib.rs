@@ -21,8 +21,15 @@
 //! parallel against one shared Redis, Postgres or lockd. A factory returns `None` when the service
 //! it needs is absent, after calling [`skip_or_fail`]: the test then prints one loud `SKIP` line,
 //! or fails when `LOCKD_REQUIRE_BACKENDS=1` (as in CI).
+//!
+//! Besides the hand-written checks, the suite holds every backend to a reference model
+//! ([`model`]): `random_operations_agree_with_the_reference_model` runs a seeded random sequence
+//! of acquires (some retried by request id), releases, renewals, validations and inspections
+//! with current, old, foreign and tampered tokens on backend and model alike, and compares every
+//! answer. A failure prints its seed; `LOCKD_MODEL_SEED=N` replays the same operations.
 
 pub mod checks;
+pub mod model;
 mod scope;
 
 pub use scope::Scope;
@@ -133,6 +140,16 @@ macro_rules! conformance_suite {
             invalid_ids_and_list_queries_are_refused,
             objects_are_independent,
         );
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn random_operations_agree_with_the_reference_model() {
+            let Some(service) = $factory().await else {
+                return;
+            };
+            let caps: $crate::Capabilities = $caps;
+            $crate::model::random_operations_agree_with_the_reference_model(&*service, &caps)
+                .await;
+        }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn stress_holders_never_overlap_and_fences_increase() {
