@@ -68,7 +68,7 @@ pub use id::{LockData, ObjectId, OwnerId, MAX_OBJECT_LEN, MAX_OWNER_LEN};
 pub use lease::{Lease, ListQuery, LockInfo, LockPage, MAX_LIST_LIMIT};
 pub use limits::{Limits, MIN_TTL};
 pub use redact::redact_url;
-pub use service::LockService;
+pub use service::{LeaseEnd, LeaseEndSink, LockService};
 pub use token::{LockToken, PendingToken, TokenDigest, TokenIssuer, TokenSecret, TokenVerifier};
 pub use wait::WaitQueue;
 

@@ -43,7 +43,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockcore::{
-    async_trait, Fence, Lease, Limits, ListQuery, LockError, LockInfo, LockPage, LockResult,
+    async_trait, Fence, Lease, LeaseEndSink, Limits, ListQuery, LockError, LockInfo, LockPage, LockResult,
     LockService, LockToken, ObjectId, OwnerId,
 };
 use serde::{Deserialize, Serialize};
@@ -466,6 +466,10 @@ impl LockService for RestartGuard {
 
     async fn health(&self) -> LockResult<()> {
         self.inner.health().await
+    }
+
+    fn report_lease_ends(&self, sink: LeaseEndSink) -> bool {
+        self.inner.report_lease_ends(sink)
     }
 }
 
