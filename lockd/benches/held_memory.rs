@@ -43,11 +43,12 @@ fn object_name(i: usize) -> String {
 
 async fn backend_alone(n: usize) -> f64 {
     let me = std::process::id();
-    let service = MemoryLockService::new(MemoryConfig::new(Limits::default()), TokenIssuer::random());
+    let service =
+        MemoryLockService::new(MemoryConfig::new(Limits::default()), TokenIssuer::random());
     let owner = OwnerId::new("bench-owner").unwrap();
     let before = rss_bytes(me);
     for i in 0..n {
-        let object = ObjectId::new(&object_name(i)).unwrap();
+        let object = ObjectId::new(object_name(i)).unwrap();
         let lease = service
             .acquire(&object, &owner, TTL, Duration::ZERO)
             .await
@@ -72,7 +73,10 @@ async fn through_lockd(n: usize) -> f64 {
     let pid = child.id().expect("pid");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next_line().await.unwrap().expect("listening line");
-    let url = first.strip_prefix("lockd listening on ").unwrap().to_owned();
+    let url = first
+        .strip_prefix("lockd listening on ")
+        .unwrap()
+        .to_owned();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENTS)
         .build()
@@ -88,7 +92,9 @@ async fn through_lockd(n: usize) -> f64 {
                     let object = format!("/bench/warm/{c}/{k}");
                     let lease: serde_json::Value = http
                         .post(format!("{url}/v1/locks/acquire"))
-                        .json(&serde_json::json!({"object": object, "owner": "w", "ttl_ms": 60_000}))
+                        .json(
+                            &serde_json::json!({"object": object, "owner": "w", "ttl_ms": 60_000}),
+                        )
                         .send()
                         .await
                         .unwrap()

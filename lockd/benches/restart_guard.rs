@@ -29,12 +29,12 @@ async fn run(service: Arc<dyn LockService>, seconds: u64, tasks: usize) -> (Vec<
         .map(|t| {
             let service = service.clone();
             tokio::spawn(async move {
-                let owner = OwnerId::new(&format!("task-{t}")).unwrap();
+                let owner = OwnerId::new(format!("task-{t}")).unwrap();
                 let mut nanos = Vec::new();
                 let mut slow = Vec::new();
                 while Instant::now() < stop {
                     let id = rand::rng().random_range(0..100_000u32);
-                    let object = ObjectId::new(&format!("/bench/{id}")).unwrap();
+                    let object = ObjectId::new(format!("/bench/{id}")).unwrap();
                     let started = Instant::now();
                     let granted = service.acquire(&object, &owner, TTL, Duration::ZERO).await;
                     let took = started.elapsed();
@@ -67,7 +67,10 @@ async fn run(service: Arc<dyn LockService>, seconds: u64, tasks: usize) -> (Vec<
 fn slow_note(slow: &[u64]) -> String {
     match slow {
         [] => String::new(),
-        [first, .., last] => format!(" (over 100 ms: {} started {first}-{last} ms in)", slow.len()),
+        [first, .., last] => format!(
+            " (over 100 ms: {} started {first}-{last} ms in)",
+            slow.len()
+        ),
         [only] => format!(" (over 100 ms: 1 started {only} ms in)"),
     }
 }
@@ -78,7 +81,10 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
 }
 
 fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let rounds = args.first().copied().unwrap_or(5);
     let seconds = args.get(1).copied().unwrap_or(3);
     let tasks = args.get(2).copied().unwrap_or(16) as usize;
@@ -132,6 +138,9 @@ fn main() {
             v[v.len() / 2]
         };
         let (p, g) = (median(&mut plain_p99), median(&mut guarded_p99));
-        println!("\nmedian p99: plain {p:.1} µs, --data-dir {g:.1} µs, ratio {:.2}", g / p);
+        println!(
+            "\nmedian p99: plain {p:.1} µs, --data-dir {g:.1} µs, ratio {:.2}",
+            g / p
+        );
     });
 }

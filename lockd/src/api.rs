@@ -572,13 +572,7 @@ async fn stream(
     let live = state.events.subscribe();
     let last = resume.unwrap_or_else(|| state.events.last_seq());
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
-    let forward = forward_events(
-        state.events.clone(),
-        live,
-        last,
-        tx,
-        state.shutdown.clone(),
-    );
+    let forward = forward_events(state.events.clone(), live, last, tx, state.shutdown.clone());
     tokio::spawn(async move {
         forward.await;
         drop(slot);

@@ -308,7 +308,12 @@ fn positive_duration(name: &str, text: &str) -> Result<Duration, ConfigError> {
 }
 
 /// A cap that must be at least 1.
-fn cap(name: &str, flag: Option<usize>, file: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+fn cap(
+    name: &str,
+    flag: Option<usize>,
+    file: Option<usize>,
+    default: usize,
+) -> Result<usize, ConfigError> {
     let value = flag.or(file).unwrap_or(default);
     if value == 0 {
         return Err(ConfigError::new(format!("{name} must be at least 1")));
@@ -447,7 +452,11 @@ impl ServeArgs {
         {
             server.request_read_timeout = positive_duration("request_read_timeout", text)?;
         }
-        if let Some(text) = self.idle_timeout.as_deref().or(file.idle_timeout.as_deref()) {
+        if let Some(text) = self
+            .idle_timeout
+            .as_deref()
+            .or(file.idle_timeout.as_deref())
+        {
             server.idle_timeout = positive_duration("idle_timeout", text)?;
         }
         server.caps = Caps {

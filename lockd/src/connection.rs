@@ -145,9 +145,7 @@ struct Active(Arc<Activity>);
 impl Drop for Active {
     fn drop(&mut self) {
         let activity = &self.0;
-        activity
-            .idle_since
-            .store(activity.now(), Ordering::Release);
+        activity.idle_since.store(activity.now(), Ordering::Release);
         activity.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -375,7 +373,10 @@ pub(crate) async fn serve(
             Ok(next) => next,
             Err(timeout) => {
                 shared.metrics.connection_timeout(timeout.label());
-                tracing::debug!(timeout = timeout.label(), "closing a slow or idle connection");
+                tracing::debug!(
+                    timeout = timeout.label(),
+                    "closing a slow or idle connection"
+                );
                 return;
             }
         };

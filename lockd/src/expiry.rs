@@ -72,7 +72,8 @@ impl State {
         }
         self.next_generation += 1;
         let generation = self.next_generation;
-        self.due.push(Reverse((deadline, generation, grant.clone())));
+        self.due
+            .push(Reverse((deadline, generation, grant.clone())));
         self.leases.insert(
             grant,
             Tracked {
@@ -139,7 +140,8 @@ impl ExpiryTracker {
     /// A lease end reported by the backend.
     fn ended(&self, end: LeaseEnd) {
         let held = self.reported_held.fetch_sub(1, Ordering::AcqRel) - 1;
-        self.metrics.set_locks_held(usize::try_from(held).unwrap_or(0));
+        self.metrics
+            .set_locks_held(usize::try_from(held).unwrap_or(0));
         self.record(NewEvent {
             kind: if end.expired {
                 EventKind::Expiry
@@ -180,7 +182,8 @@ impl ExpiryTracker {
     pub(crate) fn granted(&self, lease: &Lease) {
         if self.is_reported() {
             let held = self.reported_held.fetch_add(1, Ordering::AcqRel) + 1;
-            self.metrics.set_locks_held(usize::try_from(held).unwrap_or(0));
+            self.metrics
+                .set_locks_held(usize::try_from(held).unwrap_or(0));
         } else {
             self.track(lease);
         }

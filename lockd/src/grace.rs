@@ -43,8 +43,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockcore::{
-    async_trait, Fence, Lease, LeaseEndSink, Limits, ListQuery, LockError, LockInfo, LockPage, LockResult,
-    LockService, LockToken, ObjectId, OwnerId,
+    async_trait, Fence, Lease, LeaseEndSink, Limits, ListQuery, LockError, LockInfo, LockPage,
+    LockResult, LockService, LockToken, ObjectId, OwnerId,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -327,8 +327,8 @@ impl Shared {
     async fn write_pending(self: &Arc<Self>) {
         let persisted = self.persisted.load(Ordering::Acquire);
         let deadline = self.requested.load(Ordering::Acquire).max(persisted);
-        let fence_behind = self.highest_fence.load(Ordering::Acquire)
-            > self.flushed_fence.load(Ordering::Acquire);
+        let fence_behind =
+            self.highest_fence.load(Ordering::Acquire) > self.flushed_fence.load(Ordering::Acquire);
         if deadline == persisted && !fence_behind {
             return;
         }
@@ -343,7 +343,8 @@ impl Shared {
                 self.persisted.fetch_max(deadline, Ordering::AcqRel);
                 self.flushed_fence
                     .fetch_max(record.highest_fence, Ordering::AcqRel);
-                self.written.send_modify(|w| w.deadline = w.deadline.max(deadline));
+                self.written
+                    .send_modify(|w| w.deadline = w.deadline.max(deadline));
             }
             Err(error) => {
                 tracing::error!(
@@ -662,7 +663,10 @@ mod tests {
         shared.highest_fence.store(9, Ordering::Release);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while read(dir.path()).highest_fence != 9 {
-            assert!(tokio::time::Instant::now() < deadline, "fence never flushed");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fence never flushed"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(read(dir.path()).grant_deadline_unix_ms >= on_disk.grant_deadline_unix_ms);

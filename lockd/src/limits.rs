@@ -219,7 +219,10 @@ mod tests {
                 max: 2
             }
         );
-        assert!(refused.to_string().contains("--max-in-flight 2"), "{refused}");
+        assert!(
+            refused.to_string().contains("--max-in-flight 2"),
+            "{refused}"
+        );
         assert_eq!(refused.envelope()["error"]["code"], "unavailable");
         assert_eq!(usage.in_use(Limit::InFlight), 2);
         drop(first);

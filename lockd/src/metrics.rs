@@ -126,7 +126,11 @@ impl Metrics {
             connection_timeouts.clone(),
         );
         let connections = Gauge::<i64, AtomicI64>::default();
-        registry.register("connections", "Open client connections", connections.clone());
+        registry.register(
+            "connections",
+            "Open client connections",
+            connections.clone(),
+        );
         let in_flight = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "requests_in_flight",

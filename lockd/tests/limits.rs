@@ -131,8 +131,8 @@ async fn assert_still_held(lockd: &Lockd, object: &str, token: &Value, fence: &V
 /// Thousands of connections that sent half a request header do not stop normal requests from
 /// being served, and each is closed once the read timeout has passed, not before.
 #[tokio::test]
-async fn thousands_of_half_sent_requests_are_closed_after_the_read_timeout_while_others_are_served(
-) {
+async fn thousands_of_half_sent_requests_are_closed_after_the_read_timeout_while_others_are_served()
+{
     let read_timeout = Duration::from_secs(3);
     let lockd = Lockd::start_with_env(
         &["--request-read-timeout", "3s", "--idle-timeout", "60s"],
@@ -299,7 +299,11 @@ async fn a_connection_over_the_cap_gets_one_503_and_is_closed() {
         "{}",
         metrics.body
     );
-    assert!(metrics.body.contains("lockd_connections 3"), "{}", metrics.body);
+    assert!(
+        metrics.body.contains("lockd_connections 3"),
+        "{}",
+        metrics.body
+    );
     assert_still_held(&lockd, &object, &lease["token"], &lease["fence"]).await;
     drop(served);
     lockd.kill().await;
@@ -350,9 +354,9 @@ async fn blocking_acquires_over_the_waiter_cap_get_503() {
     let object = unique("waiters");
     let lease = lockd.acquire(&object, "alice", 60_000).await;
     let waiter = {
-        let request = lockd.request(Method::POST, "/v1/locks/acquire").json(
-            &json!({"object": object, "owner": "bob", "ttl_ms": 1_000, "wait_ms": 2_000}),
-        );
+        let request = lockd
+            .request(Method::POST, "/v1/locks/acquire")
+            .json(&json!({"object": object, "owner": "bob", "ttl_ms": 1_000, "wait_ms": 2_000}));
         tokio::spawn(async move { status_and_json(request.send().await.expect("send")).await })
     };
     lockd.wait_for_metric("lockd_waiters 1").await;
@@ -422,7 +426,10 @@ async fn event_streams_over_the_cap_get_503_until_one_closes() {
         if again.status() == StatusCode::OK {
             break;
         }
-        assert!(Instant::now() < deadline, "the closed stream's place was never freed");
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream's place was never freed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     lockd.kill().await;
