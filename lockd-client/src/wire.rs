@@ -13,6 +13,7 @@ pub(crate) struct AcquireRequest<'a> {
     pub(crate) owner: &'a str,
     pub(crate) ttl_ms: u64,
     pub(crate) wait_ms: u64,
+    pub(crate) request_id: &'a str,
 }
 
 #[derive(Debug, Serialize)]

@@ -16,7 +16,10 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lockcore::{Lease, ListQuery, LockError, LockInfo, LockService, LockToken, ObjectId, OwnerId};
+use lockcore::{
+    Fence, Lease, ListQuery, LockError, LockInfo, LockService, LockToken, ObjectId, OwnerId,
+    RequestId,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -240,6 +243,8 @@ struct AcquireRequest {
     ttl_ms: u64,
     #[serde(default)]
     wait_ms: u64,
+    #[serde(default)]
+    request_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -396,13 +401,17 @@ async fn acquire(
         let owner = OwnerId::new(&request.owner)?;
         let ttl = Duration::from_millis(request.ttl_ms);
         let wait = Duration::from_millis(request.wait_ms);
+        let mut acquire = lockcore::AcquireRequest::new(object, owner, ttl).with_wait(wait);
+        if let Some(id) = &request.request_id {
+            acquire = acquire.with_request_id(RequestId::new(id)?);
+        }
         // A blocking acquire over --max-waiters is refused before the backend sees it.
         let _waiting = if wait.is_zero() {
             None
         } else {
             Some(state.usage.take(Limit::Waiters)?)
         };
-        let lease = state.service.acquire(&object, &owner, ttl, wait).await?;
+        let lease = state.service.acquire_with(&acquire).await?;
         state.tracker.granted(&lease);
         record(&state, NewEvent::of_lease(EventKind::Grant, &lease));
         Ok(Json(LeaseBody::from(&lease)))
@@ -416,8 +425,15 @@ async fn release(
 ) -> Result<Json<ReleaseBody>, ApiError> {
     timed(&state, "release", async {
         let object = ObjectId::new(&request.object)?;
-        let token = LockToken::parse(&request.token)?;
-        match state.service.release(&object, &token).await {
+        let result = match LockToken::parse(&request.token) {
+            Ok(token) => state
+                .service
+                .release(&object, &token)
+                .await
+                .map_err(|e| (e, Some(token))),
+            Err(e) => Err((e, None)),
+        };
+        match result {
             Ok(fence) => {
                 // Records the release event (or the backend already did).
                 state.tracker.released(&object, fence);
@@ -426,7 +442,18 @@ async fn release(
                     fence: fence.get(),
                 }))
             }
-            Err(e @ (LockError::NotHeld { .. } | LockError::TokenMismatch { .. })) => {
+            // A token that is not the holder's, or that lockd never issued (forged, altered,
+            // another object's, or not even well-formed): refused, counted and recorded alike.
+            Err((
+                e @ (LockError::NotHeld { .. }
+                | LockError::TokenMismatch { .. }
+                | LockError::InvalidToken { .. }),
+                token,
+            )) => {
+                if token.is_none() {
+                    tracing::warn!(target: "lockd::audit", object = %object, reason = e.code(),
+                        "refused release: the token is malformed; possible misuse or attack");
+                }
                 state.metrics.refused_release(e.code());
                 record(
                     &state,
@@ -434,13 +461,13 @@ async fn release(
                         kind: EventKind::ReleaseRefused,
                         object,
                         owner: None,
-                        fence: token.fence(),
+                        fence: token.map_or(Fence(0), |t| t.fence()),
                         reason: Some(e.code()),
                     },
                 );
                 Err(e.into())
             }
-            Err(e) => Err(e.into()),
+            Err((e, _)) => Err(e.into()),
         }
     })
     .await

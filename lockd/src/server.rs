@@ -20,6 +20,9 @@ use crate::expiry::ExpiryTracker;
 use crate::limits::{Limit, Usage};
 use crate::metrics::Metrics;
 
+/// Longest wait at exit for the backend to take back grants of acquires that were cut off.
+const RECLAIM_ON_EXIT: Duration = Duration::from_secs(5);
+
 /// API keys shorter than this draw a warning at start.
 const MIN_STRONG_KEY_LEN: usize = 16;
 
@@ -288,7 +291,10 @@ impl Server {
         let result = match tokio::time::timeout(config.shutdown_timeout, drained).await {
             Ok(()) => Ok(()),
             Err(_) => {
+                // Cut off: dropping their requests drops acquires in flight, which the backend
+                // takes back (below). Wait until every connection task has really ended.
                 connections.abort_all();
+                while connections.join_next().await.is_some() {}
                 Err(ServerError::ShutdownCutOff {
                     timeout: config.shutdown_timeout,
                 })
@@ -296,6 +302,15 @@ impl Server {
         };
         stop_signal.abort();
         expiries.abort();
+        // Acquires cut off above may have been granted with nobody to receive the token: the
+        // backend takes such grants back in the background; let it finish before exiting.
+        if !service.close(RECLAIM_ON_EXIT).await {
+            tracing::warn!(
+                "some grants whose acquire was cut off could not be taken back in {:?}; they \
+                 expire with their leases",
+                RECLAIM_ON_EXIT
+            );
+        }
         drop(service);
         tracing::info!("lockd stopped");
         result
