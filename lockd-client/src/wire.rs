@@ -295,11 +295,12 @@ fn argument_field(field: Option<&str>, message: &str) -> &'static str {
     "request"
 }
 
-/// lockcore's reasons for refusing a token's format, as `'static` strings.
+/// lockcore's reasons for refusing a token, as `'static` strings.
 const TOKEN_REASONS: &[&str] = &[
-    "does not start with lk1.",
+    "does not start with lk2.",
     "has the wrong length",
     "is not URL-safe base64",
+    "was not issued for this object by this lock service",
 ];
 
 fn token_reason(message: &str) -> &'static str {
@@ -307,7 +308,7 @@ fn token_reason(message: &str) -> &'static str {
         .iter()
         .find(|reason| message.contains(**reason))
         .copied()
-        .unwrap_or("refused by lockd as malformed")
+        .unwrap_or("refused by lockd as not one of its tokens")
 }
 
 #[cfg(test)]
