@@ -3,15 +3,15 @@
 use std::fmt;
 use std::future::ready;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use lockcore::{
-    async_trait, audit, wall_clock_micros, AcquireRequest, Fence, Lease, ListQuery, LockError,
-    LockInfo, LockPage, LockResult, LockService, LockToken, ObjectId, OwnerId, TokenDigest,
-    TokenIssuer, WaitQueue,
+    async_trait, audit, wall_clock_micros, AcquireRequest, Fence, Lease, LeaseEnd, LeaseEndSink,
+    ListQuery, LockError, LockInfo, LockPage, LockResult, LockService, LockToken, ObjectId,
+    OwnerId, TokenDigest, TokenIssuer, WaitQueue,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -108,6 +108,8 @@ struct Inner {
     last_fence: AtomicU64,
     waiters: WaitQueue,
     sweeper_wake: Arc<Notify>,
+    /// Where ended leases are reported, once someone asked ([`LockService::report_lease_ends`]).
+    lease_ends: OnceLock<LeaseEndSink>,
 }
 
 /// An in-process [`LockService`] on a [`DashMap`], with exact expiry and a deadline-heap sweeper.
@@ -143,6 +145,7 @@ impl MemoryLockService {
             last_fence: AtomicU64::new(config.fence_floor.get()),
             waiters: WaitQueue::new(),
             sweeper_wake: sweeper_wake.clone(),
+            lease_ends: OnceLock::new(),
         });
         tokio::spawn(sweep_forever(Arc::downgrade(&inner), sweeper_wake));
         Self { inner }
@@ -207,6 +210,13 @@ impl Inner {
         self.timers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Reports a lease that ended to the sink, if one was registered.
+    fn ended(&self, object: &ObjectId, owner: OwnerId, fence: Fence, expired: bool) {
+        if let Some(sink) = self.lease_ends.get() {
+            sink(LeaseEnd::new(object.clone(), owner, fence, expired));
+        }
+    }
+
     fn wake_sweeper(&self, needed: bool) {
         if needed {
             self.sweeper_wake.notify_one();
@@ -268,6 +278,7 @@ impl Inner {
                 let micros = wall_clock_micros();
                 let fence = self.next_fence(micros)?;
                 let wake = self.timers().reschedule(entry.timer, expires);
+                let previous = (entry.owner.clone(), entry.fence);
                 **entry = Entry {
                     owner: owner.clone(),
                     digest,
@@ -279,6 +290,7 @@ impl Inner {
                 // Sealed before the shard lock is released: see the Vacant arm.
                 let token = self.issuer.seal(pending, object, fence);
                 drop(held);
+                self.ended(object, previous.0, previous.1, true);
                 (token, fence, wake)
             }
             MapEntry::Vacant(free) => {
@@ -334,6 +346,7 @@ impl Inner {
             });
             if let Some((_, entry)) = expired {
                 self.timers().cancel(entry.timer);
+                self.ended(&object, entry.owner, entry.fence, true);
                 self.waiters.wake(&object);
             }
         }
@@ -422,9 +435,11 @@ impl LockService for MemoryLockService {
         });
         if let Some((_, entry)) = removed {
             inner.timers().cancel(entry.timer);
+            let fence = entry.fence;
+            inner.ended(object, entry.owner, fence, expired);
             inner.waiters.wake(object);
             if !expired {
-                return Ok(entry.fence);
+                return Ok(fence);
             }
         }
         let error = if mismatch {
@@ -520,6 +535,12 @@ impl LockService for MemoryLockService {
             .get(object)
             .filter(|entry| entry.is_live(now))
             .map(|entry| entry.info(object, now, wall_now)))
+    }
+
+    /// Reports every release and expiry to `sink`, exactly once per lease: expiries as the
+    /// sweeper (or an acquire or release that finds a lease run out) reclaims them.
+    fn report_lease_ends(&self, sink: LeaseEndSink) -> bool {
+        self.inner.lease_ends.set(sink).is_ok()
     }
 
     /// Walks every held lock once per page (`O(held)`), keeping only the page's worth of matches

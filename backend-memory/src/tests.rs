@@ -452,3 +452,75 @@ async fn a_full_last_page_still_says_there_is_nothing_more() {
     assert_eq!(page.locks.len(), 4);
     assert_eq!(page.next, None);
 }
+
+/// Every lease that ends is reported exactly once: releases as released, leases that ran out as
+/// expired (whether the sweeper, a new acquire or a release finds them), renewed leases never.
+#[tokio::test]
+async fn every_ended_lease_is_reported_once_with_how_it_ended() {
+    use lockcore::LeaseEnd;
+    use std::sync::Mutex;
+
+    let locks = service();
+    let seen: Arc<Mutex<Vec<LeaseEnd>>> = Arc::default();
+    let sink = seen.clone();
+    assert!(locks.report_lease_ends(Arc::new(move |end| {
+        sink.lock().expect("notices").push(end);
+    })));
+    assert!(
+        !locks.report_lease_ends(Arc::new(|_| {})),
+        "a second sink is refused, not silently ignored"
+    );
+    let (alice, bob) = (owner("alice"), owner("bob"));
+    let short = Duration::from_millis(30);
+    let long = Duration::from_secs(60);
+
+    let released = locks
+        .acquire(&object("released"), &alice, long, Duration::ZERO)
+        .await
+        .expect("free");
+    locks
+        .release(&object("released"), &released.token)
+        .await
+        .expect("held");
+    let swept = locks
+        .acquire(&object("swept"), &alice, short, Duration::ZERO)
+        .await
+        .expect("free");
+    let renewed = locks
+        .acquire(&object("renewed"), &alice, short, Duration::ZERO)
+        .await
+        .expect("free");
+    locks
+        .renew(&object("renewed"), &renewed.token, long)
+        .await
+        .expect("held");
+    let taken_over = locks
+        .acquire(&object("taken-over"), &alice, short, Duration::ZERO)
+        .await
+        .expect("free");
+    sleep(short * 2).await;
+    locks
+        .acquire(&object("taken-over"), &bob, long, Duration::ZERO)
+        .await
+        .expect("expired, so free");
+    eventually("the sweeper reclaimed the expired lease", || {
+        seen.lock().expect("notices").len() >= 3
+    })
+    .await;
+    sleep(Duration::from_millis(50)).await;
+
+    let mut notices = seen.lock().expect("notices").clone();
+    notices.sort_by(|a, b| a.object.cmp(&b.object));
+    let summary: Vec<(&str, &str, Fence, bool)> = notices
+        .iter()
+        .map(|n| (n.object.as_str(), n.owner.as_str(), n.fence, n.expired))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("released", "alice", released.fence, false),
+            ("swept", "alice", swept.fence, true),
+            ("taken-over", "alice", taken_over.fence, true),
+        ]
+    );
+}

@@ -83,7 +83,7 @@ pub use limits::{Limits, MIN_TTL};
 pub use reclaim::{ReclaimGuard, ReclaimPolicy, Reclaimer, Undo};
 pub use redact::redact_url;
 pub use request::AcquireRequest;
-pub use service::LockService;
+pub use service::{LeaseEnd, LeaseEndSink, LockService};
 pub use token::{LockToken, PendingToken, TokenDigest, TokenIssuer, TokenSecret, TokenVerifier};
 pub use wait::WaitQueue;
 

@@ -1,6 +1,7 @@
 //! The [`LockService`] trait every backend implements.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -80,4 +81,46 @@ pub trait LockService: Send + Sync + Debug + 'static {
         let _ = timeout;
         true
     }
+
+    /// Asks the backend to report every lease that ends, by release or by expiry, to `sink`,
+    /// and returns whether it will. A backend that already times its leases (the memory
+    /// backend's sweeper) reports them exactly and for free, so a server need not keep its own
+    /// copy of every lease to notice expiries. The default reports nothing (`false`).
+    ///
+    /// `sink` is called synchronously from the backend's own code paths, at most once per lease,
+    /// so it must be quick and must not call back into the service. A backend keeps one sink: a
+    /// later call returns `false` and reports nothing to its sink.
+    fn report_lease_ends(&self, sink: LeaseEndSink) -> bool {
+        let _ = sink;
+        false
+    }
 }
+
+/// One lease that ended, as reported through [`LockService::report_lease_ends`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseEnd {
+    /// The object that was held.
+    pub object: ObjectId,
+    /// Who held it.
+    pub owner: OwnerId,
+    /// The lease's fence.
+    pub fence: Fence,
+    /// `true` when the lease ran out, `false` when its holder released it.
+    pub expired: bool,
+}
+
+impl LeaseEnd {
+    /// A notice that `owner`'s lease on `object` with `fence` ended.
+    pub fn new(object: ObjectId, owner: OwnerId, fence: Fence, expired: bool) -> Self {
+        Self {
+            object,
+            owner,
+            fence,
+            expired,
+        }
+    }
+}
+
+/// Where a backend sends [`LeaseEnd`] notices.
+pub type LeaseEndSink = Arc<dyn Fn(LeaseEnd) + Send + Sync>;

@@ -31,6 +31,7 @@ use tokio_stream::StreamExt as _;
 use crate::error::ApiError;
 use crate::events::{Event, EventKind, EventLog, NewEvent, MAX_EVENTS_PAGE};
 use crate::expiry::ExpiryTracker;
+use crate::limits::{Limit, Usage};
 use crate::metrics::Metrics;
 
 /// Default page size of `GET /v1/locks` and `GET /v1/events`.
@@ -82,6 +83,7 @@ pub(crate) struct AppState {
     pub(crate) keys: Arc<ApiKeys>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) max_body_bytes: usize,
+    pub(crate) usage: Arc<Usage>,
 }
 
 /// Builds the router: `/v1/...` (authenticated when keys are configured), `/metrics`,
@@ -385,14 +387,6 @@ where
     result
 }
 
-struct WaiterGuard<'a>(&'a Metrics);
-
-impl Drop for WaiterGuard<'_> {
-    fn drop(&mut self) {
-        self.0.add_waiters(-1);
-    }
-}
-
 fn record(state: &AppState, event: NewEvent) {
     state.events.record(event);
     state.metrics.event();
@@ -411,10 +405,12 @@ async fn acquire(
         if let Some(id) = &request.request_id {
             acquire = acquire.with_request_id(RequestId::new(id)?);
         }
-        let _waiting = (!wait.is_zero()).then(|| {
-            state.metrics.add_waiters(1);
-            WaiterGuard(&state.metrics)
-        });
+        // A blocking acquire over --max-waiters is refused before the backend sees it.
+        let _waiting = if wait.is_zero() {
+            None
+        } else {
+            Some(state.usage.take(Limit::Waiters)?)
+        };
         let lease = state.service.acquire_with(&acquire).await?;
         state.tracker.granted(&lease);
         record(&state, NewEvent::of_lease(EventKind::Grant, &lease));
@@ -439,17 +435,8 @@ async fn release(
         };
         match result {
             Ok(fence) => {
-                let owner = state.tracker.released(&object, fence);
-                record(
-                    &state,
-                    NewEvent {
-                        kind: EventKind::Release,
-                        object: object.clone(),
-                        owner,
-                        fence,
-                        reason: None,
-                    },
-                );
+                // Records the release event (or the backend already did).
+                state.tracker.released(&object, fence);
                 Ok(Json(ReleaseBody {
                     object: object.to_string(),
                     fence: fence.get(),
@@ -606,17 +593,17 @@ async fn stream(
             None => None,
         },
     };
+    // Over --max-event-streams: refused; the slot is held as long as the stream runs.
+    let slot = state.usage.take(Limit::EventStreams)?;
     // Subscribe before reading the backlog so nothing falls between the two.
     let live = state.events.subscribe();
     let last = resume.unwrap_or_else(|| state.events.last_seq());
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
-    tokio::spawn(forward_events(
-        state.events.clone(),
-        live,
-        last,
-        tx,
-        state.shutdown.clone(),
-    ));
+    let forward = forward_events(state.events.clone(), live, last, tx, state.shutdown.clone());
+    tokio::spawn(async move {
+        forward.await;
+        drop(slot);
+    });
     let mut response = Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();

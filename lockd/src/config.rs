@@ -13,6 +13,8 @@ use std::time::Duration;
 use lockcore::{Limits, TokenSecret};
 use serde::Deserialize;
 
+use crate::limits::Caps;
+
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 /// Default backend.
@@ -23,6 +25,17 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_EVENTS_CAPACITY: usize = 10_000;
 /// Default time allowed to finish requests in flight at shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a client has to send a whole request (headers and body) once it started one.
+pub const DEFAULT_REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a kept-alive connection may sit without a request before it is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default caps on connections, requests in flight, blocking waiters and event streams.
+pub const DEFAULT_CAPS: Caps = Caps {
+    max_connections: 10_000,
+    max_in_flight: 4_096,
+    max_waiters: 1_024,
+    max_event_streams: 256,
+};
 
 /// A configuration problem, reported as one line before the server starts.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +77,13 @@ pub struct ServerConfig {
     pub insecure_no_auth: bool,
     /// How long shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
+    /// Time a client has, from the first byte of a request, to send its headers, and, from the
+    /// end of its headers, to send its body; a connection that misses it is closed.
+    pub request_read_timeout: Duration,
+    /// Time a kept-alive connection may sit with no request before it is closed.
+    pub idle_timeout: Duration,
+    /// Caps on connections, requests in flight, blocking waiters and event streams.
+    pub caps: Caps,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +99,9 @@ impl Default for ServerConfig {
             data_dir: None,
             insecure_no_auth: false,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            request_read_timeout: DEFAULT_REQUEST_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            caps: DEFAULT_CAPS,
         }
     }
 }
@@ -102,6 +125,9 @@ impl fmt::Debug for ServerConfig {
             .field("data_dir", &self.data_dir)
             .field("insecure_no_auth", &self.insecure_no_auth)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("request_read_timeout", &self.request_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("caps", &self.caps)
             .finish()
     }
 }
@@ -120,6 +146,12 @@ impl fmt::Debug for ServerConfig {
 /// data_dir = "/var/lib/lockd"
 /// insecure_no_auth = false
 /// shutdown_timeout = "10s"
+/// request_read_timeout = "10s"
+/// idle_timeout = "60s"
+/// max_connections = 10000
+/// max_in_flight = 4096
+/// max_waiters = 1024
+/// max_event_streams = 256
 /// log = "info"
 /// ```
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +180,18 @@ pub struct FileConfig {
     pub insecure_no_auth: Option<bool>,
     /// `--shutdown-timeout`, e.g. `"10s"`.
     pub shutdown_timeout: Option<String>,
+    /// `--request-read-timeout`, e.g. `"10s"`.
+    pub request_read_timeout: Option<String>,
+    /// `--idle-timeout`, e.g. `"60s"`.
+    pub idle_timeout: Option<String>,
+    /// `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// `--max-in-flight`.
+    pub max_in_flight: Option<usize>,
+    /// `--max-waiters`.
+    pub max_waiters: Option<usize>,
+    /// `--max-event-streams`.
+    pub max_event_streams: Option<usize>,
     /// `--log`, a tracing filter such as `info` or `lockd=debug`.
     pub log: Option<String>,
 }
@@ -221,6 +265,26 @@ pub struct ServeArgs {
     /// Time allowed to finish requests in flight at shutdown [default: 10s].
     #[arg(long, env = "LOCKD_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
+    /// Time a client has to send a request's headers (from its first byte) and its body (from
+    /// the end of the headers); slower connections are closed [default: 10s].
+    #[arg(long, env = "LOCKD_REQUEST_READ_TIMEOUT", value_name = "DURATION")]
+    pub request_read_timeout: Option<String>,
+    /// Time a kept-alive connection may sit without a request before it is closed
+    /// [default: 60s].
+    #[arg(long, env = "LOCKD_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Open connections accepted; more get one 503 and are closed [default: 10000].
+    #[arg(long, env = "LOCKD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// /v1 requests handled at once; more get 503 [default: 4096].
+    #[arg(long, env = "LOCKD_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// Blocking acquires (wait_ms > 0) waiting at once; more get 503 [default: 1024].
+    #[arg(long, env = "LOCKD_MAX_WAITERS", value_name = "N")]
+    pub max_waiters: Option<usize>,
+    /// Event streams (GET /v1/events/stream) open at once; more get 503 [default: 256].
+    #[arg(long, env = "LOCKD_MAX_EVENT_STREAMS", value_name = "N")]
+    pub max_event_streams: Option<usize>,
     /// Log filter (tracing syntax), e.g. info, lockd=debug [default: info].
     #[arg(long, env = "LOCKD_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -232,6 +296,29 @@ fn duration(name: &str, text: &str) -> Result<Duration, ConfigError> {
             "{name} `{text}` is not a duration ({e}); use e.g. 500ms, 30s, 5m, 24h"
         ))
     })
+}
+
+/// A duration that must not be zero.
+fn positive_duration(name: &str, text: &str) -> Result<Duration, ConfigError> {
+    let value = duration(name, text)?;
+    if value < Duration::from_millis(1) {
+        return Err(ConfigError::new(format!("{name} must be at least 1ms")));
+    }
+    Ok(value)
+}
+
+/// A cap that must be at least 1.
+fn cap(
+    name: &str,
+    flag: Option<usize>,
+    file: Option<usize>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    let value = flag.or(file).unwrap_or(default);
+    if value == 0 {
+        return Err(ConfigError::new(format!("{name} must be at least 1")));
+    }
+    Ok(value)
 }
 
 fn read_secret_file(path: &Path) -> Result<TokenSecret, ConfigError> {
@@ -358,6 +445,46 @@ impl ServeArgs {
         {
             server.shutdown_timeout = duration("shutdown_timeout", text)?;
         }
+        if let Some(text) = self
+            .request_read_timeout
+            .as_deref()
+            .or(file.request_read_timeout.as_deref())
+        {
+            server.request_read_timeout = positive_duration("request_read_timeout", text)?;
+        }
+        if let Some(text) = self
+            .idle_timeout
+            .as_deref()
+            .or(file.idle_timeout.as_deref())
+        {
+            server.idle_timeout = positive_duration("idle_timeout", text)?;
+        }
+        server.caps = Caps {
+            max_connections: cap(
+                "max_connections",
+                self.max_connections,
+                file.max_connections,
+                DEFAULT_CAPS.max_connections,
+            )?,
+            max_in_flight: cap(
+                "max_in_flight",
+                self.max_in_flight,
+                file.max_in_flight,
+                DEFAULT_CAPS.max_in_flight,
+            )?,
+            max_waiters: cap(
+                "max_waiters",
+                self.max_waiters,
+                file.max_waiters,
+                DEFAULT_CAPS.max_waiters,
+            )?,
+            max_event_streams: cap(
+                "max_event_streams",
+                self.max_event_streams,
+                file.max_event_streams,
+                DEFAULT_CAPS.max_event_streams,
+            )?,
+        };
         let log = self
             .log
             .clone()
@@ -462,6 +589,48 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(args.resolve(None).is_err());
+    }
+
+    /// The timeouts and caps come from the file, then flags, with defaults, and zero is refused.
+    #[test]
+    fn timeouts_and_caps_are_configurable_and_zero_is_refused() {
+        let defaults = ServeArgs::default().resolve(None).expect("valid").server;
+        assert_eq!(defaults.request_read_timeout, DEFAULT_REQUEST_READ_TIMEOUT);
+        assert_eq!(defaults.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(defaults.caps, DEFAULT_CAPS);
+        let f = file(
+            "request_read_timeout = \"2s\"\nidle_timeout = \"5s\"\nmax_connections = 7\n\
+             max_in_flight = 6\nmax_waiters = 5\nmax_event_streams = 4\n",
+        );
+        let args = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            max_waiters: Some(3),
+            ..ServeArgs::default()
+        };
+        let resolved = args.resolve(None).expect("valid").server;
+        assert_eq!(resolved.request_read_timeout, Duration::from_secs(2));
+        assert_eq!(resolved.idle_timeout, Duration::from_secs(5));
+        assert_eq!(
+            resolved.caps,
+            Caps {
+                max_connections: 7,
+                max_in_flight: 6,
+                max_waiters: 3,
+                max_event_streams: 4,
+            }
+        );
+        for args in [
+            ServeArgs {
+                max_in_flight: Some(0),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                idle_timeout: Some("0s".into()),
+                ..ServeArgs::default()
+            },
+        ] {
+            assert!(args.resolve(None).is_err(), "{args:?}");
+        }
     }
 
     #[test]

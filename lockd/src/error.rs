@@ -5,6 +5,8 @@ use axum::response::{IntoResponse, Response};
 use lockcore::LockError;
 use serde_json::json;
 
+use crate::limits::{LimitExceeded, RETRY_AFTER_SECS};
+
 /// An error answered by the HTTP API, always in the JSON envelope.
 #[derive(Debug)]
 pub enum ApiError {
@@ -20,6 +22,14 @@ pub enum ApiError {
     MethodNotAllowed,
     /// `413 payload_too_large`.
     PayloadTooLarge(String),
+    /// `503 unavailable` with `Retry-After`: a server limit was reached; nothing was done.
+    Busy(LimitExceeded),
+}
+
+impl From<LimitExceeded> for ApiError {
+    fn from(e: LimitExceeded) -> Self {
+        ApiError::Busy(e)
+    }
 }
 
 impl From<LockError> for ApiError {
@@ -37,6 +47,7 @@ impl ApiError {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::NotFound(_) => "not_found",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Busy(_) => "unavailable",
         }
     }
 
@@ -49,6 +60,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -86,6 +98,7 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => {
                 json!({"code": code, "message": "method not allowed on this path"})
             }
+            ApiError::Busy(e) => json!({"code": code, "message": e.to_string()}),
         };
         if let ApiError::Lock(LockError::Locked {
             holder,
@@ -104,10 +117,10 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Lock(LockError::Unavailable { .. }) => {
+            ApiError::Lock(LockError::Unavailable { .. }) | ApiError::Busy(_) => {
                 response
                     .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             _ => {}
         }

@@ -1,6 +1,10 @@
-//! Expiry events on every backend: the server remembers the leases it granted and, when one's
-//! deadline passes without a release or renew through this process, asks the backend
-//! (`inspect`) whether it really ended.
+//! Expiry events on every backend, and the end of leases in general.
+//!
+//! A backend that times its own leases (`memory://`) reports every release and expiry through
+//! [`LockService::report_lease_ends`]; the tracker then only turns those reports into events and
+//! keeps a count, and holds nothing per lease. For the others, the server remembers the leases it
+//! granted and, when one's deadline passes without a release or renew through this process, asks
+//! the backend (`inspect`) whether it really ended.
 //!
 //! What an `expiry` event means: a lease granted by this lockd process is no longer held, and
 //! this process saw no release of it. On `memory://` that is exactly an expiry. With several
@@ -8,13 +12,18 @@
 //! process is noticed (the backend still shows the same fence, so the check is rescheduled); one
 //! released through another process is reported as an expiry. Leases granted by other processes
 //! produce no events here.
+//!
+//! Memory: one map entry per lease this process granted, and at most one heap entry per lease
+//! plus stale entries of released leases, which are dropped once they outnumber the live ones.
+//! A renew moves the lease's deadline in place; the heap entry is re-armed when it comes due.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lockcore::{Fence, Lease, LockService, ObjectId, OwnerId};
+use lockcore::{Fence, Lease, LeaseEnd, LockService, ObjectId, OwnerId};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -25,6 +34,8 @@ use crate::metrics::Metrics;
 const SLACK: Duration = Duration::from_millis(5);
 /// Delay before asking again when the backend did not answer.
 const RETRY: Duration = Duration::from_secs(1);
+/// Stale heap entries tolerated beyond the live ones before the heap is rebuilt.
+const STALE_SLACK: usize = 1024;
 
 /// One grant: an object and the fence it was granted with.
 type Grant = (ObjectId, Fence);
@@ -32,7 +43,11 @@ type Grant = (ObjectId, Fence);
 #[derive(Debug)]
 struct Tracked {
     owner: OwnerId,
-    /// Bumped on every renew, so stale heap entries are recognised.
+    /// When the lease's check is due (its expiry plus [`SLACK`]).
+    deadline: Instant,
+    /// The deadline of this lease's entry in the heap; earlier than `deadline` after a renew.
+    scheduled: Instant,
+    /// Names this lease's current heap entry, so stale entries are recognised.
     generation: u64,
 }
 
@@ -44,21 +59,53 @@ struct State {
 }
 
 impl State {
+    /// Tracks a grant (or a renew of a lease granted elsewhere) due `after` from now.
     fn schedule(&mut self, grant: Grant, owner: OwnerId, after: Duration) {
+        let deadline = Instant::now() + after + SLACK;
+        if let Some(tracked) = self.leases.get_mut(&grant) {
+            tracked.deadline = deadline;
+            if deadline >= tracked.scheduled {
+                // Its heap entry re-arms itself when it comes due: nothing is pushed, so the
+                // heap does not grow with the renew rate.
+                return;
+            }
+        }
         self.next_generation += 1;
         let generation = self.next_generation;
-        self.due.push(Reverse((
-            Instant::now() + after + SLACK,
-            generation,
-            grant.clone(),
-        )));
-        self.leases.insert(grant, Tracked { owner, generation });
+        self.due
+            .push(Reverse((deadline, generation, grant.clone())));
+        self.leases.insert(
+            grant,
+            Tracked {
+                owner,
+                deadline,
+                scheduled: deadline,
+                generation,
+            },
+        );
+        self.compact_if_stale();
+    }
+
+    /// Rebuilds the heap from the live leases once released leases' entries outnumber them.
+    fn compact_if_stale(&mut self) {
+        if self.due.len() <= 2 * self.leases.len() + STALE_SLACK {
+            return;
+        }
+        self.due = self
+            .leases
+            .iter()
+            .map(|(grant, t)| Reverse((t.scheduled, t.generation, grant.clone())))
+            .collect();
     }
 }
 
-/// The leases this process granted, by deadline.
+/// The end of leases: events for releases and expiries, and the `locks_held` gauge.
 #[derive(Debug)]
 pub(crate) struct ExpiryTracker {
+    /// Whether the backend reports lease ends itself (then `state` stays empty).
+    reported: AtomicBool,
+    /// Leases granted and not yet reported ended, when the backend reports.
+    reported_held: AtomicI64,
     state: Mutex<State>,
     changed: Notify,
     events: Arc<EventLog>,
@@ -68,11 +115,49 @@ pub(crate) struct ExpiryTracker {
 impl ExpiryTracker {
     pub(crate) fn new(events: Arc<EventLog>, metrics: Arc<Metrics>) -> Self {
         Self {
+            reported: AtomicBool::new(false),
+            reported_held: AtomicI64::new(0),
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             events,
             metrics,
         }
+    }
+
+    /// Asks `service` to report lease ends; from then on nothing is kept per lease. Returns
+    /// whether the backend does.
+    pub(crate) fn use_reports_of(self: &Arc<Self>, service: &dyn LockService) -> bool {
+        let tracker = Arc::clone(self);
+        let reported = service.report_lease_ends(Arc::new(move |end| tracker.ended(end)));
+        self.reported.store(reported, Ordering::Release);
+        reported
+    }
+
+    fn is_reported(&self) -> bool {
+        self.reported.load(Ordering::Acquire)
+    }
+
+    /// A lease end reported by the backend.
+    fn ended(&self, end: LeaseEnd) {
+        let held = self.reported_held.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.metrics
+            .set_locks_held(usize::try_from(held).unwrap_or(0));
+        self.record(NewEvent {
+            kind: if end.expired {
+                EventKind::Expiry
+            } else {
+                EventKind::Release
+            },
+            object: end.object,
+            owner: Some(end.owner),
+            fence: end.fence,
+            reason: None,
+        });
+    }
+
+    fn record(&self, event: NewEvent) {
+        self.events.record(event);
+        self.metrics.event();
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -95,23 +180,42 @@ impl ExpiryTracker {
 
     /// A lease was granted.
     pub(crate) fn granted(&self, lease: &Lease) {
-        self.track(lease);
+        if self.is_reported() {
+            let held = self.reported_held.fetch_add(1, Ordering::AcqRel) + 1;
+            self.metrics
+                .set_locks_held(usize::try_from(held).unwrap_or(0));
+        } else {
+            self.track(lease);
+        }
     }
 
     /// A lease was renewed: its deadline moves.
     pub(crate) fn renewed(&self, lease: &Lease) {
-        self.track(lease);
+        if !self.is_reported() {
+            self.track(lease);
+        }
     }
 
-    /// A lease was released: it is forgotten. Returns its owner if this process granted it.
-    pub(crate) fn released(&self, object: &ObjectId, fence: Fence) -> Option<OwnerId> {
+    /// A lease was released through this process: records the release event (the backend
+    /// already did when it reports lease ends) and forgets the lease.
+    pub(crate) fn released(&self, object: &ObjectId, fence: Fence) {
+        if self.is_reported() {
+            return;
+        }
         let mut state = self.state();
         let owner = state
             .leases
             .remove(&(object.clone(), fence))
             .map(|t| t.owner);
         self.metrics.set_locks_held(state.leases.len());
-        owner
+        drop(state);
+        self.record(NewEvent {
+            kind: EventKind::Release,
+            object: object.clone(),
+            owner,
+            fence,
+            reason: None,
+        });
     }
 
     /// Takes the grants whose deadline has passed and are still current, or returns when the
@@ -128,11 +232,19 @@ impl ExpiryTracker {
             let Some(Reverse((_, generation, grant))) = state.due.pop() else {
                 break;
             };
-            if state
+            let Some(tracked) = state
                 .leases
-                .get(&grant)
-                .is_some_and(|t| t.generation == generation)
-            {
+                .get_mut(&grant)
+                .filter(|t| t.generation == generation)
+            else {
+                continue; // released, or rescheduled earlier
+            };
+            if tracked.deadline > now {
+                // Renewed since it was scheduled: wait for the new deadline.
+                tracked.scheduled = tracked.deadline;
+                let deadline = tracked.deadline;
+                state.due.push(Reverse((deadline, generation, grant)));
+            } else {
                 due.push((grant, generation));
             }
         }
@@ -146,13 +258,13 @@ impl ExpiryTracker {
     async fn check(&self, service: &dyn LockService, grant: Grant, generation: u64) {
         let outcome = service.inspect(&grant.0).await;
         let mut state = self.state();
-        let current = state
+        let Some(tracked) = state
             .leases
-            .get(&grant)
-            .is_some_and(|t| t.generation == generation);
-        if !current {
-            return; // released or renewed meanwhile
-        }
+            .get_mut(&grant)
+            .filter(|t| t.generation == generation)
+        else {
+            return; // released or rescheduled meanwhile
+        };
         let retry_in = match outcome {
             Ok(Some(info)) if info.fence == grant.1 => Some(info.ttl),
             Ok(_) => None,
@@ -163,9 +275,10 @@ impl ExpiryTracker {
         };
         match retry_in {
             Some(delay) => {
-                state
-                    .due
-                    .push(Reverse((Instant::now() + delay + SLACK, generation, grant)));
+                let deadline = tracked.deadline.max(Instant::now() + delay + SLACK);
+                tracked.deadline = deadline;
+                tracked.scheduled = deadline;
+                state.due.push(Reverse((deadline, generation, grant)));
             }
             None => {
                 let tracked = state.leases.remove(&grant);
@@ -173,21 +286,24 @@ impl ExpiryTracker {
                 drop(state);
                 if let Some(tracked) = tracked {
                     let (object, fence) = grant;
-                    self.events.record(NewEvent {
+                    self.record(NewEvent {
                         kind: EventKind::Expiry,
                         object,
                         owner: Some(tracked.owner),
                         fence,
                         reason: None,
                     });
-                    self.metrics.event();
                 }
             }
         }
     }
 
-    /// Runs until the task is aborted: waits for deadlines and checks them.
+    /// Runs until the task is aborted: waits for deadlines and checks them. Returns at once when
+    /// the backend reports lease ends itself.
     pub(crate) async fn run(self: Arc<Self>, service: Arc<dyn LockService>) {
+        if self.is_reported() {
+            return;
+        }
         loop {
             match self.take_due() {
                 Ok(due) => {
@@ -204,6 +320,13 @@ impl ExpiryTracker {
                 Err(None) => self.changed.notified().await,
             }
         }
+    }
+
+    /// Heap entries and tracked leases, for tests.
+    #[cfg(test)]
+    fn sizes(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.due.len(), state.leases.len())
     }
 }
 
@@ -235,6 +358,7 @@ mod tests {
         (tracker, events)
     }
 
+    /// A release reported after the next holder's grant is still a release, with its owner.
     #[test]
     fn a_release_seen_after_the_next_grant_is_still_a_release_not_an_expiry() {
         let (tracker, events) = tracker();
@@ -243,9 +367,78 @@ mod tests {
         tracker.granted(&lease(&issuer, &object, "alice", 1, 60_000));
         // A waiter is granted before the releasing handler reports its release.
         tracker.granted(&lease(&issuer, &object, "bob", 2, 60_000));
-        let owner = tracker.released(&object, Fence(1));
-        assert_eq!(owner.map(|o| o.to_string()), Some("alice".to_owned()));
-        assert!(events.since(0, 100).is_empty(), "no expiry was made up");
+        tracker.released(&object, Fence(1));
+        let log = events.since(0, 100);
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert_eq!(log[0].kind, EventKind::Release);
+        assert_eq!(log[0].owner.as_ref().map(OwnerId::as_str), Some("alice"));
+    }
+
+    /// Renewing a lease many times keeps one heap entry for it, and released leases' entries
+    /// do not pile up beyond the live ones.
+    #[test]
+    fn the_tracker_does_not_grow_with_the_renew_or_release_rate() {
+        let (tracker, _events) = tracker();
+        let issuer = TokenIssuer::random();
+        let object = ObjectId::new("renewed").expect("valid");
+        let held = lease(&issuer, &object, "alice", 1, 60_000);
+        tracker.granted(&held);
+        for _ in 0..10_000 {
+            tracker.renewed(&held);
+        }
+        assert_eq!(tracker.sizes(), (1, 1));
+        for fence in 2..10_002 {
+            let brief = lease(&issuer, &object, "bob", fence, 60_000);
+            tracker.granted(&brief);
+            tracker.released(&object, Fence(fence));
+        }
+        let (heap, tracked) = tracker.sizes();
+        assert_eq!(tracked, 1);
+        assert!(heap <= 2 * tracked + STALE_SLACK + 1, "{heap} heap entries");
+    }
+
+    /// A backend that reports lease ends makes the events; the tracker keeps nothing per lease.
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn with_a_reporting_backend_events_come_from_its_reports_and_nothing_is_tracked() {
+        let (tracker, events) = tracker();
+        let config = backend_memory::MemoryConfig::new(Limits::default());
+        let service: Arc<dyn LockService> = Arc::new(backend_memory::MemoryLockService::new(
+            config,
+            TokenIssuer::random(),
+        ));
+        assert!(tracker.use_reports_of(service.as_ref()));
+        let owner = OwnerId::new("alice").expect("valid");
+        let short = ObjectId::new("short").expect("valid");
+        let kept = ObjectId::new("kept").expect("valid");
+        let expiring = service
+            .acquire(&short, &owner, Duration::from_millis(20), Duration::ZERO)
+            .await
+            .expect("granted");
+        tracker.granted(&expiring);
+        let released = service
+            .acquire(&kept, &owner, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .expect("granted");
+        tracker.granted(&released);
+        tracker.renewed(&released);
+        assert_eq!(tracker.sizes(), (0, 0));
+        service.release(&kept, &released.token).await.expect("held");
+        tracker.released(&kept, released.fence);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while events.since(0, 10).len() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let log = events.since(0, 10);
+        let kinds: Vec<(EventKind, Fence)> = log.iter().map(|e| (e.kind, e.fence)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (EventKind::Release, released.fence),
+                (EventKind::Expiry, expiring.fence)
+            ]
+        );
+        assert!(log.iter().all(|e| e.owner.as_ref() == Some(&owner)));
     }
 
     #[cfg(feature = "memory")]

@@ -39,12 +39,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockcore::{
-    async_trait, AcquireRequest, Fence, Lease, Limits, ListQuery, LockError, LockInfo, LockPage,
-    LockResult, LockService, LockToken, ObjectId,
+    async_trait, AcquireRequest, Fence, Lease, LeaseEndSink, Limits, ListQuery, LockError,
+    LockInfo, LockPage, LockResult, LockService, LockToken, ObjectId,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -210,18 +210,60 @@ fn write_atomically(path: &Path, record: &StateRecord) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The outcome of the writer's writes so far, published after each one.
+#[derive(Debug, Clone, Default)]
+struct Written {
+    /// The deadline on disk (unix ms).
+    deadline: u64,
+    /// Writes that failed so far.
+    failures: u64,
+    /// Why the last failed write failed.
+    last_error: String,
+}
+
+/// The state file's writer and what it has written.
+///
+/// Grants never wait on a lock held across a write: a grant whose deadline is already on disk
+/// reads one atomic; one that needs a later deadline asks the writer task for it and waits for
+/// the write to be published. The writer also moves the deadline ahead in the background while
+/// grants are still covered, so under a steady load they rarely wait for the disk at all.
 #[derive(Debug)]
 struct Shared {
     path: PathBuf,
     /// The deadline on disk (unix ms); only grows.
-    deadline: tokio::sync::Mutex<u64>,
+    persisted: AtomicU64,
+    /// The largest deadline asked of the writer.
+    requested: AtomicU64,
     /// Highest fence handed out (in memory).
     highest_fence: AtomicU64,
     /// Highest fence on disk.
     flushed_fence: AtomicU64,
+    /// Held by whoever writes the file, on a blocking thread (never across an `await`), so the
+    /// final write at drop never interleaves with the writer's.
+    writing: std::sync::Mutex<()>,
+    /// Wakes the writer.
+    wake: tokio::sync::Notify,
+    /// Published by the writer after each write.
+    written: tokio::sync::watch::Sender<Written>,
 }
 
 impl Shared {
+    fn new(path: PathBuf, deadline: u64, highest_fence: u64) -> Self {
+        Self {
+            path,
+            persisted: AtomicU64::new(deadline),
+            requested: AtomicU64::new(deadline),
+            highest_fence: AtomicU64::new(highest_fence),
+            flushed_fence: AtomicU64::new(highest_fence),
+            writing: std::sync::Mutex::new(()),
+            wake: tokio::sync::Notify::new(),
+            written: tokio::sync::watch::Sender::new(Written {
+                deadline,
+                ..Written::default()
+            }),
+        }
+    }
+
     fn record(&self, deadline: u64) -> StateRecord {
         StateRecord {
             version: 1,
@@ -230,43 +272,106 @@ impl Shared {
         }
     }
 
-    async fn write(&self, record: StateRecord) -> LockResult<()> {
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&path, &record))
-            .await
-            .map_err(|e| LockError::Internal(format!("writing the state file panicked: {e}")))?
-            .map_err(|e| {
-                LockError::unavailable(
-                    BACKEND,
-                    format!(
-                        "cannot persist restart state to {}: {e}",
-                        self.path.display()
-                    ),
-                )
-            })?;
-        self.flushed_fence
-            .fetch_max(record.highest_fence, Ordering::AcqRel);
-        Ok(())
+    /// Writes `record` on this thread, serialised with every other write.
+    fn write_blocking(&self, record: &StateRecord) -> std::io::Result<()> {
+        let _writing = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        write_atomically(&self.path, record)
     }
 
-    /// Makes sure the stored deadline covers a lease that may last until `needed` (unix ms).
+    /// Asks the writer to store a deadline of at least `deadline`.
+    fn request(&self, deadline: u64) {
+        if self.requested.fetch_max(deadline, Ordering::AcqRel) < deadline {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Makes sure the stored deadline covers a lease that may last until `needed` (unix ms):
+    /// returns at once when it does, else once the writer has stored one that does.
     async fn cover(&self, needed: u64) -> LockResult<()> {
-        let mut deadline = self.deadline.lock().await;
-        if *deadline >= needed {
+        let coalesce = u64::try_from(COALESCE.as_millis()).unwrap_or(1000);
+        if self.persisted.load(Ordering::Acquire) >= needed {
+            // Covered. When the margin runs low, move it ahead in the background.
+            if self.requested.load(Ordering::Acquire) < needed.saturating_add(coalesce / 2) {
+                self.request(needed.saturating_add(coalesce));
+            }
             return Ok(());
         }
-        let new = needed.saturating_add(u64::try_from(COALESCE.as_millis()).unwrap_or(1000));
-        self.write(self.record(new)).await?;
-        *deadline = new;
-        Ok(())
+        let mut written = self.written.subscribe();
+        let failures = written.borrow().failures;
+        self.request(needed.saturating_add(coalesce));
+        let outcome = written
+            .wait_for(|w| w.deadline >= needed || w.failures > failures)
+            .await
+            .map(|w| (w.deadline, w.last_error.clone()));
+        match outcome {
+            Ok((deadline, _)) if deadline >= needed => Ok(()),
+            Ok((_, error)) => Err(LockError::unavailable(
+                BACKEND,
+                format!(
+                    "cannot persist restart state to {}: {error}",
+                    self.path.display()
+                ),
+            )),
+            Err(_) => Err(LockError::unavailable(
+                BACKEND,
+                "the restart state writer has stopped",
+            )),
+        }
     }
 
-    async fn flush_fence(&self) -> LockResult<()> {
-        let deadline = self.deadline.lock().await;
-        if self.highest_fence.load(Ordering::Acquire) > self.flushed_fence.load(Ordering::Acquire) {
-            self.write(self.record(*deadline)).await?;
+    /// One round of the writer: stores the requested deadline and the highest fence if either
+    /// is ahead of the disk.
+    async fn write_pending(self: &Arc<Self>) {
+        let persisted = self.persisted.load(Ordering::Acquire);
+        let deadline = self.requested.load(Ordering::Acquire).max(persisted);
+        let fence_behind =
+            self.highest_fence.load(Ordering::Acquire) > self.flushed_fence.load(Ordering::Acquire);
+        if deadline == persisted && !fence_behind {
+            return;
         }
-        Ok(())
+        let record = self.record(deadline);
+        let shared = Arc::clone(self);
+        let result = tokio::task::spawn_blocking(move || shared.write_blocking(&record))
+            .await
+            .map_err(|e| format!("the write panicked: {e}"))
+            .and_then(|written| written.map_err(|e| e.to_string()));
+        match result {
+            Ok(()) => {
+                self.persisted.fetch_max(deadline, Ordering::AcqRel);
+                self.flushed_fence
+                    .fetch_max(record.highest_fence, Ordering::AcqRel);
+                self.written
+                    .send_modify(|w| w.deadline = w.deadline.max(deadline));
+            }
+            Err(error) => {
+                tracing::error!(
+                    %error,
+                    state_file = %self.path.display(),
+                    "cannot persist the restart state"
+                );
+                self.written.send_modify(|w| {
+                    w.failures += 1;
+                    w.last_error = error;
+                });
+            }
+        }
+    }
+}
+
+/// The writer task: writes when asked, and flushes a changed highest fence every
+/// [`FENCE_FLUSH_INTERVAL`]. Runs until aborted.
+async fn write_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(FENCE_FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            _ = tick.tick() => {}
+        }
+        shared.write_pending().await;
     }
 }
 
@@ -281,7 +386,7 @@ pub struct RestartGuard {
     /// Keeps the data dir locked for this process; dropped (unlocked) after the final write.
     _dir_lock: std::fs::File,
     grace_until: Instant,
-    flusher: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
     idle_probe: Option<IdleProbe>,
 }
 
@@ -314,20 +419,19 @@ impl RestartGuard {
                  until they have expired"
             );
         }
-        let shared = Arc::new(Shared {
-            path: state.path,
-            deadline: tokio::sync::Mutex::new(state.stored.grant_deadline_unix_ms),
-            highest_fence: AtomicU64::new(state.stored.highest_fence),
-            flushed_fence: AtomicU64::new(state.stored.highest_fence),
-        });
-        let flusher = tokio::spawn(flush_loop(Arc::downgrade(&shared)));
+        let shared = Arc::new(Shared::new(
+            state.path,
+            state.stored.grant_deadline_unix_ms,
+            state.stored.highest_fence,
+        ));
+        let writer = tokio::spawn(write_loop(Arc::clone(&shared)));
         Self {
             inner,
             limits,
             shared,
             _dir_lock: state.dir_lock,
             grace_until: Instant::now() + grace,
-            flusher,
+            writer,
             idle_probe: None,
         }
     }
@@ -366,27 +470,16 @@ impl RestartGuard {
     }
 }
 
-async fn flush_loop(shared: Weak<Shared>) {
-    let mut tick = tokio::time::interval(FENCE_FLUSH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        if let Err(e) = shared.flush_fence().await {
-            tracing::error!(error = %e, "cannot flush the highest fence to the state file");
-        }
-    }
-}
-
 impl Drop for RestartGuard {
     fn drop(&mut self) {
-        self.flusher.abort();
-        let deadline = match self.shared.deadline.try_lock() {
-            Ok(deadline) => *deadline,
-            Err(_) => return,
-        };
+        self.writer.abort();
+        // Waits for a write in progress, so the final one is last.
+        let _writing = self
+            .shared
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let deadline = self.shared.persisted.load(Ordering::Acquire);
         let now = now_unix_ms();
         let idle = deadline > now && self.idle_probe.as_ref().is_some_and(|idle| idle());
         let record = self.shared.record(if idle { now } else { deadline });
@@ -464,6 +557,10 @@ impl LockService for RestartGuard {
 
     async fn close(&self, timeout: Duration) -> bool {
         self.inner.close(timeout).await
+    }
+
+    fn report_lease_ends(&self, sink: LeaseEndSink) -> bool {
+        self.inner.report_lease_ends(sink)
     }
 }
 
@@ -544,30 +641,58 @@ mod tests {
             .expect("free again once the first owner is gone");
     }
 
+    /// A grant waits until a deadline covering it is on disk; one already covered writes
+    /// nothing; the highest fence is flushed by the writer on its own.
     #[tokio::test]
     async fn covering_a_lease_persists_a_deadline_beyond_it_before_returning() {
         let dir = tempfile::tempdir().expect("temp dir");
         let state = StateFile::open(dir.path()).await.expect("opens");
-        let shared = Shared {
-            path: state.path.clone(),
-            deadline: tokio::sync::Mutex::new(0),
-            highest_fence: AtomicU64::new(7),
-            flushed_fence: AtomicU64::new(0),
-        };
+        let shared = Arc::new(Shared::new(state.path.clone(), 0, 7));
+        shared.highest_fence.store(7, Ordering::Release);
+        let writer = tokio::spawn(write_loop(Arc::clone(&shared)));
         let needed = now_unix_ms() + 5_000;
         shared.cover(needed).await.expect("persisted");
         let on_disk = read(dir.path());
         assert!(on_disk.grant_deadline_unix_ms >= needed);
-        assert_eq!(on_disk.highest_fence, 7);
-        // A lease ending earlier needs no write: the stored deadline only grows.
-        shared.highest_fence.store(9, Ordering::Release);
+        // A lease ending well before the stored deadline is covered without a write.
+        let requested = shared.requested.load(Ordering::Acquire);
         shared.cover(needed - 1_000).await.expect("covered");
-        assert_eq!(read(dir.path()).highest_fence, 7);
-        shared.flush_fence().await.expect("flushed");
-        assert_eq!(read(dir.path()).highest_fence, 9);
-        assert_eq!(
-            read(dir.path()).grant_deadline_unix_ms,
-            on_disk.grant_deadline_unix_ms
-        );
+        assert_eq!(shared.requested.load(Ordering::Acquire), requested);
+        shared.highest_fence.store(9, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while read(dir.path()).highest_fence != 9 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fence never flushed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(read(dir.path()).grant_deadline_unix_ms >= on_disk.grant_deadline_unix_ms);
+        writer.abort();
+    }
+
+    /// Many grants needing a later deadline at once all wait for one write and all succeed.
+    #[tokio::test]
+    async fn concurrent_grants_share_writes_and_none_returns_before_its_deadline_is_stored() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = StateFile::open(dir.path()).await.expect("opens");
+        let shared = Arc::new(Shared::new(state.path.clone(), 0, 1));
+        let writer = tokio::spawn(write_loop(Arc::clone(&shared)));
+        let base = now_unix_ms() + 10_000;
+        let grants: Vec<_> = (0..50)
+            .map(|i| {
+                let shared = Arc::clone(&shared);
+                let dir = dir.path().to_path_buf();
+                tokio::spawn(async move {
+                    let needed = base + i * 10;
+                    shared.cover(needed).await.expect("persisted");
+                    assert!(read(&dir).grant_deadline_unix_ms >= needed);
+                })
+            })
+            .collect();
+        for grant in grants {
+            grant.await.expect("grant task");
+        }
+        writer.abort();
     }
 }

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (prints `lockd listening on http://ADDR` once it accepts connections).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Acquire a lock and print its token and fence.
     #[cfg(feature = "http")]
     Acquire(cli::AcquireArgs),
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             #[cfg(feature = "http")]
             Command::Acquire(args) => cli::acquire(args).await.map_err(|e| e.to_string()),
             #[cfg(feature = "http")]

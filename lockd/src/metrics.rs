@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::limits::Limit;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     operation: &'static str,
@@ -19,6 +21,16 @@ struct RequestLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabels {
+    timeout: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +56,11 @@ pub struct Metrics {
     waiters: Gauge<i64, AtomicI64>,
     events: Counter,
     unauthenticated: Counter,
+    limit_refusals: Family<LimitLabels, Counter>,
+    connection_timeouts: Family<TimeoutLabels, Counter>,
+    connections: Gauge<i64, AtomicI64>,
+    in_flight: Gauge<i64, AtomicI64>,
+    event_streams: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -94,7 +111,44 @@ impl Metrics {
             "Requests refused for a missing or unknown API key",
             unauthenticated.clone(),
         );
+        let limit_refusals = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "limit_refusals",
+            "Requests and connections refused with 503 because a limit was reached, by limit \
+             (connections, in_flight, waiters, event_streams)",
+            limit_refusals.clone(),
+        );
+        let connection_timeouts = Family::<TimeoutLabels, Counter>::default();
+        registry.register(
+            "connection_timeouts",
+            "Connections closed by a timeout: request_read (a request not received in time) or \
+             idle (no request on a kept-alive connection)",
+            connection_timeouts.clone(),
+        );
+        let connections = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        let in_flight = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "requests_in_flight",
+            "/v1 requests being handled now (an event stream counts until its response starts)",
+            in_flight.clone(),
+        );
+        let event_streams = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "event_streams",
+            "Open GET /v1/events/stream subscriptions",
+            event_streams.clone(),
+        );
         Self {
+            limit_refusals,
+            connection_timeouts,
+            connections,
+            in_flight,
+            event_streams,
             registry,
             requests,
             latency,
@@ -131,6 +185,33 @@ impl Metrics {
     /// A blocking acquire started (`+1`) or finished (`-1`).
     pub fn add_waiters(&self, delta: i64) {
         self.waiters.inc_by(delta);
+    }
+
+    /// Counts a request or connection refused because `limit` was reached.
+    pub(crate) fn limit_refused(&self, limit: Limit) {
+        self.limit_refusals
+            .get_or_create(&LimitLabels {
+                limit: limit.label(),
+            })
+            .inc();
+    }
+
+    /// One unit of `limit` was taken (`+1`) or given back (`-1`).
+    pub(crate) fn in_use(&self, limit: Limit, delta: i64) {
+        let gauge = match limit {
+            Limit::Connections => &self.connections,
+            Limit::InFlight => &self.in_flight,
+            Limit::Waiters => &self.waiters,
+            Limit::EventStreams => &self.event_streams,
+        };
+        gauge.inc_by(delta);
+    }
+
+    /// Counts a connection closed by a timeout (`request_read` or `idle`).
+    pub(crate) fn connection_timeout(&self, timeout: &'static str) {
+        self.connection_timeouts
+            .get_or_create(&TimeoutLabels { timeout })
+            .inc();
     }
 
     /// Counts a request refused for a missing or unknown API key.

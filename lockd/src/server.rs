@@ -1,19 +1,23 @@
 //! Running the server: bind, serve, drain on shutdown.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lockcore::{LockError, LockService, TokenIssuer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::api::{self, ApiKeys, AppState};
 use crate::backend::{connect_backend, redact_url, BackendOptions};
 use crate::config::ServerConfig;
+use crate::connection::{self, Shared};
 use crate::events::EventLog;
 use crate::expiry::ExpiryTracker;
+use crate::limits::{Limit, Usage};
 use crate::metrics::Metrics;
 
 /// Longest wait at exit for the backend to take back grants of acquires that were cut off.
@@ -76,7 +80,7 @@ pub enum ServerError {
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
-    router: axum::Router,
+    shared: Arc<Shared>,
     service: Arc<dyn LockService>,
     tracker: Arc<ExpiryTracker>,
     shutdown: watch::Sender<bool>,
@@ -168,7 +172,11 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let events = Arc::new(EventLog::starting_now(config.events_capacity));
         let tracker = Arc::new(ExpiryTracker::new(events.clone(), metrics.clone()));
+        if tracker.use_reports_of(service.as_ref()) {
+            tracing::debug!("the backend reports releases and expiries: no lease is tracked here");
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let usage = Usage::new(config.caps, metrics.clone());
         let state = AppState {
             service: service.clone(),
             events,
@@ -177,12 +185,21 @@ impl Server {
             keys: Arc::new(ApiKeys::new(&config.api_keys)),
             shutdown: shutdown_rx,
             max_body_bytes: config.max_body_bytes,
+            usage: usage.clone(),
         };
-        let router = api::router(state);
+        let metrics = state.metrics.clone();
+        let shared = Arc::new(Shared {
+            router: api::router(state),
+            usage,
+            metrics,
+            request_read_timeout: config.request_read_timeout,
+            idle_timeout: config.idle_timeout,
+            refusing: AtomicUsize::new(0),
+        });
         Ok(Self {
             listener,
             local_addr,
-            router,
+            shared,
             service,
             tracker,
             shutdown,
@@ -201,8 +218,13 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then stops accepting connections, ends event streams,
-    /// and waits up to [`ServerConfig::shutdown_timeout`] for requests in flight to finish.
-    /// Fails with [`ServerError::ShutdownCutOff`] if it had to cut some off.
+    /// closes connections with nothing in progress, and waits up to
+    /// [`ServerConfig::shutdown_timeout`] for requests in flight to finish. Fails with
+    /// [`ServerError::ShutdownCutOff`] if it had to cut some off.
+    ///
+    /// Each connection is served over HTTP/1.1 with the read and idle timeouts and the caps of
+    /// the configuration (see the `connection` module); a connection over
+    /// `--max-connections` gets one `503` and is closed.
     pub async fn run_until<F>(self, shutdown: F) -> Result<(), ServerError>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -210,7 +232,7 @@ impl Server {
         let Server {
             listener,
             local_addr,
-            router,
+            shared,
             service,
             tracker,
             shutdown: stop,
@@ -223,29 +245,62 @@ impl Server {
             "lockd serving"
         );
         let expiries = tokio::spawn(tracker.run(service.clone()));
-        let mut stopping = stop.subscribe();
-        let stop_signal = async move {
+        let stopping = stop.subscribe();
+        let stop_signal = tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: finishing requests in flight");
             stop.send_replace(true);
-        };
-        // Lock requests are small and latency-bound: no Nagle delay on responses.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
+            // Kept until the server is done, so connections see `true`, not a closed channel.
+            stop
         });
-        let serve = axum::serve(listener, router).with_graceful_shutdown(stop_signal);
-        let deadline = async {
-            let _ = stopping.wait_for(|stopped| *stopped).await;
-            tokio::time::sleep(config.shutdown_timeout).await;
+        let mut connections = JoinSet::new();
+        let mut accepting = stopping.clone();
+        loop {
+            tokio::select! {
+                () = async { drop(accepting.wait_for(|stopped| *stopped).await) } => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        // Lock requests are small and latency-bound: no Nagle delay on responses.
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                        }
+                        match shared.usage.take(Limit::Connections) {
+                            Ok(slot) => {
+                                connections.spawn(connection::serve(
+                                    stream,
+                                    Arc::clone(&shared),
+                                    slot,
+                                    stopping.clone(),
+                                ));
+                            }
+                            Err(refused) => connection::refuse(stream, refused, &shared),
+                        }
+                    }
+                    Err(e) => {
+                        // Out of file descriptors or memory, or a connection that failed
+                        // before it was accepted: log, pause a moment, keep serving.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        let drained = async { while connections.join_next().await.is_some() {} };
+        let result = match tokio::time::timeout(config.shutdown_timeout, drained).await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                // Cut off: dropping their requests drops acquires in flight, which the backend
+                // takes back (below). Wait until every connection task has really ended.
+                connections.abort_all();
+                while connections.join_next().await.is_some() {}
+                Err(ServerError::ShutdownCutOff {
+                    timeout: config.shutdown_timeout,
+                })
+            }
         };
-        let result = tokio::select! {
-            result = serve.into_future() => result.map_err(ServerError::from),
-            () = deadline => Err(ServerError::ShutdownCutOff {
-                timeout: config.shutdown_timeout,
-            }),
-        };
+        stop_signal.abort();
         expiries.abort();
         // Acquires cut off above may have been granted with nobody to receive the token: the
         // backend takes such grants back in the background; let it finish before exiting.
