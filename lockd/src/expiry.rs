@@ -274,7 +274,7 @@ mod tests {
         let log = events.since(0, 10);
         assert_eq!(log.len(), 1, "{log:?}");
         assert_eq!(log[0].kind, EventKind::Expiry);
-        assert_eq!(log[0].fence, granted.fence);
-        assert_eq!(log[0].owner.as_ref().map(OwnerId::as_str), Some("alice"));
+        assert_eq!(log[0].fence, Some(granted.fence.get()));
+        assert_eq!(log[0].owner.as_deref(), Some("alice"));
     }
 }
