@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable as _};
 use lockcore::{LockResult, ObjectId, WaitQueue};
 use sqlx::postgres::{PgListener, PgPool};
 
@@ -11,6 +12,17 @@ use crate::error::from_sqlx;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Delays between LISTEN reconnect attempts: doubling from [`FIRST_BACKOFF`] up to
+/// [`MAX_BACKOFF`], with jitter so that several lockd processes do not reconnect in step, for as
+/// long as it takes.
+fn reconnect_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(FIRST_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+}
 /// Most rows one reaper statement deletes, so one pass never holds many row locks.
 const REAP_BATCH: i64 = 10_000;
 
