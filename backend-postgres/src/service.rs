@@ -6,9 +6,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use lockcore::reclaim::UndoFuture;
 use lockcore::{
-    async_trait, audit, Fence, Lease, Limits, ListQuery, LockError, LockInfo, LockPage, LockResult,
-    LockToken, ObjectId, OwnerId, TokenDigest, TokenIssuer, WaitQueue,
+    async_trait, audit, AcquireRequest, Fence, Lease, Limits, ListQuery, LockError, LockInfo,
+    LockPage, LockResult, LockToken, ObjectId, OwnerId, ReclaimPolicy, Reclaimer, TokenDigest,
+    TokenIssuer, Undo, WaitQueue,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::Row as _;
@@ -22,6 +24,19 @@ use crate::tasks;
 
 /// The embedded migrations (`backend-postgres/migrations`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// How a lock whose acquire reply was lost is taken back: first after 100 ms, then with backoff
+/// up to 2 s, for up to 5 min while the database does not answer (at most the lease's TTL).
+/// The acquire may still be running on the connection that was given up, so finding no such
+/// grant is retried until its server-side `statement_timeout` has surely ended it, plus 2 s.
+fn reclaim_policy(statement_timeout: Duration) -> ReclaimPolicy {
+    ReclaimPolicy {
+        first_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(2),
+        window: Duration::from_secs(5 * 60),
+        absent_window: statement_timeout + Duration::from_secs(2),
+    }
+}
 
 /// Added to `max_wait` when a blocking acquire asks for releases to be announced.
 const WANTED_MARGIN: Duration = Duration::from_secs(60);
@@ -39,6 +54,8 @@ pub struct PostgresLockService {
 struct Inner {
     conns: Arc<Connections>,
     issuer: TokenIssuer,
+    /// Takes back locks whose acquire reply was lost.
+    reclaimer: Reclaimer,
     limits: Limits,
     waits: Arc<WaitQueue>,
     /// lockd's own deadline for one operation: waiting for a connection plus the statement.
@@ -128,6 +145,7 @@ impl PostgresLockService {
 
         Ok(Self {
             inner: Arc::new(Inner {
+                reclaimer: Reclaimer::new(BACKEND, reclaim_policy(config.statement_timeout)),
                 conns,
                 issuer,
                 limits: config.limits,
@@ -160,18 +178,20 @@ impl Inner {
     /// A refused blocking attempt always marks the object; a granted one only when other
     /// acquires of this process are waiting (they will rely on the release being announced).
     /// If one queued while the statement was in flight, a second statement marks it then.
-    async fn try_acquire(
-        &self,
-        object: &ObjectId,
-        owner: &OwnerId,
-        ttl: Duration,
-        wanted: Duration,
-    ) -> LockResult<Lease> {
+    ///
+    /// A retry of a granted request (same request id) is answered with that grant.
+    async fn try_acquire(&self, request: &AcquireRequest, wanted: Duration) -> LockResult<Lease> {
+        let (object, owner, ttl) = (&request.object, &request.owner, request.ttl);
         let blocking = !wanted.is_zero();
         // This attempt's own ticket counts as one waiter.
         let mark_granted = blocking && self.waits.waiting() > 1;
-        let pending = self.issuer.prepare();
+        let pending = self.issuer.prepare_for(request);
         let digest = pending.digest();
+        // The statement may commit a grant nobody gets the token for: when this attempt is
+        // dropped or cut off by the deadline, the guard takes it back.
+        let guard = self
+            .reclaimer
+            .guard(object, ttl, self.undo_acquire(object, digest));
         let row = self
             .fetch_one(
                 sqlx::query(sql::ACQUIRE)
@@ -182,8 +202,32 @@ impl Inner {
                     .bind(millis(wanted))
                     .bind(mark_granted),
             )
-            .await?;
+            .await;
+        let row = match row {
+            Ok(row) => {
+                guard.disarm();
+                row
+            }
+            Err(e @ LockError::Unavailable { .. }) => {
+                drop(guard);
+                return Err(e);
+            }
+            Err(e) => {
+                guard.disarm();
+                return Err(e);
+            }
+        };
         let granted: bool = get(&row, 0)?;
+        if granted && get::<bool>(&row, 4)? {
+            let fence = fence_from(get(&row, 1)?)?;
+            return Ok(Lease {
+                object: object.clone(),
+                owner: owner.clone(),
+                token: self.issuer.seal(pending, object, fence),
+                fence,
+                ttl: micros_to_duration(get(&row, 3)?),
+            });
+        }
         if granted {
             let fence = fence_from(get(&row, 1)?)?;
             if blocking && !mark_granted && self.waits.waiting() > 1 {
@@ -201,7 +245,7 @@ impl Inner {
                         "could not mark a contended object as wanted");
                 }
             }
-            let token = self.issuer.seal(pending, object, owner, fence);
+            let token = self.issuer.seal(pending, object, fence);
             Ok(Lease {
                 object: object.clone(),
                 owner: owner.clone(),
@@ -218,6 +262,56 @@ impl Inner {
                 retry_after: micros_to_duration(remaining),
             })
         }
+    }
+
+    /// The take-back of an acquire whose outcome is unknown: frees the object if (and only if)
+    /// it holds `digest` and no retry claimed it.
+    fn undo_acquire(
+        &self,
+        object: &ObjectId,
+        digest: TokenDigest,
+    ) -> impl FnMut() -> UndoFuture + Send {
+        let conns = self.conns.clone();
+        let deadline = self.deadline;
+        let object = object.as_str().to_owned();
+        move || -> UndoFuture {
+            let (conns, object) = (conns.clone(), object.clone());
+            Box::pin(async move {
+                let status: String = within(deadline, "taking back a lost grant", async {
+                    let mut conn = conns.get().await?;
+                    let row = sqlx::query(sql::ABANDON)
+                        .bind(&object)
+                        .bind(&digest.as_bytes()[..])
+                        .fetch_one(conn.raw()?)
+                        .await
+                        .map_err(from_sqlx)?;
+                    conn.keep();
+                    get(&row, 0)
+                })
+                .await?;
+                match status.as_str() {
+                    "took_back" => Ok(Undo::TookBack),
+                    "claimed" => Ok(Undo::Claimed),
+                    "absent" => Ok(Undo::Absent),
+                    other => Err(LockError::Internal(format!(
+                        "lockd_abandon answered {other:?}"
+                    ))),
+                }
+            })
+        }
+    }
+
+    /// Refuses a token lockd did not issue for `object` before the database sees it, and logs
+    /// it.
+    fn check_token(
+        &self,
+        operation: &'static str,
+        object: &ObjectId,
+        token: &LockToken,
+    ) -> LockResult<()> {
+        self.issuer.check(object, token).inspect_err(|refused| {
+            audit::log_refusal(operation, object, token, refused);
+        })
     }
 
     async fn fetch_one<'q>(
@@ -253,15 +347,10 @@ impl lockcore::LockService for PostgresLockService {
         BACKEND
     }
 
-    async fn acquire(
-        &self,
-        object: &ObjectId,
-        owner: &OwnerId,
-        ttl: Duration,
-        wait: Duration,
-    ) -> LockResult<Lease> {
+    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease> {
         let inner = &self.inner;
-        inner.limits.check_acquire(ttl, wait)?;
+        let wait = request.wait;
+        inner.limits.check_acquire(request.ttl, wait)?;
         // A blocking attempt asks for releases to be announced for as long as any waiter queued
         // behind it in this process may wait: at most `max_wait` from when it queued, plus a
         // margin for an attempt already in flight when it queued (see migration 2).
@@ -272,13 +361,12 @@ impl lockcore::LockService for PostgresLockService {
         };
         inner
             .waits
-            .acquire(object, wait, || {
-                inner.try_acquire(object, owner, ttl, wanted)
-            })
+            .acquire(&request.object, wait, || inner.try_acquire(request, wanted))
             .await
     }
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
+        self.inner.check_token("release", object, token)?;
         let row = self
             .inner
             .fetch_one(
@@ -306,6 +394,7 @@ impl lockcore::LockService for PostgresLockService {
         ttl: Duration,
     ) -> LockResult<Lease> {
         self.inner.limits.check_ttl(ttl)?;
+        self.inner.check_token("renew", object, token)?;
         let row = self
             .inner
             .fetch_one(
@@ -330,6 +419,7 @@ impl lockcore::LockService for PostgresLockService {
     }
 
     async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
+        self.inner.issuer.check(object, token)?;
         let row = self
             .inner
             .fetch_optional(sqlx::query(sql::CURRENT).bind(object.as_str()))
@@ -422,6 +512,10 @@ impl lockcore::LockService for PostgresLockService {
             Ok(())
         })
         .await
+    }
+
+    async fn close(&self, timeout: Duration) -> bool {
+        self.inner.reclaimer.drain(timeout).await
     }
 }
 

@@ -5,9 +5,14 @@
 
 /// `$1` object, `$2` owner, `$3` token digest, `$4` TTL in ms, `$5` for how long releases of
 /// the object must be announced if refused (ms; 0 for a non-blocking attempt), `$6` whether to
-/// mark it so if granted too -> `(granted, fence, holder, remaining_us)`.
-pub(crate) const ACQUIRE: &str = "SELECT r_granted, r_fence, r_holder, r_remaining_us \
+/// mark it so if granted too -> `(granted, fence, holder, remaining_us, replayed)`; `replayed`
+/// when the object is held by this very digest (a retry of the request that was granted).
+pub(crate) const ACQUIRE: &str = "SELECT r_granted, r_fence, r_holder, r_remaining_us, r_replayed \
                                   FROM lockd_acquire($1, $2, $3, $4, $5, $6)";
+
+/// `$1` object, `$2` token digest -> `'took_back'`, `'claimed'` or `'absent'`: takes back a grant
+/// whose acquire reply was lost, unless a retry claimed it.
+pub(crate) const ABANDON: &str = "SELECT r_status FROM lockd_abandon($1, $2)";
 
 /// `$1` object, `$2` ms: releases of the object are announced for that long.
 pub(crate) const MARK_WANTED: &str = "SELECT lockd_mark_wanted($1, $2)";

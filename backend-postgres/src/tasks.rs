@@ -62,15 +62,19 @@ pub(crate) async fn listen(
                 // Its connection may be dead but still attached: start over with a new one.
                 drop(listener);
                 waits.wake_all();
-                let mut backoff = FIRST_BACKOFF;
-                listener = loop {
-                    tokio::time::sleep(backoff).await;
-                    match start_listener(&pool, &channel).await {
-                        Ok(listener) => break listener,
-                        Err(error) => {
-                            tracing::debug!(target: "lockd::postgres", %error, "LISTEN reconnect failed");
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                        }
+                let reconnected = (|| start_listener(&pool, &channel))
+                    .retry(reconnect_backoff())
+                    .sleep(tokio::time::sleep)
+                    .notify(|error, _| {
+                        tracing::debug!(target: "lockd::postgres", %error, "LISTEN reconnect failed")
+                    })
+                    .await;
+                listener = match reconnected {
+                    Ok(listener) => listener,
+                    // Not reached: the back-off has no attempt limit.
+                    Err(error) => {
+                        tracing::error!(target: "lockd::postgres", %error, "LISTEN reconnect gave up");
+                        return;
                     }
                 };
                 waits.wake_all();

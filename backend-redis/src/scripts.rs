@@ -14,7 +14,10 @@ use redis::Script;
 
 /// Acquire. KEYS: lock, fence, waiting. ARGV: owner, digest (hex), ttl ms, fence key ttl ms,
 /// clock multiplier (2^shift), waiting mark ms (0 for a caller that will not wait).
-/// Returns `{1, fence, acquired_at_ms}` on a grant, `{0, holder, pttl}` when held.
+/// Returns `{1, fence, acquired_at_ms}` on a grant, `{0, holder, pttl}` when held, and
+/// `{2, fence, pttl}` when it is held by this very digest: a retry of the request that was
+/// granted (only a request id draws the same digest twice), which then marks the grant as
+/// claimed so that the first attempt's take-back leaves it alone.
 ///
 /// A blocking caller, refused or granted, marks the object as waited on (extending, never
 /// shortening, the mark) so that its release publishes: a refused caller waits for that
@@ -26,9 +29,13 @@ local mark = tonumber(ARGV[6])
 if mark > 0 and redis.call('PTTL', KEYS[3]) < mark then
   redis.call('SET', KEYS[3], '1', 'PX', mark)
 end
-local holder = redis.call('HGET', KEYS[1], 'owner')
-if holder then
-  return {0, holder, redis.call('PTTL', KEYS[1])}
+local held = redis.call('HMGET', KEYS[1], 'owner', 'digest', 'fence')
+if held[1] then
+  if held[2] == ARGV[2] then
+    redis.call('HSET', KEYS[1], 'claimed', '1')
+    return {2, held[3], redis.call('PTTL', KEYS[1])}
+  end
+  return {0, held[1], redis.call('PTTL', KEYS[1])}
 end
 local function less(a, b)
   if #a ~= #b then return #a < #b end
@@ -71,10 +78,13 @@ return 1
 "#;
 
 /// Abandon: undoes an acquire whose reply was lost. KEYS: lock, waiting. ARGV: digest,
-/// channel, object. Deletes the lock only if it holds this digest (a token nobody ever
-/// received); returns 1 if it did, 0 otherwise.
+/// channel, object. Deletes the lock only if it holds this digest and no retry claimed it (a
+/// token nobody ever received); returns 1 if it did, 2 if a retry claimed it, 0 if the lock
+/// does not hold this digest.
 const ABANDON: &str = r#"
-if redis.call('HGET', KEYS[1], 'digest') ~= ARGV[1] then return 0 end
+local h = redis.call('HMGET', KEYS[1], 'digest', 'claimed')
+if h[1] ~= ARGV[1] then return 0 end
+if h[2] then return 2 end
 redis.call('DEL', KEYS[1])
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('PUBLISH', ARGV[2], ARGV[3])

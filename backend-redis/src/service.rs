@@ -2,13 +2,15 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lockcore::reclaim::UndoFuture;
 use lockcore::{
-    async_trait, audit, Fence, Lease, Limits, ListQuery, LockError, LockInfo, LockPage, LockResult,
-    LockService, LockToken, ObjectId, OwnerId, TokenIssuer, WaitQueue,
+    async_trait, audit, AcquireRequest, Fence, Lease, Limits, ListQuery, LockError, LockInfo,
+    LockPage, LockResult, LockService, LockToken, ObjectId, ReclaimPolicy, Reclaimer, TokenIssuer,
+    Undo, WaitQueue,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ScriptInvocation, Value};
@@ -24,14 +26,17 @@ use crate::scripts::Scripts;
 
 /// Delays between reconnect attempts of the command connection grow up to this.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
-/// Pause before the first try to take back a lock whose acquire reply was lost.
-const ABANDON_FIRST_DELAY: Duration = Duration::from_millis(100);
-/// Longest pause between such tries.
-const ABANDON_MAX_DELAY: Duration = Duration::from_secs(2);
-/// How long the backend keeps trying to take such a lock back (at most the lease's TTL).
-const ABANDON_WINDOW: Duration = Duration::from_secs(5 * 60);
-/// Most lost acquires being taken back at once.
-const MAX_ABANDONING: usize = 1024;
+/// How a lock whose acquire reply was lost is taken back: first after 100 ms, then with
+/// backoff up to 2 s, while Redis does not answer for up to 5 min (at most the lease's TTL).
+/// An acquire sent on the multiplexed connection runs before the take-back sent after it on the
+/// same connection; one cut off on a dedicated connection may still be read by Redis from the
+/// closed socket a moment later, so finding no such lock is retried for 5 s.
+const RECLAIM: ReclaimPolicy = ReclaimPolicy {
+    first_delay: Duration::from_millis(100),
+    max_delay: Duration::from_secs(2),
+    window: Duration::from_secs(5 * 60),
+    absent_window: Duration::from_secs(5),
+};
 /// Added to a lease's TTL before its expiry wake-up, so Redis has expired it by then.
 const EXPIRY_WAKE_SLACK: Duration = Duration::from_millis(2);
 /// Most `SCAN` calls one `list` page makes before it returns what it has.
@@ -55,8 +60,8 @@ pub struct RedisLockService {
     fence_retention_ms: u64,
     redacted_url: String,
     listener: JoinHandle<()>,
-    /// Lost acquires currently being taken back.
-    abandoning: Arc<AtomicUsize>,
+    /// Takes back locks whose acquire reply was lost.
+    reclaimer: Reclaimer,
     /// Wake-ups at the expiry of leases granted to blocking acquires with waiters behind them.
     expiry_wakes: Arc<ExpiryWakes>,
 }
@@ -217,7 +222,7 @@ impl RedisLockService {
             fence_retention_ms: millis(config.fence_retention),
             redacted_url: config.redacted_url(),
             listener,
-            abandoning: Arc::new(AtomicUsize::new(0)),
+            reclaimer: Reclaimer::new(BACKEND, RECLAIM),
             expiry_wakes: Arc::new(ExpiryWakes::default()),
         })
     }
@@ -243,33 +248,39 @@ impl RedisLockService {
         }
     }
 
-    /// One acquire attempt: grants, or fails with `Locked` naming the holder.
-    async fn try_acquire(
-        &self,
-        object: &ObjectId,
-        owner: &OwnerId,
-        ttl: Duration,
-        wait: Duration,
-    ) -> LockResult<Lease> {
-        let pending = self.issuer.prepare();
+    /// One acquire attempt: grants, answers a retry of the granted request with its lease, or
+    /// fails with `Locked` naming the holder.
+    async fn try_acquire(&self, request: &AcquireRequest) -> LockResult<Lease> {
+        let (object, owner, ttl, wait) =
+            (&request.object, &request.owner, request.ttl, request.wait);
+        let pending = self.issuer.prepare_for(request);
+        let digest = pending.digest().to_hex();
         let ttl_ms = millis(ttl);
         let mut invocation = self.scripts.acquire.key(self.keys.lock_key(object));
         invocation
             .key(self.keys.fence_key(object))
             .key(self.keys.waiting_key(object))
             .arg(owner.as_str())
-            .arg(pending.digest().to_hex())
+            .arg(&digest)
             .arg(ttl_ms)
             .arg(ttl_ms.saturating_add(self.fence_retention_ms))
             .arg(1u64 << lockcore::fence::FENCE_CLOCK_SHIFT)
             .arg(self.waiting_mark_ms(wait));
+        // Redis may run the script and grant a lock nobody gets the token for: when this
+        // attempt is dropped, or its reply is lost, the guard takes it back.
+        let guard = self
+            .reclaimer
+            .guard(object, ttl, self.undo_acquire(object, digest));
         let reply = match self.eval("acquire", &invocation).await {
-            Ok(reply) => reply,
+            Ok(reply) => {
+                guard.disarm();
+                reply
+            }
             Err(e) => {
                 if matches!(e, LockError::Unavailable { .. }) {
-                    // Redis may have run the script and granted a lock nobody got the token
-                    // for: take it back once Redis answers again.
-                    self.abandon_in_background(object, pending.digest().to_hex(), ttl);
+                    drop(guard);
+                } else {
+                    guard.disarm();
                 }
                 return Err(e);
             }
@@ -278,7 +289,7 @@ impl RedisLockService {
         match reply::int(item(&items, 0)?)? {
             1 => {
                 let fence = reply::fence(item(&items, 1)?)?;
-                let token = self.issuer.seal(pending, object, owner, fence);
+                let token = self.issuer.seal(pending, object, fence);
                 // Others may be queued behind this blocking acquire (the count includes it).
                 if !wait.is_zero() && self.waits.waiting() > 1 {
                     self.expiry_wakes.arm(&self.waits, object, ttl);
@@ -289,6 +300,16 @@ impl RedisLockService {
                     token,
                     fence,
                     ttl,
+                })
+            }
+            2 => {
+                let fence = reply::fence(item(&items, 1)?)?;
+                Ok(Lease {
+                    object: object.clone(),
+                    owner: owner.clone(),
+                    token: self.issuer.seal(pending, object, fence),
+                    fence,
+                    ttl: reply::pttl(item(&items, 2)?, self.limits.max_ttl)?,
                 })
             }
             0 => Err(LockError::Locked {
@@ -311,50 +332,50 @@ impl RedisLockService {
         }
     }
 
-    /// After an acquire whose outcome is unknown: deletes the lock if (and only if) it holds
-    /// `digest`, retrying with backoff until Redis answers or the lease would have run out
-    /// anyway. The token for that digest was never handed out, so nobody loses a lease.
-    fn abandon_in_background(&self, object: &ObjectId, digest: String, ttl: Duration) {
-        // Bounded work during a long outage: past the cap, such locks simply expire.
-        if self.abandoning.fetch_add(1, Ordering::AcqRel) >= MAX_ABANDONING {
-            self.abandoning.fetch_sub(1, Ordering::AcqRel);
-            tracing::debug!(target: "lockd::redis", object = %object, "too many lost acquires to take back; this one will expire");
-            return;
-        }
-        let abandoning = self.abandoning.clone();
-        let mut conn = self.conn.clone();
+    /// The take-back of an acquire whose outcome is unknown: deletes the lock if (and only if)
+    /// it holds `digest` and no retry claimed it. The token for that digest was never handed
+    /// out, so nobody loses a lease.
+    fn undo_acquire(&self, object: &ObjectId, digest: String) -> impl FnMut() -> UndoFuture + Send {
+        let conn = self.conn.clone();
         let script = self.scripts.abandon.clone();
         let (lock_key, waiting_key) = (self.keys.lock_key(object), self.keys.waiting_key(object));
         let channel = self.channel.clone();
         let object = object.as_str().to_owned();
         let timeout = self.operation_timeout;
-        tokio::spawn(async move {
-            let _count = DecrementOnDrop(abandoning);
-            let give_up = tokio::time::Instant::now() + ttl.min(ABANDON_WINDOW);
-            let mut delay = ABANDON_FIRST_DELAY;
-            while tokio::time::Instant::now() + delay < give_up {
-                tokio::time::sleep(delay).await;
-                let mut invocation = script.key(&lock_key);
+        move || -> UndoFuture {
+            let mut conn = conn.clone();
+            let script = script.clone();
+            let args = [&lock_key, &waiting_key, &digest, &channel, &object].map(String::clone);
+            Box::pin(async move {
+                let [lock_key, waiting_key, digest, channel, object] = args;
+                let mut invocation = script.key(lock_key);
                 invocation
-                    .key(&waiting_key)
-                    .arg(&digest)
-                    .arg(&channel)
-                    .arg(&object);
-                let attempt =
-                    tokio::time::timeout(timeout, invocation.invoke_async::<i64>(&mut conn));
-                if let Ok(Ok(taken_back)) = attempt.await {
-                    if taken_back == 1 {
-                        tracing::info!(
-                            target: "lockd::redis",
-                            object = %object,
-                            "took back a lock granted by an acquire whose reply was lost"
-                        );
-                    }
-                    return;
+                    .key(waiting_key)
+                    .arg(digest)
+                    .arg(channel)
+                    .arg(object);
+                match tokio::time::timeout(timeout, invocation.invoke_async::<i64>(&mut conn)).await
+                {
+                    Ok(Ok(1)) => Ok(Undo::TookBack),
+                    Ok(Ok(2)) => Ok(Undo::Claimed),
+                    Ok(Ok(_)) => Ok(Undo::Absent),
+                    Ok(Err(e)) => Err(error::from_redis("abandon", &e)),
+                    Err(_) => Err(error::timed_out("abandon", timeout)),
                 }
-                delay = (delay * 2).min(ABANDON_MAX_DELAY);
-            }
-        });
+            })
+        }
+    }
+
+    /// Refuses a token lockd did not issue for `object` before Redis sees it, and logs it.
+    fn check_token(
+        &self,
+        operation: &'static str,
+        object: &ObjectId,
+        token: &LockToken,
+    ) -> LockResult<()> {
+        self.issuer.check(object, token).inspect_err(|refused| {
+            audit::log_refusal(operation, object, token, refused);
+        })
     }
 
     /// Refusal for a token that is not the holder's: `NotHeld` (0) or `TokenMismatch` (-1).
@@ -419,15 +440,6 @@ impl RedisLockService {
     }
 }
 
-/// Decrements a counter when dropped (also when the task holding it is aborted).
-struct DecrementOnDrop(Arc<AtomicUsize>);
-
-impl Drop for DecrementOnDrop {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 fn item(items: &[Value], index: usize) -> LockResult<&Value> {
     items
         .get(index)
@@ -444,20 +456,15 @@ impl LockService for RedisLockService {
         BACKEND
     }
 
-    async fn acquire(
-        &self,
-        object: &ObjectId,
-        owner: &OwnerId,
-        ttl: Duration,
-        wait: Duration,
-    ) -> LockResult<Lease> {
-        self.limits.check_acquire(ttl, wait)?;
+    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease> {
+        self.limits.check_acquire(request.ttl, request.wait)?;
         self.waits
-            .acquire(object, wait, || self.try_acquire(object, owner, ttl, wait))
+            .acquire(&request.object, request.wait, || self.try_acquire(request))
             .await
     }
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
+        self.check_token("release", object, token)?;
         let mut invocation = self.scripts.release.key(self.keys.lock_key(object));
         invocation
             .key(self.keys.waiting_key(object))
@@ -482,6 +489,7 @@ impl LockService for RedisLockService {
         ttl: Duration,
     ) -> LockResult<Lease> {
         self.limits.check_ttl(ttl)?;
+        self.check_token("renew", object, token)?;
         let ttl_ms = millis(ttl);
         let mut invocation = self.scripts.renew.key(self.keys.lock_key(object));
         invocation
@@ -507,6 +515,7 @@ impl LockService for RedisLockService {
     }
 
     async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
+        self.issuer.check(object, token)?;
         let mut invocation = self.scripts.validate.key(self.keys.lock_key(object));
         invocation
             .arg(token.digest().to_hex())
@@ -527,6 +536,10 @@ impl LockService for RedisLockService {
 
     async fn inspect(&self, object: &ObjectId) -> LockResult<Option<LockInfo>> {
         Ok(self.describe(std::slice::from_ref(object)).await?.pop())
+    }
+
+    async fn close(&self, timeout: Duration) -> bool {
+        self.reclaimer.drain(timeout).await
     }
 
     async fn list(&self, query: &ListQuery) -> LockResult<LockPage> {

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockcore::{
-    Fence, Lease, ListQuery, LockError, LockService, LockToken, ObjectId, OwnerId, TokenIssuer,
+    AcquireRequest, Fence, Lease, ListQuery, LockError, LockService, LockToken, ObjectId, OwnerId,
+    RequestId, TokenIssuer,
 };
 use tokio::time::{sleep, Instant};
 
@@ -28,9 +29,23 @@ async fn grant(svc: &dyn LockService, object: &ObjectId, owner: &OwnerId, ttl: D
         .unwrap_or_else(|e| panic!("acquire of {object} by {owner} should be granted: {e}"))
 }
 
-fn forged_token(object: &ObjectId, owner: &OwnerId, fence: Fence) -> LockToken {
+/// A well-formed token for `object` and `fence`, signed with a key lockd does not have.
+fn forged_token(object: &ObjectId, fence: Fence) -> LockToken {
     let stranger = TokenIssuer::random();
-    stranger.seal(stranger.prepare(), object, owner, fence)
+    stranger.seal(stranger.prepare(), object, fence)
+}
+
+/// Characters of a token's text (after `lk2.`) that encode only fence bits, and only MAC bits.
+const FENCE_CHAR: usize = 4 + 2;
+const MAC_CHAR: usize = 4 + 50;
+
+/// `token` with the base64 character at `index` replaced by another: still well-formed, but no
+/// longer the token lockd issued.
+fn tampered(token: &LockToken, index: usize) -> LockToken {
+    let mut text = token.expose().as_bytes().to_vec();
+    text[index] = if text[index] == b'A' { b'B' } else { b'A' };
+    let text = String::from_utf8(text).expect("base64 text");
+    LockToken::parse(&text).expect("a tampered token is still well-formed")
 }
 
 #[track_caller]
@@ -64,6 +79,14 @@ fn assert_mismatch<T: std::fmt::Debug>(result: Result<T, LockError>) {
     assert!(
         matches!(result, Err(LockError::TokenMismatch { .. })),
         "expected TokenMismatch, got {result:?}"
+    );
+}
+
+#[track_caller]
+fn assert_invalid_token<T: std::fmt::Debug>(result: Result<T, LockError>) {
+    assert!(
+        matches!(result, Err(LockError::InvalidToken { .. })),
+        "expected InvalidToken, got {result:?}"
     );
 }
 
@@ -142,19 +165,24 @@ pub async fn same_owner_is_refused_because_locks_are_not_reentrant(
     assert_still_held_by(svc, &lease).await;
 }
 
-/// Releasing an object that is not locked is refused as NotHeld.
+/// Releasing an object that is not locked is refused: NotHeld with a token lockd issued for it
+/// earlier, InvalidToken with one it never issued (checked before the lock is even looked at).
 pub async fn release_of_an_unlocked_object_is_not_held(
     svc: &dyn LockService,
     _caps: &Capabilities,
 ) {
     let scope = Scope::new("release_unlocked");
-    let object = scope.object("never-locked");
-    let token = forged_token(&object, &scope.owner("mallory"), Fence(1));
-    assert_not_held(svc.release(&object, &token).await);
+    let object = scope.object("once-locked");
+    let lease = grant(svc, &object, &scope.owner("alice"), LONG).await;
+    svc.release(&object, &lease.token).await.expect("release");
+    assert_not_held(svc.release(&object, &lease.token).await);
+    let never = scope.object("never-locked");
+    assert_invalid_token(svc.release(&never, &forged_token(&never, Fence(1))).await);
 }
 
-/// Releasing with another holder's token is refused as TokenMismatch and the lock stays held.
-pub async fn release_with_another_holders_token_is_refused_and_lock_stays(
+/// Releasing with a token issued for another object is refused as InvalidToken and both locks
+/// stay held.
+pub async fn release_with_another_objects_token_is_refused_and_lock_stays(
     svc: &dyn LockService,
     _caps: &Capabilities,
 ) {
@@ -162,12 +190,13 @@ pub async fn release_with_another_holders_token_is_refused_and_lock_stays(
     let (a, b) = (scope.object("a"), scope.object("b"));
     let lease_a = grant(svc, &a, &scope.owner("alice"), LONG).await;
     let lease_b = grant(svc, &b, &scope.owner("bob"), LONG).await;
-    assert_mismatch(svc.release(&a, &lease_b.token).await);
+    assert_invalid_token(svc.release(&a, &lease_b.token).await);
     assert_still_held_by(svc, &lease_a).await;
     assert_still_held_by(svc, &lease_b).await;
 }
 
-/// Releasing with a forged token (well-formed, wrong key) is refused and the lock stays held.
+/// Releasing with a forged token (well-formed, wrong key) is refused as InvalidToken and the lock
+/// stays held.
 pub async fn release_with_a_forged_token_is_refused_and_lock_stays(
     svc: &dyn LockService,
     _caps: &Capabilities,
@@ -175,9 +204,127 @@ pub async fn release_with_a_forged_token_is_refused_and_lock_stays(
     let scope = Scope::new("release_forged");
     let object = scope.object("f");
     let lease = grant(svc, &object, &scope.owner("alice"), LONG).await;
-    let forged = forged_token(&object, &scope.owner("alice"), lease.fence);
-    assert_mismatch(svc.release(&object, &forged).await);
+    let forged = forged_token(&object, lease.fence);
+    assert_invalid_token(svc.release(&object, &forged).await);
     assert_still_held_by(svc, &lease).await;
+}
+
+/// A token whose MAC or fence was changed, or one issued for another object, is refused as
+/// InvalidToken by release, renew and validate, and the lock stays held.
+pub async fn tampered_tokens_are_refused_as_invalid_and_lock_stays(
+    svc: &dyn LockService,
+    _caps: &Capabilities,
+) {
+    let scope = Scope::new("tampered_token");
+    let (object, other) = (scope.object("f"), scope.object("g"));
+    let lease = grant(svc, &object, &scope.owner("alice"), LONG).await;
+    let elsewhere = grant(svc, &other, &scope.owner("alice"), LONG).await;
+    let changed_mac = tampered(&lease.token, MAC_CHAR);
+    let changed_fence = tampered(&lease.token, FENCE_CHAR);
+    assert_ne!(
+        changed_fence.fence(),
+        lease.fence,
+        "the fence bytes changed"
+    );
+    assert_eq!(changed_mac.fence(), lease.fence, "only the MAC changed");
+    for bad in [&changed_mac, &changed_fence, &elsewhere.token] {
+        assert_invalid_token(svc.validate(&object, bad).await);
+        assert_invalid_token(svc.renew(&object, bad, LONG).await);
+        assert_invalid_token(svc.release(&object, bad).await);
+    }
+    assert_still_held_by(svc, &lease).await;
+    assert_still_held_by(svc, &elsewhere).await;
+}
+
+/// Retrying an acquire with the same request id returns the same lease (token and fence) while
+/// it is held, never a second grant; another owner's request with that id is refused as Locked;
+/// once the lease is released the id asks for a new grant.
+pub async fn a_retried_request_gets_the_same_lease_and_never_a_second_grant(
+    svc: &dyn LockService,
+    _caps: &Capabilities,
+) {
+    let scope = Scope::new("request_id");
+    let (object, alice) = (scope.object("f"), scope.owner("alice"));
+    let id = RequestId::random();
+    let request =
+        AcquireRequest::new(object.clone(), alice.clone(), LONG).with_request_id(id.clone());
+    let first = svc.acquire_with(&request).await.expect("granted");
+    let retried = svc
+        .acquire_with(&request)
+        .await
+        .expect("the same lease again");
+    assert_eq!(retried.token, first.token);
+    assert_eq!(retried.fence, first.fence);
+    assert_eq!(retried.owner, alice);
+    assert!(
+        retried.ttl <= LONG && retried.ttl > LONG / 2,
+        "{:?}",
+        retried.ttl
+    );
+    let waiting = request.clone().with_wait(PATIENT);
+    let started = Instant::now();
+    let again = svc.acquire_with(&waiting).await.expect("answered at once");
+    assert_eq!(again.token, first.token);
+    assert!(
+        started.elapsed() < PROMPTLY,
+        "a retry does not wait for itself"
+    );
+    // Same id, another owner: another request, refused while the lock is held.
+    let bob = AcquireRequest::new(object.clone(), scope.owner("bob"), LONG).with_request_id(id);
+    assert_locked_by(svc.acquire_with(&bob).await, &alice);
+    // Without the request id, the holder is refused like anyone else.
+    assert_locked_by(
+        svc.acquire(&object, &alice, LONG, Duration::ZERO).await,
+        &alice,
+    );
+    assert_still_held_by(svc, &first).await;
+    assert_eq!(svc.release(&object, &retried.token).await, Ok(first.fence));
+    let fresh = svc
+        .acquire_with(&request)
+        .await
+        .expect("a new grant after release");
+    assert!(fresh.fence > first.fence);
+    assert_ne!(fresh.token, first.token);
+    svc.release(&object, &fresh.token).await.expect("release");
+}
+
+/// An acquire dropped at any point (a timeout swept from zero to past one acquire's latency)
+/// leaves its object free, or held by a lease whose token the caller has: never an orphan.
+pub async fn dropped_acquires_leave_no_orphaned_lock(svc: &dyn LockService, _caps: &Capabilities) {
+    const STEPS: u32 = 24;
+    let scope = Scope::new("dropped_acquire");
+    let owner = scope.owner("alice");
+    let probe = scope.object("probe");
+    let started = Instant::now();
+    let lease = grant(svc, &probe, &owner, LONG).await;
+    let latency = started.elapsed();
+    svc.release(&probe, &lease.token).await.expect("release");
+    let mut cut_off = Vec::new();
+    for step in 0..=STEPS {
+        let object = scope.object(&format!("o{step}"));
+        let timeout = latency * 3 / 2 * step / STEPS;
+        let request = AcquireRequest::new(object.clone(), owner.clone(), LONG)
+            .with_request_id(RequestId::random());
+        match tokio::time::timeout(timeout, svc.acquire_with(&request)).await {
+            Ok(granted) => {
+                let lease = granted.expect("an uncontended acquire is granted");
+                svc.release(&object, &lease.token).await.expect("release");
+            }
+            Err(_) => cut_off.push(object),
+        }
+    }
+    // Taking a lost grant back runs in the background; give it a few seconds, far less than the
+    // lease, so the object is not simply expiring.
+    let deadline = Instant::now() + PATIENT;
+    for object in &cut_off {
+        while let Some(held) = svc.inspect(object).await.expect("inspect") {
+            assert!(
+                Instant::now() < deadline,
+                "{object} is still held by {held:?}, a grant nobody has the token for"
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Malformed tokens never parse into a `LockToken`, so they cannot touch any lock.
@@ -194,7 +341,7 @@ pub async fn malformed_tokens_are_refused_before_reaching_the_lock(
         "",
         "not-a-token",
         truncated.as_str(),
-        &lease.token.expose().replace("lk1.", "lk9."),
+        &lease.token.expose().replace("lk2.", "lk1."),
     ] {
         assert!(
             matches!(LockToken::parse(raw), Err(LockError::InvalidToken { .. })),
@@ -385,8 +532,8 @@ pub async fn renew_with_another_holders_token_is_refused(
     svc.release(&object, &old.token).await.expect("release");
     let current = grant(svc, &object, &scope.owner("bob"), LONG).await;
     assert_mismatch(svc.renew(&object, &old.token, LONG).await);
-    let forged = forged_token(&object, &scope.owner("bob"), current.fence);
-    assert_mismatch(svc.renew(&object, &forged, LONG).await);
+    let forged = forged_token(&object, current.fence);
+    assert_invalid_token(svc.renew(&object, &forged, LONG).await);
     assert_still_held_by(svc, &current).await;
 }
 
@@ -402,7 +549,8 @@ pub async fn validate_accepts_the_current_token(svc: &dyn LockService, _caps: &C
     assert!(checked.ttl > Duration::ZERO && checked.ttl <= LONG);
 }
 
-/// Validate refuses an earlier holder's, a forged and another object's token.
+/// Validate refuses an earlier holder's token (TokenMismatch), and a forged one and another
+/// object's (InvalidToken).
 pub async fn validate_refuses_old_forged_and_foreign_tokens(
     svc: &dyn LockService,
     _caps: &Capabilities,
@@ -414,14 +562,11 @@ pub async fn validate_refuses_old_forged_and_foreign_tokens(
     let current = grant(svc, &object, &scope.owner("bob"), LONG).await;
     let elsewhere = grant(svc, &other, &scope.owner("bob"), LONG).await;
     assert_mismatch(svc.validate(&object, &old.token).await);
-    assert_mismatch(
-        svc.validate(
-            &object,
-            &forged_token(&object, &scope.owner("bob"), current.fence),
-        )
-        .await,
+    assert_invalid_token(
+        svc.validate(&object, &forged_token(&object, current.fence))
+            .await,
     );
-    assert_mismatch(svc.validate(&object, &elsewhere.token).await);
+    assert_invalid_token(svc.validate(&object, &elsewhere.token).await);
     assert_still_held_by(svc, &current).await;
 }
 
@@ -744,7 +889,7 @@ pub async fn objects_are_independent(svc: &dyn LockService, _caps: &Capabilities
     let (x, y) = (scope.object("x"), scope.object("y"));
     let on_x = grant(svc, &x, &scope.owner("alice"), LONG).await;
     let on_y = grant(svc, &y, &scope.owner("bob"), LONG).await;
-    assert_mismatch(svc.release(&y, &on_x.token).await);
+    assert_invalid_token(svc.release(&y, &on_x.token).await);
     svc.release(&y, &on_y.token).await.expect("release y");
     assert_still_held_by(svc, &on_x).await;
     let again = grant(svc, &y, &scope.owner("carol"), LONG).await;

@@ -5,7 +5,8 @@ use crate::id::ObjectId;
 use crate::token::LockToken;
 
 /// Logs a refused release or renew at `warn`: the object, the reason and a short token
-/// fingerprint, never the token. Backends call it for `NotHeld` and `TokenMismatch` outcomes.
+/// fingerprint, never the token. Backends call it for `NotHeld`, `TokenMismatch` and
+/// `InvalidToken` outcomes (a token lockd never issued for that object: likely forged).
 pub fn log_refusal(
     operation: &'static str,
     object: &ObjectId,
@@ -14,7 +15,9 @@ pub fn log_refusal(
 ) {
     if matches!(
         error,
-        LockError::NotHeld { .. } | LockError::TokenMismatch { .. }
+        LockError::NotHeld { .. }
+            | LockError::TokenMismatch { .. }
+            | LockError::InvalidToken { .. }
     ) {
         tracing::warn!(
             target: "lockd::audit",

@@ -128,6 +128,77 @@ validated_id!(
     MAX_OWNER_LEN
 );
 
+/// Shortest request id accepted, in bytes.
+pub const MIN_REQUEST_ID_LEN: usize = 16;
+/// Longest request id accepted, in bytes.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A caller-chosen name for one acquire request, which makes retrying it safe.
+///
+/// Retrying an acquire with the same request id, object and owner returns the same lease (same
+/// token, same fence) for as long as that lease is held, instead of a second grant; so a caller
+/// whose reply was lost can retry without leaving an orphaned lock. It is remembered exactly as
+/// long as the lease it produced: once that lease is released or has expired, the same request
+/// id asks for a new grant.
+///
+/// Anyone who sends the same request gets the token, so a request id must be as unguessable as
+/// a token: at least [`MIN_REQUEST_ID_LEN`] and at most [`MAX_REQUEST_ID_LEN`] bytes of ASCII
+/// letters, digits, `-`, `_`, `.` or `:` (128 random bits, as [`RequestId::random`] draws, is
+/// plenty).
+///
+/// ```
+/// use lockcore::RequestId;
+/// assert!(RequestId::new("7c1f0e2a9b3d4c5e8f60718293a4b5c6").is_ok());
+/// assert!(RequestId::new("retry-1").is_err()); // too short to be unguessable
+/// assert_ne!(RequestId::random(), RequestId::random());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    /// Validates `value` and wraps it.
+    pub fn new(value: impl AsRef<str>) -> Result<Self, LockError> {
+        let value = value.as_ref();
+        if value.len() < MIN_REQUEST_ID_LEN || value.len() > MAX_REQUEST_ID_LEN {
+            return Err(LockError::invalid_argument(
+                "request_id",
+                format!(
+                    "is {} bytes, must be {MIN_REQUEST_ID_LEN} to {MAX_REQUEST_ID_LEN}",
+                    value.len()
+                ),
+            ));
+        }
+        if !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            return Err(LockError::invalid_argument(
+                "request_id",
+                "may contain only ASCII letters, digits, '-', '_', '.' and ':'",
+            ));
+        }
+        Ok(Self(Arc::from(value)))
+    }
+
+    /// A fresh id of 128 random bits (32 hex digits), as lockd-client sends with every acquire.
+    pub fn random() -> Self {
+        let bits: u128 = rand::random();
+        Self(Arc::from(format!("{bits:032x}")))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RequestId {
+    /// Shows a prefix only: a request id is as secret as the token it can fetch.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({}..)", &self.0[..6])
+    }
+}
+
 /// Something a DFS locks: the spec's `Data` with `ID()`.
 ///
 /// DFS types implement it to name themselves; [`LockData::object_id`] validates the name.
@@ -197,6 +268,32 @@ mod tests {
             err,
             LockError::InvalidArgument { field: "owner", .. }
         ));
+    }
+
+    #[test]
+    fn request_ids_are_long_plain_ascii_and_redacted_in_debug() {
+        let id = RequestId::new("abcdef0123456789").expect("16 bytes");
+        assert!(!format!("{id:?}").contains("0123456789"));
+        assert!(RequestId::new("x".repeat(MAX_REQUEST_ID_LEN)).is_ok());
+        for bad in [
+            "short".to_owned(),
+            "x".repeat(MAX_REQUEST_ID_LEN + 1),
+            "abcdef0123456789 space".to_owned(),
+            "abcdef0123456789/slash".to_owned(),
+            "ünïcode-ünïcode-ünïcode".to_owned(),
+        ] {
+            assert!(
+                matches!(
+                    RequestId::new(&bad),
+                    Err(LockError::InvalidArgument {
+                        field: "request_id",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(RequestId::random().as_str().len(), 32);
     }
 
     #[test]

@@ -56,7 +56,9 @@ pub mod fence;
 mod id;
 mod lease;
 mod limits;
+pub mod reclaim;
 mod redact;
+mod request;
 pub mod serde_millis;
 mod service;
 pub mod token;
@@ -64,10 +66,15 @@ mod wait;
 
 pub use error::{LockError, LockResult};
 pub use fence::{wall_clock_micros, Fence};
-pub use id::{LockData, ObjectId, OwnerId, MAX_OBJECT_LEN, MAX_OWNER_LEN};
+pub use id::{
+    LockData, ObjectId, OwnerId, RequestId, MAX_OBJECT_LEN, MAX_OWNER_LEN, MAX_REQUEST_ID_LEN,
+    MIN_REQUEST_ID_LEN,
+};
 pub use lease::{Lease, ListQuery, LockInfo, LockPage, MAX_LIST_LIMIT};
 pub use limits::{Limits, MIN_TTL};
+pub use reclaim::{ReclaimGuard, ReclaimPolicy, Reclaimer, Undo};
 pub use redact::redact_url;
+pub use request::AcquireRequest;
 pub use service::LockService;
 pub use token::{LockToken, PendingToken, TokenDigest, TokenIssuer, TokenSecret, TokenVerifier};
 pub use wait::WaitQueue;

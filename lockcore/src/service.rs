@@ -9,6 +9,7 @@ use crate::error::LockResult;
 use crate::fence::Fence;
 use crate::id::{ObjectId, OwnerId};
 use crate::lease::{Lease, ListQuery, LockInfo, LockPage};
+use crate::request::AcquireRequest;
 use crate::token::LockToken;
 
 /// A lock service: grants each object to one holder at a time.
@@ -20,18 +21,32 @@ pub trait LockService: Send + Sync + Debug + 'static {
     /// A short name for the backend (`memory`, `redis`, `postgres`, `http`).
     fn backend(&self) -> &'static str;
 
-    /// Grants `object` to `owner` for `ttl`.
+    /// Grants the request's object to its owner for its TTL.
     ///
-    /// With `wait` zero it tries once; otherwise it blocks until granted or `wait` elapses, then
-    /// fails with [`LockError::Locked`](crate::LockError::Locked). Locks are not reentrant: the
-    /// same owner asking again is refused like anyone else.
+    /// With a zero wait it tries once; otherwise it blocks until granted or the wait elapses,
+    /// then fails with [`LockError::Locked`](crate::LockError::Locked). Locks are not reentrant:
+    /// the same owner asking again is refused like anyone else, unless it repeats the
+    /// [`RequestId`](crate::RequestId) of the request that was granted, which returns that same
+    /// lease (same token and fence, its remaining TTL) instead of a second grant.
+    ///
+    /// Cancel-safe: dropping the future before it completes leaves no lock that nobody can
+    /// release. A grant whose outcome the backend could not report (the future was dropped, the
+    /// reply was lost, the deadline passed) is taken back in the background, unless a retry with
+    /// its request id has claimed it.
+    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease>;
+
+    /// [`LockService::acquire_with`] without a request id: grants `object` to `owner` for
+    /// `ttl`, waiting up to `wait`.
     async fn acquire(
         &self,
         object: &ObjectId,
         owner: &OwnerId,
         ttl: Duration,
         wait: Duration,
-    ) -> LockResult<Lease>;
+    ) -> LockResult<Lease> {
+        let request = AcquireRequest::new(object.clone(), owner.clone(), ttl).with_wait(wait);
+        self.acquire_with(&request).await
+    }
 
     /// Releases `object` if `token` is its current holder's, returning the released fence.
     ///
@@ -56,5 +71,13 @@ pub trait LockService: Send + Sync + Debug + 'static {
     /// Whether the backend is reachable (for readiness probes).
     async fn health(&self) -> LockResult<()> {
         Ok(())
+    }
+
+    /// Waits, at most `timeout`, for background work that must finish before the process
+    /// exits: taking back grants whose acquire reply was lost. Returns whether all of it
+    /// finished. A server calls it after it stopped serving requests.
+    async fn close(&self, timeout: Duration) -> bool {
+        let _ = timeout;
+        true
     }
 }

@@ -2,16 +2,26 @@
 //!
 //! # Format
 //!
-//! A token is `lk1.` followed by unpadded URL-safe base64 of 56 bytes:
+//! A token is `lk2.` followed by unpadded URL-safe base64 of 56 bytes:
 //!
 //! ```text
-//! fence (8, big-endian) | nonce (16, random) | mac (32)
-//! mac = HMAC-SHA256(secret, "lockd/token/v1" | len(object) | object | len(owner) | owner | fence | nonce)
+//! fence (8, big-endian) | nonce (16) | mac (32)
+//! mac = HMAC-SHA256(secret, "lockd/token/v2" | len(object) | object | fence | nonce)
 //! ```
 //!
-//! * The 128-bit nonce comes from the operating system's CSPRNG, so tokens cannot be guessed.
-//! * The MAC binds the token to its object, owner and fence under a secret only lockd (and DFS
-//!   storage nodes holding a [`TokenVerifier`]) know, so tokens cannot be forged or moved.
+//! * The 128-bit nonce comes from the operating system's CSPRNG, so tokens cannot be guessed; or,
+//!   for an acquire that carries a request id, from an HMAC of the request under the secret (see
+//!   [`TokenIssuer::prepare_for`]), so a retried request gets the same token back.
+//! * The MAC binds the token to its object and fence under a secret only lockd (and DFS storage
+//!   nodes holding a [`TokenVerifier`]) know, so tokens cannot be forged, altered or moved to
+//!   another object. lockd checks the MAC of every token presented to release, renew or
+//!   validate, in constant time, before the backend sees it ([`TokenIssuer::check`]): a token
+//!   with a changed MAC, a changed fence or another object's name is refused as
+//!   [`LockError::InvalidToken`].
+//! * The owner is not part of the MAC: it is a label for operators, chosen by the caller, not a
+//!   credential. Everything a token proves is "the holder of grant `fence` on `object`". (Version
+//!   1 tokens, `lk1.`, bound the owner too, which made them impossible to check from a request
+//!   that names only the object; they are refused as malformed.)
 //! * Backends never store a token. They store its [`TokenDigest`], a SHA-256 over the token's
 //!   nonce: the digest is known before the fence is (so Redis and Postgres decide the fence and
 //!   store the digest in one round trip), and since the nonce is the only part of a token that is
@@ -32,11 +42,12 @@ use subtle::ConstantTimeEq;
 
 use crate::error::LockError;
 use crate::fence::Fence;
-use crate::id::{ObjectId, OwnerId};
+use crate::id::ObjectId;
+use crate::request::AcquireRequest;
 
 type HmacSha256 = Hmac<Sha256>;
 
-const PREFIX: &str = "lk1.";
+const PREFIX: &str = "lk2.";
 const FENCE_LEN: usize = 8;
 const NONCE_LEN: usize = 16;
 const MAC_LEN: usize = 32;
@@ -140,8 +151,9 @@ fn nonce_digest(nonce: &[u8; NONCE_LEN]) -> TokenDigest {
 
 /// A lock token: the proof of ownership a grant returns and a release must present.
 ///
-/// Parsing checks the format only; whether the token is the holder's is the backend's question
-/// (by [`TokenDigest`]) and whether it is authentic is [`TokenVerifier`]'s.
+/// Parsing checks the format only; whether it is authentic is [`TokenVerifier`]'s question (asked
+/// by [`TokenIssuer::check`] before any backend sees the token), and whether it is the current
+/// holder's is the backend's (by [`TokenDigest`] and fence).
 /// `Debug` and `Display` show a short fingerprint, never the token.
 #[derive(Clone)]
 pub struct LockToken {
@@ -152,11 +164,11 @@ pub struct LockToken {
 }
 
 impl LockToken {
-    /// Parses a token string, refusing anything not in the `lk1.` format with
+    /// Parses a token string, refusing anything not in the `lk2.` format with
     /// [`LockError::InvalidToken`].
     pub fn parse(raw: &str) -> Result<Self, LockError> {
         let body = raw.strip_prefix(PREFIX).ok_or(LockError::InvalidToken {
-            reason: "does not start with lk1.",
+            reason: "does not start with lk2.",
         })?;
         if raw.len() != TOKEN_LEN {
             return Err(LockError::InvalidToken {
@@ -289,15 +301,45 @@ impl TokenIssuer {
         PendingToken { nonce }
     }
 
+    /// The nonce for `request`: random without a request id; with one, an HMAC of the object,
+    /// the owner and the request id under the secret.
+    ///
+    /// A retry of the same request (same object, owner and request id) therefore draws the same
+    /// nonce, and its digest finds the grant the first attempt made: the backend answers with
+    /// that grant instead of a second one, and [`TokenIssuer::seal`] rebuilds the same token.
+    /// Nobody without the secret can compute the nonce from the request id, but anyone who can
+    /// send lockd the same request gets the token back: a request id is as secret as the token.
+    pub fn prepare_for(&self, request: &AcquireRequest) -> PendingToken {
+        let Some(request_id) = &request.request_id else {
+            return self.prepare();
+        };
+        let mut mac = self.secret.mac();
+        mac.update(b"lockd/request-nonce/v1");
+        for part in [
+            request.object.as_str().as_bytes(),
+            request.owner.as_str().as_bytes(),
+            request_id.as_str().as_bytes(),
+        ] {
+            mac.update(&(part.len() as u32).to_be_bytes());
+            mac.update(part);
+        }
+        let full: [u8; MAC_LEN] = mac.finalize().into_bytes().into();
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&full[..NONCE_LEN]);
+        PendingToken { nonce }
+    }
+
+    /// Refuses, as [`LockError::InvalidToken`], a token this issuer did not mint for `object`:
+    /// a changed MAC, a changed fence, another object's token or another secret's. The MAC is
+    /// compared in constant time. Backends call it before anything else in release, renew and
+    /// validate.
+    pub fn check(&self, object: &ObjectId, token: &LockToken) -> Result<(), LockError> {
+        verify(&self.secret, object, token)
+    }
+
     /// Finishes a token once the backend has decided the fence.
-    pub fn seal(
-        &self,
-        pending: PendingToken,
-        object: &ObjectId,
-        owner: &OwnerId,
-        fence: Fence,
-    ) -> LockToken {
-        let mac = mac_for(&self.secret, object, owner, fence, &pending.nonce);
+    pub fn seal(&self, pending: PendingToken, object: &ObjectId, fence: Fence) -> LockToken {
+        let mac = mac_for(&self.secret, object, fence, &pending.nonce);
         let mut body = [0u8; BODY_LEN];
         body[..FENCE_LEN].copy_from_slice(&fence.0.to_be_bytes());
         body[FENCE_LEN..FENCE_LEN + NONCE_LEN].copy_from_slice(&pending.nonce);
@@ -324,36 +366,45 @@ impl TokenIssuer {
 fn mac_for(
     secret: &TokenSecret,
     object: &ObjectId,
-    owner: &OwnerId,
     fence: Fence,
     nonce: &[u8; NONCE_LEN],
 ) -> [u8; MAC_LEN] {
     let mut mac = secret.mac();
-    mac.update(b"lockd/token/v1");
-    for part in [object.as_str().as_bytes(), owner.as_str().as_bytes()] {
-        mac.update(&(part.len() as u32).to_be_bytes());
-        mac.update(part);
-    }
+    mac.update(b"lockd/token/v2");
+    let name = object.as_str().as_bytes();
+    mac.update(&(name.len() as u32).to_be_bytes());
+    mac.update(name);
     mac.update(&fence.0.to_be_bytes());
     mac.update(nonce);
     mac.finalize().into_bytes().into()
 }
 
-/// Checks offline that a token was minted by lockd for an object, owner and fence.
+fn verify(secret: &TokenSecret, object: &ObjectId, token: &LockToken) -> Result<(), LockError> {
+    let expected = mac_for(secret, object, token.fence, &token.nonce);
+    if bool::from(expected.ct_eq(&token.mac)) {
+        Ok(())
+    } else {
+        Err(LockError::InvalidToken {
+            reason: "was not issued for this object by this lock service",
+        })
+    }
+}
+
+/// Checks offline that a token was minted by lockd for an object, and reads its fence.
 ///
 /// A DFS storage node configured with lockd's secret uses it to refuse writes that carry a
 /// forged token, or an authentic token with a fence older than the newest it has seen for the
 /// object (a fencing token in the sense of Chubby's sequencers), without asking lockd.
 ///
 /// ```
-/// use lockcore::{Fence, ObjectId, OwnerId, TokenIssuer};
+/// use lockcore::{Fence, ObjectId, TokenIssuer};
 /// let issuer = TokenIssuer::random();
-/// let (object, owner) = (ObjectId::new("f").unwrap(), OwnerId::new("node-1").unwrap());
-/// let token = issuer.seal(issuer.prepare(), &object, &owner, Fence(42));
+/// let object = ObjectId::new("f").unwrap();
+/// let token = issuer.seal(issuer.prepare(), &object, Fence(42));
 /// let verifier = issuer.verifier();
-/// assert_eq!(verifier.verify(&object, &owner, token.expose()).unwrap(), Fence(42));
+/// assert_eq!(verifier.verify(&object, token.expose()).unwrap(), Fence(42));
 /// let other = ObjectId::new("g").unwrap();
-/// assert!(verifier.verify(&other, &owner, token.expose()).is_err());
+/// assert!(verifier.verify(&other, token.expose()).is_err());
 /// ```
 #[derive(Clone, Debug)]
 pub struct TokenVerifier {
@@ -366,35 +417,18 @@ impl TokenVerifier {
         Self { secret }
     }
 
-    /// Returns the token's fence if it is authentic for `object` and `owner`; the MAC is compared
-    /// in constant time. A malformed token is [`LockError::InvalidToken`]; a well-formed token not
-    /// minted for these names is [`LockError::TokenMismatch`].
-    pub fn verify(
-        &self,
-        object: &ObjectId,
-        owner: &OwnerId,
-        raw: &str,
-    ) -> Result<Fence, LockError> {
+    /// Returns the token's fence if it is authentic for `object`; the MAC is compared in
+    /// constant time. A malformed token, or a well-formed one not minted for `object` under this
+    /// secret, is [`LockError::InvalidToken`].
+    pub fn verify(&self, object: &ObjectId, raw: &str) -> Result<Fence, LockError> {
         let token = LockToken::parse(raw)?;
-        self.verify_parsed(object, owner, &token)?;
+        self.verify_parsed(object, &token)?;
         Ok(token.fence)
     }
 
     /// Like [`TokenVerifier::verify`] for an already parsed token.
-    pub fn verify_parsed(
-        &self,
-        object: &ObjectId,
-        owner: &OwnerId,
-        token: &LockToken,
-    ) -> Result<(), LockError> {
-        let expected = mac_for(&self.secret, object, owner, token.fence, &token.nonce);
-        if bool::from(expected.ct_eq(&token.mac)) {
-            Ok(())
-        } else {
-            Err(LockError::TokenMismatch {
-                object: object.clone(),
-            })
-        }
+    pub fn verify_parsed(&self, object: &ObjectId, token: &LockToken) -> Result<(), LockError> {
+        verify(&self.secret, object, token)
     }
 }
 
@@ -402,20 +436,26 @@ impl TokenVerifier {
 mod tests {
     use super::*;
 
-    fn names() -> (ObjectId, OwnerId) {
-        (
-            ObjectId::new("/vol/file").expect("valid"),
-            OwnerId::new("client-1").expect("valid"),
-        )
+    fn object() -> ObjectId {
+        ObjectId::new("/vol/file").expect("valid")
+    }
+
+    /// The token with one byte of its decoded body changed.
+    fn tampered(token: &LockToken, byte: usize) -> String {
+        let mut bytes = URL_SAFE_NO_PAD
+            .decode(&token.expose()[PREFIX.len()..])
+            .expect("base64");
+        bytes[byte] ^= 1;
+        format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
     }
 
     #[test]
     fn a_sealed_token_round_trips_through_its_string_form() {
         let issuer = TokenIssuer::random();
-        let (object, owner) = names();
+        let object = object();
         let pending = issuer.prepare();
         let stored = pending.digest();
-        let token = issuer.seal(pending, &object, &owner, Fence(7));
+        let token = issuer.seal(pending, &object, Fence(7));
         assert_eq!(token.expose().len(), TOKEN_LEN);
         let parsed = LockToken::parse(token.expose()).expect("well-formed");
         assert_eq!(parsed.fence(), Fence(7));
@@ -430,16 +470,16 @@ mod tests {
     #[test]
     fn tokens_are_unique_even_for_the_same_grant() {
         let issuer = TokenIssuer::random();
-        let (object, owner) = names();
-        let a = issuer.seal(issuer.prepare(), &object, &owner, Fence(1));
-        let b = issuer.seal(issuer.prepare(), &object, &owner, Fence(1));
+        let object = object();
+        let a = issuer.seal(issuer.prepare(), &object, Fence(1));
+        let b = issuer.seal(issuer.prepare(), &object, Fence(1));
         assert_ne!(a, b);
         assert!(!a.digest().ct_eq(&b.digest()));
     }
 
     #[test]
     fn malformed_tokens_are_invalid() {
-        for raw in ["", "lk1.", "lk2.AAAA", "garbage", &"lk1.!".repeat(20)] {
+        for raw in ["", "lk2.", "lk2.AAAA", "garbage", &"lk2.!".repeat(20)] {
             assert!(matches!(
                 LockToken::parse(raw),
                 Err(LockError::InvalidToken { .. })
@@ -448,38 +488,78 @@ mod tests {
     }
 
     #[test]
-    fn verifier_refuses_tokens_for_other_names_fences_or_secrets() {
+    fn verifier_refuses_tokens_for_other_objects_fences_macs_or_secrets() {
         let issuer = TokenIssuer::random();
-        let (object, owner) = names();
-        let token = issuer.seal(issuer.prepare(), &object, &owner, Fence(9));
+        let object = object();
+        let token = issuer.seal(issuer.prepare(), &object, Fence(9));
         let verifier = issuer.verifier();
-        assert_eq!(
-            verifier.verify(&object, &owner, token.expose()),
-            Ok(Fence(9))
-        );
-        let other_owner = OwnerId::new("client-2").expect("valid");
-        assert!(verifier
-            .verify(&object, &other_owner, token.expose())
-            .is_err());
-        // Tampering with the fence breaks the MAC.
-        let mut bytes = URL_SAFE_NO_PAD
-            .decode(&token.expose()[PREFIX.len()..])
-            .expect("base64");
-        bytes[7] ^= 1;
-        let tampered = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+        assert_eq!(verifier.verify(&object, token.expose()), Ok(Fence(9)));
+        assert_eq!(issuer.check(&object, &token), Ok(()));
+        let other = ObjectId::new("/vol/other").expect("valid");
+        let invalid = |result: Result<(), LockError>| {
+            assert!(
+                matches!(result, Err(LockError::InvalidToken { .. })),
+                "{result:?}"
+            )
+        };
+        invalid(issuer.check(&other, &token));
+        // Changing the fence (bytes 0..8), the nonce (8..24) or the MAC (24..56) breaks the MAC.
+        for byte in [7, 8, 23, 24, 40, BODY_LEN - 1] {
+            let changed = LockToken::parse(&tampered(&token, byte)).expect("still well-formed");
+            invalid(issuer.check(&object, &changed));
+        }
+        let stranger = TokenIssuer::random();
+        invalid(stranger.check(&object, &token));
+        assert!(stranger.verifier().verify(&object, token.expose()).is_err());
+    }
+
+    #[test]
+    fn version_1_tokens_are_refused_as_malformed() {
+        let issuer = TokenIssuer::random();
+        let token = issuer.seal(issuer.prepare(), &object(), Fence(9));
+        let v1 = token.expose().replacen(PREFIX, "lk1.", 1);
         assert!(matches!(
-            verifier.verify(&object, &owner, &tampered),
-            Err(LockError::TokenMismatch { .. })
+            LockToken::parse(&v1),
+            Err(LockError::InvalidToken { .. })
         ));
-        let stranger = TokenIssuer::random().verifier();
-        assert!(stranger.verify(&object, &owner, token.expose()).is_err());
+    }
+
+    #[test]
+    fn a_request_id_draws_the_same_nonce_for_the_same_request_only() {
+        use crate::id::{OwnerId, RequestId};
+        use crate::request::AcquireRequest;
+        use std::time::Duration;
+        let issuer = TokenIssuer::random();
+        let owner = OwnerId::new("client-1").expect("valid");
+        let id = RequestId::new("0123456789abcdef0123").expect("valid");
+        let request = AcquireRequest::new(object(), owner.clone(), Duration::from_secs(1))
+            .with_request_id(id.clone());
+        let first = issuer.prepare_for(&request).digest();
+        assert!(first.ct_eq(&issuer.prepare_for(&request).digest()));
+        let other_owner = AcquireRequest::new(
+            object(),
+            OwnerId::new("client-2").expect("valid"),
+            Duration::from_secs(1),
+        )
+        .with_request_id(id.clone());
+        assert!(!first.ct_eq(&issuer.prepare_for(&other_owner).digest()));
+        let other_id = AcquireRequest::new(object(), owner.clone(), Duration::from_secs(1))
+            .with_request_id(RequestId::new("0123456789abcdef0124").expect("valid"));
+        assert!(!first.ct_eq(&issuer.prepare_for(&other_id).digest()));
+        // Another secret derives another nonce: request ids reveal nothing without the secret.
+        assert!(!first.ct_eq(&TokenIssuer::random().prepare_for(&request).digest()));
+        // Without a request id every attempt is fresh.
+        let plain = AcquireRequest::new(object(), owner, Duration::from_secs(1));
+        assert!(!issuer
+            .prepare_for(&plain)
+            .digest()
+            .ct_eq(&issuer.prepare_for(&plain).digest()));
     }
 
     #[test]
     fn debug_output_hides_secrets_and_tokens() {
         let issuer = TokenIssuer::random();
-        let (object, owner) = names();
-        let token = issuer.seal(issuer.prepare(), &object, &owner, Fence(3));
+        let token = issuer.seal(issuer.prepare(), &object(), Fence(3));
         let shown = format!("{token:?} {issuer:?}");
         assert!(!shown.contains(token.expose()));
         assert!(shown.contains("redacted"));

@@ -188,7 +188,7 @@ mod tests {
         Lease {
             object: object.clone(),
             owner: owner.clone(),
-            token: issuer.seal(issuer.prepare(), object, &owner, Fence(1)),
+            token: issuer.seal(issuer.prepare(), object, Fence(1)),
             fence: Fence(1),
             ttl: Duration::from_secs(1),
         }

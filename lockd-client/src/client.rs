@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lockcore::{
     async_trait, Fence, Lease, ListQuery, LockError, LockInfo, LockPage, LockResult, LockService,
-    LockToken, ObjectId, OwnerId,
+    LockToken, ObjectId, RequestId,
 };
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
@@ -24,6 +24,59 @@ use crate::{ClientConfig, BACKEND};
 /// The most events one [`LockdClient::events`] call may ask for.
 pub const MAX_EVENTS_LIMIT: usize = 1000;
 
+/// The cause of [`LockError::Unavailable`] for a request that ran out of time (not resent).
+const TIMED_OUT: &str = "lockd did not answer in time";
+
+/// Pause before resending an acquire whose connection failed before lockd answered.
+const ACQUIRE_RESEND_DELAY: Duration = Duration::from_millis(50);
+
+/// When the take-back of an acquire whose answer never came asks lockd again (with the same
+/// request id, wait 0) and releases what it gets. Several tries cover an original request that
+/// reaches lockd, or is granted, after the first try.
+const TAKE_BACK_DELAYS: [Duration; 4] = [
+    Duration::from_millis(0),
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+
+/// Armed while an acquire's answer has not been read; dropped armed, it starts the take-back.
+struct TakeBack<'a> {
+    client: &'a LockdClient,
+    request: Option<lockcore::AcquireRequest>,
+}
+
+impl TakeBack<'_> {
+    fn disarm(mut self) {
+        self.request = None;
+    }
+}
+
+impl Drop for TakeBack<'_> {
+    fn drop(&mut self) {
+        let Some(request) = self.request.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = self.client.clone();
+        let request = request.with_wait(Duration::ZERO);
+        runtime.spawn(async move {
+            for delay in TAKE_BACK_DELAYS {
+                tokio::time::sleep(delay).await;
+                if let Ok(Ok(grant)) = client.send_acquire(&request).await {
+                    if let Ok(lease) = grant.into_lease() {
+                        let _ = client.release(&lease.object, &lease.token).await;
+                        tracing::debug!(object = %lease.object,
+                            "released a grant whose acquire answer was lost");
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// A [`LockService`] that forwards every call to a lockd server over HTTP/JSON.
 ///
 /// Cheap to clone (clones share one keep-alive connection pool); create one per process and
@@ -31,9 +84,15 @@ pub const MAX_EVENTS_LIMIT: usize = 1000;
 /// a blocking acquire. A request that cannot connect or runs out of time is
 /// [`LockError::Unavailable`] with backend `http`.
 ///
-/// A request that times out may still have been carried out by lockd. For an acquire that means
-/// the object can stay locked by a lease nobody knows the token of until its TTL runs out: safe
-/// (no one is told they hold it) but worth keeping TTLs short for.
+/// Every acquire carries a [`RequestId`] (the caller's, or a random one), so lockd answers a
+/// repeat of it with the same lease instead of a second grant. The client uses that twice:
+///
+/// * an acquire whose connection fails before lockd answered is sent again, once, with the same
+///   request id (a timeout is not retried: the caller's deadline has passed);
+/// * an acquire that gets no answer (dropped by its caller, timed out, connection lost) leaves a
+///   task behind that asks again with the same request id and releases what it gets, a few
+///   times over about 4 s, so a grant whose reply was lost does not stay locked until its TTL
+///   runs out.
 #[derive(Clone)]
 pub struct LockdClient {
     http: reqwest::Client,
@@ -208,6 +267,33 @@ impl LockdClient {
         }
     }
 
+    /// Sends one acquire; `Ok(Err(..))` is lockd's refusal, `Err` a transport failure.
+    async fn send_acquire(
+        &self,
+        request: &lockcore::AcquireRequest,
+    ) -> LockResult<Result<LeaseBody, (u16, ErrorBody)>> {
+        let request_id = request
+            .request_id
+            .as_ref()
+            .ok_or_else(|| LockError::Internal("acquire sent without a request id".into()))?;
+        let mut body = AcquireRequest::new(
+            request.object.as_str(),
+            request.owner.as_str(),
+            ttl_millis(request.ttl)?,
+        );
+        body.wait_ms = ceil_millis(request.wait);
+        body.request_id = Some(request_id.as_str().to_owned());
+        let timeout = self.request_timeout.saturating_add(request.wait);
+        self.call(
+            Method::POST,
+            self.endpoints.acquire.clone(),
+            Some(&body),
+            timeout,
+            Some(&request.object),
+        )
+        .await
+    }
+
     /// [`Self::call`] for operations on one object, mapping refusals to [`LockError`].
     async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
@@ -228,20 +314,28 @@ impl LockService for LockdClient {
         BACKEND
     }
 
-    async fn acquire(
-        &self,
-        object: &ObjectId,
-        owner: &OwnerId,
-        ttl: Duration,
-        wait: Duration,
-    ) -> LockResult<Lease> {
-        let mut body = AcquireRequest::new(object.as_str(), owner.as_str(), ttl_millis(ttl)?);
-        body.wait_ms = ceil_millis(wait);
-        let timeout = self.request_timeout.saturating_add(wait);
-        let grant: LeaseBody = self
-            .post(&self.endpoints.acquire, &body, timeout, object)
-            .await?;
-        grant.into_lease()
+    async fn acquire_with(&self, request: &lockcore::AcquireRequest) -> LockResult<Lease> {
+        let mut request = request.clone();
+        if request.request_id.is_none() {
+            request.request_id = Some(RequestId::random());
+        }
+        let take_back = TakeBack {
+            client: self,
+            request: Some(request.clone()),
+        };
+        let mut answer = self.send_acquire(&request).await;
+        if matches!(&answer, Err(LockError::Unavailable { cause, .. }) if !cause.starts_with(TIMED_OUT))
+        {
+            // The connection failed before an answer: the same request id makes resending safe.
+            tokio::time::sleep(ACQUIRE_RESEND_DELAY).await;
+            answer = self.send_acquire(&request).await;
+        }
+        let answer = answer?;
+        // lockd answered: whatever it decided, the caller learns it here.
+        take_back.disarm();
+        answer
+            .map_err(|(status, error)| lock_error(error, status, Some(&request.object)))?
+            .into_lease()
     }
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
@@ -360,7 +454,11 @@ fn with_query<Q: Serialize>(endpoint: &Url, params: &Q) -> LockResult<Url> {
     let query = serde_urlencoded::to_string(params)
         .map_err(|e| LockError::Internal(format!("cannot encode the query: {e}")))?;
     let mut url = endpoint.clone();
-    url.set_query(Some(&query).filter(|query| !query.is_empty()).map(String::as_str));
+    url.set_query(
+        Some(&query)
+            .filter(|query| !query.is_empty())
+            .map(String::as_str),
+    );
     Ok(url)
 }
 
@@ -444,7 +542,7 @@ fn ceil_millis(wait: Duration) -> u64 {
 /// A failure to get an answer from lockd at all: always `Unavailable`, nothing was granted to us.
 fn transport_error(error: reqwest::Error) -> LockError {
     let mut cause = if error.is_timeout() {
-        "lockd did not answer in time".to_owned()
+        TIMED_OUT.to_owned()
     } else if error.is_connect() {
         "cannot connect to lockd".to_owned()
     } else {

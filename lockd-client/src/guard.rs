@@ -529,7 +529,7 @@ mod tests {
         let object = ObjectId::new("a").unwrap();
         let owner = OwnerId::new("o").unwrap();
         Lease {
-            token: issuer.seal(issuer.prepare(), &object, &owner, Fence(1)),
+            token: issuer.seal(issuer.prepare(), &object, Fence(1)),
             object,
             owner,
             fence: Fence(1),

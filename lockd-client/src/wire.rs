@@ -77,7 +77,10 @@ pub(crate) fn lock_error(error: ErrorBody, status: u16, object: Option<&ObjectId
             reason: token_reason(&message),
         },
         "invalid_argument" => LockError::InvalidArgument {
-            field: field.as_deref().and_then(argument_field).unwrap_or("request"),
+            field: field
+                .as_deref()
+                .and_then(argument_field)
+                .unwrap_or("request"),
             reason: message,
         },
         "payload_too_large" => LockError::InvalidArgument {
@@ -105,9 +108,10 @@ pub(crate) fn lock_error(error: ErrorBody, status: u16, object: Option<&ObjectId
 
 /// lockcore's reasons for refusing a token's format, as `'static` strings.
 const TOKEN_REASONS: &[&str] = &[
-    "does not start with lk1.",
+    "does not start with lk2.",
     "has the wrong length",
     "is not URL-safe base64",
+    "was not issued for this object by this lock service",
 ];
 
 fn token_reason(message: &str) -> &'static str {
@@ -127,7 +131,11 @@ mod tests {
     }
 
     fn map(status: u16, body: &str) -> LockError {
-        lock_error(parse_error(status, body.as_bytes()), status, Some(&object()))
+        lock_error(
+            parse_error(status, body.as_bytes()),
+            status,
+            Some(&object()),
+        )
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use backend_memory::{MemoryConfig, MemoryLockService};
 use lockcore::{
-    async_trait, Fence, Lease, ListQuery, LockError, LockInfo, LockPage, LockResult, LockService,
-    LockToken, ObjectId, OwnerId, TokenIssuer,
+    async_trait, AcquireRequest, Fence, Lease, ListQuery, LockError, LockInfo, LockPage,
+    LockResult, LockService, LockToken, ObjectId, OwnerId, TokenIssuer,
 };
 use lockd_client::{GuardOptions, LeaseGuard, LeaseState, LossReason};
 
@@ -28,14 +28,11 @@ impl LockService for Flaky {
     fn backend(&self) -> &'static str {
         "flaky-memory"
     }
-    async fn acquire(
-        &self,
-        object: &ObjectId,
-        owner: &OwnerId,
-        ttl: Duration,
-        wait: Duration,
-    ) -> LockResult<Lease> {
-        self.inner.acquire(object, owner, ttl, wait).await
+    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease> {
+        self.inner.acquire_with(request).await
+    }
+    async fn close(&self, timeout: Duration) -> bool {
+        self.inner.close(timeout).await
     }
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
         self.inner.release(object, token).await
@@ -344,7 +341,7 @@ fn a_guard_needs_a_runtime() {
     let issuer = TokenIssuer::random();
     let (object, owner, _) = names("no-runtime");
     let lease = Lease {
-        token: issuer.seal(issuer.prepare(), &object, &owner, Fence(1)),
+        token: issuer.seal(issuer.prepare(), &object, Fence(1)),
         object,
         owner,
         fence: Fence(1),

@@ -57,8 +57,14 @@ async fn acquire_posts_json_with_the_api_key() {
     assert_eq!(seen[0].target, "/v1/locks/acquire");
     assert_eq!(seen[0].headers["authorization"], "Bearer key-1");
     assert_eq!(seen[0].headers["content-type"], "application/json");
+    let mut body = seen[0].body.clone();
+    let request_id = body
+        .as_object_mut()
+        .and_then(|fields| fields.remove("request_id"))
+        .expect("every acquire carries a request id");
+    assert!(lockcore::RequestId::new(request_id.as_str().expect("a string")).is_ok());
     assert_eq!(
-        seen[0].body,
+        body,
         serde_json::json!({"object": "/vol/a", "owner": "node-1", "ttl_ms": 30000, "wait_ms": 250})
     );
 }
@@ -77,7 +83,7 @@ async fn release_renew_and_validate_send_the_token() {
     .await;
     let client = lockd.client();
     let (object, _) = names();
-    let token = token("/vol/a", "node-1", 9);
+    let token = token("/vol/a", 9);
 
     let renewed = client
         .renew(&object, &token, Duration::from_secs(5))
@@ -285,7 +291,7 @@ async fn an_absent_server_is_unavailable() {
 async fn a_proxy_error_page_is_unavailable() {
     let lockd =
         FakeLockd::start(|_| (502, "<html>bad gateway</html>".to_owned(), Duration::ZERO)).await;
-    let (object, token) = (names().0, token("/vol/a", "node-1", 1));
+    let (object, token) = (names().0, token("/vol/a", 1));
     let err = lockd.client().release(&object, &token).await.unwrap_err();
     assert!(
         matches!(

@@ -112,7 +112,10 @@ pub const ARGUMENT_FIELDS: &[&str] = &[
 /// else.
 pub fn argument_field(name: &str) -> Option<&'static str> {
     let name = name.strip_suffix("_ms").unwrap_or(name);
-    ARGUMENT_FIELDS.iter().find(|known| **known == name).copied()
+    ARGUMENT_FIELDS
+        .iter()
+        .find(|known| **known == name)
+        .copied()
 }
 
 #[cfg(test)]

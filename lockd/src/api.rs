@@ -16,7 +16,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lockcore::{ListQuery, LockError, LockService, LockToken, ObjectId, OwnerId};
+use lockcore::{Fence, ListQuery, LockError, LockService, LockToken, ObjectId, OwnerId, RequestId};
 use lockd_wire::{
     argument_field, AcquireRequest, EventParams, EventsBody, InspectRequest, LeaseBody, ListBody,
     ListParams, LockBody, ReleaseBody, RenewRequest, TokenRequest,
@@ -306,11 +306,15 @@ async fn acquire(
         let owner = OwnerId::new(&request.owner)?;
         let ttl = Duration::from_millis(request.ttl_ms);
         let wait = Duration::from_millis(request.wait_ms);
+        let mut acquire = lockcore::AcquireRequest::new(object, owner, ttl).with_wait(wait);
+        if let Some(id) = &request.request_id {
+            acquire = acquire.with_request_id(RequestId::new(id)?);
+        }
         let _waiting = (!wait.is_zero()).then(|| {
             state.metrics.add_waiters(1);
             WaiterGuard(&state.metrics)
         });
-        let lease = state.service.acquire(&object, &owner, ttl, wait).await?;
+        let lease = state.service.acquire_with(&acquire).await?;
         state.tracker.granted(&lease);
         record(&state, NewEvent::of_lease(EventKind::Grant, &lease));
         Ok(Json(LeaseBody::from(&lease)))
@@ -324,8 +328,15 @@ async fn release(
 ) -> Result<Json<ReleaseBody>, ApiError> {
     timed(&state, "release", async {
         let object = ObjectId::new(&request.object)?;
-        let token = LockToken::parse(&request.token)?;
-        match state.service.release(&object, &token).await {
+        let result = match LockToken::parse(&request.token) {
+            Ok(token) => state
+                .service
+                .release(&object, &token)
+                .await
+                .map_err(|e| (e, Some(token))),
+            Err(e) => Err((e, None)),
+        };
+        match result {
             Ok(fence) => {
                 let owner = state.tracker.released(&object, fence);
                 record(
@@ -343,7 +354,18 @@ async fn release(
                     fence: fence.get(),
                 }))
             }
-            Err(e @ (LockError::NotHeld { .. } | LockError::TokenMismatch { .. })) => {
+            // A token that is not the holder's, or that lockd never issued (forged, altered,
+            // another object's, or not even well-formed): refused, counted and recorded alike.
+            Err((
+                e @ (LockError::NotHeld { .. }
+                | LockError::TokenMismatch { .. }
+                | LockError::InvalidToken { .. }),
+                token,
+            )) => {
+                if token.is_none() {
+                    tracing::warn!(target: "lockd::audit", object = %object, reason = e.code(),
+                        "refused release: the token is malformed; possible misuse or attack");
+                }
                 state.metrics.refused_release(e.code());
                 record(
                     &state,
@@ -351,13 +373,13 @@ async fn release(
                         kind: EventKind::ReleaseRefused,
                         object,
                         owner: None,
-                        fence: token.fence(),
+                        fence: token.map_or(Fence(0), |t| t.fence()),
                         reason: Some(e.code()),
                     },
                 );
                 Err(e.into())
             }
-            Err(e) => Err(e.into()),
+            Err((e, _)) => Err(e.into()),
         }
     })
     .await

@@ -221,7 +221,7 @@ mod tests {
     ) -> Lease {
         let owner = OwnerId::new(owner).expect("valid");
         Lease {
-            token: issuer.seal(issuer.prepare(), object, &owner, Fence(fence)),
+            token: issuer.seal(issuer.prepare(), object, Fence(fence)),
             object: object.clone(),
             owner,
             fence: Fence(fence),

@@ -43,8 +43,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockcore::{
-    async_trait, Fence, Lease, Limits, ListQuery, LockError, LockInfo, LockPage, LockResult,
-    LockService, LockToken, ObjectId, OwnerId,
+    async_trait, AcquireRequest, Fence, Lease, Limits, ListQuery, LockError, LockInfo, LockPage,
+    LockResult, LockService, LockToken, ObjectId,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -411,21 +411,15 @@ impl LockService for RestartGuard {
         self.inner.backend()
     }
 
-    async fn acquire(
-        &self,
-        object: &ObjectId,
-        owner: &OwnerId,
-        ttl: Duration,
-        wait: Duration,
-    ) -> LockResult<Lease> {
+    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease> {
         // Checked here too so that an out-of-range request never moves the stored deadline.
-        self.limits.check_acquire(ttl, wait)?;
+        self.limits.check_acquire(request.ttl, request.wait)?;
         self.check_grace()?;
         let needed = now_unix_ms()
-            .saturating_add(millis(wait))
-            .saturating_add(millis(ttl));
+            .saturating_add(millis(request.wait))
+            .saturating_add(millis(request.ttl));
         self.shared.cover(needed).await?;
-        let lease = self.inner.acquire(object, owner, ttl, wait).await?;
+        let lease = self.inner.acquire_with(request).await?;
         self.saw(&lease);
         Ok(lease)
     }
@@ -466,6 +460,10 @@ impl LockService for RestartGuard {
 
     async fn health(&self) -> LockResult<()> {
         self.inner.health().await
+    }
+
+    async fn close(&self, timeout: Duration) -> bool {
+        self.inner.close(timeout).await
     }
 }
 

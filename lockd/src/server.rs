@@ -16,6 +16,9 @@ use crate::events::EventLog;
 use crate::expiry::ExpiryTracker;
 use crate::metrics::Metrics;
 
+/// Longest wait at exit for the backend to take back grants of acquires that were cut off.
+const RECLAIM_ON_EXIT: Duration = Duration::from_secs(5);
+
 /// API keys shorter than this draw a warning at start.
 const MIN_STRONG_KEY_LEN: usize = 16;
 
@@ -244,6 +247,15 @@ impl Server {
             }),
         };
         expiries.abort();
+        // Acquires cut off above may have been granted with nobody to receive the token: the
+        // backend takes such grants back in the background; let it finish before exiting.
+        if !service.close(RECLAIM_ON_EXIT).await {
+            tracing::warn!(
+                "some grants whose acquire was cut off could not be taken back in {:?}; they \
+                 expire with their leases",
+                RECLAIM_ON_EXIT
+            );
+        }
         drop(service);
         tracing::info!("lockd stopped");
         result

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockcore::{
-    async_trait, Fence, Lease, ListQuery, LockError, LockInfo, LockPage, LockResult, LockService,
-    LockToken, ObjectId, OwnerId,
+    async_trait, AcquireRequest, Fence, Lease, ListQuery, LockError, LockInfo, LockPage,
+    LockResult, LockService, LockToken, ObjectId,
 };
 use lockd::{Server, ServerConfig};
 use serde_json::{json, Value};
@@ -27,13 +27,7 @@ impl LockService for Failing {
     fn backend(&self) -> &'static str {
         "failing"
     }
-    async fn acquire(
-        &self,
-        _: &ObjectId,
-        _: &OwnerId,
-        _: Duration,
-        _: Duration,
-    ) -> LockResult<Lease> {
+    async fn acquire_with(&self, _: &AcquireRequest) -> LockResult<Lease> {
         Err(self.fail())
     }
     async fn release(&self, _: &ObjectId, _: &LockToken) -> LockResult<Fence> {
@@ -86,8 +80,7 @@ fn requests() -> Vec<(&'static str, Option<Value>)> {
     // A well-formed token, so the request reaches the backend.
     let issuer = lockcore::TokenIssuer::random();
     let object = ObjectId::new("o").expect("valid");
-    let owner = OwnerId::new("w").expect("valid");
-    let token = issuer.seal(issuer.prepare(), &object, &owner, Fence(1));
+    let token = issuer.seal(issuer.prepare(), &object, Fence(1));
     let token = token.expose();
     vec![
         (

@@ -8,7 +8,13 @@
 use std::process::Command;
 
 /// Crates only the HTTP server needs.
-const SERVER_ONLY: &[&str] = &["axum", "prometheus-client", "tracing-subscriber", "toml", "clap"];
+const SERVER_ONLY: &[&str] = &[
+    "axum",
+    "prometheus-client",
+    "tracing-subscriber",
+    "toml",
+    "clap",
+];
 
 /// The names of the normal (non-dev, non-build) dependencies of lockd built with `features`.
 fn dependencies(features: Option<&str>) -> Vec<String> {
@@ -48,7 +54,11 @@ fn dependencies(features: Option<&str>) -> Vec<String> {
 /// Without the `server` feature, none of the server's dependencies are built.
 #[test]
 fn embedders_do_not_build_the_http_server() {
-    for features in ["memory", "memory,redis,postgres", "memory,redis,postgres,http"] {
+    for features in [
+        "memory",
+        "memory,redis,postgres",
+        "memory,redis,postgres,http",
+    ] {
         let built = dependencies(Some(features));
         assert!(built.iter().any(|name| name == "lockcore"), "{built:?}");
         for server_only in SERVER_ONLY {

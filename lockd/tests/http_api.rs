@@ -278,22 +278,41 @@ async fn invalid_arguments_name_their_field_in_the_envelope() {
     let lockd = Lockd::start(&["--max-ttl", "10s", "--max-wait", "1s"]).await;
     let object = unique("field");
     for (body, field) in [
-        (json!({"object": "", "owner": "alice", "ttl_ms": 1000}), "object"),
-        (json!({"object": object, "owner": "", "ttl_ms": 1000}), "owner"),
-        (json!({"object": object, "owner": "alice", "ttl_ms": 10_001}), "ttl"),
+        (
+            json!({"object": "", "owner": "alice", "ttl_ms": 1000}),
+            "object",
+        ),
+        (
+            json!({"object": object, "owner": "", "ttl_ms": 1000}),
+            "owner",
+        ),
+        (
+            json!({"object": object, "owner": "alice", "ttl_ms": 10_001}),
+            "ttl",
+        ),
         (
             json!({"object": object, "owner": "alice", "ttl_ms": 1000, "wait_ms": 1001}),
             "wait",
         ),
-        (json!({"object": object, "owner": "alice", "ttl_ms": "soon"}), "ttl"),
+        (
+            json!({"object": object, "owner": "alice", "ttl_ms": "soon"}),
+            "ttl",
+        ),
         (json!({"object": object, "owner": "alice"}), "ttl"),
-        (json!({"object": 7, "owner": "alice", "ttl_ms": 1000}), "object"),
+        (
+            json!({"object": 7, "owner": "alice", "ttl_ms": 1000}),
+            "object",
+        ),
     ] {
         let (status, reply) = lockd.post("/v1/locks/acquire", body.clone()).await;
         let error = assert_error(status, &reply, StatusCode::BAD_REQUEST, "invalid_argument");
         assert_eq!(error["field"], field, "{body} answered {reply}");
     }
-    for path in ["/v1/locks?limit=many", "/v1/locks?limit=0", "/v1/events?limit=0"] {
+    for path in [
+        "/v1/locks?limit=many",
+        "/v1/locks?limit=0",
+        "/v1/events?limit=0",
+    ] {
         let (status, reply) = lockd.get(path).await;
         let error = assert_error(status, &reply, StatusCode::BAD_REQUEST, "invalid_argument");
         assert_eq!(error["field"], "limit", "{path} answered {reply}");

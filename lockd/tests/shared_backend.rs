@@ -5,7 +5,7 @@
 
 mod support;
 
-use lockcore::{ObjectId, OwnerId, TokenSecret, TokenVerifier};
+use lockcore::{ObjectId, TokenSecret, TokenVerifier};
 use reqwest::StatusCode;
 use serde_json::json;
 use support::{assert_error, unique, Lockd};
@@ -46,7 +46,6 @@ async fn two_processes_share_one_backend(name: &str, var: &str) {
     let fence = verifier
         .verify(
             &ObjectId::new(&object).expect("valid"),
-            &OwnerId::new("alice").expect("valid"),
             lease["token"].as_str().expect("token"),
         )
         .expect("authentic");

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use backend_redis::{RedisConfig, RedisLockService};
 use lockcore::{
-    async_trait, Fence, Lease, ListQuery, LockInfo, LockPage, LockResult, LockService, LockToken,
-    ObjectId, OwnerId, TokenIssuer,
+    async_trait, AcquireRequest, Fence, Lease, ListQuery, LockInfo, LockPage, LockResult,
+    LockService, LockToken, ObjectId, TokenIssuer,
 };
 use rand::Rng;
 use testcontainers_modules::redis::{Redis, REDIS_PORT};
@@ -134,14 +134,11 @@ impl LockService for ContainerBacked {
     fn backend(&self) -> &'static str {
         self.service.backend()
     }
-    async fn acquire(
-        &self,
-        object: &ObjectId,
-        owner: &OwnerId,
-        ttl: Duration,
-        wait: Duration,
-    ) -> LockResult<Lease> {
-        self.service.acquire(object, owner, ttl, wait).await
+    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease> {
+        self.service.acquire_with(request).await
+    }
+    async fn close(&self, timeout: Duration) -> bool {
+        self.service.close(timeout).await
     }
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
         self.service.release(object, token).await

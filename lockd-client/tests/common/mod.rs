@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lockcore::{Fence, LockToken, ObjectId, OwnerId, TokenIssuer};
+use lockcore::{Fence, LockToken, ObjectId, TokenIssuer};
 use lockd_client::{ClientConfig, LockdClient};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -172,12 +172,11 @@ pub fn test_tls_acceptor() -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
-pub fn token(object: &str, owner: &str, fence: u64) -> LockToken {
+pub fn token(object: &str, fence: u64) -> LockToken {
     let issuer = TokenIssuer::random();
     issuer.seal(
         issuer.prepare(),
         &ObjectId::new(object).unwrap(),
-        &OwnerId::new(owner).unwrap(),
         Fence(fence),
     )
 }
@@ -186,7 +185,7 @@ pub fn grant_body(object: &str, owner: &str, fence: u64, ttl_ms: u64) -> String 
     serde_json::json!({
         "object": object,
         "owner": owner,
-        "token": token(object, owner, fence).expose(),
+        "token": token(object, fence).expose(),
         "fence": fence,
         "ttl_ms": ttl_ms,
     })
