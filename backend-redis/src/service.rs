@@ -94,18 +94,16 @@ impl Drop for RedisLockService {
 /// its own wait ran out while the object sat free.
 #[derive(Debug, Default)]
 struct ExpiryWakes {
-    timers: std::sync::Mutex<std::collections::HashMap<ObjectId, (u64, JoinHandle<()>)>>,
+    timers: parking_lot::Mutex<std::collections::HashMap<ObjectId, (u64, JoinHandle<()>)>>,
     generation: AtomicU64,
 }
 
 impl ExpiryWakes {
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<ObjectId, (u64, JoinHandle<()>)>> {
-        // A panic while holding this lock cannot leave the map inconsistent.
-        self.timers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    ) -> parking_lot::MutexGuard<'_, std::collections::HashMap<ObjectId, (u64, JoinHandle<()>)>>
+    {
+        self.timers.lock()
     }
 
     /// Wakes `object`'s head waiter once `ttl` has passed, unless replaced or cancelled first.

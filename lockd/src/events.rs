@@ -8,8 +8,8 @@
 //! clock steps back across the restart, or a process recorded more than one event per
 //! microsecond on average over its life (lockd's request rate is orders of magnitude below).
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use lockcore::{Fence, Lease, ObjectId, OwnerId};
@@ -88,12 +88,8 @@ impl EventLog {
         }
     }
 
-    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
-        // A panic while holding this lock cannot leave the ring inconsistent (each update is a
-        // push and a pop), so a poisoned lock is still usable.
-        self.ring
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn ring(&self) -> MutexGuard<'_, Ring> {
+        self.ring.lock()
     }
 
     /// Appends an event, evicting the oldest beyond capacity, and tells live subscribers.

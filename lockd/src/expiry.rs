@@ -11,7 +11,9 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use lockcore::{Fence, Lease, LockService, ObjectId, OwnerId};
@@ -76,8 +78,7 @@ impl ExpiryTracker {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // Every update leaves the maps consistent, so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// A lease was granted or renewed: (re)schedule its check.
