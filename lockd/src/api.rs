@@ -225,7 +225,7 @@ fn refused_input<E: std::error::Error>(
     what: &str,
     error: serde_path_to_error::Error<E>,
 ) -> ApiError {
-    let at = match error.path().iter().last() {
+    let at = match error.path().iter().next_back() {
         Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
         _ => None,
     };
