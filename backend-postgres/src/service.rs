@@ -273,14 +273,14 @@ impl Inner {
     ) -> impl FnMut() -> UndoFuture + Send {
         let conns = self.conns.clone();
         let deadline = self.deadline;
-        let object = object.as_str().to_owned();
+        let object = object.clone();
         move || -> UndoFuture {
             let (conns, object) = (conns.clone(), object.clone());
             Box::pin(async move {
                 let status: String = within(deadline, "taking back a lost grant", async {
                     let mut conn = conns.get().await?;
                     let row = sqlx::query(sql::ABANDON)
-                        .bind(&object)
+                        .bind(object.as_str())
                         .bind(&digest.as_bytes()[..])
                         .fetch_one(conn.raw()?)
                         .await

@@ -62,6 +62,8 @@ pub struct RedisLockService {
     listener: JoinHandle<()>,
     /// Takes back locks whose acquire reply was lost.
     reclaimer: Reclaimer,
+    /// What taking such a lock back needs, shared by every take-back.
+    undo: Arc<UndoContext>,
     /// Wake-ups at the expiry of leases granted to blocking acquires with waiters behind them.
     expiry_wakes: Arc<ExpiryWakes>,
 }
@@ -83,6 +85,16 @@ impl Drop for RedisLockService {
         self.listener.abort();
         self.expiry_wakes.clear();
     }
+}
+
+/// The connection, script and names a take-back of a lost acquire uses.
+#[derive(Debug)]
+struct UndoContext {
+    conn: ConnectionManager,
+    script: redis::Script,
+    keys: KeyLayout,
+    channel: String,
+    timeout: Duration,
 }
 
 /// At most one pending expiry wake-up per object, replaced by newer grants, cancelled by
@@ -207,7 +219,15 @@ impl RedisLockService {
         let pubsub = listener.subscribe().await?;
         let waits = Arc::new(WaitQueue::new());
         let listener = tokio::spawn(listener.run(Arc::downgrade(&waits), pubsub));
+        let undo = Arc::new(UndoContext {
+            conn: conn.clone(),
+            script: scripts.abandon.clone(),
+            keys: keys.clone(),
+            channel: channel.clone(),
+            timeout: config.operation_timeout,
+        });
         Ok(Self {
+            undo,
             conn,
             dedicated,
             scripts,
@@ -332,26 +352,22 @@ impl RedisLockService {
 
     /// The take-back of an acquire whose outcome is unknown: deletes the lock if (and only if)
     /// it holds `digest` and no retry claimed it. The token for that digest was never handed
-    /// out, so nobody loses a lease.
+    /// out, so nobody loses a lease. Cheap to build (two reference counts and the digest): it is
+    /// built for every acquire and used only for lost ones.
     fn undo_acquire(&self, object: &ObjectId, digest: String) -> impl FnMut() -> UndoFuture + Send {
-        let conn = self.conn.clone();
-        let script = self.scripts.abandon.clone();
-        let (lock_key, waiting_key) = (self.keys.lock_key(object), self.keys.waiting_key(object));
-        let channel = self.channel.clone();
-        let object = object.as_str().to_owned();
-        let timeout = self.operation_timeout;
+        let undo = self.undo.clone();
+        let object = object.clone();
         move || -> UndoFuture {
-            let mut conn = conn.clone();
-            let script = script.clone();
-            let args = [&lock_key, &waiting_key, &digest, &channel, &object].map(String::clone);
+            let (undo, object, digest) = (undo.clone(), object.clone(), digest.clone());
             Box::pin(async move {
-                let [lock_key, waiting_key, digest, channel, object] = args;
-                let mut invocation = script.key(lock_key);
+                let mut conn = undo.conn.clone();
+                let mut invocation = undo.script.key(undo.keys.lock_key(&object));
                 invocation
-                    .key(waiting_key)
+                    .key(undo.keys.waiting_key(&object))
                     .arg(digest)
-                    .arg(channel)
-                    .arg(object);
+                    .arg(&undo.channel)
+                    .arg(object.as_str());
+                let timeout = undo.timeout;
                 match tokio::time::timeout(timeout, invocation.invoke_async::<i64>(&mut conn)).await
                 {
                     Ok(Ok(1)) => Ok(Undo::TookBack),

@@ -11,8 +11,9 @@
 //!    concurrency, including several processes sharing one Redis or Postgres.
 //! 2. **Fencing.** Every grant carries a [`Fence`] that strictly increases per object across
 //!    releases, expiries and restarts (see [`fence`] for the scheme and its limits).
-//! 3. **Unforgeable tokens.** Tokens carry a 128-bit random nonce and an HMAC-SHA256 under a
-//!    secret; backends store only a digest; comparisons are constant-time (see [`token`]).
+//! 3. **Unforgeable tokens.** Tokens carry a 128-bit nonce and an HMAC-SHA256 under a secret,
+//!    checked in full on every release, renew and validate; backends store only a digest;
+//!    comparisons are constant-time (see [`token`]).
 //! 4. **One clock.** Expiry is decided by one clock per backend (the process's monotonic clock,
 //!    Redis's, or Postgres's), never a mix.
 //! 5. **Typed refusals.** Bad input is a [`LockError`], never a panic; a backend outage is
@@ -32,12 +33,19 @@
 //!
 //! ## Adding a backend
 //!
-//! 1. Implement [`LockService`]. Hold a [`Limits`] and call [`Limits::check_acquire`] /
-//!    [`Limits::check_ttl`] first. Mint tokens with [`TokenIssuer::prepare`] (store its
-//!    [`PendingToken::digest`] in the same atomic step that decides the fence with
-//!    [`Fence::next_after`]) and [`TokenIssuer::seal`]. Compare the stored digest with
-//!    [`LockToken::digest`]. Run blocking acquires through a [`WaitQueue`] and call
-//!    [`WaitQueue::wake`] when an object is freed. Log refusals with [`audit::log_refusal`].
+//! 1. Implement [`LockService`] ([`LockService::acquire_with`] and the rest). Hold a [`Limits`]
+//!    and call [`Limits::check_acquire`] / [`Limits::check_ttl`] first. Mint tokens with
+//!    [`TokenIssuer::prepare_for`] (store its [`PendingToken::digest`] in the same atomic step
+//!    that decides the fence with [`Fence::next_after`]) and [`TokenIssuer::seal`]. In that same
+//!    step, an object already held by that very digest is a retry of the request that was
+//!    granted (a [`RequestId`]): answer it with the held grant and mark it claimed. Begin
+//!    release, renew and validate with [`TokenIssuer::check`] (the MAC, in constant time), then
+//!    compare the stored digest with [`LockToken::digest`] and the fence. Around a network
+//!    acquire, hold a [`Reclaimer`] guard and disarm it once the answer is read, giving it an
+//!    `undo` that frees the object if it still holds the digest, unclaimed; forward
+//!    [`LockService::close`] to [`Reclaimer::drain`]. Run blocking acquires through a
+//!    [`WaitQueue`] and call [`WaitQueue::wake`] when an object is freed. Log refusals with
+//!    [`audit::log_refusal`].
 //! 2. Run the whole shared suite against it in a few lines (in `tests/conformance.rs`):
 //!
 //! ```ignore

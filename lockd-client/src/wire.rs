@@ -106,7 +106,7 @@ pub(crate) fn lock_error(error: ErrorBody, status: u16, object: Option<&ObjectId
     }
 }
 
-/// lockcore's reasons for refusing a token's format, as `'static` strings.
+/// lockcore's reasons for refusing a token, as `'static` strings.
 const TOKEN_REASONS: &[&str] = &[
     "does not start with lk2.",
     "has the wrong length",
@@ -119,7 +119,7 @@ fn token_reason(message: &str) -> &'static str {
         .iter()
         .find(|reason| message.contains(**reason))
         .copied()
-        .unwrap_or("refused by lockd as malformed")
+        .unwrap_or("refused by lockd as not one of its tokens")
 }
 
 #[cfg(test)]

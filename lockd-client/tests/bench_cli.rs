@@ -80,7 +80,7 @@ async fn pairs_mode_does_exactly_the_pairs_asked_for() {
         .all(|s| {
             s.body["token"]
                 .as_str()
-                .is_some_and(|t| t.starts_with("lk1."))
+                .is_some_and(|t| t.starts_with("lk2."))
         });
     assert!(released_with_the_granted_token);
 }

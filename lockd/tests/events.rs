@@ -43,7 +43,7 @@ async fn grants_renews_releases_refusals_and_expiries_are_logged_without_tokens(
             json!({"object": object, "token": token, "ttl_ms": 30_000}),
         )
         .await;
-    // token_mismatch: alice's token on bob's object.
+    // invalid_token: alice's token on bob's object (it was not issued for that object).
     let other = unique("other");
     let bobs = lockd.acquire(&other, "bob", 30_000).await;
     let (status, _) = lockd
@@ -52,7 +52,7 @@ async fn grants_renews_releases_refusals_and_expiries_are_logged_without_tokens(
             json!({"object": other, "token": token}),
         )
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     lockd
         .post(
             "/v1/locks/release",
@@ -107,7 +107,7 @@ async fn grants_renews_releases_refusals_and_expiries_are_logged_without_tokens(
 
     let refused = events_about(&lockd, &other).await;
     assert_eq!(kinds(&refused), vec!["grant", "release_refused"]);
-    assert_eq!(refused[1]["reason"], "token_mismatch");
+    assert_eq!(refused[1]["reason"], "invalid_token");
     assert!(refused[1]["owner"].is_null());
 
     let (_, all) = lockd.get("/v1/events?limit=1000").await;

@@ -19,7 +19,7 @@ async fn acquire_grants_a_lease_and_a_second_owner_is_locked_out_with_holder_and
     assert_eq!(lease["ttl_ms"], 30_000);
     assert!(lease["token"]
         .as_str()
-        .is_some_and(|t| t.starts_with("lk1.")));
+        .is_some_and(|t| t.starts_with("lk2.")));
     assert!(lease["fence"].as_u64().is_some_and(|f| f > 0));
 
     let (status, body) = lockd
@@ -60,7 +60,7 @@ async fn release_returns_the_fence_and_a_second_release_is_not_held() {
 }
 
 #[tokio::test]
-async fn release_with_another_holders_token_is_token_mismatch_and_the_lock_stays() {
+async fn release_with_another_objects_token_is_invalid_token_and_the_lock_stays() {
     let lockd = Lockd::start(&[]).await;
     let (mine, theirs) = (unique("mine"), unique("theirs"));
     let my_lease = lockd.acquire(&mine, "alice", 30_000).await;
@@ -71,7 +71,7 @@ async fn release_with_another_holders_token_is_token_mismatch_and_the_lock_stays
             json!({"object": theirs, "token": my_lease["token"]}),
         )
         .await;
-    assert_error(status, &body, StatusCode::FORBIDDEN, "token_mismatch");
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_token");
     let (status, info) = lockd
         .post("/v1/locks/inspect", json!({"object": theirs}))
         .await;
@@ -102,11 +102,16 @@ async fn renew_extends_the_lease_and_keeps_the_fence_and_token() {
         .await;
     assert_eq!(info["fence"], lease["fence"]);
 
-    let free = unique("free");
+    lockd
+        .post(
+            "/v1/locks/release",
+            json!({"object": object, "token": lease["token"]}),
+        )
+        .await;
     let (status, body) = lockd
         .post(
             "/v1/locks/renew",
-            json!({"object": free, "token": lease["token"], "ttl_ms": 1000}),
+            json!({"object": object, "token": lease["token"], "ttl_ms": 1000}),
         )
         .await;
     assert_error(status, &body, StatusCode::CONFLICT, "not_held");
@@ -504,19 +509,23 @@ async fn health_readiness_and_metrics_report_the_server() {
     assert_eq!(body["backend"], "memory");
 
     let object = unique("m");
-    let lease = lockd.acquire(&object, "alice", 30_000).await;
+    lockd.acquire(&object, "alice", 30_000).await;
     lockd
         .post(
             "/v1/locks/acquire",
             json!({"object": object, "owner": "bob", "ttl_ms": 10}),
         )
         .await;
-    lockd
-        .post(
-            "/v1/locks/release",
-            json!({"object": unique("free"), "token": lease["token"]}),
-        )
-        .await;
+    let released = unique("released");
+    let old = lockd.acquire(&released, "carol", 30_000).await;
+    for _ in 0..2 {
+        lockd
+            .post(
+                "/v1/locks/release",
+                json!({"object": released, "token": old["token"]}),
+            )
+            .await;
+    }
     let response = lockd
         .request(Method::GET, "/metrics")
         .send()
@@ -525,13 +534,14 @@ async fn health_readiness_and_metrics_report_the_server() {
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.expect("text");
     for expected in [
-        r#"lockd_requests_total{operation="acquire",outcome="ok"} 1"#,
+        r#"lockd_requests_total{operation="acquire",outcome="ok"} 2"#,
         r#"lockd_requests_total{operation="acquire",outcome="locked"} 1"#,
+        r#"lockd_requests_total{operation="release",outcome="ok"} 1"#,
         r#"lockd_requests_total{operation="release",outcome="not_held"} 1"#,
         r#"lockd_refused_releases_total{reason="not_held"} 1"#,
         "lockd_locks_held 1",
         "lockd_waiters 0",
-        r#"lockd_request_duration_seconds_count{operation="acquire"} 2"#,
+        r#"lockd_request_duration_seconds_count{operation="acquire"} 3"#,
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
@@ -550,8 +560,8 @@ async fn hostile_inputs_never_get_a_5xx_and_leave_other_locks_alone() {
         r#"{"object": "a", "owner": "o", "ttl_ms": 18446744073709551616}"#.into(),
         r#"{"object": "a", "owner": "o", "ttl_ms": 18446744073709551615, "wait_ms": 18446744073709551615}"#.into(),
         format!(r#"{{"object": "{object}", "token": "{}"}}"#, "A".repeat(60_000)),
-        format!(r#"{{"object": "{object}", "token": "lk1.{}"}}"#, "A".repeat(75)),
-        format!(r#"{{"object": "{object}", "token": "lk1.{}"}}"#, "%".repeat(75)),
+        format!(r#"{{"object": "{object}", "token": "lk2.{}"}}"#, "A".repeat(75)),
+        format!(r#"{{"object": "{object}", "token": "lk2.{}"}}"#, "%".repeat(75)),
         r#"{"object": "\u0000\ud800", "owner": "o", "ttl_ms": 5}"#.into(),
         String::from_utf8_lossy(&[0xff, 0xfe, 0x00, 0x7b]).into_owned(),
     ];
