@@ -3,7 +3,9 @@
 use std::fmt;
 use std::future::ready;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::mapref::entry::Entry as MapEntry;
@@ -206,8 +208,7 @@ impl fmt::Debug for MemoryLockService {
 
 impl Inner {
     fn timers(&self) -> MutexGuard<'_, Timers> {
-        // The timer heap is only changed by code that cannot panic midway; keep going.
-        self.timers.lock().unwrap_or_else(PoisonError::into_inner)
+        self.timers.lock()
     }
 
     /// Reports a lease that ended to the sink, if one was registered.

@@ -9,7 +9,7 @@
 //! database restart each stale connection therefore fails exactly one operation as unavailable,
 //! and the pool heals itself.
 
-use std::sync::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use lockcore::{LockError, LockResult};
@@ -77,10 +77,7 @@ impl Connections {
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<PgConnection>> {
-        // The vector stays consistent even if a holder panicked; keep going.
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.idle.lock()
     }
 }
 

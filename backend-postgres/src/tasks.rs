@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable as _};
 use lockcore::{LockResult, ObjectId, WaitQueue};
 use sqlx::postgres::{PgListener, PgPool};
 
@@ -11,6 +12,17 @@ use crate::error::from_sqlx;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Delays between LISTEN reconnect attempts: doubling from [`FIRST_BACKOFF`] up to
+/// [`MAX_BACKOFF`], with jitter so that several lockd processes do not reconnect in step, for as
+/// long as it takes.
+fn reconnect_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(FIRST_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+}
 /// Most rows one reaper statement deletes, so one pass never holds many row locks.
 const REAP_BATCH: i64 = 10_000;
 
@@ -50,15 +62,19 @@ pub(crate) async fn listen(
                 // Its connection may be dead but still attached: start over with a new one.
                 drop(listener);
                 waits.wake_all();
-                let mut backoff = FIRST_BACKOFF;
-                listener = loop {
-                    tokio::time::sleep(backoff).await;
-                    match start_listener(&pool, &channel).await {
-                        Ok(listener) => break listener,
-                        Err(error) => {
-                            tracing::debug!(target: "lockd::postgres", %error, "LISTEN reconnect failed");
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                        }
+                let reconnected = (|| start_listener(&pool, &channel))
+                    .retry(reconnect_backoff())
+                    .sleep(tokio::time::sleep)
+                    .notify(|error, _| {
+                        tracing::debug!(target: "lockd::postgres", %error, "LISTEN reconnect failed")
+                    })
+                    .await;
+                listener = match reconnected {
+                    Ok(listener) => listener,
+                    // Not reached: the back-off has no attempt limit.
+                    Err(error) => {
+                        tracing::error!(target: "lockd::postgres", %error, "LISTEN reconnect gave up");
+                        return;
                     }
                 };
                 waits.wake_all();

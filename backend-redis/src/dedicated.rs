@@ -19,7 +19,9 @@
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -183,16 +185,11 @@ impl DedicatedConnections {
 
 impl Inner {
     fn idle(&self) -> MutexGuard<'_, Vec<Dedicated>> {
-        // Pushing and popping cannot leave the list inconsistent if a holder panicked.
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.idle.lock()
     }
 
     fn retry_at(&self) -> MutexGuard<'_, Option<Instant>> {
-        self.retry_at
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.retry_at.lock()
     }
 }
 

@@ -9,6 +9,7 @@
 use std::sync::Weak;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable as _};
 use futures_util::StreamExt as _;
 use lockcore::{LockError, ObjectId, WaitQueue};
 use redis::aio::{ConnectionManager, PubSub};
@@ -18,6 +19,16 @@ use crate::error;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Delays between reconnect attempts: doubling from [`MIN_BACKOFF`] up to [`MAX_BACKOFF`], with
+/// jitter so that several lockd processes do not reconnect in step, for as long as it takes.
+fn reconnect_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(MIN_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+}
 
 /// What the listener needs to (re)connect.
 #[derive(Debug, Clone)]
@@ -61,20 +72,19 @@ impl Listener {
                 "release listener lost its Redis connection; reconnecting"
             );
             self.poke_commands().await;
-            let mut backoff = MIN_BACKOFF;
-            pubsub = loop {
-                match self.subscribe().await {
-                    Ok(pubsub) => break pubsub,
-                    Err(e) => {
-                        tracing::debug!(target: "lockd::redis", error = %e, "release listener reconnect failed");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                        if waits.strong_count() == 0 {
-                            return;
-                        }
-                    }
-                }
+            let resubscribed = (|| self.subscribe())
+                .retry(reconnect_backoff())
+                .sleep(tokio::time::sleep)
+                // Stop trying once the backend is gone.
+                .when(|_| waits.strong_count() > 0)
+                .notify(|e, _| {
+                    tracing::debug!(target: "lockd::redis", error = %e, "release listener reconnect failed")
+                })
+                .await;
+            let Ok(resubscribed) = resubscribed else {
+                return;
             };
+            pubsub = resubscribed;
             tracing::info!(target: "lockd::redis", "release listener reconnected");
             self.poke_commands().await;
             // Releases published while we were away are lost: let every head waiter look.

@@ -106,18 +106,16 @@ struct UndoContext {
 /// its own wait ran out while the object sat free.
 #[derive(Debug, Default)]
 struct ExpiryWakes {
-    timers: std::sync::Mutex<std::collections::HashMap<ObjectId, (u64, JoinHandle<()>)>>,
+    timers: parking_lot::Mutex<std::collections::HashMap<ObjectId, (u64, JoinHandle<()>)>>,
     generation: AtomicU64,
 }
 
 impl ExpiryWakes {
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<ObjectId, (u64, JoinHandle<()>)>> {
-        // A panic while holding this lock cannot leave the map inconsistent.
-        self.timers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    ) -> parking_lot::MutexGuard<'_, std::collections::HashMap<ObjectId, (u64, JoinHandle<()>)>>
+    {
+        self.timers.lock()
     }
 
     /// Wakes `object`'s head waiter once `ttl` has passed, unless replaced or cancelled first.
@@ -162,14 +160,6 @@ impl RedisLockService {
     /// connection, and with [`LockError::InvalidArgument`] for a bad URL or key prefix.
     pub async fn connect(config: RedisConfig, issuer: TokenIssuer) -> Result<Self, LockError> {
         config.check()?;
-        if config
-            .url
-            .get(..7)
-            .is_some_and(|s| s.eq_ignore_ascii_case("rediss:"))
-        {
-            // rustls needs a process-wide crypto provider; an already installed one is kept.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
         let client = redis::Client::open(config.url.as_str()).map_err(|e| {
             LockError::invalid_argument("url", format!("{}: {e}", config.redacted_url()))
         })?;
@@ -661,9 +651,7 @@ impl ListCursor {
         }
         for object in &self.pending {
             out.push('.');
-            for byte in object.as_str().bytes() {
-                out.push_str(&format!("{byte:02x}"));
-            }
+            out.push_str(&hex::encode(object.as_str()));
         }
         out
     }
@@ -679,15 +667,8 @@ impl ListCursor {
             number => ScanPosition::At(number.parse().map_err(|_| bad())?),
         };
         let mut pending = VecDeque::new();
-        for hex in parts {
-            if hex.len() % 2 != 0 || !hex.is_ascii() {
-                return Err(bad());
-            }
-            let bytes = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .map_err(|_| bad())?;
+        for part in parts {
+            let bytes = hex::decode(part).map_err(|_| bad())?;
             let name = String::from_utf8(bytes).map_err(|_| bad())?;
             pending.push_back(ObjectId::new(name).map_err(|_| bad())?);
         }

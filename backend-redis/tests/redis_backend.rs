@@ -456,6 +456,8 @@ async fn several_backends_contending_never_overlap_and_fences_increase_in_grant_
     }
 }
 
+/// TLS to a plain port is `Unavailable`, not a panic, with no crypto provider installed by
+/// anyone: rustls picks `ring` from the crate features.
 #[tokio::test]
 async fn tls_to_a_plain_port_is_unavailable_not_a_panic() {
     let Some(url) = common::url_or_skip() else {

@@ -10,7 +10,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -111,10 +113,7 @@ impl WaitQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ObjectId, VecDeque<Arc<Waiter>>>> {
-        // A panic while holding this lock cannot leave the map inconsistent; keep going.
-        self.queues
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.queues.lock()
     }
 
     fn enqueue(&self, object: &ObjectId) -> Ticket<'_> {
@@ -227,7 +226,7 @@ mod tests {
                 .acquire(&object, Duration::from_secs(60), || {
                     let (held_until, object) = (held_until.clone(), object.clone());
                     async move {
-                        let mut until = held_until.lock().expect("clock");
+                        let mut until = held_until.lock();
                         let now = Instant::now();
                         if now >= *until {
                             *until = now + Duration::from_secs(1);

@@ -12,11 +12,13 @@ use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::events::{Event, EventStream, EventsResponse};
-use crate::wire::{
-    AcquireRequest, ErrorBody, GrantResponse, ListResponse, LockInfoBody, ObjectRequest,
-    ReleaseResponse, RenewRequest, TokenRequest, ValidateResponse,
+use lockd_wire::{
+    AcquireRequest, ErrorBody, EventParams, EventsBody, InspectRequest, LeaseBody, ListBody,
+    ListParams, LockBody, ReleaseBody, RenewRequest, TokenRequest,
 };
+
+use crate::events::{Event, EventStream};
+use crate::wire::{lock_error, parse_error};
 use crate::{ClientConfig, BACKEND};
 
 /// The most events one [`LockdClient::events`] call may ask for.
@@ -197,33 +199,26 @@ impl LockdClient {
                 format!("must be between 1 and {MAX_EVENTS_LIMIT}"),
             ));
         }
-        let mut url = self.endpoints.events.clone();
-        {
-            let mut pairs = url.query_pairs_mut();
-            if let Some(after) = after {
-                pairs.append_pair("after", &after.to_string());
-            }
-            pairs.append_pair("limit", &limit.to_string());
-        }
-        let response: EventsResponse = self
+        let params = EventParams {
+            after,
+            limit: Some(limit),
+        };
+        let url = with_query(&self.endpoints.events, &params)?;
+        let response: EventsBody = self
             .call(Method::GET, url, None::<&()>, self.request_timeout, None)
             .await?
-            .map_err(|(status, body)| body.into_lock_error(status, None))?;
+            .map_err(|(status, body)| lock_error(body, status, None))?;
         Ok(response.events)
     }
 
     /// Follows lockd's live event stream, starting after sequence number `after` when given
     /// (sent as `?after=` and `Last-Event-ID`). The stream has no overall deadline.
     pub async fn event_stream(&self, after: Option<u64>) -> LockResult<EventStream> {
-        let mut url = self.endpoints.events_stream.clone();
-        let mut request = self.http.get(url.clone());
+        let params = EventParams { after, limit: None };
+        let url = with_query(&self.endpoints.events_stream, &params)?;
+        let mut request = self.http.get(url);
         if let Some(after) = after {
-            url.query_pairs_mut()
-                .append_pair("after", &after.to_string());
-            request = self
-                .http
-                .get(url)
-                .header("Last-Event-ID", after.to_string());
+            request = request.header("Last-Event-ID", after.to_string());
         }
         let response = request
             .header(reqwest::header::ACCEPT, "text/event-stream")
@@ -233,7 +228,7 @@ impl LockdClient {
         let status = response.status().as_u16();
         if !response.status().is_success() {
             let body = response.bytes().await.map_err(transport_error)?;
-            return Err(ErrorBody::parse(status, &body).into_lock_error(status, None));
+            return Err(lock_error(parse_error(status, &body), status, None));
         }
         Ok(EventStream::new(response))
     }
@@ -268,7 +263,7 @@ impl LockdClient {
             })?;
             Ok(Ok(parsed))
         } else {
-            Ok(Err((status, ErrorBody::parse(status, &bytes))))
+            Ok(Err((status, parse_error(status, &bytes))))
         }
     }
 
@@ -276,18 +271,18 @@ impl LockdClient {
     async fn send_acquire(
         &self,
         request: &lockcore::AcquireRequest,
-    ) -> LockResult<Result<GrantResponse, (u16, ErrorBody)>> {
+    ) -> LockResult<Result<LeaseBody, (u16, ErrorBody)>> {
         let request_id = request
             .request_id
             .as_ref()
             .ok_or_else(|| LockError::Internal("acquire sent without a request id".into()))?;
-        let body = AcquireRequest {
-            object: request.object.as_str(),
-            owner: request.owner.as_str(),
-            ttl_ms: ttl_millis(request.ttl)?,
-            wait_ms: ceil_millis(request.wait),
-            request_id: request_id.as_str(),
-        };
+        let mut body = AcquireRequest::new(
+            request.object.as_str(),
+            request.owner.as_str(),
+            ttl_millis(request.ttl)?,
+        );
+        body.wait_ms = ceil_millis(request.wait);
+        body.request_id = Some(request_id.as_str().to_owned());
         let timeout = self.request_timeout.saturating_add(request.wait);
         self.call(
             Method::POST,
@@ -309,7 +304,7 @@ impl LockdClient {
     ) -> LockResult<R> {
         self.call(Method::POST, url.clone(), Some(body), timeout, Some(object))
             .await?
-            .map_err(|(status, error)| error.into_lock_error(status, Some(object)))
+            .map_err(|(status, error)| lock_error(error, status, Some(object)))
     }
 }
 
@@ -339,16 +334,16 @@ impl LockService for LockdClient {
         // lockd answered: whatever it decided, the caller learns it here.
         take_back.disarm();
         answer
-            .map_err(|(status, error)| error.into_lock_error(status, Some(&request.object)))?
+            .map_err(|(status, error)| lock_error(error, status, Some(&request.object)))?
             .into_lease()
     }
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
         let body = TokenRequest {
-            object: object.as_str(),
-            token: token.expose(),
+            object: object.as_str().to_owned(),
+            token: token.expose().to_owned(),
         };
-        let released: ReleaseResponse = self
+        let released: ReleaseBody = self
             .post(&self.endpoints.release, &body, self.request_timeout, object)
             .await?;
         Ok(Fence(released.fence))
@@ -361,11 +356,11 @@ impl LockService for LockdClient {
         ttl: Duration,
     ) -> LockResult<Lease> {
         let body = RenewRequest {
-            object: object.as_str(),
-            token: token.expose(),
+            object: object.as_str().to_owned(),
+            token: token.expose().to_owned(),
             ttl_ms: ttl_millis(ttl)?,
         };
-        let grant: GrantResponse = self
+        let grant: LeaseBody = self
             .post(&self.endpoints.renew, &body, self.request_timeout, object)
             .await?;
         grant.into_lease()
@@ -373,10 +368,10 @@ impl LockService for LockdClient {
 
     async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
         let body = TokenRequest {
-            object: object.as_str(),
-            token: token.expose(),
+            object: object.as_str().to_owned(),
+            token: token.expose().to_owned(),
         };
-        let valid: ValidateResponse = self
+        let valid: LockBody = self
             .post(
                 &self.endpoints.validate,
                 &body,
@@ -388,10 +383,10 @@ impl LockService for LockdClient {
     }
 
     async fn inspect(&self, object: &ObjectId) -> LockResult<Option<LockInfo>> {
-        let body = ObjectRequest {
-            object: object.as_str(),
+        let body = InspectRequest {
+            object: object.as_str().to_owned(),
         };
-        let answer: Result<LockInfoBody, _> = self
+        let answer: Result<LockBody, _> = self
             .call(
                 Method::POST,
                 self.endpoints.inspect.clone(),
@@ -403,32 +398,27 @@ impl LockService for LockdClient {
         match answer {
             Ok(info) => info.into_info().map(Some),
             Err((_, error)) if error.code == "not_found" => Ok(None),
-            Err((status, error)) => Err(error.into_lock_error(status, Some(object))),
+            Err((status, error)) => Err(lock_error(error, status, Some(object))),
         }
     }
 
     async fn list(&self, query: &ListQuery) -> LockResult<LockPage> {
         query.check()?;
-        let mut url = self.endpoints.locks.clone();
-        {
-            let mut pairs = url.query_pairs_mut();
-            if !query.prefix.is_empty() {
-                pairs.append_pair("prefix", &query.prefix);
-            }
-            pairs.append_pair("limit", &query.limit.to_string());
-            if let Some(after) = &query.after {
-                pairs.append_pair("after", after);
-            }
-        }
-        let page: ListResponse = self
+        let params = ListParams {
+            prefix: Some(query.prefix.clone()).filter(|prefix| !prefix.is_empty()),
+            limit: Some(query.limit),
+            after: query.after.clone(),
+        };
+        let url = with_query(&self.endpoints.locks, &params)?;
+        let page: ListBody = self
             .call(Method::GET, url, None::<&()>, self.request_timeout, None)
             .await?
-            .map_err(|(status, error)| error.into_lock_error(status, None))?;
+            .map_err(|(status, error)| lock_error(error, status, None))?;
         Ok(LockPage {
             locks: page
                 .locks
                 .into_iter()
-                .map(LockInfoBody::into_info)
+                .map(LockBody::into_info)
                 .collect::<LockResult<_>>()?,
             next: page.next,
         })
@@ -457,6 +447,19 @@ impl LockService for LockdClient {
             ),
         ))
     }
+}
+
+/// `endpoint` with `params` as its query string (absent parameters left out).
+fn with_query<Q: Serialize>(endpoint: &Url, params: &Q) -> LockResult<Url> {
+    let query = serde_urlencoded::to_string(params)
+        .map_err(|e| LockError::Internal(format!("cannot encode the query: {e}")))?;
+    let mut url = endpoint.clone();
+    url.set_query(
+        Some(&query)
+            .filter(|query| !query.is_empty())
+            .map(String::as_str),
+    );
+    Ok(url)
 }
 
 /// Checks and normalizes the base URL so that joining `v1/...` keeps any path prefix.

@@ -1,7 +1,9 @@
 //! [`LeaseGuard`]: keeps a lease alive in the background and says the moment it is lost.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use lockcore::{Fence, Lease, LockError, LockResult, LockService, LockToken, ObjectId, OwnerId};
@@ -190,8 +192,7 @@ struct Current {
 
 impl Shared {
     fn current(&self) -> MutexGuard<'_, Current> {
-        // The lock is only held to copy or replace a value: a panic cannot leave it half-written.
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
+        self.current.lock()
     }
 
     /// Moves from `Held` to `to`; a lease already lost or released stays so.

@@ -8,7 +8,7 @@ mod wire;
 
 pub use client::{LockdClient, MAX_EVENTS_LIMIT};
 pub use config::{ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_URL};
-pub use events::{Event, EventStream};
+pub use events::{Event, EventKind, EventStream};
 pub use guard::{GuardOptions, LeaseGuard, LeaseState, LossReason};
 
 /// The name [`LockdClient`] reports as its backend, and puts in its `Unavailable` errors.

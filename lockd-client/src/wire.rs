@@ -1,298 +1,109 @@
-//! The JSON bodies of lockd's HTTP API and the mapping of its error envelope to [`LockError`].
+//! lockd's refusals: reading the error envelope ([`lockd_wire::ErrorEnvelope`]) of a non-2xx
+//! answer and mapping it to [`LockError`].
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use lockcore::{Fence, Lease, LockError, LockInfo, LockToken, ObjectId, OwnerId};
-use serde::{Deserialize, Serialize};
+use lockcore::{LockError, ObjectId, OwnerId};
+use lockd_wire::{argument_field, ErrorBody, ErrorEnvelope};
 
 use crate::BACKEND;
 
-#[derive(Debug, Serialize)]
-pub(crate) struct AcquireRequest<'a> {
-    pub(crate) object: &'a str,
-    pub(crate) owner: &'a str,
-    pub(crate) ttl_ms: u64,
-    pub(crate) wait_ms: u64,
-    pub(crate) request_id: &'a str,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct TokenRequest<'a> {
-    pub(crate) object: &'a str,
-    pub(crate) token: &'a str,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct RenewRequest<'a> {
-    pub(crate) object: &'a str,
-    pub(crate) token: &'a str,
-    pub(crate) ttl_ms: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct ObjectRequest<'a> {
-    pub(crate) object: &'a str,
-}
-
-/// Body of a successful acquire or renew.
-#[derive(Debug, Deserialize)]
-pub(crate) struct GrantResponse {
-    object: String,
-    owner: String,
-    token: String,
-    fence: u64,
-    ttl_ms: u64,
-}
-
-impl GrantResponse {
-    pub(crate) fn into_lease(self) -> Result<Lease, LockError> {
-        Ok(Lease {
-            object: server_id(ObjectId::new(&self.object))?,
-            owner: server_id(OwnerId::new(&self.owner))?,
-            token: LockToken::parse(&self.token).map_err(|e| {
-                LockError::Internal(format!("lockd answered with a malformed token: {e}"))
-            })?,
-            fence: Fence(self.fence),
-            ttl: Duration::from_millis(self.ttl_ms),
-        })
-    }
-}
-
-/// Body of a successful release.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ReleaseResponse {
-    pub(crate) fence: u64,
-}
-
-/// Body of a successful validate: the lease without its token (the caller has that).
-#[derive(Debug, Deserialize)]
-pub(crate) struct ValidateResponse {
-    object: String,
-    owner: String,
-    fence: u64,
-    ttl_ms: u64,
-}
-
-impl ValidateResponse {
-    pub(crate) fn into_lease(self, token: &LockToken) -> Result<Lease, LockError> {
-        Ok(Lease {
-            object: server_id(ObjectId::new(&self.object))?,
-            owner: server_id(OwnerId::new(&self.owner))?,
-            token: token.clone(),
-            fence: Fence(self.fence),
-            ttl: Duration::from_millis(self.ttl_ms),
-        })
-    }
-}
-
-/// A lock as inspect and list describe it.
-///
-/// `acquired_at` / `expires_at` are optional: lockd may send them as RFC 3339 strings or as
-/// milliseconds since the Unix epoch. When absent, `expires_at` is derived as now + `ttl_ms` and
-/// `acquired_at` as now (the client's clock).
-#[derive(Debug, Deserialize)]
-pub(crate) struct LockInfoBody {
-    object: String,
-    owner: String,
-    fence: u64,
-    ttl_ms: u64,
-    #[serde(default, deserialize_with = "opt_time")]
-    acquired_at: Option<SystemTime>,
-    #[serde(default, deserialize_with = "opt_time")]
-    expires_at: Option<SystemTime>,
-    #[serde(default, deserialize_with = "opt_time")]
-    acquired_at_ms: Option<SystemTime>,
-    #[serde(default, deserialize_with = "opt_time")]
-    expires_at_ms: Option<SystemTime>,
-}
-
-impl LockInfoBody {
-    pub(crate) fn into_info(self) -> Result<LockInfo, LockError> {
-        let now = SystemTime::now();
-        let ttl = Duration::from_millis(self.ttl_ms);
-        let expires_at = self
-            .expires_at
-            .or(self.expires_at_ms)
-            .unwrap_or_else(|| now + ttl);
-        let acquired_at = self.acquired_at.or(self.acquired_at_ms).unwrap_or(now);
-        Ok(LockInfo {
-            object: server_id(ObjectId::new(&self.object))?,
-            owner: server_id(OwnerId::new(&self.owner))?,
-            fence: Fence(self.fence),
-            acquired_at,
-            expires_at,
-            ttl,
-        })
-    }
-}
-
-/// Body of `GET /v1/locks`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ListResponse {
-    pub(crate) locks: Vec<LockInfoBody>,
-    #[serde(default)]
-    pub(crate) next: Option<String>,
-}
-
-fn server_id<T>(id: Result<T, LockError>) -> Result<T, LockError> {
-    id.map_err(|e| LockError::Internal(format!("lockd answered with an invalid name: {e}")))
-}
-
-/// Reads a time written as RFC 3339 text or as integer milliseconds since the Unix epoch.
-pub(crate) fn opt_time<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<SystemTime>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Millis(u64),
-        Text(String),
-    }
-    match Option::<Raw>::deserialize(d)? {
-        None => Ok(None),
-        Some(Raw::Millis(ms)) => Ok(Some(UNIX_EPOCH + Duration::from_millis(ms))),
-        Some(Raw::Text(text)) => humantime::parse_rfc3339_weak(&text)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
-}
-
-/// `{"error": {...}}`, lockd's answer to every refused request.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ErrorEnvelope {
-    pub(crate) error: ErrorBody,
-}
-
-/// The inside of the error envelope.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct ErrorBody {
-    #[serde(default)]
-    pub(crate) code: String,
-    #[serde(default)]
-    pub(crate) message: String,
-    #[serde(default)]
-    pub(crate) holder: Option<String>,
-    #[serde(default)]
-    pub(crate) retry_after_ms: Option<u64>,
-    #[serde(default)]
-    pub(crate) field: Option<String>,
-}
-
-impl ErrorBody {
-    /// Reads an error response; a body that is not the envelope (a proxy's HTML page, say) is
-    /// described by its status alone.
-    pub(crate) fn parse(status: u16, body: &[u8]) -> ErrorBody {
-        match serde_json::from_slice::<ErrorEnvelope>(body) {
-            Ok(envelope) => envelope.error,
-            Err(_) => ErrorBody {
-                code: String::new(),
-                message: format!(
-                    "HTTP {status} without lockd's error envelope: {}",
-                    String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
-                ),
-                ..ErrorBody::default()
-            },
-        }
-    }
-
-    /// The [`LockError`] this error stands for; `object` is the object the request named.
-    ///
-    /// | code | error |
-    /// |---|---|
-    /// | `locked` | `Locked` with `holder` and `retry_after_ms` |
-    /// | `not_held` | `NotHeld` |
-    /// | `token_mismatch` | `TokenMismatch` |
-    /// | `invalid_token` | `InvalidToken` |
-    /// | `invalid_argument` | `InvalidArgument` (field from the envelope or the message) |
-    /// | `payload_too_large` | `InvalidArgument { field: "body" }` |
-    /// | `unauthenticated` | `InvalidArgument { field: "api_key" }`: not retryable, fix the key |
-    /// | `unavailable`, HTTP 502/503/504 | `Unavailable { backend: "http" }` |
-    /// | `internal`, anything else | `Internal` |
-    pub(crate) fn into_lock_error(self, status: u16, object: Option<&ObjectId>) -> LockError {
-        let message = if self.message.is_empty() {
+/// Reads an error response; a body that is not the envelope (a proxy's HTML page, say) is
+/// described by its status alone.
+pub(crate) fn parse_error(status: u16, body: &[u8]) -> ErrorBody {
+    match serde_json::from_slice::<ErrorEnvelope>(body) {
+        Ok(envelope) => envelope.error,
+        Err(_) => ErrorBody::new(
+            "",
             format!(
-                "lockd refused the request with HTTP {status} ({})",
-                self.code
-            )
-        } else {
-            self.message
-        };
-        let for_object = |make: fn(ObjectId) -> LockError| match object {
-            Some(object) => make(object.clone()),
-            None => LockError::Internal(format!(
-                "lockd answered `{}` to a request naming no object: {message}",
-                self.code
-            )),
-        };
-        match self.code.as_str() {
-            "locked" => {
-                let Some(object) = object else {
-                    return LockError::Internal(format!("unexpected `locked`: {message}"));
-                };
-                match self.holder.as_deref().map(OwnerId::new) {
-                    Some(Ok(holder)) => LockError::Locked {
-                        object: object.clone(),
-                        holder,
-                        retry_after: Duration::from_millis(self.retry_after_ms.unwrap_or(0)),
-                    },
-                    _ => LockError::Internal(format!(
-                        "lockd answered `locked` without a valid holder: {message}"
-                    )),
-                }
-            }
-            "not_held" => for_object(|object| LockError::NotHeld { object }),
-            "token_mismatch" => for_object(|object| LockError::TokenMismatch { object }),
-            "invalid_token" => LockError::InvalidToken {
-                reason: token_reason(&message),
-            },
-            "invalid_argument" => LockError::InvalidArgument {
-                field: argument_field(self.field.as_deref(), &message),
-                reason: message,
-            },
-            "payload_too_large" => LockError::InvalidArgument {
-                field: "body",
-                reason: message,
-            },
-            "unauthenticated" => LockError::InvalidArgument {
-                field: "api_key",
-                reason: format!("lockd refused the API key: {message}"),
-            },
-            "unavailable" => LockError::unavailable(BACKEND, message),
-            "internal" => LockError::Internal(message),
-            _ if matches!(status, 502..=504) => LockError::unavailable(BACKEND, message),
-            _ if status == 401 => LockError::InvalidArgument {
-                field: "api_key",
-                reason: format!("lockd refused the API key: {message}"),
-            },
-            _ if status == 413 => LockError::InvalidArgument {
-                field: "body",
-                reason: message,
-            },
-            _ => LockError::Internal(message),
-        }
+                "HTTP {status} without lockd's error envelope: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+            ),
+        ),
     }
 }
 
-/// The argument fields lockd may name, as the `'static` strings [`LockError`] carries.
-const FIELDS: &[&str] = &[
-    "object", "owner", "ttl", "wait", "token", "limit", "prefix", "after", "body", "api_key",
-];
-
-/// Finds which argument an `invalid_argument` is about: the envelope's `field` when lockd sends
-/// one, else the first `` `name` `` in the message (lockcore's wording), else `request`.
-fn argument_field(field: Option<&str>, message: &str) -> &'static str {
-    let from_message = message.split('`').nth(1);
-    for candidate in [field, from_message].into_iter().flatten() {
-        let candidate = candidate
-            .strip_suffix("_ms")
-            .unwrap_or(candidate)
-            .trim_start_matches('$')
-            .trim_start_matches('.');
-        if let Some(known) = FIELDS.iter().find(|known| **known == candidate) {
-            return known;
+/// The [`LockError`] a refusal stands for; `object` is the object the request named.
+///
+/// | code | error |
+/// |---|---|
+/// | `locked` | `Locked` with `holder` and `retry_after_ms` |
+/// | `not_held` | `NotHeld` |
+/// | `token_mismatch` | `TokenMismatch` |
+/// | `invalid_token` | `InvalidToken` |
+/// | `invalid_argument` | `InvalidArgument` naming the envelope's `field` (`request` without one) |
+/// | `payload_too_large` | `InvalidArgument { field: "body" }` |
+/// | `unauthenticated` | `InvalidArgument { field: "api_key" }`: not retryable, fix the key |
+/// | `unavailable`, HTTP 502/503/504 | `Unavailable { backend: "http" }` |
+/// | `internal`, anything else | `Internal` |
+pub(crate) fn lock_error(error: ErrorBody, status: u16, object: Option<&ObjectId>) -> LockError {
+    let ErrorBody {
+        code,
+        message,
+        holder,
+        retry_after_ms,
+        field,
+    } = error;
+    let message = if message.is_empty() {
+        format!("lockd refused the request with HTTP {status} ({code})")
+    } else {
+        message
+    };
+    let for_object = |make: fn(ObjectId) -> LockError| match object {
+        Some(object) => make(object.clone()),
+        None => LockError::Internal(format!(
+            "lockd answered `{code}` to a request naming no object: {message}"
+        )),
+    };
+    match code.as_str() {
+        "locked" => {
+            let Some(object) = object else {
+                return LockError::Internal(format!("unexpected `locked`: {message}"));
+            };
+            match holder.as_deref().map(OwnerId::new) {
+                Some(Ok(holder)) => LockError::Locked {
+                    object: object.clone(),
+                    holder,
+                    retry_after: Duration::from_millis(retry_after_ms.unwrap_or(0)),
+                },
+                _ => LockError::Internal(format!(
+                    "lockd answered `locked` without a valid holder: {message}"
+                )),
+            }
         }
+        "not_held" => for_object(|object| LockError::NotHeld { object }),
+        "token_mismatch" => for_object(|object| LockError::TokenMismatch { object }),
+        "invalid_token" => LockError::InvalidToken {
+            reason: token_reason(&message),
+        },
+        "invalid_argument" => LockError::InvalidArgument {
+            field: field
+                .as_deref()
+                .and_then(argument_field)
+                .unwrap_or("request"),
+            reason: message,
+        },
+        "payload_too_large" => LockError::InvalidArgument {
+            field: "body",
+            reason: message,
+        },
+        "unauthenticated" => LockError::InvalidArgument {
+            field: "api_key",
+            reason: format!("lockd refused the API key: {message}"),
+        },
+        "unavailable" => LockError::unavailable(BACKEND, message),
+        "internal" => LockError::Internal(message),
+        _ if matches!(status, 502..=504) => LockError::unavailable(BACKEND, message),
+        _ if status == 401 => LockError::InvalidArgument {
+            field: "api_key",
+            reason: format!("lockd refused the API key: {message}"),
+        },
+        _ if status == 413 => LockError::InvalidArgument {
+            field: "body",
+            reason: message,
+        },
+        _ => LockError::Internal(message),
     }
-    "request"
 }
 
 /// lockcore's reasons for refusing a token, as `'static` strings.
@@ -320,7 +131,11 @@ mod tests {
     }
 
     fn map(status: u16, body: &str) -> LockError {
-        ErrorBody::parse(status, body.as_bytes()).into_lock_error(status, Some(&object()))
+        lock_error(
+            parse_error(status, body.as_bytes()),
+            status,
+            Some(&object()),
+        )
     }
 
     #[test]
@@ -376,38 +191,33 @@ mod tests {
         assert!(matches!(err, LockError::InvalidToken { .. }));
     }
 
+    /// An `invalid_argument` names the envelope's `field`; the message is never read for it.
     #[test]
-    fn invalid_argument_names_the_field() {
+    fn invalid_argument_names_the_envelopes_field_not_the_messages() {
         let err = map(
             400,
+            r#"{"error":{"code":"invalid_argument","message":"invalid argument `owner`: x","field":"wait"}}"#,
+        );
+        assert!(
+            matches!(&err, LockError::InvalidArgument { field: "wait", reason } if reason.contains("`owner`")),
+            "{err:?}"
+        );
+        for body in [
             r#"{"error":{"code":"invalid_argument","message":"invalid argument `ttl`: must be at least 1 ms"}}"#,
-        );
-        assert!(
-            matches!(&err, LockError::InvalidArgument { field: "ttl", reason } if reason.contains("at least 1 ms")),
-            "{err:?}"
-        );
-        let err = map(
-            400,
-            r#"{"error":{"code":"invalid_argument","message":"bad","field":"wait_ms"}}"#,
-        );
-        assert!(
-            matches!(err, LockError::InvalidArgument { field: "wait", .. }),
-            "{err:?}"
-        );
-        let err = map(
-            400,
-            r#"{"error":{"code":"invalid_argument","message":"expected value at line 1"}}"#,
-        );
-        assert!(
-            matches!(
-                err,
-                LockError::InvalidArgument {
-                    field: "request",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+            r#"{"error":{"code":"invalid_argument","message":"bad","field":"no-such-argument"}}"#,
+        ] {
+            let err = map(400, body);
+            assert!(
+                matches!(
+                    err,
+                    LockError::InvalidArgument {
+                        field: "request",
+                        ..
+                    }
+                ),
+                "{body}: {err:?}"
+            );
+        }
     }
 
     #[test]
@@ -469,41 +279,5 @@ mod tests {
             matches!(&err, LockError::Internal(m) if m.contains("418") && m.contains("teapot")),
             "{err:?}"
         );
-    }
-
-    #[test]
-    fn lock_info_times_are_read_or_derived() {
-        let body: LockInfoBody = serde_json::from_str(
-            r#"{"object":"a","owner":"o","fence":7,"ttl_ms":5000,"acquired_at":"2026-01-01T00:00:00Z","expires_at_ms":1767225605000}"#,
-        )
-        .unwrap();
-        let info = body.into_info().unwrap();
-        assert_eq!(info.fence, Fence(7));
-        assert_eq!(info.ttl, Duration::from_secs(5));
-        assert_eq!(
-            info.acquired_at,
-            UNIX_EPOCH + Duration::from_secs(1_767_225_600)
-        );
-        assert_eq!(
-            info.expires_at,
-            UNIX_EPOCH + Duration::from_secs(1_767_225_605)
-        );
-
-        let before = SystemTime::now();
-        let body: LockInfoBody =
-            serde_json::from_str(r#"{"object":"a","owner":"o","fence":7,"ttl_ms":5000}"#).unwrap();
-        let info = body.into_info().unwrap();
-        assert!(info.acquired_at >= before);
-        assert!(info.expires_at >= before + Duration::from_secs(5));
-        assert!(info.expires_at <= SystemTime::now() + Duration::from_secs(5));
-    }
-
-    #[test]
-    fn a_grant_with_a_malformed_token_is_internal() {
-        let body: GrantResponse = serde_json::from_str(
-            r#"{"object":"a","owner":"o","token":"nope","fence":1,"ttl_ms":10}"#,
-        )
-        .unwrap();
-        assert!(matches!(body.into_lease(), Err(LockError::Internal(_))));
     }
 }

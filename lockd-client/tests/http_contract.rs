@@ -138,6 +138,30 @@ async fn refusals_come_back_as_lock_errors() {
     );
 }
 
+/// An `invalid_argument` answer names its argument in the envelope's `field`, and the client
+/// takes the field from there, never from the message text.
+#[tokio::test]
+async fn invalid_arguments_name_the_envelopes_field() {
+    let lockd = FakeLockd::start(|_| {
+        (
+            400,
+            r#"{"error":{"code":"invalid_argument","message":"invalid argument `owner`: says the text","field":"wait"}}"#.to_owned(),
+            Duration::ZERO,
+        )
+    })
+    .await;
+    let (object, owner) = names();
+    let err = lockd
+        .client()
+        .acquire(&object, &owner, Duration::from_secs(1), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LockError::InvalidArgument { field: "wait", reason } if reason.contains("says the text")),
+        "{err:?}"
+    );
+}
+
 /// Inspecting an unlocked object is `None` (lockd answers 404 not_found).
 #[tokio::test]
 async fn inspect_of_an_unlocked_object_is_none() {

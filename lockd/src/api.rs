@@ -16,12 +16,12 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lockcore::{
-    Fence, Lease, ListQuery, LockError, LockInfo, LockService, LockToken, ObjectId, OwnerId,
-    RequestId,
+use lockcore::{Fence, ListQuery, LockError, LockService, LockToken, ObjectId, OwnerId, RequestId};
+use lockd_wire::{
+    argument_field, AcquireRequest, EventParams, EventsBody, InspectRequest, LeaseBody, ListBody,
+    ListParams, LockBody, ReleaseBody, RenewRequest, TokenRequest,
 };
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -212,9 +212,36 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 "expected a JSON body with Content-Type: application/json".into(),
             ));
         }
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+        let mut json = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut json)
+            .map_err(|e| refused_input("JSON body", e))?;
+        json.end()
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// The answer to a body or query that does not deserialize: `invalid_argument` naming the
+/// argument at fault in `field` when there is one (a mistyped or missing field), else without.
+fn refused_input<E: std::error::Error>(
+    what: &str,
+    error: serde_path_to_error::Error<E>,
+) -> ApiError {
+    let at = match error.path().iter().next_back() {
+        Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+        _ => None,
+    };
+    let message = error.into_inner().to_string();
+    // A missing field fails at the enclosing object, so its name is only in serde's fixed
+    // `missing field `NAME`` wording.
+    let named = at.or_else(|| {
+        let rest = message.strip_prefix("missing field `")?;
+        Some(rest.split('`').next()?.to_owned())
+    });
+    let reason = format!("invalid {what}: {message}");
+    match named.as_deref().and_then(argument_field) {
+        Some(field) => LockError::invalid_argument(field, reason).into(),
+        None => ApiError::BadRequest(reason),
     }
 }
 
@@ -225,140 +252,12 @@ pub(crate) struct ApiQuery<T>(pub(crate) T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Bodies.
-
-#[derive(Debug, Deserialize)]
-struct AcquireRequest {
-    object: String,
-    owner: String,
-    ttl_ms: u64,
-    #[serde(default)]
-    wait_ms: u64,
-    #[serde(default)]
-    request_id: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct TokenRequest {
-    object: String,
-    token: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct RenewRequest {
-    object: String,
-    token: String,
-    ttl_ms: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct InspectRequest {
-    object: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct ListParams {
-    prefix: Option<String>,
-    limit: Option<usize>,
-    after: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct EventParams {
-    after: Option<u64>,
-    limit: Option<usize>,
-}
-
-/// What acquire and renew return.
-#[derive(Debug, Serialize)]
-struct LeaseBody {
-    object: String,
-    owner: String,
-    token: String,
-    fence: u64,
-    ttl_ms: u64,
-}
-
-/// What validate, inspect and list return per lock: never a token.
-#[derive(Debug, Serialize)]
-struct LockBody {
-    object: String,
-    owner: String,
-    fence: u64,
-    ttl_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    acquired_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expires_at: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct ReleaseBody {
-    object: String,
-    fence: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct ListBody {
-    locks: Vec<LockBody>,
-    next: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct EventsBody {
-    events: Vec<Event>,
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-impl From<&Lease> for LeaseBody {
-    fn from(lease: &Lease) -> Self {
-        Self {
-            object: lease.object.to_string(),
-            owner: lease.owner.to_string(),
-            token: lease.token.expose().to_owned(),
-            fence: lease.fence.get(),
-            ttl_ms: ms(lease.ttl),
-        }
-    }
-}
-
-impl From<&Lease> for LockBody {
-    fn from(lease: &Lease) -> Self {
-        Self {
-            object: lease.object.to_string(),
-            owner: lease.owner.to_string(),
-            fence: lease.fence.get(),
-            ttl_ms: ms(lease.ttl),
-            acquired_at: None,
-            expires_at: None,
-        }
-    }
-}
-
-impl From<&LockInfo> for LockBody {
-    fn from(info: &LockInfo) -> Self {
-        Self {
-            object: info.object.to_string(),
-            owner: info.owner.to_string(),
-            fence: info.fence.get(),
-            ttl_ms: ms(info.ttl),
-            acquired_at: Some(humantime::format_rfc3339_millis(info.acquired_at).to_string()),
-            expires_at: Some(humantime::format_rfc3339_millis(info.expires_at).to_string()),
-        }
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(pairs)
+            .map(ApiQuery)
+            .map_err(|e| refused_input("query", e))
     }
 }
 

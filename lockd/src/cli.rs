@@ -6,9 +6,10 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use lockcore::{Lease, ListQuery, LockError, LockInfo, LockService, LockToken, ObjectId, OwnerId};
+use lockcore::{Lease, ListQuery, LockError, LockService, LockToken, ObjectId, OwnerId};
 use lockd_client::{ClientConfig, Event, LockdClient};
-use serde_json::{json, Value};
+use lockd_wire::{LeaseBody, LockBody, ReleaseBody};
+use serde::Serialize;
 
 /// Where the server is and how to print.
 #[derive(Debug, Clone, clap::Args)]
@@ -115,19 +116,16 @@ fn out(text: &str) -> Result<(), LockError> {
         .map_err(|e| LockError::Internal(format!("cannot write to stdout: {e}")))
 }
 
-fn lease_json(lease: &Lease) -> Value {
-    json!({
-        "object": lease.object.as_str(),
-        "owner": lease.owner.as_str(),
-        "token": lease.token.expose(),
-        "fence": lease.fence.get(),
-        "ttl_ms": ms(lease.ttl),
-    })
+/// Prints `value` as one line of JSON, in the API's wire format.
+fn out_json<T: Serialize>(value: &T) -> Result<(), LockError> {
+    let text = serde_json::to_string(value)
+        .map_err(|e| LockError::Internal(format!("cannot encode the answer as JSON: {e}")))?;
+    out(&text)
 }
 
 fn print_lease(lease: &Lease, as_json: bool) -> Result<(), LockError> {
     if as_json {
-        return out(&lease_json(lease).to_string());
+        return out_json(&LeaseBody::from(lease));
     }
     out(&format!(
         "object  {}\nowner   {}\nfence   {}\nttl     {}\ntoken   {}",
@@ -161,20 +159,13 @@ pub(crate) async fn release(args: ReleaseArgs) -> Result<(), LockError> {
     let token = LockToken::parse(&args.token)?;
     let fence = client.release(&object, &token).await?;
     if args.client.json {
-        out(&json!({"object": object.as_str(), "fence": fence.get()}).to_string())
+        out_json(&ReleaseBody {
+            object: object.to_string(),
+            fence: fence.get(),
+        })
     } else {
         out(&format!("released {object} (fence {fence})"))
     }
-}
-
-fn info_json(info: &LockInfo) -> Value {
-    json!({
-        "object": info.object.as_str(),
-        "owner": info.owner.as_str(),
-        "fence": info.fence.get(),
-        "ttl_ms": ms(info.ttl),
-        "expires_at": humantime::format_rfc3339_millis(info.expires_at).to_string(),
-    })
 }
 
 /// Lays out rows under a header, columns padded to their widest cell.
@@ -211,8 +202,13 @@ pub(crate) async fn list(args: ListArgs) -> Result<(), LockError> {
         }
     }
     if args.client.json {
-        let locks: Vec<Value> = locks.iter().map(info_json).collect();
-        return out(&json!({ "locks": locks }).to_string());
+        /// `lockd list --json`: every page's locks in one list.
+        #[derive(Serialize)]
+        struct Listing {
+            locks: Vec<LockBody>,
+        }
+        let locks = locks.iter().map(LockBody::from).collect();
+        return out_json(&Listing { locks });
     }
     let rows: Vec<Vec<String>> = locks
         .iter()
@@ -228,10 +224,6 @@ pub(crate) async fn list(args: ListArgs) -> Result<(), LockError> {
     out(&table(&["OBJECT", "OWNER", "FENCE", "TTL LEFT"], &rows))
 }
 
-fn event_json(event: &Event) -> Value {
-    serde_json::to_value(event).unwrap_or_else(|_| json!({"seq": event.seq}))
-}
-
 fn event_row(event: &Event) -> Vec<String> {
     vec![
         event.seq.to_string(),
@@ -239,7 +231,7 @@ fn event_row(event: &Event) -> Vec<String> {
             .time
             .map(|t| humantime::format_rfc3339_millis(t).to_string())
             .unwrap_or_default(),
-        event.kind.clone(),
+        event.kind.to_string(),
         event.object.clone(),
         event.owner.clone().unwrap_or_else(|| "-".into()),
         event
@@ -265,7 +257,7 @@ pub(crate) async fn events(args: EventsArgs) -> Result<(), LockError> {
         for event in &page {
             last = Some(event.seq);
             if as_json {
-                out(&event_json(event).to_string())?;
+                out_json(event)?;
             } else {
                 rows.push(event_row(event));
             }
@@ -281,7 +273,7 @@ pub(crate) async fn events(args: EventsArgs) -> Result<(), LockError> {
     while let Some(event) = stream.next().await {
         let event = event?;
         if as_json {
-            out(&event_json(&event).to_string())?;
+            out_json(&event)?;
         } else {
             out(&event_row(&event).join("  "))?;
         }

@@ -1,9 +1,10 @@
-//! The API's error envelope: `{"error": {"code": CODE, "message": str}}`.
+//! The API's errors, answered in the error envelope of [`lockd_wire::ErrorEnvelope`]:
+//! `{"error": {"code": CODE, "message": str, ...}}`.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use lockcore::LockError;
-use serde_json::json;
+use lockd_wire::{ErrorBody, ErrorEnvelope};
 
 use crate::limits::{LimitExceeded, RETRY_AFTER_SECS};
 
@@ -82,35 +83,23 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let code = self.code();
-        let mut body = match &self {
+        let body = match &self {
             ApiError::Lock(LockError::Internal(detail)) => {
                 tracing::error!(%detail, "internal error");
-                json!({"code": code, "message": "internal error; see the server log"})
+                ErrorBody::new(code, "internal error; see the server log")
             }
-            ApiError::Lock(e) => json!({"code": code, "message": e.to_string()}),
+            ApiError::Lock(e) => ErrorBody::of_lock_error(e),
             ApiError::BadRequest(m) | ApiError::NotFound(m) | ApiError::PayloadTooLarge(m) => {
-                json!({"code": code, "message": m})
+                ErrorBody::new(code, m.as_str())
             }
-            ApiError::Unauthenticated => json!({
-                "code": code,
-                "message": "missing or unknown API key; send Authorization: Bearer KEY"
-            }),
-            ApiError::MethodNotAllowed => {
-                json!({"code": code, "message": "method not allowed on this path"})
-            }
-            ApiError::Busy(e) => json!({"code": code, "message": e.to_string()}),
+            ApiError::Busy(e) => ErrorBody::new(code, e.to_string()),
+            ApiError::Unauthenticated => ErrorBody::new(
+                code,
+                "missing or unknown API key; send Authorization: Bearer KEY",
+            ),
+            ApiError::MethodNotAllowed => ErrorBody::new(code, "method not allowed on this path"),
         };
-        if let ApiError::Lock(LockError::Locked {
-            holder,
-            retry_after,
-            ..
-        }) = &self
-        {
-            body["holder"] = json!(holder.as_str());
-            body["retry_after_ms"] =
-                json!(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX));
-        }
-        let mut response = (status, axum::Json(json!({ "error": body }))).into_response();
+        let mut response = (status, axum::Json(ErrorEnvelope::from(body))).into_response();
         match &self {
             ApiError::Unauthenticated => {
                 response

@@ -8,62 +8,13 @@
 //! clock steps back across the restart, or a process recorded more than one event per
 //! microsecond on average over its life (lockd's request rate is orders of magnitude below).
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use lockcore::{Fence, Lease, ObjectId, OwnerId};
-use serde::Serialize;
+pub use lockd_wire::{Event, EventKind};
 use tokio::sync::broadcast;
-
-/// What happened to a lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// A lock was granted (acquire succeeded).
-    Grant,
-    /// The holder released the lock.
-    Release,
-    /// The holder renewed its lease.
-    Renew,
-    /// A lease granted by this process ran out without a release or renew seen by this process.
-    Expiry,
-    /// A release was refused (`not_held` or `token_mismatch`): possible misuse or attack.
-    ReleaseRefused,
-}
-
-impl EventKind {
-    /// The name used in JSON and as the SSE `event:` field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Grant => "grant",
-            EventKind::Release => "release",
-            EventKind::Renew => "renew",
-            EventKind::Expiry => "expiry",
-            EventKind::ReleaseRefused => "release_refused",
-        }
-    }
-}
-
-/// One entry of the event log, as served by the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Event {
-    /// Position in this process's log: 1, 2, 3...
-    pub seq: u64,
-    /// When lockd recorded it, RFC 3339 UTC with milliseconds.
-    pub time: String,
-    /// What happened.
-    pub kind: EventKind,
-    /// The object concerned.
-    pub object: ObjectId,
-    /// The holder (absent for refused releases: a token does not name its owner).
-    pub owner: Option<OwnerId>,
-    /// The grant's fence (for refused releases: the fence the presented token claims).
-    pub fence: Fence,
-    /// For refused releases: `not_held` or `token_mismatch`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
-}
 
 /// What a handler reports; the log adds the sequence number and time.
 #[derive(Debug, Clone)]
@@ -137,27 +88,18 @@ impl EventLog {
         }
     }
 
-    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
-        // A panic while holding this lock cannot leave the ring inconsistent (each update is a
-        // push and a pop), so a poisoned lock is still usable.
-        self.ring
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn ring(&self) -> MutexGuard<'_, Ring> {
+        self.ring.lock()
     }
 
     /// Appends an event, evicting the oldest beyond capacity, and tells live subscribers.
     pub fn record(&self, new: NewEvent) -> Event {
-        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let time = SystemTime::now();
         let mut ring = self.ring();
-        let event = Event {
-            seq: ring.next_seq,
-            time,
-            kind: new.kind,
-            object: new.object,
-            owner: new.owner,
-            fence: new.fence,
-            reason: new.reason,
-        };
+        let mut event = Event::new(ring.next_seq, time, new.kind, new.object.as_str())
+            .with_fence(new.fence.get());
+        event.owner = new.owner.map(|owner| owner.as_str().to_owned());
+        event.reason = new.reason.map(str::to_owned);
         ring.next_seq += 1;
         if ring.events.len() == self.capacity {
             ring.events.pop_front();

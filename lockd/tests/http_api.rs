@@ -276,6 +276,65 @@ async fn bad_ids_and_out_of_range_ttls_and_waits_are_invalid_argument() {
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
 }
 
+/// Every `invalid_argument` that one argument caused names it in the envelope's `field`: bad
+/// values, mistyped and missing JSON fields, and bad query parameters alike.
+#[tokio::test]
+async fn invalid_arguments_name_their_field_in_the_envelope() {
+    let lockd = Lockd::start(&["--max-ttl", "10s", "--max-wait", "1s"]).await;
+    let object = unique("field");
+    for (body, field) in [
+        (
+            json!({"object": "", "owner": "alice", "ttl_ms": 1000}),
+            "object",
+        ),
+        (
+            json!({"object": object, "owner": "", "ttl_ms": 1000}),
+            "owner",
+        ),
+        (
+            json!({"object": object, "owner": "alice", "ttl_ms": 10_001}),
+            "ttl",
+        ),
+        (
+            json!({"object": object, "owner": "alice", "ttl_ms": 1000, "wait_ms": 1001}),
+            "wait",
+        ),
+        (
+            json!({"object": object, "owner": "alice", "ttl_ms": "soon"}),
+            "ttl",
+        ),
+        (json!({"object": object, "owner": "alice"}), "ttl"),
+        (
+            json!({"object": 7, "owner": "alice", "ttl_ms": 1000}),
+            "object",
+        ),
+    ] {
+        let (status, reply) = lockd.post("/v1/locks/acquire", body.clone()).await;
+        let error = assert_error(status, &reply, StatusCode::BAD_REQUEST, "invalid_argument");
+        assert_eq!(error["field"], field, "{body} answered {reply}");
+    }
+    for path in [
+        "/v1/locks?limit=many",
+        "/v1/locks?limit=0",
+        "/v1/events?limit=0",
+    ] {
+        let (status, reply) = lockd.get(path).await;
+        let error = assert_error(status, &reply, StatusCode::BAD_REQUEST, "invalid_argument");
+        assert_eq!(error["field"], "limit", "{path} answered {reply}");
+    }
+    // Not about one argument: no field.
+    let response = lockd
+        .request(Method::POST, "/v1/locks/acquire")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("request");
+    let (status, reply) = status_and_json(response).await;
+    let error = assert_error(status, &reply, StatusCode::BAD_REQUEST, "invalid_argument");
+    assert!(error.get("field").is_none(), "{reply}");
+}
+
 #[tokio::test]
 async fn bad_json_missing_or_mistyped_fields_and_wrong_content_types_are_invalid_argument() {
     let lockd = Lockd::start(&[]).await;

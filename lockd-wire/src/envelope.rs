@@ -1,0 +1,178 @@
+//! The error envelope: `{"error": {"code": CODE, "message": TEXT, ...}}`, lockd's answer to
+//! every refused request.
+//!
+//! | code | HTTP | extra fields |
+//! |---|---|---|
+//! | `locked` | 409 | `holder`, `retry_after_ms` |
+//! | `not_held` | 409 | |
+//! | `token_mismatch` | 403 | |
+//! | `invalid_token` | 400 | |
+//! | `invalid_argument` | 400 (405 for a wrong method) | `field`, when one argument is at fault |
+//! | `unauthenticated` | 401 | |
+//! | `not_found` | 404 | |
+//! | `payload_too_large` | 413 | |
+//! | `unavailable` | 503 | |
+//! | `internal` | 500 | |
+
+use std::time::Duration;
+
+use lockcore::LockError;
+use serde::{Deserialize, Serialize};
+
+/// `{"error": {...}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEnvelope {
+    /// What went wrong.
+    pub error: ErrorBody,
+}
+
+impl From<ErrorBody> for ErrorEnvelope {
+    fn from(error: ErrorBody) -> Self {
+        Self { error }
+    }
+}
+
+/// The inside of the error envelope.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable machine-readable code (see the module table); [`LockError::code`] for lock
+    /// errors.
+    #[serde(default)]
+    pub code: String,
+    /// What went wrong, for people. Programs act on `code` and the fields below, never on this.
+    #[serde(default)]
+    pub message: String,
+    /// For `locked`: the current holder's owner id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// For `locked`: milliseconds until the current lease runs out unless renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// For `invalid_argument`: the argument at fault, named as in
+    /// [`LockError::InvalidArgument`] (one of [`ARGUMENT_FIELDS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ErrorBody {
+    /// An error with `code` and `message` and no extra fields.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The envelope of a lock error: its code, its message, and the fields a program needs to
+    /// act on it (`holder` and `retry_after_ms` for `locked`, `field` for `invalid_argument`).
+    pub fn of_lock_error(error: &LockError) -> Self {
+        let mut body = Self::new(error.code(), error.to_string());
+        match error {
+            LockError::Locked {
+                holder,
+                retry_after,
+                ..
+            } => {
+                body.holder = Some(holder.to_string());
+                body.retry_after_ms = Some(millis(*retry_after));
+            }
+            LockError::InvalidArgument { field, .. } => body.field = Some((*field).to_owned()),
+            _ => {}
+        }
+        body
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Every argument name an `invalid_argument` may carry in `field`: the names lockcore, lockd
+/// and the client put in [`LockError::InvalidArgument`].
+///
+/// [`LockError::InvalidArgument`] holds a `&'static str`, so a reader maps the envelope's text
+/// back to one of these with [`argument_field`].
+pub const ARGUMENT_FIELDS: &[&str] = &[
+    "object",
+    "owner",
+    "ttl",
+    "wait",
+    "token",
+    "limit",
+    "prefix",
+    "after",
+    "request_id",
+    "body",
+    "api_key",
+];
+
+/// The argument `name` stands for, as a `'static` string: an entry of [`ARGUMENT_FIELDS`], or a
+/// JSON field of a request body (`ttl_ms` is `ttl`, `wait_ms` is `wait`). `None` for anything
+/// else.
+pub fn argument_field(name: &str) -> Option<&'static str> {
+    let name = name.strip_suffix("_ms").unwrap_or(name);
+    ARGUMENT_FIELDS
+        .iter()
+        .find(|known| **known == name)
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use lockcore::{ListQuery, ObjectId, OwnerId};
+    use serde_json::json;
+
+    use super::*;
+
+    /// A `locked` error carries its holder and when to retry.
+    #[test]
+    fn locked_carries_holder_and_retry_after() {
+        let error = LockError::Locked {
+            object: ObjectId::new("/vol/a").unwrap(),
+            holder: OwnerId::new("node-2").unwrap(),
+            retry_after: Duration::from_millis(1500),
+        };
+        let json = serde_json::to_value(ErrorEnvelope::from(ErrorBody::of_lock_error(&error)));
+        let json = json.unwrap();
+        assert_eq!(json["error"]["code"], "locked");
+        assert_eq!(json["error"]["holder"], "node-2");
+        assert_eq!(json["error"]["retry_after_ms"], 1500);
+        assert!(json["error"].get("field").is_none(), "{json}");
+    }
+
+    /// An `invalid_argument` error names its argument in `field`.
+    #[test]
+    fn invalid_argument_names_its_field() {
+        let body = ErrorBody::of_lock_error(&LockError::invalid_argument("wait", "too long"));
+        assert_eq!(body.field.as_deref(), Some("wait"));
+        assert_eq!(body.code, "invalid_argument");
+        assert_eq!(
+            serde_json::to_value(ErrorBody::new("not_found", "no such endpoint")).unwrap(),
+            json!({"code": "not_found", "message": "no such endpoint"})
+        );
+    }
+
+    /// Every argument lockcore's own checks refuse is one the envelope's readers know.
+    #[test]
+    fn lockcores_argument_names_are_known() {
+        let refusals = [
+            ObjectId::new("").map(|_| ()),
+            OwnerId::new("").map(|_| ()),
+            ListQuery::new("", 0).check(),
+            lockcore::Limits::default().check_ttl(Duration::ZERO),
+            lockcore::Limits::default().check_wait(Duration::MAX),
+        ];
+        for refusal in refusals {
+            match refusal {
+                Err(LockError::InvalidArgument { field, .. }) => {
+                    assert_eq!(argument_field(field), Some(field), "{field} is unknown")
+                }
+                other => panic!("expected an invalid argument, got {other:?}"),
+            }
+        }
+        assert_eq!(argument_field("ttl_ms"), Some("ttl"));
+        assert_eq!(argument_field("wait_ms"), Some("wait"));
+        assert_eq!(argument_field("nonsense"), None);
+    }
+}

@@ -1,0 +1,153 @@
+//! The events of lockd's event log, as `GET /v1/events` and `GET /v1/events/stream` send them.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// What happened to a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A lock was granted (acquire succeeded).
+    Grant,
+    /// The holder released the lock.
+    Release,
+    /// The holder renewed its lease.
+    Renew,
+    /// A lease granted by the recording process ran out without a release or renew it saw.
+    Expiry,
+    /// A release was refused (`not_held` or `token_mismatch`): possible misuse or attack.
+    ReleaseRefused,
+    /// A kind this version does not know (sent by a newer server); read, never written.
+    #[serde(other)]
+    Unknown,
+}
+
+impl EventKind {
+    /// The name used in JSON and as the SSE `event:` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Grant => "grant",
+            EventKind::Release => "release",
+            EventKind::Renew => "renew",
+            EventKind::Expiry => "expiry",
+            EventKind::ReleaseRefused => "release_refused",
+            EventKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for EventKind {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for EventKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// One entry of the event log. Never carries a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Event {
+    /// Position in the log: strictly increasing; pass the last one seen as `after`.
+    pub seq: u64,
+    /// When lockd recorded it.
+    #[serde(default, with = "crate::rfc3339")]
+    pub time: Option<SystemTime>,
+    /// What happened.
+    pub kind: EventKind,
+    /// The object concerned.
+    pub object: String,
+    /// The holder concerned (`null` for a refused release: a token does not name its owner).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// The grant's fence (for a refused release: the fence the presented token claims).
+    #[serde(default)]
+    pub fence: Option<u64>,
+    /// For a refused release: `not_held` or `token_mismatch`. Omitted otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Event {
+    /// An event numbered `seq`, recorded at `time`, about `object`.
+    pub fn new(seq: u64, time: SystemTime, kind: EventKind, object: impl Into<String>) -> Self {
+        Self {
+            seq,
+            time: Some(time),
+            kind,
+            object: object.into(),
+            owner: None,
+            fence: None,
+            reason: None,
+        }
+    }
+
+    /// Sets the holder.
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Sets the fence.
+    pub fn with_fence(mut self, fence: u64) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// Sets the refusal reason.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// Events are written with snake_case kinds, RFC 3339 times, a null owner when there is
+    /// none, and no reason unless refused.
+    #[test]
+    fn events_have_one_json_shape() {
+        let time = UNIX_EPOCH + Duration::from_millis(1_767_225_600_123);
+        let event = Event::new(8, time, EventKind::ReleaseRefused, "/vol/a")
+            .with_fence(4)
+            .with_reason("token_mismatch");
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            json,
+            json!({"seq": 8, "time": "2026-01-01T00:00:00.123Z", "kind": "release_refused",
+                   "object": "/vol/a", "owner": null, "fence": 4, "reason": "token_mismatch"})
+        );
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), event);
+        let grant = serde_json::to_value(Event::new(9, time, EventKind::Grant, "a")).unwrap();
+        assert!(grant.get("reason").is_none(), "{grant}");
+    }
+
+    /// A kind from a newer server is read as `Unknown`, not refused.
+    #[test]
+    fn unknown_kinds_are_read() {
+        let event: Event =
+            serde_json::from_str(r#"{"seq":1,"kind":"quarantine","object":"a"}"#).unwrap();
+        assert_eq!(event.kind, EventKind::Unknown);
+        assert_eq!(event.kind, "unknown");
+        assert!(event.time.is_none());
+    }
+}
