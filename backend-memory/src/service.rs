@@ -417,10 +417,7 @@ impl LockService for MemoryLockService {
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
         let inner = &*self.inner;
-        inner
-            .issuer
-            .check(object, token)
-            .map_err(|e| refuse("release", object, token, e))?;
+        audit::check_token(&inner.issuer, "release", object, token)?;
         let (digest, fence) = (token.digest(), token.fence());
         let now = inner.clock.now();
         let mut expired = false;
@@ -463,10 +460,7 @@ impl LockService for MemoryLockService {
     ) -> LockResult<Lease> {
         let inner = &*self.inner;
         inner.config.limits.check_ttl(ttl)?;
-        inner
-            .issuer
-            .check(object, token)
-            .map_err(|e| refuse("renew", object, token, e))?;
+        audit::check_token(&inner.issuer, "renew", object, token)?;
         let (digest, fence) = (token.digest(), token.fence());
         let now = inner.clock.now();
         let refusal = match inner.locks.get_mut(object) {

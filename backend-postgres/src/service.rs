@@ -301,19 +301,6 @@ impl Inner {
         }
     }
 
-    /// Refuses a token lockd did not issue for `object` before the database sees it, and logs
-    /// it.
-    fn check_token(
-        &self,
-        operation: &'static str,
-        object: &ObjectId,
-        token: &LockToken,
-    ) -> LockResult<()> {
-        self.issuer.check(object, token).inspect_err(|refused| {
-            audit::log_refusal(operation, object, token, refused);
-        })
-    }
-
     async fn fetch_one<'q>(
         &self,
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
@@ -366,7 +353,7 @@ impl lockcore::LockService for PostgresLockService {
     }
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
-        self.inner.check_token("release", object, token)?;
+        audit::check_token(&self.inner.issuer, "release", object, token)?;
         let row = self
             .inner
             .fetch_one(
@@ -394,7 +381,7 @@ impl lockcore::LockService for PostgresLockService {
         ttl: Duration,
     ) -> LockResult<Lease> {
         self.inner.limits.check_ttl(ttl)?;
-        self.inner.check_token("renew", object, token)?;
+        audit::check_token(&self.inner.issuer, "renew", object, token)?;
         let row = self
             .inner
             .fetch_one(

@@ -380,18 +380,6 @@ impl RedisLockService {
         }
     }
 
-    /// Refuses a token lockd did not issue for `object` before Redis sees it, and logs it.
-    fn check_token(
-        &self,
-        operation: &'static str,
-        object: &ObjectId,
-        token: &LockToken,
-    ) -> LockResult<()> {
-        self.issuer.check(object, token).inspect_err(|refused| {
-            audit::log_refusal(operation, object, token, refused);
-        })
-    }
-
     /// Refusal for a token that is not the holder's: `NotHeld` (0) or `TokenMismatch` (-1).
     fn refusal(object: &ObjectId, status: i64) -> LockResult<LockError> {
         match status {
@@ -478,7 +466,7 @@ impl LockService for RedisLockService {
     }
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
-        self.check_token("release", object, token)?;
+        audit::check_token(&self.issuer, "release", object, token)?;
         let mut invocation = self.scripts.release.key(self.keys.lock_key(object));
         invocation
             .key(self.keys.waiting_key(object))
@@ -503,7 +491,7 @@ impl LockService for RedisLockService {
         ttl: Duration,
     ) -> LockResult<Lease> {
         self.limits.check_ttl(ttl)?;
-        self.check_token("renew", object, token)?;
+        audit::check_token(&self.issuer, "renew", object, token)?;
         let ttl_ms = millis(ttl);
         let mut invocation = self.scripts.renew.key(self.keys.lock_key(object));
         invocation

@@ -2,7 +2,20 @@
 
 use crate::error::LockError;
 use crate::id::ObjectId;
-use crate::token::LockToken;
+use crate::token::{LockToken, TokenIssuer};
+
+/// Checks that `issuer` issued `token` for `object` ([`TokenIssuer::check`]) and logs a refusal
+/// like [`log_refusal`]: what every backend does first in release and renew.
+pub fn check_token(
+    issuer: &TokenIssuer,
+    operation: &'static str,
+    object: &ObjectId,
+    token: &LockToken,
+) -> Result<(), LockError> {
+    issuer
+        .check(object, token)
+        .inspect_err(|refused| log_refusal(operation, object, token, refused))
+}
 
 /// Logs a refused release or renew at `warn`: the object, the reason and a short token
 /// fingerprint, never the token. Backends call it for `NotHeld`, `TokenMismatch` and
