@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockcore::{
-    AcquireRequest, Fence, Lease, ListQuery, LockError, LockService, LockToken, ObjectId, OwnerId,
-    RequestId, TokenIssuer,
+    AcquireRequest, Fence, Grant, Lease, ListQuery, LockError, LockService, LockToken, ObjectId,
+    OwnerId, RequestId, TokenIssuer,
 };
 use tokio::time::{sleep, Instant};
 
@@ -248,10 +248,15 @@ pub async fn a_retried_request_gets_the_same_lease_and_never_a_second_grant(
     let id = RequestId::random();
     let request =
         AcquireRequest::new(object.clone(), alice.clone(), LONG).with_request_id(id.clone());
-    let first = svc.acquire_with(&request).await.expect("granted");
+    let first = svc
+        .acquire_with(&request)
+        .await
+        .map(Grant::into_first)
+        .expect("granted");
     let retried = svc
         .acquire_with(&request)
         .await
+        .map(Grant::into_first)
         .expect("the same lease again");
     assert_eq!(retried.token, first.token);
     assert_eq!(retried.fence, first.fence);
@@ -263,7 +268,11 @@ pub async fn a_retried_request_gets_the_same_lease_and_never_a_second_grant(
     );
     let waiting = request.clone().with_wait(PATIENT);
     let started = Instant::now();
-    let again = svc.acquire_with(&waiting).await.expect("answered at once");
+    let again = svc
+        .acquire_with(&waiting)
+        .await
+        .map(Grant::into_first)
+        .expect("answered at once");
     assert_eq!(again.token, first.token);
     assert!(
         started.elapsed() < PROMPTLY,
@@ -271,7 +280,7 @@ pub async fn a_retried_request_gets_the_same_lease_and_never_a_second_grant(
     );
     // Same id, another owner: another request, refused while the lock is held.
     let bob = AcquireRequest::new(object.clone(), scope.owner("bob"), LONG).with_request_id(id);
-    assert_locked_by(svc.acquire_with(&bob).await, &alice);
+    assert_locked_by(svc.acquire_with(&bob).await.map(Grant::into_first), &alice);
     // Without the request id, the holder is refused like anyone else.
     assert_locked_by(
         svc.acquire(&object, &alice, LONG, Duration::ZERO).await,
@@ -282,6 +291,7 @@ pub async fn a_retried_request_gets_the_same_lease_and_never_a_second_grant(
     let fresh = svc
         .acquire_with(&request)
         .await
+        .map(Grant::into_first)
         .expect("a new grant after release");
     assert!(fresh.fence > first.fence);
     assert_ne!(fresh.token, first.token);
@@ -307,7 +317,9 @@ pub async fn dropped_acquires_leave_no_orphaned_lock(svc: &dyn LockService, _cap
             .with_request_id(RequestId::random());
         match tokio::time::timeout(timeout, svc.acquire_with(&request)).await {
             Ok(granted) => {
-                let lease = granted.expect("an uncontended acquire is granted");
+                let lease = granted
+                    .expect("an uncontended acquire is granted")
+                    .into_first();
                 svc.release(&object, &lease.token).await.expect("release");
             }
             Err(_) => cut_off.push(object),

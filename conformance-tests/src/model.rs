@@ -31,7 +31,8 @@ use std::fmt;
 use std::time::Duration;
 
 use lockcore::{
-    AcquireRequest, Fence, Lease, LockError, LockService, LockToken, ObjectId, OwnerId, RequestId,
+    AcquireRequest, Fence, Grant, Lease, LockError, LockService, LockToken, ObjectId, OwnerId,
+    RequestId,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -590,7 +591,7 @@ async fn execute(svc: &dyn LockService, objects: &[ObjectId], op: &Op) -> (Outco
                     let request =
                         AcquireRequest::new(objects[*object].clone(), owner.clone(), *ttl)
                             .with_request_id(id.clone());
-                    svc.acquire_with(&request).await
+                    svc.acquire_with(&request).await.map(Grant::into_first)
                 }
                 None => {
                     svc.acquire(&objects[*object], owner, *ttl, Duration::ZERO)

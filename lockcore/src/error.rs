@@ -15,15 +15,18 @@ pub type LockResult<T> = Result<T, LockError>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LockError {
-    /// The object is held by another, unexpired lease.
+    /// An object asked for is held by a conflicting, unexpired lease (or reserved by an
+    /// earlier waiter in a conflicting mode). Nothing was granted.
     #[error("object {object} is locked by {holder} for another {retry_after:?}")]
     Locked {
-        /// The object asked for.
+        /// The first object asked for that is in conflict.
         object: ObjectId,
-        /// The current holder's owner id.
+        /// Who holds it (or waits for it ahead of this request).
         holder: OwnerId,
-        /// How long until the current lease expires unless it is renewed.
+        /// How long until that lease expires unless it is renewed.
         retry_after: Duration,
+        /// Every object of the request in conflict, in request order, starting with `object`.
+        conflicts: Vec<Conflict>,
     },
     /// The object is not locked (never was, was released, or its lease expired).
     #[error("object {object} is not locked")]
@@ -64,7 +67,36 @@ pub enum LockError {
     Internal(String),
 }
 
+/// One object of a refused acquire and what blocks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The object asked for.
+    pub object: ObjectId,
+    /// Who holds it, or waits for it ahead of the request.
+    pub holder: OwnerId,
+    /// How long until that lease (or that waiter's wait) ends at the latest, unless renewed.
+    pub retry_after: Duration,
+}
+
 impl LockError {
+    /// A [`LockError::Locked`] listing `conflicts` (at least one).
+    ///
+    /// # Panics
+    ///
+    /// If `conflicts` is empty.
+    pub fn locked(conflicts: Vec<Conflict>) -> Self {
+        let first = conflicts
+            .first()
+            .expect("a refusal names at least one conflict")
+            .clone();
+        LockError::Locked {
+            object: first.object,
+            holder: first.holder,
+            retry_after: first.retry_after,
+            conflicts,
+        }
+    }
+
     /// Whether the same request may succeed if tried again later.
     ///
     /// `Locked` may clear when the holder releases or expires; `Unavailable` when the backend
@@ -114,11 +146,11 @@ mod tests {
     fn only_locked_and_unavailable_are_retryable() {
         let object = ObjectId::new("a").expect("valid");
         let holder = OwnerId::new("o").expect("valid");
-        assert!(LockError::Locked {
+        assert!(LockError::locked(vec![Conflict {
             object: object.clone(),
             holder,
             retry_after: Duration::from_secs(1)
-        }
+        }])
         .is_retryable());
         assert!(LockError::unavailable("redis", "connection refused").is_retryable());
         assert!(!LockError::NotHeld {

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 use crate::error::LockError;
 use crate::fence::Fence;
 use crate::id::{ObjectId, OwnerId};
+use crate::mode::LockMode;
 use crate::token::LockToken;
 
 /// A granted lock, as its holder sees it.
@@ -14,6 +15,8 @@ pub struct Lease {
     pub object: ObjectId,
     /// Who holds it.
     pub owner: OwnerId,
+    /// Whether the lease is exclusive or one of several shared ones.
+    pub mode: LockMode,
     /// Proof of ownership: present it to release, renew or validate, and to the DFS.
     pub token: LockToken,
     /// The grant's fence number: strictly increasing per object.
@@ -22,20 +25,92 @@ pub struct Lease {
     pub ttl: Duration,
 }
 
-/// A held lock as observers see it: never carries the token.
+/// What one acquire was granted: a lease per object, in the request's order, sharing the TTL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Who holds the leases.
+    pub owner: OwnerId,
+    /// Time left on the leases when the backend decided (the granted TTL, or less for a retry
+    /// answered with an earlier grant).
+    pub ttl: Duration,
+    /// One lease per requested object, in request order.
+    pub leases: Vec<Lease>,
+}
+
+impl Grant {
+    /// The first lease: the only one of a single-object request.
+    ///
+    /// # Panics
+    ///
+    /// If the grant holds no lease; a backend never returns such a grant.
+    pub fn into_first(self) -> Lease {
+        self.leases
+            .into_iter()
+            .next()
+            .expect("a grant holds at least one lease")
+    }
+}
+
+/// A held lock as observers see it: never carries a token.
+///
+/// An object has one exclusive holder or any number of shared ones. The top-level `owner`,
+/// `fence`, `acquired_at`, `expires_at` and `ttl` describe the holder with the highest fence;
+/// `holders` lists every holder, ordered by fence.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LockInfo {
     /// The locked object.
     pub object: ObjectId,
+    /// The mode its holders hold it in.
+    pub mode: LockMode,
+    /// Who holds it (the holder with the highest fence).
+    pub owner: OwnerId,
+    /// The highest fence among the holders.
+    pub fence: Fence,
+    /// When that grant was made (the backend's clock, approximate for memory).
+    pub acquired_at: SystemTime,
+    /// When that lease runs out unless renewed (the backend's clock).
+    pub expires_at: SystemTime,
+    /// Time left on that lease when the backend answered.
+    pub ttl: Duration,
+    /// Every holder, by increasing fence: one for an exclusive lock, one or more when shared.
+    pub holders: Vec<HolderInfo>,
+}
+
+impl LockInfo {
+    /// The description of `object` held in `mode` by `holders` (by increasing fence), or
+    /// `None` when `holders` is empty.
+    pub fn from_holders(
+        object: ObjectId,
+        mode: LockMode,
+        mut holders: Vec<HolderInfo>,
+    ) -> Option<Self> {
+        holders.sort_by_key(|holder| holder.fence);
+        let top = holders.last()?.clone();
+        Some(Self {
+            object,
+            mode,
+            owner: top.owner,
+            fence: top.fence,
+            acquired_at: top.acquired_at,
+            expires_at: top.expires_at,
+            ttl: top.ttl,
+            holders,
+        })
+    }
+}
+
+/// One holder of a lock, as observers see it: never carries the token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HolderInfo {
     /// Who holds it.
     pub owner: OwnerId,
-    /// The current grant's fence.
+    /// This grant's fence.
     pub fence: Fence,
-    /// When the current grant was made (the backend's clock, approximate for memory).
+    /// When this grant was made (the backend's clock).
     pub acquired_at: SystemTime,
-    /// When the lease runs out unless renewed (the backend's clock).
+    /// When this lease runs out unless renewed (the backend's clock).
     pub expires_at: SystemTime,
-    /// Time left on the lease when the backend answered.
+    /// Time left on this lease when the backend answered.
     pub ttl: Duration,
 }
 

@@ -7,8 +7,9 @@
 //!
 //! ## Guarantees every backend keeps
 //!
-//! 1. **Mutual exclusion.** At any instant at most one unexpired holder per object, under any
-//!    concurrency, including several processes sharing one Redis or Postgres.
+//! 1. **Mutual exclusion.** At any instant an object has at most one unexpired exclusive holder,
+//!    or only shared holders, under any concurrency, including several processes sharing one
+//!    Redis or Postgres. A request for several objects is granted all together or not at all.
 //! 2. **Fencing.** Every grant carries a [`Fence`] that strictly increases per object across
 //!    releases, expiries and restarts (see [`fence`] for the scheme and its limits).
 //! 3. **Unforgeable tokens.** Tokens carry a 128-bit nonce and an HMAC-SHA256 under a secret,
@@ -31,26 +32,31 @@
 //! locks.release(&object, &lease.token).await?;
 //! ```
 //!
+//! ## Layers
+//!
+//! A backend implements only [`LockStore`]: the atomic decisions of a request (is it
+//! compatible with the holders and with the queue of waiters; record the grant and its fence)
+//! and the operations on one holder, each one atomic step, in Rust, Lua or SQL. The rules it
+//! implements are written out in [`store`]. [`Locks`] turns any store into the
+//! [`LockService`] users call, and holds everything else once: argument limits
+//! ([`Limits`], [`AcquireRequest::check`]), token minting, sealing and checking
+//! ([`TokenIssuer`]), waiting and wake-ups ([`WaitQueue`], queue keep-alives), taking back
+//! grants whose reply was lost ([`Reclaimer`]), and audit logging of refusals ([`audit`]).
+//!
 //! ## Adding a backend
 //!
-//! 1. Implement [`LockService`] ([`LockService::acquire_with`] and the rest). Hold a [`Limits`]
-//!    and call [`Limits::check_acquire`] / [`Limits::check_ttl`] first. Mint tokens with
-//!    [`TokenIssuer::prepare_for`] (store its [`PendingToken::digest`] in the same atomic step
-//!    that decides the fence with [`Fence::next_after`]) and [`TokenIssuer::seal`]. In that same
-//!    step, an object already held by that very digest is a retry of the request that was
-//!    granted (a [`RequestId`]): answer it with the held grant and mark it claimed. Begin
-//!    release, renew and validate with [`TokenIssuer::check`] (the MAC, in constant time), then
-//!    compare the stored digest with [`LockToken::digest`] and the fence. Around a network
-//!    acquire, hold a [`Reclaimer`] guard and disarm it once the answer is read, giving it an
-//!    `undo` that frees the object if it still holds the digest, unclaimed; forward
-//!    [`LockService::close`] to [`Reclaimer::drain`]. Run blocking acquires through a
-//!    [`WaitQueue`] and call [`WaitQueue::wake`] when an object is freed. Log refusals with
-//!    [`audit::log_refusal`].
-//! 2. Run the whole shared suite against it in a few lines (in `tests/conformance.rs`):
+//! 1. Implement [`LockStore`] for your store type, following the rules in [`store`]: holders
+//!    by mode, the queue ordered by [`store::Ticket`], fences from [`Fence::next_after`],
+//!    replays of a held digest marked claimed, [`WaitQueue::wake`] whenever an object is freed
+//!    (in every process that may wait for it). Return `Some(policy)` from
+//!    [`LockStore::reclaim_policy`] when a reply can be lost on the network.
+//! 2. Name the service: `pub type MyLockService = lockcore::Locks<MyStore>;` and build it with
+//!    [`Locks::new`]`(store, issuer)`.
+//! 3. Run the whole shared suite against it in a few lines (in `tests/conformance.rs`):
 //!
 //! ```ignore
 //! async fn my_backend() -> Option<std::sync::Arc<dyn lockcore::LockService>> {
-//!     Some(std::sync::Arc::new(MyBackend::new(/* ... */)))
+//!     Some(std::sync::Arc::new(lockcore::Locks::new(MyStore::new(/* ... */), issuer())))
 //! }
 //! conformance_tests::conformance_suite!(my_backend, conformance_tests::Capabilities::default());
 //! ```
@@ -64,28 +70,34 @@ pub mod fence;
 mod id;
 mod lease;
 mod limits;
+mod locks;
+mod mode;
 pub mod reclaim;
 mod redact;
 mod request;
 pub mod serde_millis;
 mod service;
+pub mod store;
 pub mod token;
 mod wait;
 
-pub use error::{LockError, LockResult};
+pub use error::{Conflict, LockError, LockResult};
 pub use fence::{wall_clock_micros, Fence};
 pub use id::{
     LockData, ObjectId, OwnerId, RequestId, MAX_OBJECT_LEN, MAX_OWNER_LEN, MAX_REQUEST_ID_LEN,
     MIN_REQUEST_ID_LEN,
 };
-pub use lease::{Lease, ListQuery, LockInfo, LockPage, MAX_LIST_LIMIT};
+pub use lease::{Grant, HolderInfo, Lease, ListQuery, LockInfo, LockPage, MAX_LIST_LIMIT};
 pub use limits::{Limits, MIN_TTL};
+pub use locks::{Locks, QUEUE_ENTRY_LIFETIME, QUEUE_KEEPALIVE};
+pub use mode::{LockMode, LockSpec};
 pub use reclaim::{ReclaimGuard, ReclaimPolicy, Reclaimer, Undo};
 pub use redact::redact_url;
-pub use request::AcquireRequest;
+pub use request::{check_objects, AcquireRequest, MAX_OBJECTS_PER_REQUEST};
 pub use service::{LeaseEnd, LeaseEndSink, LockService};
+pub use store::LockStore;
 pub use token::{LockToken, PendingToken, TokenDigest, TokenIssuer, TokenSecret, TokenVerifier};
-pub use wait::WaitQueue;
+pub use wait::{Registration, WaitQueue};
 
 /// Re-exported so backends implement [`LockService`] with the same macro version.
 pub use async_trait::async_trait;

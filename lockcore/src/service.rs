@@ -9,11 +9,12 @@ use async_trait::async_trait;
 use crate::error::LockResult;
 use crate::fence::Fence;
 use crate::id::{ObjectId, OwnerId};
-use crate::lease::{Lease, ListQuery, LockInfo, LockPage};
+use crate::lease::{Grant, Lease, ListQuery, LockInfo, LockPage};
+use crate::mode::LockMode;
 use crate::request::AcquireRequest;
 use crate::token::LockToken;
 
-/// A lock service: grants each object to one holder at a time.
+/// A lock service: grants each object to one exclusive holder or to several shared ones.
 ///
 /// Object-safe; use it as `Arc<dyn LockService>`. Every implementation must pass the whole
 /// `conformance-tests` suite, which is the definition of correct behaviour.
@@ -22,22 +23,25 @@ pub trait LockService: Send + Sync + Debug + 'static {
     /// A short name for the backend (`memory`, `redis`, `postgres`, `http`).
     fn backend(&self) -> &'static str;
 
-    /// Grants the request's object to its owner for its TTL.
+    /// Grants every object of the request to its owner for its TTL, each in its mode, all
+    /// together or none.
     ///
-    /// With a zero wait it tries once; otherwise it blocks until granted or the wait elapses,
-    /// then fails with [`LockError::Locked`](crate::LockError::Locked). Locks are not reentrant:
-    /// the same owner asking again is refused like anyone else, unless it repeats the
-    /// [`RequestId`](crate::RequestId) of the request that was granted, which returns that same
-    /// lease (same token and fence, its remaining TTL) instead of a second grant.
+    /// With a zero wait it tries once; otherwise it waits, in arrival order, until all can be
+    /// granted together or the wait elapses, then fails with
+    /// [`LockError::Locked`](crate::LockError::Locked). Nothing is held while a request waits.
+    /// Locks are not reentrant: the same owner asking again is refused like anyone else, unless
+    /// it repeats the [`RequestId`](crate::RequestId) of the request that was granted, which
+    /// returns those same leases (same tokens and fences, their remaining TTL) instead of
+    /// second grants.
     ///
     /// Cancel-safe: dropping the future before it completes leaves no lock that nobody can
     /// release. A grant whose outcome the backend could not report (the future was dropped, the
     /// reply was lost, the deadline passed) is taken back in the background, unless a retry with
     /// its request id has claimed it.
-    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease>;
+    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Grant>;
 
-    /// [`LockService::acquire_with`] without a request id: grants `object` to `owner` for
-    /// `ttl`, waiting up to `wait`.
+    /// Grants `object` exclusively to `owner` for `ttl`, waiting up to `wait`:
+    /// [`LockService::acquire_with`] for one exclusive object without a request id.
     async fn acquire(
         &self,
         object: &ObjectId,
@@ -46,7 +50,22 @@ pub trait LockService: Send + Sync + Debug + 'static {
         wait: Duration,
     ) -> LockResult<Lease> {
         let request = AcquireRequest::new(object.clone(), owner.clone(), ttl).with_wait(wait);
-        self.acquire_with(&request).await
+        Ok(self.acquire_with(&request).await?.into_first())
+    }
+
+    /// [`LockService::acquire`] in `mode`.
+    async fn acquire_in(
+        &self,
+        object: &ObjectId,
+        mode: LockMode,
+        owner: &OwnerId,
+        ttl: Duration,
+        wait: Duration,
+    ) -> LockResult<Lease> {
+        let request = AcquireRequest::new(object.clone(), owner.clone(), ttl)
+            .with_mode(mode)
+            .with_wait(wait);
+        Ok(self.acquire_with(&request).await?.into_first())
     }
 
     /// Releases `object` if `token` is its current holder's, returning the released fence.
@@ -55,15 +74,34 @@ pub trait LockService: Send + Sync + Debug + 'static {
     /// holder has it (the lock then stays held); both are logged as possible attacks.
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence>;
 
+    /// Releases several leases in one request: one outcome per `(object, token)`, in order.
+    /// The outer error is for the request as a whole (a bad argument, an outage).
+    async fn release_many(
+        &self,
+        locks: &[(ObjectId, LockToken)],
+    ) -> LockResult<Vec<LockResult<Fence>>>;
+
     /// Extends the current holder's lease to `ttl` from now, keeping its fence.
     async fn renew(&self, object: &ObjectId, token: &LockToken, ttl: Duration)
         -> LockResult<Lease>;
+
+    /// Renews several leases to `ttl` in one request: one outcome per `(object, token)`, in
+    /// order.
+    async fn renew_many(
+        &self,
+        locks: &[(ObjectId, LockToken)],
+        ttl: Duration,
+    ) -> LockResult<Vec<LockResult<Lease>>>;
+
+    /// Turns an exclusive lease into a shared one, keeping its token, fence and expiry, so that
+    /// shared waiters can join it. A shared lease is returned as it is.
+    async fn downgrade(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease>;
 
     /// Returns the lease if `token` is the current, unexpired holder's: the DFS's check before it
     /// grants access.
     async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease>;
 
-    /// The current lock on `object`, if any. Never includes the token.
+    /// The current holders of `object`, if any. Never includes a token.
     async fn inspect(&self, object: &ObjectId) -> LockResult<Option<LockInfo>>;
 
     /// Current locks whose object starts with the query's prefix, a page at a time.

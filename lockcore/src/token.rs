@@ -42,8 +42,8 @@ use subtle::ConstantTimeEq;
 
 use crate::error::LockError;
 use crate::fence::Fence;
-use crate::id::ObjectId;
-use crate::request::AcquireRequest;
+use crate::id::{ObjectId, OwnerId, RequestId};
+use crate::mode::LockSpec;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -301,23 +301,30 @@ impl TokenIssuer {
         PendingToken { nonce }
     }
 
-    /// The nonce for `request`: random without a request id; with one, an HMAC of the object,
-    /// the owner and the request id under the secret.
+    /// The nonce for one object of a request: random without a request id; with one, an HMAC
+    /// of the object, its mode, the owner and the request id under the secret.
     ///
-    /// A retry of the same request (same object, owner and request id) therefore draws the same
-    /// nonce, and its digest finds the grant the first attempt made: the backend answers with
-    /// that grant instead of a second one, and [`TokenIssuer::seal`] rebuilds the same token.
-    /// Nobody without the secret can compute the nonce from the request id, but anyone who can
-    /// send lockd the same request gets the token back: a request id is as secret as the token.
-    pub fn prepare_for(&self, request: &AcquireRequest) -> PendingToken {
-        let Some(request_id) = &request.request_id else {
+    /// A retry of the same request (same objects, modes, owner and request id) therefore draws
+    /// the same nonces, and their digests find the grants the first attempt made: the backend
+    /// answers with those grants instead of second ones, and [`TokenIssuer::seal`] rebuilds the
+    /// same tokens. Nobody without the secret can compute a nonce from the request id, but
+    /// anyone who can send lockd the same request gets the tokens back: a request id is as
+    /// secret as the tokens.
+    pub fn prepare_for(
+        &self,
+        spec: &LockSpec,
+        owner: &OwnerId,
+        request_id: Option<&RequestId>,
+    ) -> PendingToken {
+        let Some(request_id) = request_id else {
             return self.prepare();
         };
         let mut mac = self.secret.mac();
-        mac.update(b"lockd/request-nonce/v1");
+        mac.update(b"lockd/request-nonce/v2");
         for part in [
-            request.object.as_str().as_bytes(),
-            request.owner.as_str().as_bytes(),
+            spec.object.as_str().as_bytes(),
+            spec.mode.as_str().as_bytes(),
+            owner.as_str().as_bytes(),
             request_id.as_str().as_bytes(),
         ] {
             mac.update(&(part.len() as u32).to_be_bytes());
@@ -527,33 +534,26 @@ mod tests {
     #[test]
     fn a_request_id_draws_the_same_nonce_for_the_same_request_only() {
         use crate::id::{OwnerId, RequestId};
-        use crate::request::AcquireRequest;
-        use std::time::Duration;
+        use crate::mode::{LockMode, LockSpec};
         let issuer = TokenIssuer::random();
         let owner = OwnerId::new("client-1").expect("valid");
+        let other_owner = OwnerId::new("client-2").expect("valid");
         let id = RequestId::new("0123456789abcdef0123").expect("valid");
-        let request = AcquireRequest::new(object(), owner.clone(), Duration::from_secs(1))
-            .with_request_id(id.clone());
-        let first = issuer.prepare_for(&request).digest();
-        assert!(first.ct_eq(&issuer.prepare_for(&request).digest()));
-        let other_owner = AcquireRequest::new(
-            object(),
-            OwnerId::new("client-2").expect("valid"),
-            Duration::from_secs(1),
-        )
-        .with_request_id(id.clone());
-        assert!(!first.ct_eq(&issuer.prepare_for(&other_owner).digest()));
-        let other_id = AcquireRequest::new(object(), owner.clone(), Duration::from_secs(1))
-            .with_request_id(RequestId::new("0123456789abcdef0124").expect("valid"));
-        assert!(!first.ct_eq(&issuer.prepare_for(&other_id).digest()));
+        let other_id = RequestId::new("0123456789abcdef0124").expect("valid");
+        let spec = LockSpec::exclusive(object());
+        let digest = |issuer: &TokenIssuer, spec: &LockSpec, owner: &OwnerId, id| {
+            issuer.prepare_for(spec, owner, id).digest()
+        };
+        let first = digest(&issuer, &spec, &owner, Some(&id));
+        assert!(first.ct_eq(&digest(&issuer, &spec, &owner, Some(&id))));
+        assert!(!first.ct_eq(&digest(&issuer, &spec, &other_owner, Some(&id))));
+        assert!(!first.ct_eq(&digest(&issuer, &spec, &owner, Some(&other_id))));
+        let shared = LockSpec::new(object(), LockMode::Shared);
+        assert!(!first.ct_eq(&digest(&issuer, &shared, &owner, Some(&id))));
         // Another secret derives another nonce: request ids reveal nothing without the secret.
-        assert!(!first.ct_eq(&TokenIssuer::random().prepare_for(&request).digest()));
+        assert!(!first.ct_eq(&digest(&TokenIssuer::random(), &spec, &owner, Some(&id))));
         // Without a request id every attempt is fresh.
-        let plain = AcquireRequest::new(object(), owner, Duration::from_secs(1));
-        assert!(!issuer
-            .prepare_for(&plain)
-            .digest()
-            .ct_eq(&issuer.prepare_for(&plain).digest()));
+        assert!(!digest(&issuer, &spec, &owner, None).ct_eq(&digest(&issuer, &spec, &owner, None)));
     }
 
     #[test]

@@ -133,10 +133,13 @@ proptest! {
             AcquireRequest::new(object.clone(), owner.clone(), Duration::from_secs(1))
                 .with_request_id(RequestId::new(id).expect("valid request id"))
         };
-        let digest = |r: &AcquireRequest| issuer.prepare_for(r).digest();
+        let prepare = |r: &AcquireRequest| {
+            issuer.prepare_for(&r.objects[0], &r.owner, r.request_id.as_ref())
+        };
+        let digest = |r: &AcquireRequest| prepare(r).digest();
         let first = digest(&request(&object, &owner, &id));
         prop_assert!(first.ct_eq(&digest(&request(&object, &owner, &id))));
-        let sealed = |r: &AcquireRequest| issuer.seal(issuer.prepare_for(r), &object, Fence(7));
+        let sealed = |r: &AcquireRequest| issuer.seal(prepare(r), &object, Fence(7));
         prop_assert_eq!(
             sealed(&request(&object, &owner, &id)),
             sealed(&request(&object, &owner, &id))
