@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_postgres::PostgresLockService;
+use backend_postgres::{PostgresLockService, PostgresStore};
 use lockcore::fence::FENCE_CLOCK_SHIFT;
 use lockcore::{Fence, LockError, LockService, ObjectId, OwnerId};
 use rand::Rng;
@@ -59,8 +59,8 @@ async fn a_first_fence_is_the_database_clock_floor() {
     assert_eq!(lease.fence.get() % (1 << FENCE_CLOCK_SHIFT), 0);
 }
 
-/// Released rows are kept with their fence; reaping or even emptying the table does not let
-/// the next fence go backwards, because the clock floor has moved past it.
+/// Objects rows are kept with their last fence; reaping them or even emptying the table does
+/// not let the next fence go backwards, because the clock floor has moved past it.
 #[tokio::test]
 async fn fences_keep_increasing_after_rows_are_reaped_or_the_table_is_emptied() {
     let Some(url) = common::database_url().await else {
@@ -89,6 +89,7 @@ async fn fences_keep_increasing_after_rows_are_reaped_or_the_table_is_emptied() 
 
     assert_eq!(
         service
+            .store()
             .reap(Duration::from_secs(3600))
             .await
             .expect("reaped"),
@@ -98,11 +99,12 @@ async fn fences_keep_increasing_after_rows_are_reaped_or_the_table_is_emptied() 
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(
         service
+            .store()
             .reap(Duration::from_millis(1))
             .await
             .expect("reaped"),
         1,
-        "only the free row"
+        "only the free object's row"
     );
     let still = service
         .validate(&held, &kept.token)
@@ -117,7 +119,7 @@ async fn fences_keep_increasing_after_rows_are_reaped_or_the_table_is_emptied() 
     assert!(second.fence > first.fence, "{second:?} after {first:?}");
 
     let mut admin = common::admin(&url).await;
-    sqlx::raw_sql(&format!("DELETE FROM \"{schema}\".locks"))
+    sqlx::raw_sql(&format!("TRUNCATE \"{schema}\".objects, \"{schema}\".holders, \"{schema}\".queue"))
         .execute(&mut admin)
         .await
         .expect("emptied");
@@ -268,7 +270,7 @@ async fn migrations_stay_in_their_schema_and_run_idempotently() {
     .fetch_all(&mut admin)
     .await
     .expect("tables");
-    assert_eq!(tables, ["_sqlx_migrations", "locks"]);
+    assert_eq!(tables, ["_sqlx_migrations", "holders", "objects", "queue"]);
     drop((first, again));
     common::drop_schema(&url, &schema).await;
 }
@@ -306,7 +308,7 @@ async fn an_unreachable_database_is_unavailable() {
     config.connect_timeout = Duration::from_secs(1);
     config.statement_timeout = Duration::from_secs(1);
     let started = Instant::now();
-    let result = PostgresLockService::connect(config, common::issuer()).await;
+    let result = PostgresStore::connect(config).await;
     assert!(
         matches!(
             result,
@@ -346,7 +348,7 @@ async fn a_statement_timeout_is_unavailable_and_grants_nothing() {
     // Someone outside lockd holds the row lock in an open transaction.
     let mut admin = common::admin(&url).await;
     sqlx::raw_sql(&format!(
-        "BEGIN; SELECT 1 FROM \"{}\".locks WHERE object = '{}' FOR UPDATE",
+        "BEGIN; SELECT 1 FROM \"{}\".objects WHERE object = '{}' FOR UPDATE",
         common::run_schema(),
         target.as_str()
     ))
@@ -378,8 +380,8 @@ async fn a_statement_timeout_is_unavailable_and_grants_nothing() {
     assert!(next.fence > lease.fence);
 }
 
-/// Releases are announced only for objects a blocking acquire has asked for (NOTIFY serialises
-/// commits database-wide, so unwanted announcements would cap release throughput).
+/// Releases are announced only for objects with queued waiters (NOTIFY serialises commits
+/// database-wide, so unwanted announcements would cap release throughput).
 #[tokio::test]
 async fn only_releases_someone_waits_for_are_announced() {
     let Some(url) = common::database_url().await else {
@@ -408,7 +410,7 @@ async fn only_releases_someone_waits_for_are_announced() {
         "a release nobody waited for was announced"
     );
 
-    // A blocking acquire that is granted at once, with nobody else waiting, marks nothing.
+    // A blocking acquire that is granted at once never queues.
     let lease = service
         .acquire(&quiet, &owner("a"), LONG, Duration::from_secs(5))
         .await
