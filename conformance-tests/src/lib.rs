@@ -158,6 +158,7 @@ macro_rules! conformance_suite {
             a_writer_is_not_starved_by_a_stream_of_readers,
             opposite_orders_never_deadlock_or_hold_partial_sets,
             a_blocking_multi_object_request_waits_holding_nothing,
+            a_dropped_waiter_gives_up_its_place,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
