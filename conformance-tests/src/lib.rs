@@ -22,14 +22,18 @@
 //! it needs is absent, after calling [`skip_or_fail`]: the test then prints one loud `SKIP` line,
 //! or fails when `LOCKD_REQUIRE_BACKENDS=1` (as in CI).
 //!
-//! Besides the hand-written checks, the suite holds every backend to a reference model
-//! ([`model`]): `random_operations_agree_with_the_reference_model` runs a seeded random sequence
-//! of acquires (some retried by request id), releases, renewals, validations and inspections
-//! with current, old, foreign and tampered tokens on backend and model alike, and compares every
-//! answer. A failure prints its seed; `LOCKD_MODEL_SEED=N` replays the same operations.
+//! Besides the hand-written checks ([`checks`] for single exclusive leases, [`modes`] for lock
+//! modes, multi-object requests, batches, downgrade and fairness), the suite holds every backend
+//! to a reference model ([`model`]): `random_operations_agree_with_the_reference_model` runs a
+//! seeded random sequence of single and multi-object acquires in both modes (some retried by
+//! request id), single and batched releases and renewals, validations, downgrades and
+//! inspections with current, old, foreign and tampered tokens on backend and model alike, and
+//! compares every answer. A failure prints its seed; `LOCKD_MODEL_SEED=N` replays the same
+//! operations.
 
 pub mod checks;
 pub mod model;
+pub mod modes;
 mod scope;
 
 pub use scope::Scope;
@@ -140,6 +144,22 @@ macro_rules! conformance_suite {
             invalid_ids_and_list_queries_are_refused,
             objects_are_independent,
         );
+        $crate::conformance_suite!(@modes $factory, $caps;
+            shared_holders_coexist_and_exclude_exclusive,
+            one_shared_holder_leaving_leaves_the_others,
+            multi_object_requests_are_all_or_nothing,
+            a_refusal_lists_every_conflict,
+            duplicate_and_too_many_objects_are_refused,
+            batch_release_and_renew_report_each_outcome,
+            a_retried_multi_object_request_gets_the_same_leases,
+        );
+        $crate::conformance_suite!(@modes_shared $factory, $caps;
+            downgrade_keeps_the_lease_and_admits_shared_waiters,
+            a_writer_is_not_starved_by_a_stream_of_readers,
+            opposite_orders_never_deadlock_or_hold_partial_sets,
+            a_blocking_multi_object_request_waits_holding_nothing,
+            a_dropped_waiter_gives_up_its_place,
+        );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn random_operations_agree_with_the_reference_model() {
@@ -159,6 +179,30 @@ macro_rules! conformance_suite {
             let caps: $crate::Capabilities = $caps;
             $crate::checks::stress_holders_never_overlap_and_fences_increase(service, &caps).await;
         }
+    };
+    (@modes $factory:path, $caps:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some(service) = $factory().await else {
+                    return;
+                };
+                let caps: $crate::Capabilities = $caps;
+                $crate::modes::$check(&*service, &caps).await;
+            }
+        )+
+    };
+    (@modes_shared $factory:path, $caps:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let Some(service) = $factory().await else {
+                    return;
+                };
+                let caps: $crate::Capabilities = $caps;
+                $crate::modes::$check(service, &caps).await;
+            }
+        )+
     };
     (@tests $factory:path, $caps:expr; $($check:ident),+ $(,)?) => {
         $(
