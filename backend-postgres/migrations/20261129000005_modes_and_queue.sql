@@ -133,9 +133,10 @@ $$;
 -- stays in) the queues, with ticket `p_ticket` (NULL: draw one) and entries lasting
 -- `p_keep_ms`.
 --
--- Granted: one row per claim, in claim order: r_granted, r_index, r_fence, r_remaining_us and
--- r_replayed (the object is held by this very digest: a retry of the granting request, now
--- marked claimed). The request's queue entries are deleted.
+-- Granted: one row per claim, in claim order: r_granted, r_index, r_fence, r_mode,
+-- r_remaining_us and r_replayed (the object is held by this very digest: a retry of the
+-- granting request, answered in the held grant's mode, and now marked claimed). The request's
+-- queue entries are deleted.
 -- Refused: one row per claim in conflict, in claim order: r_granted false, r_ticket (when
 -- queueing), r_index, r_holder (the owner of a blocking holder, or of an earlier queue entry)
 -- and r_remaining_us (until that one expires).
@@ -143,7 +144,7 @@ CREATE FUNCTION lockd_acquire(
     p_owner text, p_objects text[], p_modes text[], p_digests bytea[], p_ttl_ms bigint,
     p_queue boolean, p_ticket bigint, p_keep_ms bigint)
 RETURNS TABLE (r_granted boolean, r_ticket bigint, r_index integer, r_fence bigint,
-               r_holder text, r_remaining_us bigint, r_replayed boolean)
+               r_mode text, r_holder text, r_remaining_us bigint, r_replayed boolean)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_n integer := coalesce(cardinality(p_objects), 0);
@@ -158,6 +159,7 @@ DECLARE
     v_who text;
     v_when timestamptz;
     v_fence bigint;
+    v_object text;
 BEGIN
     IF v_n = 0 OR coalesce(cardinality(p_modes), 0) <> v_n
        OR coalesce(cardinality(p_digests), 0) <> v_n THEN
@@ -168,7 +170,13 @@ BEGIN
     -- Read the clock once every row is ours: nothing can change under us from here on.
     v_t := clock_timestamp();
     v_floor := lockd_clock_floor(v_t);
-    DELETE FROM holders h WHERE h.object = ANY (p_objects) AND h.expires_at <= v_t;
+    -- Expired holders and entries do not exist; their objects' waiters may go now.
+    FOR v_object IN
+        DELETE FROM holders h WHERE h.object = ANY (p_objects) AND h.expires_at <= v_t
+        RETURNING h.object
+    LOOP
+        PERFORM lockd_wake(v_object);
+    END LOOP;
     DELETE FROM queue q WHERE q.object = ANY (p_objects) AND q.expires_at <= v_t;
 
     FOR v_i IN 1 .. v_n LOOP
@@ -215,6 +223,7 @@ BEGIN
             r_ticket := CASE WHEN p_queue THEN v_ticket END;
             r_index := v_i;
             r_fence := NULL;
+            r_mode := NULL;
             r_holder := v_blocker[v_i];
             r_remaining_us := lockd_micros_left(v_until[v_i], v_t);
             r_replayed := false;
@@ -232,7 +241,7 @@ BEGIN
         IF r_replayed THEN
             UPDATE holders h SET claimed = true
              WHERE h.object = p_objects[v_i] AND h.digest = p_digests[v_i]
-            RETURNING h.fence, h.expires_at INTO r_fence, v_when;
+            RETURNING h.fence, h.mode, h.expires_at INTO r_fence, r_mode, v_when;
             r_remaining_us := lockd_micros_left(v_when, v_t);
         ELSE
             -- fence = max(last fence + 1, clock floor): increasing while the row lives, and
@@ -244,6 +253,7 @@ BEGIN
             VALUES (p_objects[v_i], v_fence, p_digests[v_i], p_owner, p_modes[v_i], v_t,
                     v_t + p_ttl_ms * interval '1 millisecond');
             r_fence := v_fence;
+            r_mode := p_modes[v_i];
             r_remaining_us := p_ttl_ms * 1000;
         END IF;
         RETURN NEXT;

@@ -492,8 +492,9 @@ fn attempted(claims: &[Claim], rows: &[PgRow]) -> LockResult<Attempted> {
             .map(|row| {
                 Ok(Granted {
                     fence: fence_from(get(row, 3)?)?,
-                    ttl: micros_to_duration(get(row, 5)?),
-                    replayed: get(row, 6)?,
+                    mode: stored_mode(&get::<String>(row, 4)?)?,
+                    ttl: micros_to_duration(get(row, 6)?),
+                    replayed: get(row, 7)?,
                 })
             })
             .collect::<LockResult<Vec<_>>>()?;
@@ -511,8 +512,8 @@ fn attempted(claims: &[Claim], rows: &[PgRow]) -> LockResult<Attempted> {
         .map(|row| {
             Ok(Conflict {
                 object: claim_of(row)?.object.clone(),
-                holder: stored_owner(&get::<String>(row, 4)?)?,
-                retry_after: micros_to_duration(get(row, 5)?),
+                holder: stored_owner(&get::<String>(row, 5)?)?,
+                retry_after: micros_to_duration(get(row, 6)?),
             })
         })
         .collect::<LockResult<Vec<_>>>()?;

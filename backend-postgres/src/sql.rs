@@ -8,10 +8,11 @@
 /// `$1` owner, `$2` objects, `$3` modes, `$4` token digests (arrays in claim order), `$5` TTL
 /// in ms, `$6` whether a refusal queues, `$7` the request's ticket (NULL: draw one when
 /// queueing), `$8` how long its queue entries last (ms) -> granted: one row per claim
-/// `(true, NULL, index, fence, NULL, remaining_us, replayed)`; refused: one row per claim in
-/// conflict `(false, ticket, index, NULL, holder, remaining_us, false)`.
+/// `(true, NULL, index, fence, mode, NULL, remaining_us, replayed)`; refused: one row per
+/// claim in conflict `(false, ticket, index, NULL, NULL, holder, remaining_us, false)`.
 pub(crate) const ACQUIRE: &str =
-    "SELECT r_granted, r_ticket, r_index, r_fence, r_holder, r_remaining_us, r_replayed \
+    "SELECT r_granted, r_ticket, r_index, r_fence, r_mode, r_holder, r_remaining_us, \
+            r_replayed \
      FROM lockd_acquire($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// `$1` ticket, `$2` objects: the ticket leaves their queues, their other waiters are woken.
