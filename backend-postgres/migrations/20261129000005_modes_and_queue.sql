@@ -208,14 +208,23 @@ BEGIN
     END LOOP;
 
     IF v_refused THEN
-        IF p_queue THEN
-            IF v_ticket IS NULL THEN
-                v_ticket := nextval('tickets');
-            END IF;
-            INSERT INTO queue AS q (object, ticket, mode, owner, expires_at)
+        IF p_queue AND v_ticket IS NULL THEN
+            v_ticket := nextval('tickets');
+            INSERT INTO queue (object, ticket, mode, owner, expires_at)
             SELECT u.o, v_ticket, u.m, p_owner, v_t + p_keep_ms * interval '1 millisecond'
-              FROM unnest(p_objects, p_modes) AS u(o, m)
-            ON CONFLICT (object, ticket) DO UPDATE SET expires_at = excluded.expires_at;
+              FROM unnest(p_objects, p_modes) AS u(o, m);
+        ELSE
+            IF p_queue THEN
+                INSERT INTO queue AS q (object, ticket, mode, owner, expires_at)
+                SELECT u.o, v_ticket, u.m, p_owner, v_t + p_keep_ms * interval '1 millisecond'
+                  FROM unnest(p_objects, p_modes) AS u(o, m)
+                ON CONFLICT (object, ticket) DO UPDATE SET expires_at = excluded.expires_at;
+            END IF;
+            -- Nothing of this attempt must survive a crash: its row locks vanish anyway, and
+            -- a queue entry lost with it is renewed by the waiter's next attempt. Not waiting
+            -- for the WAL flush makes a woken waiter's refused retry cost no fsync. (A drawn
+            -- ticket above is flushed, so the sequence never hands it out twice.)
+            PERFORM set_config('synchronous_commit', 'off', true);
         END IF;
         FOR v_i IN 1 .. v_n LOOP
             CONTINUE WHEN v_blocker[v_i] IS NULL;
@@ -273,6 +282,8 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_object text;
 BEGIN
+    -- Queue entries are soft state (they lapse by themselves): no need to wait for the flush.
+    PERFORM set_config('synchronous_commit', 'off', true);
     PERFORM lockd_lock_objects(p_objects, false);
     FOR v_object IN
         DELETE FROM queue q WHERE q.object = ANY (p_objects) AND q.ticket = p_ticket

@@ -201,13 +201,6 @@ impl PostgresStore {
         })
         .await
     }
-
-    /// Wakes this process's waiters of `objects` at once; other processes learn it by NOTIFY.
-    fn wake_here<'a>(&self, objects: impl IntoIterator<Item = &'a ObjectId>) {
-        for object in objects {
-            self.waits.wake(object);
-        }
-    }
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
@@ -243,6 +236,9 @@ impl LockStore for PostgresStore {
         Some(reclaim_policy(self.statement_timeout))
     }
 
+    /// Woken only by the LISTEN task, for this process's releases too: every waiter has queue
+    /// rows from its first refusal on, and whatever frees an object with queue rows NOTIFYs
+    /// (see migration 5), so a second, direct wake would only make each waiter try twice.
     fn waits(&self) -> &WaitQueue {
         &self.waits
     }
@@ -287,7 +283,6 @@ impl LockStore for PostgresStore {
                 .bind(names),
         )
         .await?;
-        self.wake_here(objects);
         Ok(())
     }
 
@@ -299,10 +294,7 @@ impl LockStore for PostgresStore {
             .await?;
         let status: String = get(&row, 0)?;
         match status.as_str() {
-            "took_back" => {
-                self.wake_here(claims.iter().map(|c| &c.object));
-                Ok(Undo::TookBack)
-            }
+            "took_back" => Ok(Undo::TookBack),
             "claimed" => Ok(Undo::Claimed),
             "absent" => Ok(Undo::Absent),
             other => Err(LockError::Internal(format!(
@@ -321,15 +313,7 @@ impl LockStore for PostgresStore {
                     .bind(arrays.fences),
             )
             .await?;
-        let verdicts = verdicts(holders.len(), &rows, |_| Ok(()))?;
-        self.wake_here(
-            holders
-                .iter()
-                .zip(&verdicts)
-                .filter(|(_, verdict)| matches!(verdict, Verdict::Done(())))
-                .map(|(holder, _)| &holder.object),
-        );
-        Ok(verdicts)
+        verdicts(holders.len(), &rows, |_| Ok(()))
     }
 
     async fn renew(
@@ -384,13 +368,9 @@ impl LockStore for PostgresStore {
             )
             .await?;
         let status: String = get(&row, 0)?;
-        let verdict = verdict(&status, || {
+        verdict(&status, || {
             holder_state(get(&row, 1)?, get(&row, 2)?, get(&row, 3)?)
-        })?;
-        if matches!(verdict, Verdict::Done(_)) {
-            self.wake_here([&holder.object]);
-        }
-        Ok(verdict)
+        })
     }
 
     async fn inspect(&self, object: &ObjectId) -> LockResult<Option<LockInfo>> {
