@@ -1,7 +1,9 @@
 //! Behaviour specific to the PostgreSQL backend: the fence floor comes from the database clock,
 //! row reclamation never lets a fence go backwards, several lockd processes sharing a schema
-//! exclude each other and wake each other's waiters, migrations stay inside their schema, and
-//! every kind of database trouble is `Unavailable`, never a grant.
+//! exclude each other, wake each other's waiters and keep one arrival order, multi-object
+//! requests lock their rows in one order and never deadlock, migrations stay inside their
+//! schema and carry held locks across the upgrade, and every kind of database trouble is
+//! `Unavailable`, never a grant.
 
 mod common;
 
@@ -11,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use backend_postgres::{PostgresLockService, PostgresStore};
 use lockcore::fence::FENCE_CLOCK_SHIFT;
-use lockcore::{Fence, LockError, LockService, ObjectId, OwnerId};
+use lockcore::{
+    AcquireRequest, Fence, LockError, LockMode, LockService, LockSpec, ObjectId, OwnerId,
+};
 use rand::Rng;
 
 fn object(label: &str) -> ObjectId {
@@ -543,4 +547,382 @@ async fn a_bogus_list_cursor_is_an_invalid_argument() {
         ),
         "{result:?}"
     );
+}
+
+/// Inside PostgreSQL, a request takes its objects' row locks one at a time in byte order of
+/// the names, whatever order it names them in: a request for `[y, x]` that finds `x` locked
+/// waits for it without having locked `y`, so it can never hold `y` while waiting for `x`
+/// (the deadlock of two requests naming the same objects in opposite orders).
+#[tokio::test]
+async fn a_request_locks_its_objects_in_name_order_whatever_order_it_names_them() {
+    let Some(url) = common::database_url().await else {
+        return;
+    };
+    let service = Arc::new(common::connect(common::test_config(&url)).await);
+    let tag: u64 = rand::rng().random();
+    let x = ObjectId::new(format!("pgtest/order/{tag:x}/x")).expect("valid");
+    let y = ObjectId::new(format!("pgtest/order/{tag:x}/y")).expect("valid");
+    // Create both rows, then free them.
+    let grant = service
+        .acquire_with(&AcquireRequest::many(
+            vec![LockSpec::exclusive(x.clone()), LockSpec::exclusive(y.clone())],
+            owner("setup"),
+            LONG,
+        ))
+        .await
+        .expect("granted");
+    for lease in &grant.leases {
+        service
+            .release(&lease.object, &lease.token)
+            .await
+            .expect("released");
+    }
+
+    let schema = common::run_schema();
+    let mut outsider = common::admin(&url).await;
+    sqlx::raw_sql(&format!(
+        "BEGIN; SELECT 1 FROM \"{schema}\".objects WHERE object = '{}' FOR UPDATE",
+        x.as_str()
+    ))
+    .execute(&mut outsider)
+    .await
+    .expect("x locked from outside");
+    let request = {
+        let (service, x, y) = (service.clone(), x.clone(), y.clone());
+        tokio::spawn(async move {
+            service
+                .acquire_with(&AcquireRequest::many(
+                    vec![LockSpec::exclusive(y), LockSpec::exclusive(x)],
+                    owner("yx"),
+                    LONG,
+                ))
+                .await
+        })
+    };
+    // Wait until the request's statement is blocked in the database.
+    let mut observer = common::admin(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'lockd_test' AND wait_event_type = 'Lock' \
+               AND query LIKE '%lockd_acquire%'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the request never blocked on x");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // y, named first, is not locked: the request waits for x before touching y.
+    sqlx::raw_sql(&format!(
+        "SET lock_timeout = '1ms'; \
+         BEGIN; SELECT 1 FROM \"{schema}\".objects WHERE object = '{}' FOR UPDATE NOWAIT; \
+         ROLLBACK",
+        y.as_str()
+    ))
+    .execute(&mut observer)
+    .await
+    .expect("y is free while the request waits for x");
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut outsider)
+        .await
+        .expect("x unlocked");
+    let grant = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("the request finished")
+        .expect("request task")
+        .expect("granted once x is free");
+    assert_eq!(grant.leases[0].object, y);
+    assert_eq!(grant.leases[1].object, x);
+}
+
+/// Many multi-object requests from several processes, each naming overlapping objects in its
+/// own order (reversed, rotated), all wait and are granted in the end: none fails as
+/// unavailable (PostgreSQL's deadlock detector would abort one of two requests that deadlock),
+/// no object ever has two holders, and fences increase per object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_object_requests_in_opposite_orders_never_deadlock_across_processes() {
+    let Some(url) = common::database_url().await else {
+        return;
+    };
+    const OBJECTS: usize = 6;
+    const WORKERS: usize = 6;
+    const ROUNDS: usize = 12;
+    let services: Vec<Arc<PostgresLockService>> = vec![
+        Arc::new(common::connect(common::test_config(&url)).await),
+        Arc::new(common::connect(common::test_config(&url)).await),
+        Arc::new(common::connect(common::test_config(&url)).await),
+    ];
+    let tag: u64 = rand::rng().random();
+    let objects: Arc<Vec<ObjectId>> = Arc::new(
+        (0..OBJECTS)
+            .map(|i| ObjectId::new(format!("pgtest/deadlock/{tag:x}/{i}")).expect("valid"))
+            .collect(),
+    );
+    let held = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        ObjectId,
+        (usize, u64),
+    >::new()));
+    let mut tasks = Vec::new();
+    for worker in 0..WORKERS {
+        let service = services[worker % services.len()].clone();
+        let (objects, held) = (objects.clone(), held.clone());
+        tasks.push(tokio::spawn(async move {
+            let me = owner(&format!("w{worker}"));
+            for round in 0..ROUNDS {
+                // Four of the objects, rotated per worker and round, reversed for odd workers.
+                let start = (worker + round) % OBJECTS;
+                let mut names: Vec<ObjectId> = (0..4)
+                    .map(|k| objects[(start + k) % OBJECTS].clone())
+                    .collect();
+                if worker % 2 == 1 {
+                    names.reverse();
+                }
+                let mode = if round % 3 == 2 {
+                    LockMode::Shared
+                } else {
+                    LockMode::Exclusive
+                };
+                let request = AcquireRequest::many(
+                    names.iter().cloned().map(|o| LockSpec::new(o, mode)).collect(),
+                    me.clone(),
+                    Duration::from_secs(20),
+                )
+                .with_wait(Duration::from_secs(60));
+                let grant = service
+                    .acquire_with(&request)
+                    .await
+                    .unwrap_or_else(|e| panic!("worker {worker} round {round}: {e}"));
+                if mode == LockMode::Exclusive {
+                    let mut held = held.lock().expect("tracker");
+                    for lease in &grant.leases {
+                        if let Some((other, _)) = held.get(&lease.object) {
+                            if *other != usize::MAX {
+                                panic!("{} held by {other} and {worker}", lease.object);
+                            }
+                        }
+                        let last = held.get(&lease.object).map(|(_, f)| *f).unwrap_or(0);
+                        assert!(lease.fence.get() > last, "fence went backwards");
+                        held.insert(lease.object.clone(), (worker, lease.fence.get()));
+                    }
+                }
+                tokio::task::yield_now().await;
+                if mode == LockMode::Exclusive {
+                    let mut held = held.lock().expect("tracker");
+                    for lease in &grant.leases {
+                        held.insert(lease.object.clone(), (usize::MAX, lease.fence.get()));
+                    }
+                }
+                let locks: Vec<_> = grant
+                    .leases
+                    .iter()
+                    .map(|l| (l.object.clone(), l.token.clone()))
+                    .collect();
+                for outcome in service.release_many(&locks).await.expect("released") {
+                    outcome.expect("each lease released");
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("no worker hangs")
+            .expect("worker");
+    }
+}
+
+/// Fairness holds across processes: while a writer in one process waits for a reader of
+/// another, a third process's new reader is refused (the writer's queue entry holds it back),
+/// naming the writer; the writer is granted as soon as the first reader leaves.
+#[tokio::test]
+async fn a_waiting_writer_holds_back_readers_of_other_processes() {
+    let Some(url) = common::database_url().await else {
+        return;
+    };
+    let reading = common::connect(common::test_config(&url)).await;
+    let writing = Arc::new(common::connect(common::test_config(&url)).await);
+    let late = common::connect(common::test_config(&url)).await;
+    let target = object("fair");
+    let reader = reading
+        .acquire_in(&target, LockMode::Shared, &owner("reader"), LONG, Duration::ZERO)
+        .await
+        .expect("granted");
+    let writer = {
+        let (writing, target) = (writing.clone(), target.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let lease = writing
+                .acquire(&target, &owner("writer"), LONG, Duration::from_secs(20))
+                .await;
+            (lease, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match late
+        .acquire_in(&target, LockMode::Shared, &owner("late"), LONG, Duration::ZERO)
+        .await
+    {
+        Err(LockError::Locked { holder, .. }) => assert_eq!(holder.as_str(), "writer"),
+        other => panic!("expected the late reader to be held back, got {other:?}"),
+    }
+    reading
+        .release(&target, &reader.token)
+        .await
+        .expect("released");
+    let (lease, waited) = tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .expect("writer finished")
+        .expect("writer task");
+    let lease = lease.expect("the writer is granted");
+    assert_eq!(lease.mode, LockMode::Exclusive);
+    assert!(waited < Duration::from_secs(5), "woken late: {waited:?}");
+}
+
+/// A downgrade in one process wakes shared waiters in another through NOTIFY, long before the
+/// downgraded lease would expire.
+#[tokio::test]
+async fn a_downgrade_wakes_shared_waiters_of_another_process() {
+    let Some(url) = common::database_url().await else {
+        return;
+    };
+    let writing = common::connect(common::test_config(&url)).await;
+    let reading = Arc::new(common::connect(common::test_config(&url)).await);
+    let target = object("downgrade");
+    let writer = writing
+        .acquire(&target, &owner("writer"), LONG, Duration::ZERO)
+        .await
+        .expect("granted");
+    let reader = {
+        let (reading, target) = (reading.clone(), target.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let lease = reading
+                .acquire_in(
+                    &target,
+                    LockMode::Shared,
+                    &owner("reader"),
+                    LONG,
+                    Duration::from_secs(20),
+                )
+                .await;
+            (lease, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shared = writing
+        .downgrade(&target, &writer.token)
+        .await
+        .expect("downgraded");
+    assert_eq!((shared.mode, shared.fence), (LockMode::Shared, writer.fence));
+    let (lease, waited) = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("reader finished")
+        .expect("reader task");
+    let lease = lease.expect("the reader joins the downgraded holder");
+    assert!(lease.fence > writer.fence);
+    assert!(waited < Duration::from_secs(5), "woken late: {waited:?}");
+    let info = writing
+        .inspect(&target)
+        .await
+        .expect("inspect")
+        .expect("held");
+    assert_eq!(info.mode, LockMode::Shared);
+    assert_eq!(info.holders.len(), 2);
+}
+
+/// Upgrading a schema made by the previous migrations moves its data: a lock held under the
+/// old one-row-per-object table stays held (exclusive, same token and fence) and can be
+/// released, and a released object's next fence continues above its old one.
+#[tokio::test]
+async fn upgrading_keeps_held_locks_and_fences() {
+    use sqlx::{ConnectOptions as _, Executor as _};
+    let Some(url) = common::database_url().await else {
+        return;
+    };
+    let schema = common::private_schema("upgrade");
+    let mut admin = common::admin(&url).await;
+    admin
+        .execute(format!("CREATE SCHEMA \"{schema}\"").as_str())
+        .await
+        .expect("schema");
+    // The migrations before this shape, applied by sqlx as an older lockd would have.
+    let old = std::env::temp_dir().join(format!("lockd-old-migrations-{schema}"));
+    std::fs::create_dir_all(&old).expect("temp dir");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for entry in std::fs::read_dir(&dir).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        if name.as_str() < "20261129000005" {
+            std::fs::copy(&path, old.join(&name)).expect("copy");
+        }
+    }
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&url)
+        .expect("url")
+        .options([("search_path", schema.as_str())]);
+    let mut conn = options.connect().await.expect("connect in the schema");
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .expect("old migrations")
+        .run(&mut conn)
+        .await
+        .expect("old migrations applied");
+    std::fs::remove_dir_all(&old).ok();
+
+    let issuer = common::issuer();
+    let (kept, freed) = (object("kept"), object("freed"));
+    let old_acquire = |object: &ObjectId, digest: lockcore::TokenDigest| {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT r_fence FROM lockd_acquire($1, 'old', $2, 60000, 0, false)",
+        )
+        .bind(object.as_str().to_owned())
+        .bind(digest.as_bytes().to_vec())
+    };
+    let pending = issuer.prepare_for(&LockSpec::exclusive(kept.clone()), &owner("old"), None);
+    let fence = old_acquire(&kept, pending.digest())
+        .fetch_one(&mut conn)
+        .await
+        .expect("old grant");
+    let kept_token = issuer.seal(pending, &kept, Fence(u64::try_from(fence).expect("fence")));
+    let pending = issuer.prepare_for(&LockSpec::exclusive(freed.clone()), &owner("old"), None);
+    let digest = pending.digest();
+    let freed_fence = old_acquire(&freed, digest)
+        .fetch_one(&mut conn)
+        .await
+        .expect("old grant");
+    sqlx::query("SELECT lockd_release($1, $2, $3)")
+        .bind(freed.as_str())
+        .bind(digest.as_bytes().to_vec())
+        .bind(freed_fence)
+        .execute(&mut conn)
+        .await
+        .expect("old release");
+
+    let mut config = common::test_config(&url);
+    config.schema = schema.clone();
+    let service = common::connect(config).await;
+    let lease = service
+        .validate(&kept, &kept_token)
+        .await
+        .expect("the old lock is still held");
+    assert_eq!((lease.mode, lease.owner.as_str()), (LockMode::Exclusive, "old"));
+    assert!(matches!(
+        service.acquire(&kept, &owner("new"), LONG, Duration::ZERO).await,
+        Err(LockError::Locked { .. })
+    ));
+    service
+        .release(&kept, &kept_token)
+        .await
+        .expect("released with the old token");
+    let next = service
+        .acquire(&freed, &owner("new"), LONG, Duration::ZERO)
+        .await
+        .expect("granted");
+    assert!(next.fence.get() > u64::try_from(freed_fence).expect("fence"));
+    drop((service, conn));
+    common::drop_schema(&url, &schema).await;
 }
