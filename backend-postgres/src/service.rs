@@ -377,7 +377,10 @@ impl LockStore for PostgresStore {
         let rows = self
             .fetch_all(sqlx::query(sql::INSPECT).bind(object.as_str()))
             .await?;
-        let holders = rows.iter().map(HolderRow::from_row).collect::<LockResult<Vec<_>>>()?;
+        let holders = rows
+            .iter()
+            .map(HolderRow::from_row)
+            .collect::<LockResult<Vec<_>>>()?;
         Ok(lock_info(object.clone(), holders))
     }
 

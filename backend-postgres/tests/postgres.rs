@@ -123,10 +123,12 @@ async fn fences_keep_increasing_after_rows_are_reaped_or_the_table_is_emptied() 
     assert!(second.fence > first.fence, "{second:?} after {first:?}");
 
     let mut admin = common::admin(&url).await;
-    sqlx::raw_sql(&format!("TRUNCATE \"{schema}\".objects, \"{schema}\".holders, \"{schema}\".queue"))
-        .execute(&mut admin)
-        .await
-        .expect("emptied");
+    sqlx::raw_sql(&format!(
+        "TRUNCATE \"{schema}\".objects, \"{schema}\".holders, \"{schema}\".queue"
+    ))
+    .execute(&mut admin)
+    .await
+    .expect("emptied");
     let third = service
         .acquire(&freed, &owner("c"), LONG, Duration::ZERO)
         .await
@@ -565,7 +567,10 @@ async fn a_request_locks_its_objects_in_name_order_whatever_order_it_names_them(
     // Create both rows, then free them.
     let grant = service
         .acquire_with(&AcquireRequest::many(
-            vec![LockSpec::exclusive(x.clone()), LockSpec::exclusive(y.clone())],
+            vec![
+                LockSpec::exclusive(x.clone()),
+                LockSpec::exclusive(y.clone()),
+            ],
             owner("setup"),
             LONG,
         ))
@@ -688,7 +693,11 @@ async fn multi_object_requests_in_opposite_orders_never_deadlock_across_processe
                     LockMode::Exclusive
                 };
                 let request = AcquireRequest::many(
-                    names.iter().cloned().map(|o| LockSpec::new(o, mode)).collect(),
+                    names
+                        .iter()
+                        .cloned()
+                        .map(|o| LockSpec::new(o, mode))
+                        .collect(),
                     me.clone(),
                     Duration::from_secs(20),
                 )
@@ -749,7 +758,13 @@ async fn a_waiting_writer_holds_back_readers_of_other_processes() {
     let late = common::connect(common::test_config(&url)).await;
     let target = object("fair");
     let reader = reading
-        .acquire_in(&target, LockMode::Shared, &owner("reader"), LONG, Duration::ZERO)
+        .acquire_in(
+            &target,
+            LockMode::Shared,
+            &owner("reader"),
+            LONG,
+            Duration::ZERO,
+        )
         .await
         .expect("granted");
     let writer = {
@@ -764,7 +779,13 @@ async fn a_waiting_writer_holds_back_readers_of_other_processes() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     match late
-        .acquire_in(&target, LockMode::Shared, &owner("late"), LONG, Duration::ZERO)
+        .acquire_in(
+            &target,
+            LockMode::Shared,
+            &owner("late"),
+            LONG,
+            Duration::ZERO,
+        )
         .await
     {
         Err(LockError::Locked { holder, .. }) => assert_eq!(holder.as_str(), "writer"),
@@ -818,7 +839,10 @@ async fn a_downgrade_wakes_shared_waiters_of_another_process() {
         .downgrade(&target, &writer.token)
         .await
         .expect("downgraded");
-    assert_eq!((shared.mode, shared.fence), (LockMode::Shared, writer.fence));
+    assert_eq!(
+        (shared.mode, shared.fence),
+        (LockMode::Shared, writer.fence)
+    );
     let (lease, waited) = tokio::time::timeout(Duration::from_secs(10), reader)
         .await
         .expect("reader finished")
@@ -856,7 +880,11 @@ async fn upgrading_keeps_held_locks_and_fences() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     for entry in std::fs::read_dir(&dir).expect("migrations") {
         let path = entry.expect("entry").path();
-        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
         if name.as_str() < "20261129000005" {
             std::fs::copy(&path, old.join(&name)).expect("copy");
         }
@@ -909,9 +937,14 @@ async fn upgrading_keeps_held_locks_and_fences() {
         .validate(&kept, &kept_token)
         .await
         .expect("the old lock is still held");
-    assert_eq!((lease.mode, lease.owner.as_str()), (LockMode::Exclusive, "old"));
+    assert_eq!(
+        (lease.mode, lease.owner.as_str()),
+        (LockMode::Exclusive, "old")
+    );
     assert!(matches!(
-        service.acquire(&kept, &owner("new"), LONG, Duration::ZERO).await,
+        service
+            .acquire(&kept, &owner("new"), LONG, Duration::ZERO)
+            .await,
         Err(LockError::Locked { .. })
     ));
     service

@@ -221,12 +221,18 @@ async fn every_operation_is_one_statement_in_one_round_trip() {
         .map(|i| ObjectId::new(format!("stmt/{tag:x}/many/{i:02}")).expect("valid"))
         .collect();
     let many = AcquireRequest::many(
-        many_objects.iter().cloned().map(LockSpec::exclusive).collect(),
+        many_objects
+            .iter()
+            .cloned()
+            .map(LockSpec::exclusive)
+            .collect(),
         a.clone(),
         ttl,
     );
     let grant = service.acquire_with(&many).await.expect("granted");
-    let _ = service.acquire_with(&many.clone().with_mode(LockMode::Shared)).await;
+    let _ = service
+        .acquire_with(&many.clone().with_mode(LockMode::Shared))
+        .await;
     let held: Vec<(ObjectId, lockcore::LockToken)> = grant
         .leases
         .iter()
@@ -310,13 +316,9 @@ async fn every_operation_is_one_statement_in_one_round_trip() {
         .expect("released");
 
     // However many objects a request names, each operation on them is still one statement.
-    let grant = measured(
-        &counts,
-        "64-object acquire",
-        service.acquire_with(&many),
-    )
-    .await
-    .expect("granted");
+    let grant = measured(&counts, "64-object acquire", service.acquire_with(&many))
+        .await
+        .expect("granted");
     assert_eq!(grant.leases.len(), MAX_OBJECTS_PER_REQUEST);
     let refused = measured(
         &counts,
