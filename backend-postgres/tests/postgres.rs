@@ -959,3 +959,97 @@ async fn upgrading_keeps_held_locks_and_fences() {
     drop((service, conn));
     common::drop_schema(&url, &schema).await;
 }
+
+/// The buffers (8 kB pages) one acquire and one release touch, for a fresh object, read from
+/// `EXPLAIN (ANALYZE, BUFFERS)` of the call (it counts every page the function reads or writes).
+async fn pages_per_acquire_and_release(conn: &mut sqlx::PgConnection, object: &str) -> i64 {
+    async fn pages(conn: &mut sqlx::PgConnection, statement: &str) -> i64 {
+        let plan: serde_json::Value =
+            sqlx::query_scalar::<_, sqlx::types::Json<serde_json::Value>>(&format!(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}"
+            ))
+            .fetch_one(&mut *conn)
+            .await
+            .expect("explain")
+            .0;
+        let top = &plan[0]["Plan"];
+        ["Shared Hit Blocks", "Shared Read Blocks"]
+            .iter()
+            .map(|k| top[*k].as_i64().expect("buffer counts"))
+            .sum()
+    }
+    let acquire = pages(
+        conn,
+        &format!(
+            "SELECT * FROM lockd_acquire('me', ARRAY['{object}'], '{{exclusive}}', \
+             ARRAY['\\xab'::bytea], 60000, true, NULL, 6000)"
+        ),
+    )
+    .await;
+    let fence: i64 = sqlx::query_scalar("SELECT fence FROM holders WHERE object = $1")
+        .bind(object)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("granted");
+    let release = pages(
+        conn,
+        &format!(
+            "SELECT * FROM lockd_release(ARRAY['{object}'], ARRAY['\\xab'::bytea], \
+             ARRAY[{fence}::bigint])"
+        ),
+    )
+    .await;
+    acquire + release
+}
+
+/// An acquire and a release cost the same pages whether the schema holds nothing else or
+/// tens of thousands of other objects with holders and waiters: every lookup is by primary key
+/// (at most a B-tree level more), never a scan.
+#[tokio::test]
+async fn cost_does_not_grow_with_locks_on_other_objects() {
+    use sqlx::ConnectOptions as _;
+    let Some(url) = common::database_url().await else {
+        return;
+    };
+    let schema = common::private_schema("cost");
+    let mut config = common::test_config(&url);
+    config.schema = schema.clone();
+    config.reap_interval = Duration::ZERO;
+    let service = common::connect(config).await;
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&url)
+        .expect("url")
+        .options([("search_path", schema.as_str())]);
+    let mut conn = options.connect().await.expect("connect in the schema");
+    // Warm up plan caches and catalogs on this connection.
+    for i in 0..8 {
+        pages_per_acquire_and_release(&mut conn, &format!("warm/{i}")).await;
+    }
+    let alone = pages_per_acquire_and_release(&mut conn, "probe/alone").await;
+
+    const OTHERS: i64 = 30_000;
+    sqlx::raw_sql(&format!(
+        "INSERT INTO objects SELECT 'other/' || i, 1000 + i FROM generate_series(1, {OTHERS}) i; \
+         INSERT INTO holders SELECT 'other/' || i, 1000 + i, '\\xcd', 'them', 'shared', \
+                clock_timestamp(), clock_timestamp() + interval '1 hour', false \
+           FROM generate_series(1, {OTHERS}) i; \
+         INSERT INTO queue SELECT 'other/' || i, i, 'exclusive', 'waiter', \
+                clock_timestamp() + interval '1 hour' \
+           FROM generate_series(1, {OTHERS}) i; \
+         ANALYZE objects; ANALYZE holders; ANALYZE queue"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("filled");
+    for i in 0..8 {
+        pages_per_acquire_and_release(&mut conn, &format!("warm2/{i}")).await;
+    }
+    let crowded = pages_per_acquire_and_release(&mut conn, "probe/crowded").await;
+    eprintln!("pages per acquire + release: {alone} alone, {crowded} among {OTHERS} others");
+    // Some lookups descend one B-tree level more; a scan would touch thousands of pages.
+    assert!(
+        crowded <= alone + alone / 2,
+        "{crowded} pages with {OTHERS} other locks, {alone} alone"
+    );
+    drop((service, conn));
+    common::drop_schema(&url, &schema).await;
+}
