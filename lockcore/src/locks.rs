@@ -111,7 +111,7 @@ impl<S: LockStore> Locks<S> {
             .map(|((spec, pending), granted)| Lease {
                 object: spec.object.clone(),
                 owner: request.owner.clone(),
-                mode: spec.mode,
+                mode: granted.mode,
                 token: self.issuer.seal(pending, &spec.object, granted.fence),
                 fence: granted.fence,
                 ttl: granted.ttl,
@@ -331,11 +331,15 @@ impl<S: LockStore> LockService for Locks<S> {
     }
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
-        let locks = [(object.clone(), token.clone())];
-        let mut results = self.release_many(&locks).await?;
-        results
+        audit::check_token(&self.issuer, "release", object, token)?;
+        let holder = holder_ref(object, token);
+        let verdict = self
+            .store
+            .release(std::slice::from_ref(&holder))
+            .await?
             .pop()
-            .unwrap_or_else(|| Err(LockError::Internal("no release outcome".into())))
+            .ok_or_else(|| LockError::Internal("no release verdict".into()))?;
+        refusal("release", object, token, verdict).map(|()| token.fence())
     }
 
     async fn release_many(
