@@ -95,7 +95,8 @@ end
 /// ticket (`0` for none), keep-for ms, channel, then per claim: object, mode (`x`/`s`),
 /// digest (hex).
 ///
-/// Returns `{1, fence, ttl_ms, replayed, ...}` (three items per claim) on a grant, and
+/// Returns `{1, fence, ttl_ms, replayed, mode, ...}` (four items per claim; a replay answers
+/// with the held grant's mode, which a downgrade may have made shared) on a grant, and
 /// `{0, ticket, index, owner, retry_ms, ...}` (three items per claim in conflict, index
 /// 1-based; ticket 0 when not queueing) on a refusal.
 const ACQUIRE: &str = concat!(
@@ -181,6 +182,7 @@ for _, c in ipairs(claims) do
       out[#out + 1] = c.replay.fence
       out[#out + 1] = c.replay.expires - now
       out[#out + 1] = 1
+      out[#out + 1] = c.replay.mode
     else
       local fence
       if c.last and not less(c.last, floor) then
@@ -197,6 +199,7 @@ for _, c in ipairs(claims) do
       out[#out + 1] = fence
       out[#out + 1] = ttl
       out[#out + 1] = 0
+      out[#out + 1] = c.mode
     end
   end
   if changed and redis.call('EXISTS', c.qk) == 1 then woken[#woken + 1] = c.object end

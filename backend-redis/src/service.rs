@@ -341,13 +341,14 @@ impl LockStore for RedisStore {
         match reply::int(item(&items, 0)?)? {
             1 => {
                 let granted = items[1..]
-                    .chunks(3)
+                    .chunks(4)
                     .map(|grant| {
-                        let [fence, ttl, replayed] = grant else {
+                        let [fence, ttl, replayed, mode] = grant else {
                             return Err(reply::malformed("acquire grant"));
                         };
                         Ok(Granted {
                             fence: reply::fence(fence)?,
+                            mode: reply::mode(mode)?,
                             ttl: reply::pttl(ttl, self.limits.max_ttl)?,
                             replayed: reply::int(replayed)? == 1,
                         })
