@@ -47,7 +47,7 @@ async fn each_operation_is_exactly_one_evalsha() {
     let mut config = common::test_config(&redis.url());
     // Keep the listener's keep-alive pings out of the counts.
     config.listener_ping_interval = Duration::from_secs(3600);
-    let service = RedisLockService::connect(config, common::issuer())
+    let service = common::connect(config)
         .await
         .expect("connects");
     let mut admin = redis::Client::open(redis.url())
@@ -143,7 +143,7 @@ async fn a_flushed_script_cache_is_reloaded_and_the_operation_succeeds() {
     };
     let mut config = common::test_config(&redis.url());
     config.listener_ping_interval = Duration::from_secs(3600);
-    let service = RedisLockService::connect(config, common::issuer())
+    let service = common::connect(config)
         .await
         .expect("connects");
     let mut admin = redis::Client::open(redis.url())
