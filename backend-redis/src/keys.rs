@@ -150,10 +150,7 @@ mod tests {
         assert_eq!(lock, "lockd:{/vol/a}:holders");
         assert_eq!(fence, "lockd:{/vol/a}:fence");
         assert_eq!(hash_tag(&lock), hash_tag(&fence));
-        assert_eq!(
-            layout.queue_key(&object("/vol/a")),
-            "lockd:{/vol/a}:queue"
-        );
+        assert_eq!(layout.queue_key(&object("/vol/a")), "lockd:{/vol/a}:queue");
     }
 
     /// The part of a key Redis Cluster hashes: from the first `{` to the next `}`.

@@ -9,8 +9,8 @@ use lockcore::store::{
     Attempt, Attempted, Claim, Granted, HolderRef, HolderState, Queueing, Ticket, Verdict,
 };
 use lockcore::{
-    async_trait, Conflict, HolderInfo, Limits, ListQuery, LockError, LockInfo, LockMode,
-    LockPage, LockResult, LockStore, Locks, ObjectId, ReclaimPolicy, Undo, WaitQueue,
+    async_trait, Conflict, HolderInfo, Limits, ListQuery, LockError, LockInfo, LockMode, LockPage,
+    LockResult, LockStore, Locks, ObjectId, ReclaimPolicy, Undo, WaitQueue,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ScriptInvocation, Value};
@@ -504,7 +504,10 @@ impl LockStore for RedisStore {
     }
 
     async fn validate(&self, holder: &HolderRef) -> LockResult<Verdict<HolderState>> {
-        let mut invocation = self.scripts.validate.key(self.keys.holders_key(&holder.object));
+        let mut invocation = self
+            .scripts
+            .validate
+            .key(self.keys.holders_key(&holder.object));
         invocation
             .arg(holder.digest.to_hex())
             .arg(holder.fence.get());

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::PrivateRedis;
-use lockcore::{AcquireRequest, LockError, LockMode, LockSpec, ListQuery, LockService, ObjectId, OwnerId};
+use lockcore::{
+    AcquireRequest, ListQuery, LockError, LockMode, LockService, LockSpec, ObjectId, OwnerId,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_works_with_the_documented_acl() {
@@ -63,7 +65,10 @@ async fn every_operation_works_with_the_documented_acl() {
     let impatient = service
         .acquire(&object, &bob, ttl, Duration::from_millis(50))
         .await;
-    assert!(matches!(impatient, Err(LockError::Locked { .. })), "{impatient:?}");
+    assert!(
+        matches!(impatient, Err(LockError::Locked { .. })),
+        "{impatient:?}"
+    );
     service
         .renew(&object, &lease.token, ttl)
         .await
@@ -93,16 +98,19 @@ async fn every_operation_works_with_the_documented_acl() {
         .expect("release");
 
     // Several objects at once, shared and exclusive, downgrade and the batch operations.
-    let (a, b) = (ObjectId::new("acl/a").expect("valid"), ObjectId::new("acl/b").expect("valid"));
+    let (a, b) = (
+        ObjectId::new("acl/a").expect("valid"),
+        ObjectId::new("acl/b").expect("valid"),
+    );
     let request = AcquireRequest::many(
-        vec![
-            LockSpec::exclusive(a.clone()),
-            LockSpec::shared(b.clone()),
-        ],
+        vec![LockSpec::exclusive(a.clone()), LockSpec::shared(b.clone())],
         alice.clone(),
         ttl,
     );
-    let grant = service.acquire_with(&request).await.expect("multi-object acquire");
+    let grant = service
+        .acquire_with(&request)
+        .await
+        .expect("multi-object acquire");
     let shared = service
         .downgrade(&a, &grant.leases[0].token)
         .await

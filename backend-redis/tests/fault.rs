@@ -149,7 +149,10 @@ async fn operations_fail_as_unavailable_while_redis_is_down_and_recover_with_hig
         is_unavailable(
             &service
                 .acquire_with(&AcquireRequest::many(
-                    vec![LockSpec::shared(a.clone()), LockSpec::exclusive(object("b"))],
+                    vec![
+                        LockSpec::shared(a.clone()),
+                        LockSpec::exclusive(object("b")),
+                    ],
                     owner("x"),
                     TTL,
                 ))
@@ -227,14 +230,8 @@ async fn waiters_are_woken_by_releases_after_the_listener_reconnects() {
     config.operation_timeout = Duration::from_millis(500);
     config.connect_timeout = Duration::from_millis(500);
     config.listener_ping_interval = Duration::from_millis(200);
-    let holder_side = common::connect(config.clone())
-        .await
-        .expect("connects");
-    let waiter_side = Arc::new(
-        common::connect(config)
-            .await
-            .expect("connects"),
-    );
+    let holder_side = common::connect(config.clone()).await.expect("connects");
+    let waiter_side = Arc::new(common::connect(config).await.expect("connects"));
 
     redis.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -293,9 +290,7 @@ async fn acquire_cut_off_by_a_write_pause(
     config.operation_timeout = Duration::from_secs(1);
     config.dedicated_connections = dedicated_connections;
     let prefix = config.key_prefix.clone();
-    let service = common::connect(config)
-        .await
-        .expect("connects");
+    let service = common::connect(config).await.expect("connects");
     let mut admin = redis::Client::open(redis.url())
         .and_then(|c| c.get_connection())
         .expect("admin connection");
@@ -364,7 +359,8 @@ async fn an_acquire_timed_out_on_a_dedicated_connection_leaves_the_object_free()
     let Some(redis) = PrivateRedis::start() else {
         return;
     };
-    let (service, _admin, _prefix) = acquire_cut_off_by_a_write_pause(&redis, 1, &["cut-off"]).await;
+    let (service, _admin, _prefix) =
+        acquire_cut_off_by_a_write_pause(&redis, 1, &["cut-off"]).await;
 
     // Whether Redis dropped the paused script with its connection or ran it, nobody holds the
     // object long before the lost grant's one-minute TTL.

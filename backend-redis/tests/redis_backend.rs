@@ -31,9 +31,7 @@ async fn setup() -> Option<(
 )> {
     let url = common::url_or_skip()?;
     let config = common::test_config(&url);
-    let service = common::connect(config.clone())
-        .await
-        .expect("connects");
+    let service = common::connect(config.clone()).await.expect("connects");
     let raw = redis::Client::open(url)
         .expect("url")
         .get_multiplexed_async_connection()
@@ -292,14 +290,8 @@ async fn two_backends_on_one_redis_exclude_each_other_and_wake_each_others_waite
         return;
     };
     let config = common::test_config(&url);
-    let node_a = common::connect(config.clone())
-        .await
-        .expect("connects");
-    let node_b = Arc::new(
-        common::connect(config)
-            .await
-            .expect("connects"),
-    );
+    let node_a = common::connect(config.clone()).await.expect("connects");
+    let node_b = Arc::new(common::connect(config).await.expect("connects"));
     let shared = object("shared/file");
     let lease = node_a
         .acquire(&shared, &owner("a"), TTL, Duration::ZERO)
@@ -371,8 +363,7 @@ async fn connecting_to_a_closed_port_is_unavailable() {
 
 #[tokio::test]
 async fn a_malformed_url_or_prefix_is_an_invalid_argument() {
-    let result =
-        common::connect(RedisConfig::from_url("http://nope")).await;
+    let result = common::connect(RedisConfig::from_url("http://nope")).await;
     assert!(matches!(
         result,
         Err(LockError::InvalidArgument { field: "url", .. })
@@ -402,9 +393,7 @@ async fn several_backends_contending_never_overlap_and_fences_increase_in_grant_
     let mut nodes = Vec::new();
     for _ in 0..3 {
         nodes.push(Arc::new(
-            common::connect(config.clone())
-                .await
-                .expect("connects"),
+            common::connect(config.clone()).await.expect("connects"),
         ));
     }
     let objects: Vec<ObjectId> = (0..3).map(|i| object(&format!("contend/{i}"))).collect();

@@ -95,7 +95,15 @@ async fn fences_near_two_to_the_sixty_stay_exact_strings_for_shared_and_multi_ob
     for (name, start) in [("big/a", a_start), ("big/b", b_start)] {
         let _: () = query(
             &mut raw,
-            &cmd("SET", &[&key(&config, name, "fence"), &start.to_string(), "PX", "60000"]),
+            &cmd(
+                "SET",
+                &[
+                    &key(&config, name, "fence"),
+                    &start.to_string(),
+                    "PX",
+                    "60000",
+                ],
+            ),
         )
         .await;
     }
@@ -132,7 +140,10 @@ async fn fences_near_two_to_the_sixty_stay_exact_strings_for_shared_and_multi_ob
     assert_eq!(info.mode, LockMode::Shared);
     let fences: Vec<Fence> = info.holders.iter().map(|h| h.fence).collect();
     assert_eq!(fences, [Fence(a_start + 1), Fence(a_start + 2)]);
-    assert_eq!((info.fence, &info.owner), (Fence(a_start + 2), &owner("bob")));
+    assert_eq!(
+        (info.fence, &info.owner),
+        (Fence(a_start + 2), &owner("bob"))
+    );
 
     // The fence key is lost while both shared holders hold; renewing the older one restores it
     // to the highest live fence, exactly, so the next grant still goes above both.
@@ -184,7 +195,13 @@ async fn a_shared_holder_that_expired_among_live_ones_is_gone_for_every_operatio
     let target = object("expired-shared");
     let holders_key = key(&config, "expired-shared", "holders");
     let alice = service
-        .acquire_in(&target, LockMode::Shared, &owner("alice"), TTL, Duration::ZERO)
+        .acquire_in(
+            &target,
+            LockMode::Shared,
+            &owner("alice"),
+            TTL,
+            Duration::ZERO,
+        )
         .await
         .expect("shared grant");
     let bob = service
@@ -199,7 +216,10 @@ async fn a_shared_holder_that_expired_among_live_ones_is_gone_for_every_operatio
         .expect("shared grant");
     // Bob's short lease does not shorten the hash's expiry: alice still holds for 30 s.
     let left: i64 = query(&mut raw, &cmd("PTTL", &[&holders_key])).await;
-    assert!(left > 29_000, "the holders hash expires with its last holder: {left}");
+    assert!(
+        left > 29_000,
+        "the holders hash expires with its last holder: {left}"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     let info = service
@@ -234,7 +254,13 @@ async fn a_shared_holder_that_expired_among_live_ones_is_gone_for_every_operatio
     }
     // The next change to the hash drops bob's record.
     let dave = service
-        .acquire_in(&target, LockMode::Shared, &owner("dave"), TTL, Duration::ZERO)
+        .acquire_in(
+            &target,
+            LockMode::Shared,
+            &owner("dave"),
+            TTL,
+            Duration::ZERO,
+        )
         .await
         .expect("shared grant");
     let bob_there: bool = query(
@@ -262,7 +288,12 @@ async fn queue_entries_that_expired_block_nobody_and_are_dropped() {
     };
     let queue_key = key(&config, "expired-queue", "queue");
     let holder = service
-        .acquire(&object("expired-queue"), &owner("alice"), TTL, Duration::ZERO)
+        .acquire(
+            &object("expired-queue"),
+            &owner("alice"),
+            TTL,
+            Duration::ZERO,
+        )
         .await
         .expect("granted");
     let bob = [claim("expired-queue", LockMode::Exclusive, 1)];
@@ -270,9 +301,15 @@ async fn queue_entries_that_expired_block_nobody_and_are_dropped() {
     let Attempted::Refused {
         ticket: Some(bob_ticket),
         ..
-    } = queue_attempt(&service, &owner("bob"), &bob, None, Duration::from_millis(300))
-        .await
-        .expect("attempt")
+    } = queue_attempt(
+        &service,
+        &owner("bob"),
+        &bob,
+        None,
+        Duration::from_millis(300),
+    )
+    .await
+    .expect("attempt")
     else {
         panic!("bob must be refused with a ticket");
     };
@@ -313,7 +350,12 @@ async fn queue_entries_that_expired_block_nobody_and_are_dropped() {
     // Bob's process is gone: his entry lapses. A newcomer is now blocked by eve alone ...
     tokio::time::sleep(Duration::from_millis(400)).await;
     match service
-        .acquire(&object("expired-queue"), &owner("carol"), TTL, Duration::ZERO)
+        .acquire(
+            &object("expired-queue"),
+            &owner("carol"),
+            TTL,
+            Duration::ZERO,
+        )
         .await
     {
         Err(LockError::Locked { holder, .. }) => assert_eq!(holder, owner("eve")),
@@ -363,9 +405,15 @@ async fn leaving_the_queue_removes_every_entry_of_the_ticket() {
     let Attempted::Refused {
         ticket: Some(ticket),
         ..
-    } = queue_attempt(&service, &owner("bob"), &claims, None, Duration::from_secs(10))
-        .await
-        .expect("attempt")
+    } = queue_attempt(
+        &service,
+        &owner("bob"),
+        &claims,
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("attempt")
     else {
         panic!("bob must be refused with a ticket");
     };
@@ -445,10 +493,17 @@ async fn keys_of_the_wrong_type_fail_the_whole_request_and_change_nothing() {
             TTL,
         );
         let result = service.acquire_with(&request).await;
-        assert!(matches!(result, Err(LockError::Internal(_))), "{how}: {result:?}");
+        assert!(
+            matches!(result, Err(LockError::Internal(_))),
+            "{how}: {result:?}"
+        );
         for kind in ["holders", "fence", "queue"] {
-            let exists: bool = query(&mut raw, &cmd("EXISTS", &[&key(&config, &healthy, kind)])).await;
-            assert!(!exists, "{how}: the failed request wrote the healthy object's {kind} key");
+            let exists: bool =
+                query(&mut raw, &cmd("EXISTS", &[&key(&config, &healthy, kind)])).await;
+            assert!(
+                !exists,
+                "{how}: the failed request wrote the healthy object's {kind} key"
+            );
         }
         if how.starts_with("holders") {
             let inspected = service.inspect(&object(&broken)).await;
@@ -466,7 +521,12 @@ async fn a_ticket_counter_of_the_wrong_type_queues_nothing() {
         return;
     };
     let holder = service
-        .acquire(&object("tickets/held"), &owner("alice"), TTL, Duration::ZERO)
+        .acquire(
+            &object("tickets/held"),
+            &owner("alice"),
+            TTL,
+            Duration::ZERO,
+        )
         .await
         .expect("granted");
     let tickets = format!("{}tickets", config.key_prefix);
@@ -475,11 +535,21 @@ async fn a_ticket_counter_of_the_wrong_type_queues_nothing() {
         claim("tickets/free", LockMode::Exclusive, 4),
         claim("tickets/held", LockMode::Exclusive, 4),
     ];
-    let result = queue_attempt(&service, &owner("bob"), &claims, None, Duration::from_secs(5)).await;
+    let result = queue_attempt(
+        &service,
+        &owner("bob"),
+        &claims,
+        None,
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(matches!(result, Err(LockError::Internal(_))), "{result:?}");
     for name in ["tickets/free", "tickets/held"] {
         let exists: bool = query(&mut raw, &cmd("EXISTS", &[&key(&config, name, "queue")])).await;
-        assert!(!exists, "{name}: a queue entry was written by the failed attempt");
+        assert!(
+            !exists,
+            "{name}: a queue entry was written by the failed attempt"
+        );
     }
     service
         .release(&object("tickets/held"), &holder.token)

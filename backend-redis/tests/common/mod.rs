@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use backend_redis::{RedisConfig, RedisLockService, RedisStore};
 use lockcore::{
-    async_trait, AcquireRequest, Fence, Grant, Lease, LeaseEndSink, ListQuery, LockInfo,
-    LockPage, LockResult, LockService, LockToken, ObjectId, TokenIssuer,
+    async_trait, AcquireRequest, Fence, Grant, Lease, LeaseEndSink, ListQuery, LockInfo, LockPage,
+    LockResult, LockService, LockToken, ObjectId, TokenIssuer,
 };
 use rand::Rng;
 use testcontainers_modules::redis::{Redis, REDIS_PORT};
