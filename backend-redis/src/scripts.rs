@@ -81,6 +81,12 @@ local function live_holders(key, now)
   end
   return live, dead
 end
+local function remove(command, key, members)
+  -- In slices: unpack() of thousands of values overflows Lua's C stack.
+  for first = 1, #members, 500 do
+    redis.call(command, key, unpack(members, first, math.min(first + 499, #members)))
+  end
+end
 local function publish(channel, woken)
   if #woken > 0 then redis.call('PUBLISH', channel, table.concat(woken, '\n')) end
 end
@@ -163,8 +169,8 @@ end
 local woken, out = {}, {1}
 for _, c in ipairs(claims) do
   local changed = #c.dead > 0 or #c.gone > 0
-  if #c.dead > 0 then redis.call('HDEL', c.hk, unpack(c.dead)) end
-  if #c.gone > 0 then redis.call('ZREM', c.qk, unpack(c.gone)) end
+  remove('HDEL', c.hk, c.dead)
+  remove('ZREM', c.qk, c.gone)
   if #conflicts > 0 then
     if queueing then
       redis.call('ZREMRANGEBYSCORE', c.qk, ticket, ticket)

@@ -343,6 +343,60 @@ async fn two_backends_on_one_redis_exclude_each_other_and_wake_each_others_waite
         .expect("released");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_in_different_processes_are_served_in_arrival_order() {
+    let Some(url) = common::url_or_skip() else {
+        return;
+    };
+    let config = common::test_config(&url);
+    // Three backends, like three lockd processes: the holder's, and one per waiter.
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Arc::new(
+            common::connect(config.clone()).await.expect("connects"),
+        ));
+    }
+    let target = object("fair/file");
+    let lease = nodes[0]
+        .acquire(&target, &owner("holder"), TTL, Duration::ZERO)
+        .await
+        .expect("granted");
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    // The later waiter lives on the node that releases, so its process hears the release first:
+    // only the queue in Redis can make the earlier one win.
+    for (name, node) in [("first", 2), ("second", 0), ("third", 1)] {
+        let (node, target, order) = (nodes[node].clone(), target.clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let lease = node
+                .acquire(
+                    &target,
+                    &owner(name),
+                    Duration::from_secs(5),
+                    Duration::from_secs(20),
+                )
+                .await
+                .expect("granted in turn");
+            order.lock().expect("not poisoned").push(name);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            node.release(&target, &lease.token).await.expect("released");
+        }));
+        // Let each waiter queue before the next one arrives.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    nodes[0]
+        .release(&target, &lease.token)
+        .await
+        .expect("released");
+    for waiter in waiters {
+        waiter.await.expect("waiter task");
+    }
+    assert_eq!(
+        *order.lock().expect("not poisoned"),
+        ["first", "second", "third"]
+    );
+}
+
 #[tokio::test]
 async fn connecting_to_a_closed_port_is_unavailable() {
     let port = TcpListener::bind("127.0.0.1:0")

@@ -589,3 +589,39 @@ async fn a_batch_release_touching_a_broken_key_releases_nothing() {
         .await
         .expect("released");
 }
+
+#[tokio::test]
+async fn thousands_of_expired_records_are_dropped_in_one_step() {
+    let Some((service, config, mut raw)) = setup().await else {
+        return;
+    };
+    let holders = key(&config, "crowd", "holders");
+    let queue = key(&config, "crowd", "queue");
+    // 10 000 shared holders and waiters whose time ran out long ago (expiry 1 ms after the
+    // epoch), as a crowd of readers that vanished would leave them.
+    let fill = "for i = 1, 10000 do \
+                  redis.call('HSET', KEYS[1], string.format('%064d', i), 's 1 1 0 0 ghost') \
+                  redis.call('ZADD', KEYS[2], i, i .. ' x 1 ghost') \
+                end \
+                redis.call('PEXPIRE', KEYS[1], 60000) \
+                redis.call('PEXPIRE', KEYS[2], 60000)";
+    let _: () = query(&mut raw, &cmd("EVAL", &[fill, "2", &holders, &queue])).await;
+    // The expired waiters hold back nobody, not even an exclusive newcomer.
+    let lease = service
+        .acquire(&object("crowd"), &owner("alice"), TTL, Duration::ZERO)
+        .await
+        .expect("granted over 10 000 expired holders and waiters");
+    let (left, waiting): (u64, u64) = (
+        query(&mut raw, &cmd("HLEN", &[&holders])).await,
+        query(&mut raw, &cmd("EXISTS", &[&queue])).await,
+    );
+    assert_eq!(
+        (left, waiting),
+        (1, 0),
+        "the grant dropped every expired record"
+    );
+    service
+        .release(&object("crowd"), &lease.token)
+        .await
+        .expect("released");
+}
