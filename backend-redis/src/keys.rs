@@ -2,9 +2,10 @@
 //! `{prefix}{<object>}:queue`; per prefix the ticket counter `{prefix}tickets` and the channel
 //! `{prefix}released`.
 //!
-//! The object sits inside a Redis Cluster hash tag, so the keys of one object live in one slot.
-//! (A multi-object script and the ticket counter span slots: see the crate docs on Cluster.) Inside the tag the object is escaped (`%` -> `%25`,
-//! `{` -> `%7B`, `}` -> `%7D`) so an object containing braces cannot end the tag early. The
+//! The object sits inside a Redis Cluster hash tag, so the keys of one object live in one slot
+//! (a multi-object script and the ticket counter span slots: see the crate docs, "Redis
+//! Cluster"). Inside the tag the object is escaped (`%` -> `%25`, `{` -> `%7B`, `}` -> `%7D`)
+//! so an object containing braces cannot end the tag early. The
 //! escaping works character by character, so an object starts with a prefix exactly when its
 //! escaped form starts with the escaped prefix, which is what `list` matches on.
 

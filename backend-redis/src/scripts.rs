@@ -342,7 +342,11 @@ for i = 1, n do
     f.holder.expires = now + ttl
     redis.call('HSET', hk, f.holder.digest, record(f.holder))
     extend(hk, ttl)
-    if f.restore then redis.call('SET', fk, f.restore, 'PX', fence_ttl) else extend(fk, fence_ttl) end
+    if f.restore then
+      redis.call('SET', fk, f.restore, 'PX', fence_ttl)
+    else
+      extend(fk, fence_ttl)
+    end
     out[#out + 1] = 1
     out[#out + 1] = f.holder.owner
     out[#out + 1] = f.holder.mode

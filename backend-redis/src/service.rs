@@ -24,7 +24,8 @@ use crate::listener::Listener;
 use crate::reply;
 use crate::scripts::Scripts;
 
-/// The [`lockcore::LockService`] on Redis: `RedisLockService::new(RedisStore::connect(config).await?, issuer)`.
+/// The [`lockcore::LockService`] on Redis, built as
+/// `RedisLockService::new(RedisStore::connect(config).await?, issuer)`.
 pub type RedisLockService = Locks<RedisStore>;
 
 /// Delays between reconnect attempts of the command connection grow up to this.
