@@ -16,9 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lockcore::store::{Attempt, Attempted, Claim, Queueing};
 use lockcore::{
-    AcquireRequest, ListQuery, LockError, LockMode, LockService, LockSpec, ObjectId, OwnerId,
-    MAX_OBJECTS_PER_REQUEST,
+    AcquireRequest, ListQuery, LockError, LockMode, LockService, LockSpec, LockStore, ObjectId,
+    OwnerId, TokenDigest, MAX_OBJECTS_PER_REQUEST,
 };
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -353,4 +354,91 @@ async fn every_operation_is_one_statement_in_one_round_trip() {
         .await
         .expect("released");
     assert!(released.iter().all(Result::is_ok), "{released:?}");
+
+    // The store's own primitives that lockcore::Locks calls around waiting and lost replies:
+    // queueing, leaving the queue and taking back a grant are one statement each too.
+    let store = service.store();
+    let blocker = service
+        .acquire(&target, &a, ttl, Duration::ZERO)
+        .await
+        .expect("granted");
+    let claims: Vec<Claim> = many_objects
+        .iter()
+        .chain([&target])
+        .enumerate()
+        .map(|(i, object)| Claim {
+            object: object.clone(),
+            mode: LockMode::Exclusive,
+            digest: TokenDigest::from_bytes(&[u8::try_from(i).expect("small"); 32])
+                .expect("32 bytes"),
+        })
+        .collect();
+    let queueing = Some(Queueing {
+        ticket: None,
+        keep_for: Duration::from_secs(5),
+    });
+    let attempt = |queueing| Attempt {
+        owner: &b,
+        claims: &claims,
+        ttl,
+        queueing,
+    };
+    // Warm-up: each primitive once.
+    let warm = store.try_acquire(attempt(queueing)).await.expect("refused");
+    let Attempted::Refused {
+        ticket: Some(warm_ticket),
+        ..
+    } = warm
+    else {
+        panic!("expected a queued refusal, got {warm:?}");
+    };
+    let everything: Vec<ObjectId> = claims.iter().map(|c| c.object.clone()).collect();
+    store
+        .leave_queue(warm_ticket, &everything)
+        .await
+        .expect("left");
+    store.abandon(&claims).await.expect("abandoned");
+
+    let queued = measured(
+        &counts,
+        "queued 65-object refusal",
+        store.try_acquire(attempt(queueing)),
+    )
+    .await
+    .expect("refused");
+    let Attempted::Refused {
+        ticket: Some(ticket),
+        ..
+    } = queued
+    else {
+        panic!("expected a queued refusal, got {queued:?}");
+    };
+    let again = measured(
+        &counts,
+        "queued retry",
+        store.try_acquire(attempt(Some(Queueing {
+            ticket: Some(ticket),
+            keep_for: Duration::from_secs(5),
+        }))),
+    )
+    .await
+    .expect("refused");
+    assert!(matches!(again, Attempted::Refused { .. }), "{again:?}");
+    measured(
+        &counts,
+        "leave_queue",
+        store.leave_queue(ticket, &everything),
+    )
+    .await
+    .expect("left");
+    service
+        .release(&target, &blocker.token)
+        .await
+        .expect("released");
+    let granted = store.try_acquire(attempt(None)).await.expect("granted");
+    assert!(matches!(granted, Attempted::Granted(_)), "{granted:?}");
+    let undo = measured(&counts, "abandon", store.abandon(&claims))
+        .await
+        .expect("taken back");
+    assert_eq!(undo, lockcore::Undo::TookBack);
 }
