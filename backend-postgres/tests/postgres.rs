@@ -560,7 +560,10 @@ async fn a_request_locks_its_objects_in_name_order_whatever_order_it_names_them(
     let Some(url) = common::database_url().await else {
         return;
     };
-    let service = Arc::new(common::connect(common::test_config(&url)).await);
+    // A name of its own, to find this service's statement among other tests' sessions.
+    let mut config = common::test_config(&url);
+    config.application_name = "lockd_test_order".to_owned();
+    let service = Arc::new(common::connect(config).await);
     let tag: u64 = rand::rng().random();
     let x = ObjectId::new(format!("pgtest/order/{tag:x}/x")).expect("valid");
     let y = ObjectId::new(format!("pgtest/order/{tag:x}/y")).expect("valid");
@@ -610,7 +613,7 @@ async fn a_request_locks_its_objects_in_name_order_whatever_order_it_names_them(
     loop {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity \
-             WHERE application_name = 'lockd_test' AND wait_event_type = 'Lock' \
+             WHERE application_name = 'lockd_test_order' AND wait_event_type = 'Lock' \
                AND query LIKE '%lockd_acquire%'",
         )
         .fetch_one(&mut observer)
