@@ -1056,3 +1056,81 @@ async fn cost_does_not_grow_with_locks_on_other_objects() {
     drop((service, conn));
     common::drop_schema(&url, &schema).await;
 }
+
+/// The reaper deletes an object whose holder expired without a release (its holder row with
+/// it), and leaves alone held objects, one of them with a waiter queued behind its holder, who
+/// is granted at the holder's expiry as if no reaper had run.
+#[tokio::test]
+async fn the_reaper_clears_expired_holders_and_keeps_held_objects_and_their_queues() {
+    let Some(url) = common::database_url().await else {
+        return;
+    };
+    let schema = common::private_schema("reap2");
+    let mut config = common::test_config(&url);
+    config.schema = schema.clone();
+    config.reap_interval = Duration::ZERO;
+    let service = Arc::new(common::connect(config).await);
+    let (lapsed, held, awaited) = (object("lapsed"), object("held"), object("awaited"));
+    service
+        .acquire(
+            &lapsed,
+            &owner("a"),
+            Duration::from_millis(20),
+            Duration::ZERO,
+        )
+        .await
+        .expect("granted");
+    service
+        .acquire(&held, &owner("a"), LONG, Duration::ZERO)
+        .await
+        .expect("granted");
+    // `awaited`: its holder expires soon, and a waiter is queued behind it meanwhile.
+    service
+        .acquire(
+            &awaited,
+            &owner("a"),
+            Duration::from_millis(300),
+            Duration::ZERO,
+        )
+        .await
+        .expect("granted");
+    let waiter = {
+        let (service, awaited) = (service.clone(), awaited.clone());
+        tokio::spawn(async move {
+            service
+                .acquire(&awaited, &owner("b"), LONG, Duration::from_secs(10))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        service
+            .store()
+            .reap(Duration::from_millis(1))
+            .await
+            .expect("reaped"),
+        1,
+        "only the lapsed object goes"
+    );
+    let mut admin = common::admin(&url).await;
+    let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT t, count(*) FROM ( \
+             SELECT 'objects' AS t FROM \"{schema}\".objects WHERE object = $1 \
+             UNION ALL SELECT 'holders' FROM \"{schema}\".holders WHERE object = $1) x \
+         GROUP BY t"
+    ))
+    .bind(lapsed.as_str())
+    .fetch_all(&mut admin)
+    .await
+    .expect("rows");
+    assert!(rows.is_empty(), "left behind: {rows:?}");
+    let lease = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("waiter finished")
+        .expect("waiter task")
+        .expect("the waiter is granted once the holder expires");
+    assert_eq!(lease.owner.as_str(), "b");
+    assert!(service.inspect(&held).await.expect("inspect").is_some());
+    drop(service);
+    common::drop_schema(&url, &schema).await;
+}
