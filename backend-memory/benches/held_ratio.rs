@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use backend_memory::{MemoryConfig, MemoryLockService};
+use backend_memory::{MemoryConfig, MemoryLockService, MemoryStore};
 use lockcore::{LockService, ObjectId, OwnerId, TokenIssuer};
 
 const TTL: Duration = Duration::from_secs(3600);
@@ -67,7 +67,10 @@ fn main() {
     runtime.block_on(async {
         let mut services = Vec::new();
         for held in [1_000usize, 1_000_000] {
-            let locks = MemoryLockService::new(MemoryConfig::default(), TokenIssuer::random());
+            let locks = MemoryLockService::new(
+                MemoryStore::new(MemoryConfig::default()),
+                TokenIssuer::random(),
+            );
             for object in ids("/bench/held", held) {
                 locks
                     .acquire(&object, &owner, TTL, Duration::ZERO)
@@ -94,7 +97,7 @@ fn main() {
             );
         }
         for (held, locks) in &services {
-            assert_eq!(locks.held(), *held);
+            assert_eq!(locks.store().held(), *held);
         }
     });
 }

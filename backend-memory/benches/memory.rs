@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_memory::{MemoryConfig, MemoryLockService};
+use backend_memory::{MemoryConfig, MemoryLockService, MemoryStore};
 use criterion::{criterion_main, Criterion};
 use lockcore::{LockService, ObjectId, OwnerId, TokenIssuer};
 use tokio::runtime::{Builder, Runtime};
@@ -37,7 +37,7 @@ fn multi_thread() -> Runtime {
 fn service(runtime: &Runtime) -> Arc<MemoryLockService> {
     let _inside = runtime.enter();
     Arc::new(MemoryLockService::new(
-        MemoryConfig::default(),
+        MemoryStore::new(MemoryConfig::default()),
         TokenIssuer::random(),
     ))
 }
@@ -148,7 +148,7 @@ fn acquire_with_held(c: &mut Criterion) {
                 });
             });
         }
-        assert_eq!(locks.held(), held);
+        assert_eq!(locks.store().held(), held);
     }
     group.finish();
 }

@@ -11,7 +11,7 @@
 use std::alloc::System;
 use std::time::Duration;
 
-use backend_memory::{MemoryConfig, MemoryLockService};
+use backend_memory::{MemoryConfig, MemoryLockService, MemoryStore};
 use lockcore::{LockService, ObjectId, OwnerId, TokenIssuer};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
@@ -47,7 +47,10 @@ fn main() {
             .map(|n| ObjectId::new(format!("/bench/memory/{n:08}")).expect("valid object"))
             .collect();
         let _inside = runtime.enter();
-        let locks = MemoryLockService::new(MemoryConfig::default(), TokenIssuer::random());
+        let locks = MemoryLockService::new(
+            MemoryStore::new(MemoryConfig::default()),
+            TokenIssuer::random(),
+        );
         let rss_before = resident_bytes();
         let region = Region::new(GLOBAL);
         runtime.block_on(async {
@@ -61,7 +64,7 @@ fn main() {
         });
         let change = region.change();
         let rss_after = resident_bytes();
-        assert_eq!(locks.held(), count);
+        assert_eq!(locks.store().held(), count);
         // stats_alloc already folds reallocation growth into bytes_allocated/deallocated.
         let kept = change.bytes_allocated as f64 - change.bytes_deallocated as f64;
         println!(

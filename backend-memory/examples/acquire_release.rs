@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use backend_memory::{MemoryConfig, MemoryLockService};
+use backend_memory::{MemoryConfig, MemoryLockService, MemoryStore};
 use lockcore::{LockError, LockService, ObjectId, OwnerId, TokenIssuer};
 
 #[tokio::main]
@@ -13,7 +13,10 @@ async fn main() -> Result<(), LockError> {
     let object = ObjectId::new(args.next().unwrap_or_else(|| "/volumes/a/file.txt".into()))?;
     let owner = OwnerId::new(args.next().unwrap_or_else(|| "example-client".into()))?;
 
-    let locks = MemoryLockService::new(MemoryConfig::default(), TokenIssuer::random());
+    let locks = MemoryLockService::new(
+        MemoryStore::new(MemoryConfig::default()),
+        TokenIssuer::random(),
+    );
     let lease = locks
         .acquire(&object, &owner, Duration::from_secs(30), Duration::ZERO)
         .await?;
@@ -35,7 +38,7 @@ async fn main() -> Result<(), LockError> {
     let fence = locks.release(&object, &lease.token).await?;
     println!(
         "released {object} (fence {fence}); locks held now: {}",
-        locks.held()
+        locks.store().held()
     );
     Ok(())
 }

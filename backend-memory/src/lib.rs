@@ -5,7 +5,7 @@ mod service;
 mod timers;
 
 pub use config::MemoryConfig;
-pub use service::{MemoryLockService, BACKEND};
+pub use service::{MemoryLockService, MemoryStore, BACKEND};
 
 #[cfg(test)]
 mod tests;

@@ -6,10 +6,13 @@ use std::time::Duration;
 use lockcore::{Fence, LockError, LockService, ObjectId, OwnerId, TokenIssuer};
 use tokio::time::{sleep, Instant};
 
-use crate::{MemoryConfig, MemoryLockService};
+use crate::{MemoryConfig, MemoryLockService, MemoryStore};
 
 fn service() -> MemoryLockService {
-    MemoryLockService::new(MemoryConfig::default(), TokenIssuer::random())
+    MemoryLockService::new(
+        MemoryStore::new(MemoryConfig::default()),
+        TokenIssuer::random(),
+    )
 }
 
 fn object(name: &str) -> ObjectId {
@@ -44,11 +47,14 @@ async fn the_sweeper_reclaims_expired_locks_nobody_touches_again() {
             .await
             .expect("free object");
     }
-    assert_eq!(locks.held(), 100);
+    assert_eq!(locks.store().held(), 100);
     // No operation touches these objects again: only the sweeper can empty the table.
-    eventually("every expired lock is reclaimed", || locks.held() == 0).await;
-    assert_eq!(locks.timers_live(), 0, "their timers are freed too");
-    locks.assert_timers_consistent();
+    eventually("every expired lock is reclaimed", || {
+        locks.store().held() == 0
+    })
+    .await;
+    assert_eq!(locks.store().timers_live(), 0, "their timers are freed too");
+    locks.store().assert_timers_consistent();
 }
 
 #[tokio::test]
@@ -68,7 +74,10 @@ async fn the_sweeper_leaves_renewed_locks_alone() {
         .renew(&object("renewed"), &renewed.token, Duration::from_secs(30))
         .await
         .expect("holder renews");
-    eventually("the unrenewed lock is reclaimed", || locks.held() == 1).await;
+    eventually("the unrenewed lock is reclaimed", || {
+        locks.store().held() == 1
+    })
+    .await;
     // The renewed lock's first deadline has passed too: the sweeper looked and re-armed it.
     let still = locks
         .validate(&object("renewed"), &renewed.token)
@@ -80,8 +89,8 @@ async fn the_sweeper_leaves_renewed_locks_alone() {
         .await
         .expect("inspect")
         .is_none());
-    assert_eq!(locks.timers_live(), 1);
-    locks.assert_timers_consistent();
+    assert_eq!(locks.store().timers_live(), 1);
+    locks.store().assert_timers_consistent();
 }
 
 #[tokio::test]
@@ -100,8 +109,11 @@ async fn a_lease_shortened_by_renew_is_reclaimed_at_its_new_expiry() {
         .renew(&object("f"), &lease.token, Duration::from_millis(20))
         .await
         .expect("holder renews");
-    eventually("the shortened lease is reclaimed", || locks.held() == 0).await;
-    locks.assert_timers_consistent();
+    eventually("the shortened lease is reclaimed", || {
+        locks.store().held() == 0
+    })
+    .await;
+    locks.store().assert_timers_consistent();
 }
 
 #[tokio::test]
@@ -129,10 +141,10 @@ async fn the_sweeper_wakes_a_waiter_when_the_lease_it_waits_for_expires() {
                 .await
         })
     };
-    eventually("the waiter is queued", || locks.waiting() == 1).await;
+    eventually("the waiter is queued", || locks.store().waiting() == 1).await;
     let lease = waiter.await.expect("task").expect("granted after expiry");
     assert_eq!(lease.owner, owner("b"));
-    assert_eq!(locks.waiting(), 0);
+    assert_eq!(locks.store().waiting(), 0);
 }
 
 #[tokio::test]
@@ -160,16 +172,20 @@ async fn an_expired_lock_taken_over_before_the_sweeper_saw_it_stays_consistent()
         .expect("expired lease is free");
     assert!(second.fence > first.fence);
     sleep(Duration::from_millis(20)).await;
-    assert_eq!(locks.held(), 1, "the sweeper did not reclaim the new grant");
-    assert_eq!(locks.timers_live(), 1);
-    locks.assert_timers_consistent();
+    assert_eq!(
+        locks.store().held(),
+        1,
+        "the sweeper did not reclaim the new grant"
+    );
+    assert_eq!(locks.store().timers_live(), 1);
+    locks.store().assert_timers_consistent();
     let refused = locks.release(&object("f"), &first.token).await;
     assert!(matches!(refused, Err(LockError::TokenMismatch { .. })));
     locks
         .release(&object("f"), &second.token)
         .await
         .expect("holder releases");
-    assert_eq!((locks.held(), locks.timers_live()), (0, 0));
+    assert_eq!((locks.store().held(), locks.store().timers_live()), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,21 +225,21 @@ async fn churn_with_tiny_ttls_leaves_no_locks_or_timers_behind() {
         task.await.expect("task");
     }
     eventually("every lease has expired and been swept", || {
-        locks.held() == 0
+        locks.store().held() == 0
     })
     .await;
-    assert_eq!(locks.timers_live(), 0, "no timer leaked");
-    locks.assert_timers_consistent();
+    assert_eq!(locks.store().timers_live(), 0, "no timer leaked");
+    locks.store().assert_timers_consistent();
 }
 
 #[tokio::test]
 async fn fences_start_above_the_configured_floor_and_are_reported() {
     let floor = Fence(u64::MAX / 2);
     let locks = MemoryLockService::new(
-        MemoryConfig::default().with_fence_floor(floor),
+        MemoryStore::new(MemoryConfig::default().with_fence_floor(floor)),
         TokenIssuer::random(),
     );
-    assert_eq!(locks.highest_fence(), floor);
+    assert_eq!(locks.store().highest_fence(), floor);
     let a = locks
         .acquire(
             &object("a"),
@@ -248,7 +264,7 @@ async fn fences_start_above_the_configured_floor_and_are_reported() {
         Fence(floor.get() + 2),
         "one counter for all objects"
     );
-    assert_eq!(locks.highest_fence(), b.fence);
+    assert_eq!(locks.store().highest_fence(), b.fence);
 }
 
 #[tokio::test]
@@ -284,7 +300,7 @@ async fn fences_of_a_restarted_service_are_above_the_previous_ones() {
 #[tokio::test]
 async fn an_exhausted_fence_space_is_an_internal_error_not_a_repeated_fence() {
     let locks = MemoryLockService::new(
-        MemoryConfig::default().with_fence_floor(Fence(u64::MAX)),
+        MemoryStore::new(MemoryConfig::default().with_fence_floor(Fence(u64::MAX))),
         TokenIssuer::random(),
     );
     let result = locks
@@ -296,13 +312,16 @@ async fn an_exhausted_fence_space_is_an_internal_error_not_a_repeated_fence() {
         )
         .await;
     assert!(matches!(result, Err(LockError::Internal(_))));
-    assert_eq!(locks.held(), 0, "nothing was granted");
+    assert_eq!(locks.store().held(), 0, "nothing was granted");
 }
 
 #[tokio::test]
 async fn configured_limits_are_enforced() {
     let limits = lockcore::Limits::new(Duration::from_secs(2), Duration::from_secs(1));
-    let locks = MemoryLockService::new(MemoryConfig::new(limits), TokenIssuer::random());
+    let locks = MemoryLockService::new(
+        MemoryStore::new(MemoryConfig::new(limits)),
+        TokenIssuer::random(),
+    );
     let too_long = locks
         .acquire(
             &object("f"),

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use backend_memory::{MemoryConfig, MemoryLockService};
+use backend_memory::{MemoryConfig, MemoryLockService, MemoryStore};
 use lockcore::{LockService, TokenIssuer};
 
 async fn memory_backend() -> Option<Arc<dyn LockService>> {
     Some(Arc::new(MemoryLockService::new(
-        MemoryConfig::default(),
+        MemoryStore::new(MemoryConfig::default()),
         TokenIssuer::random(),
     )))
 }

@@ -30,6 +30,7 @@
 
 pub mod checks;
 pub mod model;
+pub mod modes;
 mod scope;
 
 pub use scope::Scope;
@@ -140,6 +141,21 @@ macro_rules! conformance_suite {
             invalid_ids_and_list_queries_are_refused,
             objects_are_independent,
         );
+        $crate::conformance_suite!(@modes $factory, $caps;
+            shared_holders_coexist_and_exclude_exclusive,
+            one_shared_holder_leaving_leaves_the_others,
+            multi_object_requests_are_all_or_nothing,
+            a_refusal_lists_every_conflict,
+            duplicate_and_too_many_objects_are_refused,
+            batch_release_and_renew_report_each_outcome,
+            a_retried_multi_object_request_gets_the_same_leases,
+        );
+        $crate::conformance_suite!(@modes_shared $factory, $caps;
+            downgrade_keeps_the_lease_and_admits_shared_waiters,
+            a_writer_is_not_starved_by_a_stream_of_readers,
+            opposite_orders_never_deadlock_or_hold_partial_sets,
+            a_blocking_multi_object_request_waits_holding_nothing,
+        );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn random_operations_agree_with_the_reference_model() {
@@ -159,6 +175,30 @@ macro_rules! conformance_suite {
             let caps: $crate::Capabilities = $caps;
             $crate::checks::stress_holders_never_overlap_and_fences_increase(service, &caps).await;
         }
+    };
+    (@modes $factory:path, $caps:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some(service) = $factory().await else {
+                    return;
+                };
+                let caps: $crate::Capabilities = $caps;
+                $crate::modes::$check(&*service, &caps).await;
+            }
+        )+
+    };
+    (@modes_shared $factory:path, $caps:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let Some(service) = $factory().await else {
+                    return;
+                };
+                let caps: $crate::Capabilities = $caps;
+                $crate::modes::$check(service, &caps).await;
+            }
+        )+
     };
     (@tests $factory:path, $caps:expr; $($check:ident),+ $(,)?) => {
         $(

@@ -331,11 +331,15 @@ impl<S: LockStore> LockService for Locks<S> {
     }
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
-        let locks = [(object.clone(), token.clone())];
-        let mut results = self.release_many(&locks).await?;
-        results
+        audit::check_token(&self.issuer, "release", object, token)?;
+        let holder = holder_ref(object, token);
+        let verdict = self
+            .store
+            .release(std::slice::from_ref(&holder))
+            .await?
             .pop()
-            .unwrap_or_else(|| Err(LockError::Internal("no release outcome".into())))
+            .ok_or_else(|| LockError::Internal("no release verdict".into()))?;
+        refusal("release", object, token, verdict).map(|()| token.fence())
     }
 
     async fn release_many(
