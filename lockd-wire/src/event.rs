@@ -17,6 +17,8 @@ pub enum EventKind {
     Release,
     /// The holder renewed its lease.
     Renew,
+    /// The holder turned its exclusive lease into a shared one (same token, fence and expiry).
+    Downgrade,
     /// A lease granted by the recording process ran out without a release or renew it saw.
     Expiry,
     /// A release was refused (`not_held` or `token_mismatch`): possible misuse or attack.
@@ -33,6 +35,7 @@ impl EventKind {
             EventKind::Grant => "grant",
             EventKind::Release => "release",
             EventKind::Renew => "renew",
+            EventKind::Downgrade => "downgrade",
             EventKind::Expiry => "expiry",
             EventKind::ReleaseRefused => "release_refused",
             EventKind::Unknown => "unknown",

@@ -43,8 +43,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockcore::{
-    async_trait, AcquireRequest, Fence, Lease, LeaseEndSink, Limits, ListQuery, LockError,
-    LockInfo, LockPage, LockResult, LockService, LockToken, ObjectId,
+    async_trait, check_objects, AcquireRequest, Fence, Grant, Lease, LeaseEndSink, Limits,
+    ListQuery, LockError, LockInfo, LockPage, LockResult, LockService, LockToken, ObjectId,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -463,10 +463,12 @@ impl RestartGuard {
         ))
     }
 
-    fn saw(&self, lease: &Lease) {
-        self.shared
-            .highest_fence
-            .fetch_max(lease.fence.get(), Ordering::AcqRel);
+    fn saw(&self, grant: &Grant) {
+        if let Some(highest) = grant.leases.iter().map(|lease| lease.fence.get()).max() {
+            self.shared
+                .highest_fence
+                .fetch_max(highest, Ordering::AcqRel);
+        }
     }
 }
 
@@ -504,21 +506,28 @@ impl LockService for RestartGuard {
         self.inner.backend()
     }
 
-    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease> {
+    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Grant> {
         // Checked here too so that an out-of-range request never moves the stored deadline.
-        self.limits.check_acquire(request.ttl, request.wait)?;
+        request.check(&self.limits)?;
         self.check_grace()?;
         let needed = now_unix_ms()
             .saturating_add(millis(request.wait))
             .saturating_add(millis(request.ttl));
         self.shared.cover(needed).await?;
-        let lease = self.inner.acquire_with(request).await?;
-        self.saw(&lease);
-        Ok(lease)
+        let grant = self.inner.acquire_with(request).await?;
+        self.saw(&grant);
+        Ok(grant)
     }
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
         self.inner.release(object, token).await
+    }
+
+    async fn release_many(
+        &self,
+        locks: &[(ObjectId, LockToken)],
+    ) -> LockResult<Vec<LockResult<Fence>>> {
+        self.inner.release_many(locks).await
     }
 
     async fn renew(
@@ -537,6 +546,54 @@ impl LockService for RestartGuard {
         let needed = now_unix_ms().saturating_add(millis(ttl));
         self.shared.cover(needed).await?;
         self.inner.renew(object, token, ttl).await
+    }
+
+    async fn renew_many(
+        &self,
+        locks: &[(ObjectId, LockToken)],
+        ttl: Duration,
+    ) -> LockResult<Vec<LockResult<Lease>>> {
+        self.limits.check_ttl(ttl)?;
+        check_objects(locks.iter().map(|(object, _)| object))?;
+        // As for one renew: only holders may move the stored deadline. Strangers' entries are
+        // refused here; the holders' are renewed together once the deadline covers them.
+        let mut outcomes: Vec<Option<LockResult<Lease>>> = Vec::with_capacity(locks.len());
+        let mut held = Vec::with_capacity(locks.len());
+        for (object, token) in locks {
+            match self.inner.validate(object, token).await {
+                Ok(_) => {
+                    held.push((object.clone(), token.clone()));
+                    outcomes.push(None);
+                }
+                Err(e) => {
+                    lockcore::audit::log_refusal("renew", object, token, &e);
+                    outcomes.push(Some(Err(e)));
+                }
+            }
+        }
+        let mut renewed = if held.is_empty() {
+            Vec::new()
+        } else {
+            let needed = now_unix_ms().saturating_add(millis(ttl));
+            self.shared.cover(needed).await?;
+            self.inner.renew_many(&held, ttl).await?
+        }
+        .into_iter();
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| {
+                    renewed.next().unwrap_or_else(|| {
+                        Err(LockError::Internal("no renew outcome".into()))
+                    })
+                })
+            })
+            .collect())
+    }
+
+    async fn downgrade(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
+        // Keeps the lease's expiry: the stored deadline already covers it.
+        self.inner.downgrade(object, token).await
     }
 
     async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
