@@ -369,6 +369,7 @@ fn a_guard_needs_a_runtime() {
         token: issuer.seal(issuer.prepare(), &object, Fence(1)),
         object,
         owner,
+        mode: LockMode::Exclusive,
         fence: Fence(1),
         ttl: TTL,
     };

@@ -21,8 +21,8 @@ use lockcore::{
 };
 use lockd_wire::{
     argument_field, AcquireRequest, EntryResult, EventParams, EventsBody, GrantBody,
-    InspectRequest, LeaseBody, ListBody, ListParams, LockBody, Named, ReleaseBody,
-    ReleaseRequest, RenewRequest, ResultsBody, TokenRequest,
+    InspectRequest, LeaseBody, ListBody, ListParams, LockBody, Named, ReleaseBody, ReleaseRequest,
+    RenewRequest, ResultsBody, TokenRequest,
 };
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -333,7 +333,9 @@ async fn acquire(
 fn is_refused_release(error: &LockError) -> bool {
     matches!(
         error,
-        LockError::NotHeld { .. } | LockError::TokenMismatch { .. } | LockError::InvalidToken { .. }
+        LockError::NotHeld { .. }
+            | LockError::TokenMismatch { .. }
+            | LockError::InvalidToken { .. }
     )
 }
 

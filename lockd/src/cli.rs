@@ -11,8 +11,8 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use lockcore::{
-    AcquireRequest, Grant, Lease, ListQuery, LockError, LockMode, LockService, LockSpec,
-    LockToken, ObjectId, OwnerId,
+    AcquireRequest, Grant, Lease, ListQuery, LockError, LockMode, LockService, LockSpec, LockToken,
+    ObjectId, OwnerId,
 };
 use lockd_client::{ClientConfig, Event, LockdClient};
 use lockd_wire::{EntryResult, GrantBody, LeaseBody, LockBody, ReleaseBody, ResultsBody};
@@ -209,7 +209,10 @@ pub(crate) async fn acquire(args: AcquireArgs) -> Result<(), LockError> {
 }
 
 /// Pairs each object with its token, in order; the counts must match.
-fn locks_of(objects: &[String], tokens: &[String]) -> Result<Vec<(ObjectId, LockToken)>, LockError> {
+fn locks_of(
+    objects: &[String],
+    tokens: &[String],
+) -> Result<Vec<(ObjectId, LockToken)>, LockError> {
     if objects.len() != tokens.len() {
         return Err(LockError::invalid_argument(
             "token",

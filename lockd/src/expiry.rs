@@ -508,11 +508,23 @@ mod tests {
             OwnerId::new("bob").expect("valid"),
         );
         let short = service
-            .acquire_in(&object, LockMode::Shared, &alice, Duration::from_millis(50), Duration::ZERO)
+            .acquire_in(
+                &object,
+                LockMode::Shared,
+                &alice,
+                Duration::from_millis(50),
+                Duration::ZERO,
+            )
             .await
             .expect("granted");
         let long = service
-            .acquire_in(&object, LockMode::Shared, &bob, Duration::from_secs(60), Duration::ZERO)
+            .acquire_in(
+                &object,
+                LockMode::Shared,
+                &bob,
+                Duration::from_secs(60),
+                Duration::ZERO,
+            )
             .await
             .expect("shared holders coexist");
         assert!(long.fence > short.fence);

@@ -583,9 +583,9 @@ impl LockService for RestartGuard {
             .into_iter()
             .map(|outcome| {
                 outcome.unwrap_or_else(|| {
-                    renewed.next().unwrap_or_else(|| {
-                        Err(LockError::Internal("no renew outcome".into()))
-                    })
+                    renewed
+                        .next()
+                        .unwrap_or_else(|| Err(LockError::Internal("no renew outcome".into())))
                 })
             })
             .collect())

@@ -301,13 +301,20 @@ mod tests {
         assert!(text.contains("lockd_locks_held 3"));
         assert!(text.contains("lockd_waiters 1"));
         metrics.granted(
-            [lockcore::LockMode::Shared, lockcore::LockMode::Shared, lockcore::LockMode::Exclusive]
-                .into_iter(),
+            [
+                lockcore::LockMode::Shared,
+                lockcore::LockMode::Shared,
+                lockcore::LockMode::Exclusive,
+            ]
+            .into_iter(),
         );
         metrics.batch_entry("release", "not_held");
         metrics.unauthenticated();
         let text = metrics.encode().expect("encodes");
-        assert!(text.contains(r#"lockd_grants_total{mode="shared"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"lockd_grants_total{mode="shared"} 2"#),
+            "{text}"
+        );
         assert!(text.contains(r#"lockd_grants_total{mode="exclusive"} 1"#));
         assert!(text.contains("lockd_acquire_objects_count 1"));
         assert!(

@@ -513,11 +513,7 @@ async fn assert_unchanged(http: &reqwest::Client, base: &str, held: &Held) {
     assert_eq!(info["owner"], held.owner.as_str(), "{info}");
     assert_eq!(info["fence"], held.fence, "{info}");
     assert_eq!(info["mode"], "exclusive", "{info}");
-    assert_eq!(
-        info["holders"].as_array().map(Vec::len),
-        Some(1),
-        "{info}"
-    );
+    assert_eq!(info["holders"].as_array().map(Vec::len), Some(1), "{info}");
     assert_eq!(
         info["expires_at"],
         held.expires_at.as_str(),

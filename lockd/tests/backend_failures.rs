@@ -117,8 +117,10 @@ fn requests() -> Vec<(&'static str, Option<Value>)> {
         ),
         (
             "/v1/locks/acquire",
-            Some(json!({"objects": [{"object": "o"}, {"object": "p", "mode": "shared"}],
-                        "owner": "w", "ttl_ms": 1000})),
+            Some(
+                json!({"objects": [{"object": "o"}, {"object": "p", "mode": "shared"}],
+                        "owner": "w", "ttl_ms": 1000}),
+            ),
         ),
         (
             "/v1/locks/release",

@@ -185,7 +185,9 @@ async fn several_objects_shared_mode_batches_and_downgrade_from_the_shell() {
     // Another reader joins; a writer is refused.
     let second = json_of(&lockd_cli(
         &url,
-        &["acquire", &a, "--shared", "--owner", "r2", "--ttl", "30s", "--json"],
+        &[
+            "acquire", &a, "--shared", "--owner", "r2", "--ttl", "30s", "--json",
+        ],
         None,
     ));
     assert_eq!(second["mode"], "shared");
@@ -194,16 +196,26 @@ async fn several_objects_shared_mode_batches_and_downgrade_from_the_shell() {
 
     let table = text_of(&lockd_cli(
         &url,
-        &["acquire", &unique("cli-c"), &unique("cli-d"), "--owner", "x", "--ttl", "5s"],
+        &[
+            "acquire",
+            &unique("cli-c"),
+            &unique("cli-d"),
+            "--owner",
+            "x",
+            "--ttl",
+            "5s",
+        ],
         None,
     ));
-    assert!(table.contains("OBJECT") && table.contains("exclusive"), "{table}");
+    assert!(
+        table.contains("OBJECT") && table.contains("exclusive"),
+        "{table}"
+    );
 
     let renewed = json_of(&lockd_cli(
         &url,
         &[
-            "renew", &a, &b, "--token", &tokens[0], "--token", &tokens[1], "--ttl", "1m",
-            "--json",
+            "renew", &a, &b, "--token", &tokens[0], "--token", &tokens[1], "--ttl", "1m", "--json",
         ],
         None,
     ));
@@ -215,17 +227,28 @@ async fn several_objects_shared_mode_batches_and_downgrade_from_the_shell() {
 
     let released = text_of(&lockd_cli(
         &url,
-        &["release", &a, &b, "--token", &tokens[0], "--token", &tokens[1]],
+        &[
+            "release", &a, &b, "--token", &tokens[0], "--token", &tokens[1],
+        ],
         None,
     ));
     assert_eq!(released.lines().count(), 2, "{released}");
-    assert!(released.lines().all(|l| l.starts_with("released")), "{released}");
+    assert!(
+        released.lines().all(|l| l.starts_with("released")),
+        "{released}"
+    );
     let again = lockd_cli(
         &url,
-        &["release", &a, &b, "--token", &tokens[0], "--token", &tokens[1], "--json"],
+        &[
+            "release", &a, &b, "--token", &tokens[0], "--token", &tokens[1], "--json",
+        ],
         None,
     );
-    assert_eq!(again.status.code(), Some(1), "every lock was already released");
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "every lock was already released"
+    );
     let answer: Value = serde_json::from_slice(&again.stdout).expect("JSON on stdout");
     assert_eq!(answer["results"][1]["error"]["code"], "not_held");
 

@@ -994,11 +994,7 @@ impl LockService for Broken {
         self.inner.renew_many(locks, ttl).await
     }
 
-    async fn downgrade(
-        &self,
-        object: &ObjectId,
-        token: &lockcore::LockToken,
-    ) -> LockResult<Lease> {
+    async fn downgrade(&self, object: &ObjectId, token: &lockcore::LockToken) -> LockResult<Lease> {
         self.inner.downgrade(object, token).await
     }
 

@@ -629,7 +629,10 @@ async fn a_one_object_exclusive_acquire_answers_as_before_plus_its_mode() {
         .map(String::as_str)
         .collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["fence", "mode", "object", "owner", "token", "ttl_ms"]);
+    assert_eq!(
+        keys,
+        ["fence", "mode", "object", "owner", "token", "ttl_ms"]
+    );
     assert_eq!(lease["mode"], "exclusive");
 }
 
@@ -695,7 +698,10 @@ async fn shared_holders_coexist_and_inspect_lists_them_without_tokens() {
             .map(|h| h.iter().map(|h| h["fence"].clone()).collect())
             .unwrap_or_default()
     };
-    assert_eq!(fences(&page["locks"][0]["holders"]), fences(&info["holders"]));
+    assert_eq!(
+        fences(&page["locks"][0]["holders"]),
+        fences(&info["holders"])
+    );
     assert_eq!(page["locks"][0]["mode"], "shared");
 
     let (status, _) = lockd
@@ -741,7 +747,9 @@ async fn several_objects_are_granted_all_or_nothing_in_request_order() {
     assert_eq!(locks[0]["mode"], "exclusive");
     assert_eq!(locks[1]["object"], a.as_str());
     assert_eq!(locks[1]["mode"], "shared");
-    assert!(locks.iter().all(|l| l["token"].is_string() && l["fence"].is_u64()));
+    assert!(locks
+        .iter()
+        .all(|l| l["token"].is_string() && l["fence"].is_u64()));
 
     // b is held exclusively by "mover": a request for c and b gets nothing, not even c.
     let (status, body) = lockd
@@ -757,9 +765,7 @@ async fn several_objects_are_granted_all_or_nothing_in_request_order() {
     let conflicts = error["conflicts"].as_array().expect("conflicts");
     assert_eq!(conflicts[0]["object"], b.as_str(), "{error}");
     assert!(conflicts.iter().all(|c| c["holder"] == "mover"));
-    let (status, _) = lockd
-        .post("/v1/locks/inspect", json!({"object": c}))
-        .await;
+    let (status, _) = lockd.post("/v1/locks/inspect", json!({"object": c})).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "nothing was left held");
 }
 
@@ -769,14 +775,22 @@ async fn several_objects_are_granted_all_or_nothing_in_request_order() {
 async fn malformed_multi_object_requests_are_invalid_arguments() {
     let lockd = Lockd::start(&[]).await;
     let a = unique("bad");
-    let many: Vec<_> = (0..65).map(|i| json!({"object": format!("{a}/{i}")})).collect();
+    let many: Vec<_> = (0..65)
+        .map(|i| json!({"object": format!("{a}/{i}")}))
+        .collect();
     for (body, field) in [
         (
             json!({"objects": [{"object": a}, {"object": a}], "owner": "o", "ttl_ms": 1000}),
             "objects",
         ),
-        (json!({"objects": many, "owner": "o", "ttl_ms": 1000}), "objects"),
-        (json!({"objects": [], "owner": "o", "ttl_ms": 1000}), "objects"),
+        (
+            json!({"objects": many, "owner": "o", "ttl_ms": 1000}),
+            "objects",
+        ),
+        (
+            json!({"objects": [], "owner": "o", "ttl_ms": 1000}),
+            "objects",
+        ),
         (
             json!({"object": a, "mode": "read", "owner": "o", "ttl_ms": 1000}),
             "mode",
@@ -817,10 +831,7 @@ async fn batched_release_and_renew_report_each_lock_in_order() {
                        {"object": b, "token": lb["token"]}]);
 
     let (status, renewed) = lockd
-        .post(
-            "/v1/locks/renew",
-            json!({"locks": locks, "ttl_ms": 60_000}),
-        )
+        .post("/v1/locks/renew", json!({"locks": locks, "ttl_ms": 60_000}))
         .await;
     assert_eq!(status, StatusCode::OK, "{renewed}");
     let results = renewed["results"].as_array().expect("results");
