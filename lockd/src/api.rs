@@ -359,12 +359,15 @@ fn refused_release(state: &AppState, object: ObjectId, token: Option<&LockToken>
     );
 }
 
+/// One lock of a batched release or renew: its object, and its token or why it is not one.
+type BatchEntry = (ObjectId, Result<LockToken, LockError>);
+
 /// The locks of a batched release or renew, checked as a whole (names, count, duplicates:
 /// `invalid_argument` for the request), each with its token or why it is not one.
 fn batch_locks(
     operation: &'static str,
     locks: Vec<TokenRequest>,
-) -> Result<Vec<(ObjectId, Result<LockToken, LockError>)>, ApiError> {
+) -> Result<Vec<BatchEntry>, ApiError> {
     let objects = locks
         .iter()
         .map(|lock| ObjectId::new(&lock.object))
@@ -389,7 +392,7 @@ fn batch_locks(
 /// Runs `call` on the entries whose token parsed, and puts every entry's outcome back in
 /// request order (a malformed token is its entry's `invalid_token`).
 async fn each_lock<T, F, Fut>(
-    entries: &[(ObjectId, Result<LockToken, LockError>)],
+    entries: &[BatchEntry],
     call: F,
 ) -> Result<Vec<Result<T, LockError>>, ApiError>
 where

@@ -99,7 +99,7 @@ impl Metrics {
             "Leases granted by this process, by mode (a multi-object acquire counts one per object)",
             grants.clone(),
         );
-        let acquired_objects = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0].into_iter());
+        let acquired_objects = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
         registry.register(
             "acquire_objects",
             "Objects named by each granted acquire (1 for the one-object form)",
