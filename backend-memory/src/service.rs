@@ -456,6 +456,7 @@ impl Inner {
                     holder.claimed = true;
                     granted.push(Granted {
                         fence: holder.fence,
+                        mode: slot.mode,
                         ttl: holder.remaining(now),
                         replayed: true,
                     });
@@ -493,6 +494,7 @@ impl Inner {
                 }
                 granted.push(Granted {
                     fence,
+                    mode: claim.mode,
                     ttl: attempt.ttl,
                     replayed: false,
                 });

@@ -22,11 +22,14 @@
 //! it needs is absent, after calling [`skip_or_fail`]: the test then prints one loud `SKIP` line,
 //! or fails when `LOCKD_REQUIRE_BACKENDS=1` (as in CI).
 //!
-//! Besides the hand-written checks, the suite holds every backend to a reference model
-//! ([`model`]): `random_operations_agree_with_the_reference_model` runs a seeded random sequence
-//! of acquires (some retried by request id), releases, renewals, validations and inspections
-//! with current, old, foreign and tampered tokens on backend and model alike, and compares every
-//! answer. A failure prints its seed; `LOCKD_MODEL_SEED=N` replays the same operations.
+//! Besides the hand-written checks ([`checks`] for single exclusive leases, [`modes`] for lock
+//! modes, multi-object requests, batches, downgrade and fairness), the suite holds every backend
+//! to a reference model ([`model`]): `random_operations_agree_with_the_reference_model` runs a
+//! seeded random sequence of single and multi-object acquires in both modes (some retried by
+//! request id), single and batched releases and renewals, validations, downgrades and
+//! inspections with current, old, foreign and tampered tokens on backend and model alike, and
+//! compares every answer. A failure prints its seed; `LOCKD_MODEL_SEED=N` replays the same
+//! operations.
 
 pub mod checks;
 pub mod model;
@@ -155,6 +158,7 @@ macro_rules! conformance_suite {
             a_writer_is_not_starved_by_a_stream_of_readers,
             opposite_orders_never_deadlock_or_hold_partial_sets,
             a_blocking_multi_object_request_waits_holding_nothing,
+            a_dropped_waiter_gives_up_its_place,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,38 +1,44 @@
 //! A reference model of lockd's lock semantics in plain Rust, and the randomized check that holds
 //! every backend to it.
 //!
-//! [`ReferenceModel`] is the semantics of exclusive single-object leases written as simply as
-//! possible: each object is free or held by one lease (owner, fence, grant, expiry); acquire
-//! (with no wait) grants a free object with a fence above every fence the object had before and
-//! refuses a held one as `Locked` by its holder; release, renew and validate accept only the
-//! current holder's token; a token of an earlier grant of the object is `NotHeld` when the object
-//! is free and `TokenMismatch` when it is held; a token that is not authentic for the object
-//! (its MAC or fence bytes changed, or minted for another object) is `InvalidToken` and changes
-//! nothing; an acquire that repeats the request id (and owner) of the current lease's acquire
-//! gets that same lease back (same token and fence, expiry unchanged), never a second grant, and
-//! once that lease has ended the same request id asks for a new grant; a lease ends when released
-//! or when its TTL has run out.
+//! [`ReferenceModel`] is the semantics written as simply as possible. Each object has a mode and
+//! a set of holders: none, one exclusive holder, or any number of shared ones; each holder is one
+//! grant (owner, fence, expiry). An acquire (with no wait) names one or more distinct objects,
+//! each in a mode, and is granted all together or not at all: a claim is compatible with an
+//! object when the object has no live holder, or when both the claim and the object are shared.
+//! Every new grant gets a fence above every fence its object had before. A refused acquire is
+//! `Locked`, listing every object in conflict in request order, each with one of its holders.
+//! Release, renew, validate and downgrade accept a token of one of the object's live holders; a
+//! token of an earlier grant of the object is `NotHeld` when the object has no live holder and
+//! `TokenMismatch` when it has others; a token that is not authentic for the object (its MAC or
+//! fence bytes changed, or minted for another object) is `InvalidToken` and changes nothing.
+//! Downgrade turns the object's exclusive holder into a shared one. Batched releases and renewals
+//! answer each entry as a single one would. An acquire that repeats the request id, owner and
+//! mode of a live grant's acquire gets that grant back (same token and fence, expiry unchanged)
+//! for that object, never a second grant. A lease ends when released or when its TTL has run out.
 //!
 //! [`random_operations_agree_with_the_reference_model`] drives a backend and the model with the
-//! same random operations and compares every outcome.
+//! same random operations and compares every outcome. Operations never wait, so the queue of
+//! waiters plays no part here; the fairness checks in [`crate::modes`] cover it.
 //!
 //! # Time
 //!
 //! A backend decides expiry on its own clock, at some instant between when the client sent a
 //! request and when it got the answer. The model therefore knows each lease's expiry only as a
-//! [`Window`] of client-side instants, and an operation only as the window it ran in. An
-//! operation is judged against a lease as certainly live, certainly expired, or too close to
-//! call (within a margin of the expiry window, wider for backends across the network). When it
-//! is too close to call, both answers are accepted and the model takes on the one the backend
-//! gave (a `NotHeld` then means the lease had expired; a `Locked` that it had not).
+//! [`Window`] of client-side instants, and an operation only as the window it ran in. A holder
+//! is judged, for each operation, as certainly live, certainly expired, or too close to call
+//! (within a margin of the expiry window, wider for backends across the network). The answer is
+//! accepted when some choice of live or expired for the holders too close to call predicts it;
+//! the model then takes on the choice with the fewest expiries that does (a grant over such a
+//! holder means it had expired; a `Locked` naming it that it had not).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
 use lockcore::{
-    AcquireRequest, Fence, Grant, Lease, LockError, LockService, LockToken, ObjectId, OwnerId,
-    RequestId,
+    AcquireRequest, Fence, Grant, Lease, LockError, LockMode, LockService, LockSpec, LockToken,
+    ObjectId, OwnerId, RequestId,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -44,7 +50,7 @@ use crate::{Capabilities, Scope};
 pub const MODEL_SEED_ENV: &str = "LOCKD_MODEL_SEED";
 
 /// Operations per run of the randomized check.
-const STEPS: usize = 220;
+const STEPS: usize = 260;
 /// Objects and owners the operations draw from: few, so operations collide often.
 const OBJECTS: usize = 3;
 const OWNERS: usize = 3;
@@ -55,6 +61,8 @@ const PAUSE_PROBABILITY: f64 = 0.08;
 const LONGEST_PAUSE_MS: u64 = 320;
 /// Steps of history shown when the backend and the model disagree.
 const HISTORY: usize = 25;
+/// Most holders too close to call that one operation may depend on (2^this choices).
+const MOST_UNKNOWN: usize = 10;
 
 /// The span of client-side time within which a backend-side instant lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,35 +91,50 @@ impl Window {
 pub enum Liveness {
     /// Certainly live throughout the operation's window.
     Live,
-    /// Certainly expired (or no lease at all).
+    /// Certainly expired.
     Expired,
     /// Too close to the expiry to call: either answer is right.
     Unknown,
 }
 
-/// The current lease on one object, as the model knows it.
+/// One holder of an object, as the model knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
     /// Who holds the object.
     pub owner: OwnerId,
     /// The grant's fence.
     pub fence: Fence,
-    /// Which grant (an index into the model's token list) this lease is.
+    /// Which grant (an index into the model's grant list) this lease is.
     pub grant: usize,
     /// When the lease runs out unless renewed.
     pub expires: Window,
 }
 
-/// One object in the model: its current lease, if any, and the highest fence it was ever given.
+/// One object in the model: its mode, its holders, and the highest fence it was ever given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectModel {
-    /// The current lease, unless released or known to have expired.
-    pub holder: Option<Holder>,
+    /// The mode every holder holds it in (meaningless without holders).
+    pub mode: LockMode,
+    /// The holders not released and not known to have expired, by increasing fence.
+    pub holders: Vec<Holder>,
     /// The highest fence granted on this object so far.
     pub last_fence: Option<Fence>,
 }
 
-/// A token presented to release, renew or validate, with what the model knows about it.
+/// One grant ever made: its object, token, and the acquire that made it.
+#[derive(Debug, Clone)]
+pub struct GrantRecord {
+    /// Index of the object.
+    pub object: usize,
+    /// The lease's token.
+    pub token: LockToken,
+    /// The mode the acquire asked for.
+    pub mode: LockMode,
+    /// The owner and request id of the acquire, if it carried an id.
+    pub request: Option<(OwnerId, RequestId)>,
+}
+
+/// A token presented to release, renew, validate or downgrade, with what the model knows.
 #[derive(Debug, Clone)]
 pub struct Presented {
     /// How the token was chosen (for the failure report).
@@ -132,7 +155,7 @@ impl Presented {
 /// The kinds of token the check presents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
-    /// The model's current holder's token.
+    /// A token of one of the object's current holders.
     Current,
     /// A token of an earlier grant of the same object (released or expired).
     Old,
@@ -144,42 +167,40 @@ pub enum TokenKind {
     TamperedFence,
 }
 
+/// What a token operation does with the holder it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenOp {
+    /// `release`.
+    Release,
+    /// `renew` to a TTL.
+    Renew(Duration),
+    /// `validate`.
+    Validate,
+    /// `downgrade`.
+    Downgrade,
+}
+
 /// One operation of the randomized check.
 #[derive(Debug, Clone)]
 pub enum Op {
-    /// `acquire(object, owner, ttl, wait = 0)`, with or without a request id.
+    /// `acquire_with` of one or more distinct objects, each in a mode, with no wait.
     Acquire {
-        /// Index of the object.
-        object: usize,
+        /// The objects (by index) and modes, in request order.
+        claims: Vec<(usize, LockMode)>,
         /// The owner asking.
         owner: OwnerId,
-        /// The lease asked for.
+        /// The leases asked for.
         ttl: Duration,
         /// The request id, when the acquire carries one (a retry repeats an earlier one).
         request_id: Option<RequestId>,
     },
-    /// `release(object, token)`.
-    Release {
-        /// Index of the object.
-        object: usize,
-        /// The token presented.
-        token: Presented,
-    },
-    /// `renew(object, token, ttl)`.
-    Renew {
-        /// Index of the object.
-        object: usize,
-        /// The token presented.
-        token: Presented,
-        /// The new lease length.
-        ttl: Duration,
-    },
-    /// `validate(object, token)`.
-    Validate {
-        /// Index of the object.
-        object: usize,
-        /// The token presented.
-        token: Presented,
+    /// A release, renew, validate or downgrade of one object, or (release and renew) a batch
+    /// of distinct objects in one request.
+    Tokens {
+        /// What to do.
+        op: TokenOp,
+        /// The objects (by index) and the tokens presented, in request order.
+        items: Vec<(usize, Presented)>,
     },
     /// `inspect(object)`.
     Inspect {
@@ -194,22 +215,33 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Op::Acquire {
-                object,
+                claims,
                 owner,
                 ttl,
                 request_id,
             } => {
-                write!(f, "acquire(o{object}, {owner}, ttl={}ms", ttl.as_millis())?;
+                let named: Vec<String> = claims
+                    .iter()
+                    .map(|(object, mode)| format!("o{object} {mode}"))
+                    .collect();
+                write!(
+                    f,
+                    "acquire([{}], {owner}, ttl={}ms",
+                    named.join(", "),
+                    ttl.as_millis()
+                )?;
                 match request_id {
                     Some(id) => write!(f, ", request id {})", id.as_str()),
                     None => f.write_str(")"),
                 }
             }
-            Op::Release { object, token } => write!(f, "release(o{object}, {})", token),
-            Op::Renew { object, token, ttl } => {
-                write!(f, "renew(o{object}, {}, ttl={}ms)", token, ttl.as_millis())
+            Op::Tokens { op, items } => {
+                let named: Vec<String> = items
+                    .iter()
+                    .map(|(object, token)| format!("o{object} {token}"))
+                    .collect();
+                write!(f, "{op:?}([{}])", named.join(", "))
             }
-            Op::Validate { object, token } => write!(f, "validate(o{object}, {})", token),
             Op::Inspect { object } => write!(f, "inspect(o{object})"),
             Op::Pause(d) => write!(f, "pause {}ms", d.as_millis()),
         }
@@ -222,39 +254,52 @@ impl fmt::Display for Presented {
     }
 }
 
-/// What an operation came to, with just the detail the model predicts.
+/// One object of a granted acquire, with just the detail the model predicts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Acquire granted (the fence is checked separately: it must exceed every earlier one).
-    Granted {
+pub enum Part {
+    /// A new grant to the owner in the mode (its fence is checked separately: it must exceed
+    /// every earlier one).
+    New {
         /// The new holder.
         owner: OwnerId,
+        /// The mode granted.
+        mode: LockMode,
     },
-    /// Acquire with a request id returned the lease that request was already granted (same
-    /// token and fence) instead of a second grant.
+    /// The grant this request already holds, returned again (same token and fence).
     Replayed {
         /// The fence of the lease returned.
         fence: Fence,
+        /// Its mode now.
+        mode: LockMode,
     },
+}
+
+/// What an operation came to, with just the detail the model predicts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acquire granted: one part per object, in request order.
+    Granted(Vec<Part>),
+    /// `LockError::Locked`: the objects in conflict, in request order, each with the holder
+    /// the backend named (the model allows any of the object's live holders).
+    Locked(Vec<(usize, OwnerId)>),
     /// Release succeeded, returning the released fence.
     Released {
         /// The fence of the lease released.
         fence: Fence,
     },
-    /// Renew or validate accepted the token, returning the holder's lease.
+    /// Renew, validate or downgrade accepted the token, returning the holder's lease.
     Accepted {
         /// The holder.
         owner: OwnerId,
         /// The holder's fence.
         fence: Fence,
+        /// The lease's mode (after the operation).
+        mode: LockMode,
     },
-    /// Inspect's answer: the holder and fence, or free.
-    Inspected(Option<(OwnerId, Fence)>),
-    /// `LockError::Locked`, naming the holder.
-    Locked {
-        /// The holder named.
-        holder: OwnerId,
-    },
+    /// A batch's answers, one per entry.
+    Each(Vec<Outcome>),
+    /// Inspect's answer: the mode and the holders by increasing fence, or free.
+    Inspected(Option<(LockMode, Vec<(OwnerId, Fence)>)>),
     /// `LockError::NotHeld`.
     NotHeld,
     /// `LockError::TokenMismatch`.
@@ -272,17 +317,21 @@ pub enum Outcome {
 pub struct ReferenceModel {
     /// Per object, by index.
     pub objects: Vec<ObjectModel>,
-    /// Every grant: which object it was for and its token.
-    pub grants: Vec<(usize, LockToken)>,
-    /// Per grant, the owner and request id of the acquire that made it, if it carried an id.
-    pub grant_requests: Vec<Option<(OwnerId, RequestId)>>,
-    /// Every acquire with a request id sent so far (object, owner, id, ttl), for retries.
-    pub requests: Vec<(usize, OwnerId, RequestId, Duration)>,
+    /// Every grant ever made, by index.
+    pub grants: Vec<GrantRecord>,
+    /// Every acquire with a request id sent so far, for retries.
+    pub requests: Vec<SentRequest>,
     /// How close to an expiry an operation must be to count as too close to call.
     pub margin: Duration,
     /// Time zero of the run, for readable reports.
     pub started: Instant,
 }
+
+/// An acquire with a request id: its claims, owner, id and TTL, to be retried as it was.
+pub type SentRequest = (Vec<(usize, LockMode)>, OwnerId, RequestId, Duration);
+
+/// The grants assumed expired, among the holders too close to call.
+type Expired = HashSet<usize>;
 
 impl ReferenceModel {
     /// A model of `objects` free objects, judging expiries with `margin`.
@@ -290,7 +339,6 @@ impl ReferenceModel {
         Self {
             objects: vec![ObjectModel::default(); objects],
             grants: Vec::new(),
-            grant_requests: Vec::new(),
             requests: Vec::new(),
             margin,
             started: Instant::now(),
@@ -302,21 +350,33 @@ impl ReferenceModel {
         at.saturating_duration_since(self.started).as_millis()
     }
 
-    /// One line per object: free, or its holder, fence, grant and expiry window.
+    /// One line per object: free, or its mode and holders with fences, grants and expiries.
     pub fn describe(&self) -> String {
         let mut out = String::new();
         for (index, state) in self.objects.iter().enumerate() {
             let last = state.last_fence.map_or("none".into(), |f| f.to_string());
-            let line = match &state.holder {
-                None => format!("o{index}: free (last fence {last})"),
-                Some(h) => format!(
-                    "o{index}: held by {} fence {} (grant #{}) until {}..{}ms (last fence {last})",
-                    h.owner,
-                    h.fence,
-                    h.grant,
-                    self.ms(h.expires.earliest),
-                    self.ms(h.expires.latest)
-                ),
+            let line = if state.holders.is_empty() {
+                format!("o{index}: free (last fence {last})")
+            } else {
+                let holders: Vec<String> = state
+                    .holders
+                    .iter()
+                    .map(|h| {
+                        format!(
+                            "{} fence {} (grant #{}) until {}..{}ms",
+                            h.owner,
+                            h.fence,
+                            h.grant,
+                            self.ms(h.expires.earliest),
+                            self.ms(h.expires.latest)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "o{index}: {} by [{}] (last fence {last})",
+                    state.mode,
+                    holders.join("; ")
+                )
             };
             out.push_str("\n  ");
             out.push_str(&line);
@@ -324,11 +384,8 @@ impl ReferenceModel {
         out
     }
 
-    /// Whether `object`'s current lease was live during `during`.
-    pub fn liveness(&self, object: usize, during: Window) -> Liveness {
-        let Some(holder) = &self.objects[object].holder else {
-            return Liveness::Expired;
-        };
+    /// Whether `holder`'s lease was live during `during`.
+    pub fn liveness(&self, holder: &Holder, during: Window) -> Liveness {
         if during.latest + self.margin < holder.expires.earliest {
             Liveness::Live
         } else if during.earliest > holder.expires.latest + self.margin {
@@ -338,89 +395,178 @@ impl ReferenceModel {
         }
     }
 
-    /// What `op` must come to on `object` if its lease is (`held`) or is not live.
-    pub fn predict(&self, op: &Op, held: bool) -> Outcome {
-        let holder = |object: usize| {
-            self.objects[object]
-                .holder
-                .as_ref()
-                .filter(|_| held)
-                .cloned()
-        };
+    /// The holders of `object` taken to be live when the grants in `expired` are not.
+    fn live<'a>(&'a self, object: usize, expired: &'a Expired) -> impl Iterator<Item = &'a Holder> {
+        self.objects[object]
+            .holders
+            .iter()
+            .filter(move |h| !expired.contains(&h.grant))
+    }
+
+    /// Whether grant `grant` was made by an acquire of `owner` in `mode` with `request_id`:
+    /// only then does a request draw the same token digest again.
+    fn made_by(
+        &self,
+        grant: usize,
+        owner: &OwnerId,
+        mode: LockMode,
+        request_id: Option<&RequestId>,
+    ) -> bool {
+        let record = &self.grants[grant];
+        match (&record.request, request_id) {
+            (Some((by, id)), Some(request_id)) => {
+                by == owner && id == request_id && record.mode == mode
+            }
+            _ => false,
+        }
+    }
+
+    /// What `op` must come to when exactly the grants in `expired` (among the holders too close
+    /// to call) have run out.
+    pub fn predict(&self, op: &Op, expired: &Expired) -> Outcome {
         match op {
             Op::Acquire {
-                object,
+                claims,
                 owner,
                 request_id,
                 ..
-            } => match holder(*object) {
-                Some(h) if self.made_by(h.grant, owner, request_id.as_ref()) => {
-                    Outcome::Replayed { fence: h.fence }
-                }
-                Some(h) => Outcome::Locked { holder: h.owner },
-                None => Outcome::Granted {
-                    owner: owner.clone(),
-                },
-            },
-            Op::Release { object, token }
-            | Op::Renew { object, token, .. }
-            | Op::Validate { object, token } => {
-                if !token.is_untouched() || self.grants[token.grant].0 != *object {
-                    // Not authentic for this object: refused before any lock is looked at.
-                    return Outcome::InvalidToken;
-                }
-                let grant = token.grant;
-                match holder(*object) {
-                    None => Outcome::NotHeld,
-                    Some(h) if h.grant != grant => Outcome::TokenMismatch,
-                    Some(h) if matches!(op, Op::Release { .. }) => {
-                        Outcome::Released { fence: h.fence }
+            } => {
+                let mut parts = Vec::new();
+                let mut conflicts = Vec::new();
+                for &(object, mode) in claims {
+                    let live: Vec<&Holder> = self.live(object, expired).collect();
+                    let held_mode = self.objects[object].mode;
+                    if let Some(h) = live
+                        .iter()
+                        .find(|h| self.made_by(h.grant, owner, mode, request_id.as_ref()))
+                    {
+                        parts.push(Part::Replayed {
+                            fence: h.fence,
+                            mode: held_mode,
+                        });
+                    } else if let Some(h) = live.first().filter(|_| held_mode.conflicts_with(mode))
+                    {
+                        conflicts.push((object, h.owner.clone()));
+                    } else {
+                        parts.push(Part::New {
+                            owner: owner.clone(),
+                            mode,
+                        });
                     }
-                    Some(h) => Outcome::Accepted {
-                        owner: h.owner,
-                        fence: h.fence,
-                    },
+                }
+                if conflicts.is_empty() {
+                    Outcome::Granted(parts)
+                } else {
+                    Outcome::Locked(conflicts)
+                }
+            }
+            Op::Tokens { op, items } => {
+                let mut each: Vec<Outcome> = items
+                    .iter()
+                    .map(|(object, token)| self.predict_token(*op, *object, token, expired))
+                    .collect();
+                if each.len() == 1 {
+                    each.remove(0)
+                } else {
+                    Outcome::Each(each)
                 }
             }
             Op::Inspect { object } => {
-                Outcome::Inspected(holder(*object).map(|h| (h.owner, h.fence)))
+                let holders: Vec<(OwnerId, Fence)> = self
+                    .live(*object, expired)
+                    .map(|h| (h.owner.clone(), h.fence))
+                    .collect();
+                Outcome::Inspected(
+                    (!holders.is_empty()).then(|| (self.objects[*object].mode, holders)),
+                )
             }
             Op::Pause(_) => Outcome::Paused,
         }
     }
 
-    /// Whether grant `grant` was made by an acquire of `owner` with `request_id`.
-    fn made_by(&self, grant: usize, owner: &OwnerId, request_id: Option<&RequestId>) -> bool {
-        match (&self.grant_requests[grant], request_id) {
-            (Some((by, id)), Some(request_id)) => by == owner && id == request_id,
-            _ => false,
+    fn predict_token(
+        &self,
+        op: TokenOp,
+        object: usize,
+        token: &Presented,
+        expired: &Expired,
+    ) -> Outcome {
+        if !token.is_untouched() || self.grants[token.grant].object != object {
+            // Not authentic for this object: refused before any lock is looked at.
+            return Outcome::InvalidToken;
+        }
+        let live: Vec<&Holder> = self.live(object, expired).collect();
+        if live.is_empty() {
+            return Outcome::NotHeld;
+        }
+        let Some(h) = live.iter().find(|h| h.grant == token.grant) else {
+            return Outcome::TokenMismatch;
+        };
+        let mode = self.objects[object].mode;
+        match op {
+            TokenOp::Release => Outcome::Released { fence: h.fence },
+            TokenOp::Renew(_) | TokenOp::Validate => Outcome::Accepted {
+                owner: h.owner.clone(),
+                fence: h.fence,
+                mode,
+            },
+            TokenOp::Downgrade => Outcome::Accepted {
+                owner: h.owner.clone(),
+                fence: h.fence,
+                mode: LockMode::Shared,
+            },
         }
     }
 
-    /// Tells a replayed lease from a new grant: a grant that carries the fence of the current
-    /// lease, made by the same request, is that lease returned again.
-    pub fn classify(&self, op: &Op, outcome: Outcome, lease: Option<&Lease>) -> Outcome {
-        let (
-            Op::Acquire {
-                object,
-                owner,
-                request_id,
-                ..
-            },
-            Outcome::Granted { .. },
-            Some(lease),
-        ) = (op, &outcome, lease)
-        else {
+    /// Whether the backend's `actual` answer is the `predicted` one: equal, except that a
+    /// `Locked` may name any live holder of each object in conflict.
+    fn agrees(&self, predicted: &Outcome, actual: &Outcome, expired: &Expired) -> bool {
+        match (predicted, actual) {
+            (Outcome::Locked(p), Outcome::Locked(a)) => {
+                p.len() == a.len()
+                    && p.iter().zip(a).all(|((po, _), (ao, holder))| {
+                        po == ao && self.live(*ao, expired).any(|h| &h.owner == holder)
+                    })
+            }
+            (Outcome::Each(p), Outcome::Each(a)) => {
+                p.len() == a.len() && p.iter().zip(a).all(|(p, a)| self.agrees(p, a, expired))
+            }
+            _ => predicted == actual,
+        }
+    }
+
+    /// Tells replayed leases from new grants in a granted acquire: a lease that carries the
+    /// fence of a holder the model knows is that holder's lease returned again.
+    pub fn classify(&self, op: &Op, outcome: Outcome, leases: &[Option<Lease>]) -> Outcome {
+        let (Op::Acquire { claims, .. }, Outcome::Granted(_)) = (op, &outcome) else {
             return outcome;
         };
-        match &self.objects[*object].holder {
-            Some(h)
-                if h.fence == lease.fence && self.made_by(h.grant, owner, request_id.as_ref()) =>
-            {
-                Outcome::Replayed { fence: lease.fence }
-            }
-            _ => outcome,
-        }
+        let parts = claims
+            .iter()
+            .zip(leases)
+            .map(|(&(object, _), lease)| match lease {
+                Some(lease)
+                    if self.objects[object]
+                        .holders
+                        .iter()
+                        .any(|h| h.fence == lease.fence) =>
+                {
+                    Part::Replayed {
+                        fence: lease.fence,
+                        mode: lease.mode,
+                    }
+                }
+                Some(lease) => Part::New {
+                    owner: lease.owner.clone(),
+                    mode: lease.mode,
+                },
+                None => Part::New {
+                    owner: OwnerId::new("missing-lease").expect("valid"),
+                    mode: LockMode::Exclusive,
+                },
+            })
+            .collect();
+        Outcome::Granted(parts)
     }
 
     /// Checks `outcome` of `op`, run during `during`, against the model and, if it is one of
@@ -430,34 +576,64 @@ impl ReferenceModel {
         op: &Op,
         during: Window,
         outcome: &Outcome,
-        lease: Option<&Lease>,
+        leases: &[Option<Lease>],
     ) -> Result<(), String> {
-        let Some(object) = op_object(op) else {
-            return Ok(());
-        };
-        let liveness = self.liveness(object, during);
-        let live = self.predict(op, true);
-        let expired = self.predict(op, false);
-        let held = match liveness {
-            Liveness::Live if *outcome == live => true,
-            Liveness::Expired if *outcome == expired => false,
-            Liveness::Unknown if *outcome == live => true,
-            Liveness::Unknown if *outcome == expired => false,
-            _ => {
-                let allowed = match liveness {
-                    Liveness::Live => format!("{live:?}"),
-                    Liveness::Expired => format!("{expired:?}"),
-                    Liveness::Unknown => format!("{live:?} or {expired:?}"),
-                };
-                return Err(format!(
-                    "backend answered {outcome:?}; the model allows {allowed} (lease {liveness:?})"
-                ));
-            }
-        };
-        if !held {
-            self.objects[object].holder = None;
+        let touched = op_objects(op);
+        // Holders certainly expired by now stay expired: forget them.
+        for &object in &touched {
+            let holders = std::mem::take(&mut self.objects[object].holders);
+            self.objects[object].holders = holders
+                .into_iter()
+                .filter(|h| self.liveness(h, during) != Liveness::Expired)
+                .collect();
         }
-        self.apply(op, during, outcome, lease)
+        let unknown: Vec<usize> = touched
+            .iter()
+            .flat_map(|&object| self.objects[object].holders.iter())
+            .filter(|h| self.liveness(h, during) == Liveness::Unknown)
+            .map(|h| h.grant)
+            .collect();
+        if unknown.len() > MOST_UNKNOWN {
+            return Err(format!(
+                "{} holders too close to call at once; the check cannot judge this step",
+                unknown.len()
+            ));
+        }
+        // Fewest expiries first: the model assumes no lease ran out that the answer does not
+        // show ran out.
+        let mut choices: Vec<u32> = (0..1u32 << unknown.len()).collect();
+        choices.sort_by_key(|mask| mask.count_ones());
+        for mask in choices {
+            let expired: Expired = unknown
+                .iter()
+                .enumerate()
+                .filter(|(bit, _)| mask & (1 << bit) != 0)
+                .map(|(_, &grant)| grant)
+                .collect();
+            let predicted = self.predict(op, &expired);
+            if self.agrees(&predicted, outcome, &expired) {
+                for &object in &touched {
+                    self.objects[object]
+                        .holders
+                        .retain(|h| !expired.contains(&h.grant));
+                }
+                return self.apply(op, during, outcome, leases);
+            }
+        }
+        let none = self.predict(op, &Expired::new());
+        let all: Expired = unknown.iter().copied().collect();
+        let every = self.predict(op, &all);
+        let allowed = if unknown.is_empty() {
+            format!("{none:?}")
+        } else {
+            format!(
+                "{none:?} ... {every:?} ({} holders too close to call)",
+                unknown.len()
+            )
+        };
+        Err(format!(
+            "backend answered {outcome:?}; the model allows {allowed}"
+        ))
     }
 
     /// Applies an accepted outcome's effect, checking the fence and TTL of any lease returned.
@@ -466,169 +642,171 @@ impl ReferenceModel {
         op: &Op,
         during: Window,
         outcome: &Outcome,
-        lease: Option<&Lease>,
+        leases: &[Option<Lease>],
     ) -> Result<(), String> {
         match (op, outcome) {
             (
                 Op::Acquire {
-                    object,
+                    claims,
                     owner,
                     ttl,
                     request_id,
                 },
-                Outcome::Granted { .. },
+                Outcome::Granted(parts),
             ) => {
-                let lease = lease.ok_or("a grant without a lease")?;
-                let state = &mut self.objects[*object];
-                if let Some(last) = state.last_fence {
-                    if lease.fence <= last {
-                        return Err(format!(
-                            "fence {} granted after fence {last}: fences must strictly increase",
-                            lease.fence
-                        ));
+                for ((&(object, mode), part), lease) in claims.iter().zip(parts).zip(leases) {
+                    let lease = lease.as_ref().ok_or("a grant without a lease")?;
+                    if lease.token.fence() != lease.fence {
+                        return Err("the token does not carry the lease's fence".into());
+                    }
+                    match part {
+                        Part::New { .. } => {
+                            let state = &mut self.objects[object];
+                            if let Some(last) = state.last_fence {
+                                if lease.fence <= last {
+                                    return Err(format!(
+                                        "fence {} granted on o{object} after fence {last}: \
+                                         fences must strictly increase",
+                                        lease.fence
+                                    ));
+                                }
+                            }
+                            if lease.ttl > *ttl {
+                                return Err(format!(
+                                    "granted ttl {:?} exceeds the {ttl:?} asked",
+                                    lease.ttl
+                                ));
+                            }
+                            state.last_fence = Some(lease.fence);
+                            state.mode = mode;
+                            self.grants.push(GrantRecord {
+                                object,
+                                token: lease.token.clone(),
+                                mode,
+                                request: request_id.clone().map(|id| (owner.clone(), id)),
+                            });
+                            let grant = self.grants.len() - 1;
+                            self.objects[object].holders.push(Holder {
+                                owner: owner.clone(),
+                                fence: lease.fence,
+                                grant,
+                                expires: during.shifted(*ttl),
+                            });
+                        }
+                        Part::Replayed { fence, .. } => {
+                            let holder = self.objects[object]
+                                .holders
+                                .iter()
+                                .find(|h| h.fence == *fence)
+                                .ok_or("a replay of no lease")?;
+                            if lease.token != self.grants[holder.grant].token {
+                                return Err("a retried request got a different token for the \
+                                            same lease"
+                                    .into());
+                            }
+                            // The lease as it stands: its remaining time, which a renewal may
+                            // have made longer than the TTL the request asked for.
+                            let left = holder
+                                .expires
+                                .latest
+                                .saturating_duration_since(during.earliest);
+                            if lease.ttl > left + self.margin {
+                                return Err(format!(
+                                    "replayed ttl {:?} exceeds the {left:?} the lease has left",
+                                    lease.ttl
+                                ));
+                            }
+                        }
                     }
                 }
-                if lease.token.fence() != lease.fence {
-                    return Err("the token does not carry the lease's fence".into());
-                }
-                if lease.ttl > *ttl {
-                    return Err(format!(
-                        "granted ttl {:?} exceeds the {ttl:?} asked",
-                        lease.ttl
-                    ));
-                }
-                state.last_fence = Some(lease.fence);
-                self.grants.push((*object, lease.token.clone()));
-                self.grant_requests
-                    .push(request_id.clone().map(|id| (owner.clone(), id)));
-                self.objects[*object].holder = Some(Holder {
-                    owner: owner.clone(),
-                    fence: lease.fence,
-                    grant: self.grants.len() - 1,
-                    expires: during.shifted(*ttl),
-                });
             }
-            (Op::Acquire { object, .. }, Outcome::Replayed { .. }) => {
-                let lease = lease.ok_or("a replay without a lease")?;
-                let holder = self.objects[*object]
-                    .holder
-                    .as_ref()
-                    .ok_or("a replay of no lease")?;
-                if lease.token != self.grants[holder.grant].1 {
-                    return Err("a retried request got a different token for the same lease".into());
-                }
-                // The lease as it stands: its remaining time, which a renewal may have made
-                // longer than the TTL the request asked for.
-                let left = holder
-                    .expires
-                    .latest
-                    .saturating_duration_since(during.earliest);
-                if lease.ttl > left + self.margin {
-                    return Err(format!(
-                        "replayed ttl {:?} exceeds the {left:?} the lease has left",
-                        lease.ttl
-                    ));
-                }
-            }
-            (Op::Release { object, .. }, Outcome::Released { .. }) => {
-                self.objects[*object].holder = None;
-            }
-            (Op::Renew { object, ttl, .. }, Outcome::Accepted { .. }) => {
-                let lease = lease.ok_or("a renewal without a lease")?;
-                if lease.ttl > *ttl {
-                    return Err(format!(
-                        "renewed ttl {:?} exceeds the {ttl:?} asked",
-                        lease.ttl
-                    ));
-                }
-                if let Some(holder) = &mut self.objects[*object].holder {
-                    holder.expires = during.shifted(*ttl);
+            (Op::Tokens { op, items }, outcome) => {
+                let each: Vec<&Outcome> = match outcome {
+                    Outcome::Each(each) => each.iter().collect(),
+                    single => vec![single],
+                };
+                for (((object, token), outcome), lease) in items.iter().zip(each).zip(leases) {
+                    self.apply_token(*op, *object, token, outcome, lease.as_ref(), during)?;
                 }
             }
             _ => {}
         }
         Ok(())
     }
-}
 
-fn op_object(op: &Op) -> Option<usize> {
-    match op {
-        Op::Acquire { object, .. }
-        | Op::Release { object, .. }
-        | Op::Renew { object, .. }
-        | Op::Validate { object, .. }
-        | Op::Inspect { object } => Some(*object),
-        Op::Pause(_) => None,
+    fn apply_token(
+        &mut self,
+        op: TokenOp,
+        object: usize,
+        token: &Presented,
+        outcome: &Outcome,
+        lease: Option<&Lease>,
+        during: Window,
+    ) -> Result<(), String> {
+        let state = &mut self.objects[object];
+        match (op, outcome) {
+            (TokenOp::Release, Outcome::Released { .. }) => {
+                state.holders.retain(|h| h.grant != token.grant);
+            }
+            (TokenOp::Renew(ttl), Outcome::Accepted { .. }) => {
+                let lease = lease.ok_or("a renewal without a lease")?;
+                if lease.ttl > ttl {
+                    return Err(format!(
+                        "renewed ttl {:?} exceeds the {ttl:?} asked",
+                        lease.ttl
+                    ));
+                }
+                if let Some(holder) = state.holders.iter_mut().find(|h| h.grant == token.grant) {
+                    holder.expires = during.shifted(ttl);
+                }
+            }
+            (TokenOp::Downgrade, Outcome::Accepted { .. }) => state.mode = LockMode::Shared,
+            _ => {}
+        }
+        Ok(())
     }
 }
 
-/// Turns a backend's answer into an [`Outcome`], keeping the lease of a grant or renewal.
-fn outcome_of<T>(
+fn op_objects(op: &Op) -> Vec<usize> {
+    match op {
+        Op::Acquire { claims, .. } => claims.iter().map(|&(object, _)| object).collect(),
+        Op::Tokens { items, .. } => items.iter().map(|(object, _)| *object).collect(),
+        Op::Inspect { object } => vec![*object],
+        Op::Pause(_) => Vec::new(),
+    }
+}
+
+/// Turns a backend's error into an [`Outcome`].
+fn error_outcome(objects: &[ObjectId], error: LockError) -> Outcome {
+    match error {
+        LockError::Locked { conflicts, .. } => Outcome::Locked(
+            conflicts
+                .into_iter()
+                .map(|c| {
+                    let index = objects
+                        .iter()
+                        .position(|o| *o == c.object)
+                        .unwrap_or(usize::MAX);
+                    (index, c.holder)
+                })
+                .collect(),
+        ),
+        LockError::NotHeld { .. } => Outcome::NotHeld,
+        LockError::TokenMismatch { .. } => Outcome::TokenMismatch,
+        LockError::InvalidToken { .. } => Outcome::InvalidToken,
+        other => Outcome::Unexpected(other.to_string()),
+    }
+}
+
+/// A token operation's answer for one entry: its outcome and the lease it returned, if any.
+fn token_outcome<T>(
+    objects: &[ObjectId],
     result: Result<T, LockError>,
     ok: impl FnOnce(T) -> (Outcome, Option<Lease>),
 ) -> (Outcome, Option<Lease>) {
     match result {
         Ok(value) => ok(value),
-        Err(LockError::Locked { holder, .. }) => (Outcome::Locked { holder }, None),
-        Err(LockError::NotHeld { .. }) => (Outcome::NotHeld, None),
-        Err(LockError::TokenMismatch { .. }) => (Outcome::TokenMismatch, None),
-        Err(LockError::InvalidToken { .. }) => (Outcome::InvalidToken, None),
-        Err(other) => (Outcome::Unexpected(other.to_string()), None),
-    }
-}
-
-/// Runs `op` on the backend.
-async fn execute(svc: &dyn LockService, objects: &[ObjectId], op: &Op) -> (Outcome, Option<Lease>) {
-    match op {
-        Op::Acquire {
-            object,
-            owner,
-            ttl,
-            request_id,
-        } => outcome_of(
-            match request_id {
-                Some(id) => {
-                    let request =
-                        AcquireRequest::new(objects[*object].clone(), owner.clone(), *ttl)
-                            .with_request_id(id.clone());
-                    svc.acquire_with(&request).await.map(Grant::into_first)
-                }
-                None => {
-                    svc.acquire(&objects[*object], owner, *ttl, Duration::ZERO)
-                        .await
-                }
-            },
-            |lease| {
-                (
-                    Outcome::Granted {
-                        owner: lease.owner.clone(),
-                    },
-                    Some(lease),
-                )
-            },
-        ),
-        Op::Release { object, token } => outcome_of(
-            svc.release(&objects[*object], &token.token).await,
-            |fence| (Outcome::Released { fence }, None),
-        ),
-        Op::Renew { object, token, ttl } => outcome_of(
-            svc.renew(&objects[*object], &token.token, *ttl).await,
-            accepted,
-        ),
-        Op::Validate { object, token } => outcome_of(
-            svc.validate(&objects[*object], &token.token).await,
-            accepted,
-        ),
-        Op::Inspect { object } => outcome_of(svc.inspect(&objects[*object]).await, |info| {
-            (
-                Outcome::Inspected(info.map(|info| (info.owner, info.fence))),
-                None,
-            )
-        }),
-        Op::Pause(pause) => {
-            tokio::time::sleep(*pause).await;
-            (Outcome::Paused, None)
-        }
+        Err(error) => (error_outcome(objects, error), None),
     }
 }
 
@@ -637,9 +815,110 @@ fn accepted(lease: Lease) -> (Outcome, Option<Lease>) {
         Outcome::Accepted {
             owner: lease.owner.clone(),
             fence: lease.fence,
+            mode: lease.mode,
         },
         Some(lease),
     )
+}
+
+/// Runs `op` on the backend: its outcome, and the leases it returned (per object of an
+/// acquire, per entry of a token operation).
+async fn execute(
+    svc: &dyn LockService,
+    objects: &[ObjectId],
+    op: &Op,
+) -> (Outcome, Vec<Option<Lease>>) {
+    match op {
+        Op::Acquire {
+            claims,
+            owner,
+            ttl,
+            request_id,
+        } => {
+            let specs = claims
+                .iter()
+                .map(|&(object, mode)| LockSpec::new(objects[object].clone(), mode))
+                .collect();
+            let mut request = AcquireRequest::many(specs, owner.clone(), *ttl);
+            if let Some(id) = request_id {
+                request = request.with_request_id(id.clone());
+            }
+            match svc.acquire_with(&request).await {
+                Ok(Grant { leases, .. }) => (
+                    Outcome::Granted(Vec::new()),
+                    leases.into_iter().map(Some).collect(),
+                ),
+                Err(error) => (error_outcome(objects, error), Vec::new()),
+            }
+        }
+        Op::Tokens { op, items } if items.len() == 1 => {
+            let (object, token) = (&objects[items[0].0], &items[0].1.token);
+            let (outcome, lease) = match op {
+                TokenOp::Release => {
+                    token_outcome(objects, svc.release(object, token).await, |fence| {
+                        (Outcome::Released { fence }, None)
+                    })
+                }
+                TokenOp::Renew(ttl) => {
+                    token_outcome(objects, svc.renew(object, token, *ttl).await, accepted)
+                }
+                TokenOp::Validate => {
+                    token_outcome(objects, svc.validate(object, token).await, accepted)
+                }
+                TokenOp::Downgrade => {
+                    token_outcome(objects, svc.downgrade(object, token).await, accepted)
+                }
+            };
+            (outcome, vec![lease])
+        }
+        Op::Tokens { op, items } => {
+            let locks: Vec<(ObjectId, LockToken)> = items
+                .iter()
+                .map(|(object, token)| (objects[*object].clone(), token.token.clone()))
+                .collect();
+            let answers: Vec<(Outcome, Option<Lease>)> = match op {
+                TokenOp::Release => match svc.release_many(&locks).await {
+                    Ok(results) => results
+                        .into_iter()
+                        .map(|r| {
+                            token_outcome(objects, r, |fence| (Outcome::Released { fence }, None))
+                        })
+                        .collect(),
+                    Err(error) => return (error_outcome(objects, error), Vec::new()),
+                },
+                TokenOp::Renew(ttl) => match svc.renew_many(&locks, *ttl).await {
+                    Ok(results) => results
+                        .into_iter()
+                        .map(|r| token_outcome(objects, r, accepted))
+                        .collect(),
+                    Err(error) => return (error_outcome(objects, error), Vec::new()),
+                },
+                TokenOp::Validate | TokenOp::Downgrade => {
+                    unreachable!("validate and downgrade name one object")
+                }
+            };
+            let (each, leases) = answers.into_iter().unzip();
+            (Outcome::Each(each), leases)
+        }
+        Op::Inspect { object } => match svc.inspect(&objects[*object]).await {
+            Ok(info) => (
+                Outcome::Inspected(info.map(|info| {
+                    let holders = info
+                        .holders
+                        .into_iter()
+                        .map(|h| (h.owner, h.fence))
+                        .collect();
+                    (info.mode, holders)
+                })),
+                Vec::new(),
+            ),
+            Err(error) => (error_outcome(objects, error), Vec::new()),
+        },
+        Op::Pause(pause) => {
+            tokio::time::sleep(*pause).await;
+            (Outcome::Paused, Vec::new())
+        }
+    }
 }
 
 /// Draws the next operation from the model's current state (and records the request ids it
@@ -650,74 +929,137 @@ fn generate(rng: &mut StdRng, model: &mut ReferenceModel, owners: &[OwnerId]) ->
             rng.random_range(10..=LONGEST_PAUSE_MS),
         ));
     }
-    let object = rng.random_range(0..model.objects.len());
+    let objects = model.objects.len();
     let ttl = Duration::from_millis(TTLS_MS[rng.random_range(0..TTLS_MS.len())]);
-    let token = choose_token(rng, model, object);
-    match (rng.random_range(0..10), token) {
-        (0..=3, _) | (_, None) => {
-            if !model.requests.is_empty() && rng.random_bool(0.25) {
-                // A retry: the same object, owner, request id and TTL as an earlier acquire.
-                let (object, owner, id, ttl) =
-                    model.requests[rng.random_range(0..model.requests.len())].clone();
-                return Op::Acquire {
-                    object,
-                    owner,
-                    ttl,
-                    request_id: Some(id),
-                };
-            }
-            let owner = owners[rng.random_range(0..owners.len())].clone();
-            let request_id = rng.random_bool(0.4).then(|| {
-                let id = RequestId::new(format!("model-{:032x}", rng.random::<u128>()))
-                    .expect("a valid request id");
-                model
-                    .requests
-                    .push((object, owner.clone(), id.clone(), ttl));
-                id
-            });
-            Op::Acquire {
-                object,
-                owner,
-                ttl,
-                request_id,
+    let op = match rng.random_range(0..20) {
+        0..=7 => return generate_acquire(rng, model, owners, ttl),
+        8..=10 => TokenOp::Release,
+        11 | 12 => TokenOp::Renew(ttl),
+        13..=15 => TokenOp::Validate,
+        16 | 17 => TokenOp::Downgrade,
+        _ => {
+            return Op::Inspect {
+                object: rng.random_range(0..objects),
             }
         }
-        (4 | 5, Some(token)) => Op::Release { object, token },
-        (6, Some(token)) => Op::Renew { object, token, ttl },
-        (7 | 8, Some(token)) => Op::Validate { object, token },
-        _ => Op::Inspect { object },
+    };
+    let batch = matches!(op, TokenOp::Release | TokenOp::Renew(_)) && rng.random_bool(0.3);
+    let count = if batch {
+        rng.random_range(2..=objects)
+    } else {
+        1
+    };
+    let items: Vec<(usize, Presented)> = distinct(rng, objects, count)
+        .into_iter()
+        .filter_map(|object| choose_token(rng, model, object).map(|token| (object, token)))
+        .collect();
+    if items.is_empty() {
+        return Op::Inspect {
+            object: rng.random_range(0..objects),
+        };
+    }
+    Op::Tokens { op, items }
+}
+
+fn generate_acquire(
+    rng: &mut StdRng,
+    model: &mut ReferenceModel,
+    owners: &[OwnerId],
+    ttl: Duration,
+) -> Op {
+    if !model.requests.is_empty() && rng.random_bool(0.25) {
+        // A retry: the same objects, modes, owner, request id and TTL as an earlier acquire.
+        let (claims, owner, id, ttl) =
+            model.requests[rng.random_range(0..model.requests.len())].clone();
+        return Op::Acquire {
+            claims,
+            owner,
+            ttl,
+            request_id: Some(id),
+        };
+    }
+    let count = if rng.random_bool(0.3) {
+        rng.random_range(2..=model.objects.len())
+    } else {
+        1
+    };
+    let claims: Vec<(usize, LockMode)> = distinct(rng, model.objects.len(), count)
+        .into_iter()
+        .map(|object| {
+            let mode = if rng.random_bool(0.4) {
+                LockMode::Shared
+            } else {
+                LockMode::Exclusive
+            };
+            (object, mode)
+        })
+        .collect();
+    let owner = owners[rng.random_range(0..owners.len())].clone();
+    let request_id = rng.random_bool(0.4).then(|| {
+        let id = RequestId::new(format!("model-{:032x}", rng.random::<u128>()))
+            .expect("a valid request id");
+        model
+            .requests
+            .push((claims.clone(), owner.clone(), id.clone(), ttl));
+        id
+    });
+    Op::Acquire {
+        claims,
+        owner,
+        ttl,
+        request_id,
     }
 }
 
-/// Picks a token to present for `object`: current, old, another object's, or tampered.
+/// `count` distinct object indices below `objects`, in random order.
+fn distinct(rng: &mut StdRng, objects: usize, count: usize) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..objects).collect();
+    for i in 0..count {
+        let j = rng.random_range(i..objects);
+        all.swap(i, j);
+    }
+    all.truncate(count);
+    all
+}
+
+/// Picks a token to present for `object`: a current holder's, an old one, another object's,
+/// or a tampered one.
 fn choose_token(rng: &mut StdRng, model: &ReferenceModel, object: usize) -> Option<Presented> {
-    let current = model.objects[object].holder.as_ref().map(|h| h.grant);
+    let current: Vec<usize> = model.objects[object]
+        .holders
+        .iter()
+        .map(|h| h.grant)
+        .collect();
     let of_object: Vec<usize> = (0..model.grants.len())
-        .filter(|&g| model.grants[g].0 == object)
+        .filter(|&g| model.grants[g].object == object)
         .collect();
     let old: Vec<usize> = of_object
         .iter()
         .copied()
-        .filter(|&g| Some(g) != current)
+        .filter(|g| !current.contains(g))
         .collect();
     let of_others: Vec<usize> = (0..model.grants.len())
-        .filter(|&g| model.grants[g].0 != object)
+        .filter(|&g| model.grants[g].object != object)
         .collect();
     let authentic = |kind: TokenKind, grant: usize| Presented {
         kind,
-        token: model.grants[grant].1.clone(),
+        token: model.grants[grant].token.clone(),
         grant,
     };
     let pick = |rng: &mut StdRng, from: &[usize]| from[rng.random_range(0..from.len())];
     match rng.random_range(0..10) {
-        0..=4 if current.is_some() => current.map(|g| authentic(TokenKind::Current, g)),
+        0..=4 if !current.is_empty() => Some(authentic(TokenKind::Current, pick(rng, &current))),
         5 | 6 if !old.is_empty() => Some(authentic(TokenKind::Old, pick(rng, &old))),
         7 if !of_others.is_empty() => {
             Some(authentic(TokenKind::OtherObject, pick(rng, &of_others)))
         }
         8 | 9 if !of_object.is_empty() => {
-            let base = current.unwrap_or_else(|| pick(rng, &of_object));
-            let original = &model.grants[base].1;
+            let base = if current.is_empty() {
+                pick(rng, &of_object)
+            } else {
+                pick(rng, &current)
+            };
+            let original = &model.grants[base].token;
             let (kind, token) = if rng.random_bool(0.5) {
                 (TokenKind::TamperedMac, tamper_mac(rng, original))
             } else {
@@ -729,12 +1071,10 @@ fn choose_token(rng: &mut StdRng, model: &ReferenceModel, object: usize) -> Opti
                 grant: base,
             })
         }
-        _ => match current {
-            Some(grant) => Some(authentic(TokenKind::Current, grant)),
-            None => of_object
-                .last()
-                .map(|&grant| authentic(TokenKind::Old, grant)),
-        },
+        _ if !current.is_empty() => Some(authentic(TokenKind::Current, pick(rng, &current))),
+        _ => of_object
+            .last()
+            .map(|&grant| authentic(TokenKind::Old, grant)),
     }
 }
 
@@ -832,9 +1172,11 @@ impl Drop for SeedOnPanic {
     }
 }
 
-/// Random sequences of acquire, release, renew, validate and inspect, with current, old, foreign
-/// and tampered tokens and leases that expire mid-run, get the same answers from the backend as
-/// from the reference model, and fences strictly increase per object.
+/// Random sequences of single and multi-object acquires in both modes (some retried by request
+/// id), releases and renewals (single and batched), validations, downgrades and inspections,
+/// with current, old, foreign and tampered tokens and leases that expire mid-run, get the same
+/// answers from the backend as from the reference model, and fences strictly increase per
+/// object.
 pub async fn random_operations_agree_with_the_reference_model(
     svc: &dyn LockService,
     _caps: &Capabilities,
@@ -857,15 +1199,15 @@ pub async fn random_operations_agree_with_the_reference_model(
     for step in 0..STEPS {
         let op = generate(&mut rng, &mut model, &owners);
         let started = Instant::now();
-        let (outcome, lease) = execute(svc, &objects, &op).await;
+        let (outcome, leases) = execute(svc, &objects, &op).await;
         let during = Window::new(started, Instant::now());
-        let outcome = model.classify(&op, outcome, lease.as_ref());
+        let outcome = model.classify(&op, outcome, &leases);
         let line = format!(
             "#{step} {}..{}ms {op} -> {outcome:?}",
             model.ms(during.earliest),
             model.ms(during.latest)
         );
-        if let Err(disagreement) = model.observe(&op, during, &outcome, lease.as_ref()) {
+        if let Err(disagreement) = model.observe(&op, during, &outcome, &leases) {
             let shown: Vec<&str> = history.iter().map(String::as_str).collect();
             panic!(
                 "{} backend disagrees with the reference model at step {step} \
@@ -883,9 +1225,9 @@ pub async fn random_operations_agree_with_the_reference_model(
     }
     // Leave nothing held for long: release what the model believes is still held.
     for (index, state) in model.objects.iter().enumerate() {
-        if let Some(holder) = &state.holder {
+        for holder in &state.holders {
             let _ = svc
-                .release(&objects[index], &model.grants[holder.grant].1)
+                .release(&objects[index], &model.grants[holder.grant].token)
                 .await;
         }
     }
@@ -902,6 +1244,10 @@ mod tests {
         issuer.seal(issuer.prepare(), &object, Fence(fence))
     }
 
+    fn owner(name: &str) -> OwnerId {
+        OwnerId::new(name).expect("valid")
+    }
+
     #[test]
     fn tampering_changes_exactly_the_part_it_names() {
         let mut rng = StdRng::seed_from_u64(7);
@@ -916,27 +1262,128 @@ mod tests {
         }
     }
 
+    /// A model with one object held by `holders` (name, fence, expiry ms), all granted before.
+    fn held(mode: LockMode, holders: &[(&str, u64, u64)]) -> (ReferenceModel, Instant) {
+        let mut model = ReferenceModel::new(2, Duration::from_millis(50));
+        let t0 = model.started;
+        for &(name, fence, until) in holders {
+            model.grants.push(GrantRecord {
+                object: 0,
+                token: token(fence),
+                mode,
+                request: None,
+            });
+            let at = t0 + Duration::from_millis(until);
+            model.objects[0].holders.push(Holder {
+                owner: owner(name),
+                fence: Fence(fence),
+                grant: model.grants.len() - 1,
+                expires: Window::new(at, at + Duration::from_millis(10)),
+            });
+        }
+        model.objects[0].mode = mode;
+        model.objects[0].last_fence = holders.last().map(|h| Fence(h.1));
+        (model, t0)
+    }
+
+    fn window(t0: Instant, from: u64, to: u64) -> Window {
+        Window::new(
+            t0 + Duration::from_millis(from),
+            t0 + Duration::from_millis(to),
+        )
+    }
+
     #[test]
     fn an_operation_near_an_expiry_is_too_close_to_call() {
-        let mut model = ReferenceModel::new(1, Duration::from_millis(50));
-        let t0 = Instant::now();
-        let window = |from: u64, to: u64| {
-            Window::new(
-                t0 + Duration::from_millis(from),
-                t0 + Duration::from_millis(to),
-            )
+        let (model, t0) = held(LockMode::Exclusive, &[("w", 1, 1000)]);
+        let holder = &model.objects[0].holders[0];
+        assert_eq!(model.liveness(holder, window(t0, 900, 940)), Liveness::Live);
+        assert_eq!(
+            model.liveness(holder, window(t0, 940, 960)),
+            Liveness::Unknown
+        );
+        assert_eq!(
+            model.liveness(holder, window(t0, 1055, 1070)),
+            Liveness::Unknown
+        );
+        assert_eq!(
+            model.liveness(holder, window(t0, 1061, 1070)),
+            Liveness::Expired
+        );
+    }
+
+    fn acquire(claims: Vec<(usize, LockMode)>, who: &str) -> Op {
+        Op::Acquire {
+            claims,
+            owner: owner(who),
+            ttl: Duration::from_secs(1),
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn shared_claims_join_shared_holders_and_exclusive_ones_are_refused() {
+        let (model, _) = held(LockMode::Shared, &[("r1", 1, 1000), ("r2", 2, 1000)]);
+        let none = Expired::new();
+        assert_eq!(
+            model.predict(&acquire(vec![(0, LockMode::Shared)], "r3"), &none),
+            Outcome::Granted(vec![Part::New {
+                owner: owner("r3"),
+                mode: LockMode::Shared
+            }])
+        );
+        let refused = model.predict(
+            &acquire(
+                vec![(1, LockMode::Exclusive), (0, LockMode::Exclusive)],
+                "w",
+            ),
+            &none,
+        );
+        let named_r2 = Outcome::Locked(vec![(0, owner("r2"))]);
+        assert!(
+            model.agrees(&refused, &named_r2, &none),
+            "any live holder may be named"
+        );
+        let named_stranger = Outcome::Locked(vec![(0, owner("x"))]);
+        assert!(!model.agrees(&refused, &named_stranger, &none));
+    }
+
+    #[test]
+    fn a_grant_over_a_holder_too_close_to_call_means_it_had_expired() {
+        let (mut model, t0) = held(LockMode::Exclusive, &[("old", 1, 1000)]);
+        let op = acquire(vec![(0, LockMode::Exclusive)], "new");
+        let during = window(t0, 990, 1000);
+        let lease = Lease {
+            object: ObjectId::new("o").expect("valid"),
+            owner: owner("new"),
+            mode: LockMode::Exclusive,
+            token: token(5),
+            fence: Fence(5),
+            ttl: Duration::from_secs(1),
         };
-        model.objects[0].holder = Some(Holder {
-            owner: OwnerId::new("w").expect("valid"),
-            fence: Fence(1),
-            grant: 0,
-            expires: window(1000, 1010),
-        });
-        assert_eq!(model.liveness(0, window(900, 940)), Liveness::Live);
-        assert_eq!(model.liveness(0, window(940, 960)), Liveness::Unknown);
-        assert_eq!(model.liveness(0, window(1055, 1070)), Liveness::Unknown);
-        assert_eq!(model.liveness(0, window(1061, 1070)), Liveness::Expired);
-        model.objects[0].holder = None;
-        assert_eq!(model.liveness(0, window(0, 1)), Liveness::Expired);
+        let outcome = model.classify(&op, Outcome::Granted(Vec::new()), &[Some(lease.clone())]);
+        model
+            .observe(&op, during, &outcome, &[Some(lease)])
+            .expect("a grant is allowed while the old lease is too close to call");
+        let owners: Vec<_> = model.objects[0]
+            .holders
+            .iter()
+            .map(|h| h.owner.clone())
+            .collect();
+        assert_eq!(
+            owners,
+            vec![owner("new")],
+            "the old holder is taken to have expired"
+        );
+        let early = window(t0, 100, 110);
+        let (mut fresh, _) = held(LockMode::Exclusive, &[("old", 1, 1000)]);
+        let outcome = Outcome::Granted(vec![Part::New {
+            owner: owner("new"),
+            mode: LockMode::Exclusive,
+        }]);
+        assert!(
+            fresh.observe(&op, early, &outcome, &[None]).is_err(),
+            "a grant over a certainly live exclusive holder is a violation"
+        );
     }
 }

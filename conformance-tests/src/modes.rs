@@ -615,3 +615,51 @@ pub async fn a_blocking_multi_object_request_waits_holding_nothing(
         result.expect("released");
     }
 }
+
+/// A waiter whose acquire is dropped (its caller gave up, its connection closed) gives up its
+/// place in the queue at once: a later try-once request is not held back by it.
+pub async fn a_dropped_waiter_gives_up_its_place(svc: Arc<dyn LockService>, _caps: &Capabilities) {
+    let scope = Scope::new("dropped_waiter");
+    let object = scope.object("file");
+    let reader = shared(&*svc, &object, &scope.owner("reader"), LONG).await;
+    let writer = {
+        let (svc, object, owner) = (svc.clone(), object.clone(), scope.owner("writer"));
+        tokio::spawn(async move { svc.acquire(&object, &owner, LONG, PATIENT).await })
+    };
+    sleep(Duration::from_millis(300)).await;
+    // Queued behind the waiting writer, a new reader is held back...
+    assert_locked(
+        svc.acquire_in(
+            &object,
+            LockMode::Shared,
+            &scope.owner("late"),
+            LONG,
+            Duration::ZERO,
+        )
+        .await,
+    );
+    writer.abort();
+    let _ = writer.await;
+    // ...and once the writer is gone, promptly let in (well before a lapsed place would be).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let late = loop {
+        match svc
+            .acquire_in(
+                &object,
+                LockMode::Shared,
+                &scope.owner("late"),
+                LONG,
+                Duration::ZERO,
+            )
+            .await
+        {
+            Ok(lease) => break lease,
+            Err(LockError::Locked { .. }) if Instant::now() < deadline => {
+                sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("the dropped writer still holds its place: {other:?}"),
+        }
+    };
+    svc.release(&object, &late.token).await.expect("release");
+    svc.release(&object, &reader.token).await.expect("release");
+}

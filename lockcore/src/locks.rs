@@ -111,7 +111,7 @@ impl<S: LockStore> Locks<S> {
             .map(|((spec, pending), granted)| Lease {
                 object: spec.object.clone(),
                 owner: request.owner.clone(),
-                mode: spec.mode,
+                mode: granted.mode,
                 token: self.issuer.seal(pending, &spec.object, granted.fence),
                 fence: granted.fence,
                 ttl: granted.ttl,

@@ -122,6 +122,9 @@ pub enum Attempted {
 pub struct Granted {
     /// The grant's fence.
     pub fence: Fence,
+    /// The mode the grant holds its object in: the claim's, or for a replay, the held grant's
+    /// (shared if it was downgraded since).
+    pub mode: LockMode,
     /// Time left on the lease (the TTL asked for, or what is left of a replayed grant).
     pub ttl: Duration,
     /// Whether this is the earlier grant of the same request, answered again.

@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod shared;
+
 /// A running `lockd serve` child process.
 pub struct Lockd {
     child: Child,
