@@ -752,4 +752,58 @@ mod tests {
         }
         writer.abort();
     }
+
+    /// A batched renew moves the stored deadline only when it renews a holder's lease: the
+    /// strangers' entries are refused in place and a batch of strangers only writes nothing.
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn a_batched_renew_moves_the_deadline_only_for_holders() {
+        use lockcore::{OwnerId, TokenIssuer};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = StateFile::open(dir.path()).await.expect("opens");
+        let config = backend_memory::MemoryConfig::new(Limits::default())
+            .with_fence_floor(state.fence_floor());
+        let inner: Arc<dyn LockService> = Arc::new(backend_memory::MemoryLockService::new(
+            backend_memory::MemoryStore::new(config),
+            TokenIssuer::random(),
+        ));
+        let guard = RestartGuard::new(inner, state, Limits::default());
+        let owner = OwnerId::new("holder").expect("valid");
+        let (a, b) = (
+            ObjectId::new("a").expect("valid"),
+            ObjectId::new("b").expect("valid"),
+        );
+        let second = Duration::from_secs(1);
+        let held = guard
+            .acquire(&a, &owner, second, Duration::ZERO)
+            .await
+            .expect("granted");
+        let gone = guard
+            .acquire(&b, &owner, second, Duration::ZERO)
+            .await
+            .expect("granted");
+        guard.release(&b, &gone.token).await.expect("released");
+        let requested = || guard.shared.requested.load(Ordering::Acquire);
+        let before = requested();
+
+        let minute = Duration::from_secs(60);
+        let strangers = guard
+            .renew_many(&[(b.clone(), gone.token.clone())], minute)
+            .await
+            .expect("answered");
+        assert!(matches!(strangers[0], Err(LockError::NotHeld { .. })));
+        assert_eq!(requested(), before, "a stranger moved the stored deadline");
+
+        let mixed = guard
+            .renew_many(&[(b, gone.token), (a, held.token)], minute)
+            .await
+            .expect("answered");
+        assert!(matches!(mixed[0], Err(LockError::NotHeld { .. })));
+        let renewed = mixed[1].as_ref().expect("the holder's lease is renewed");
+        assert_eq!(renewed.ttl, minute);
+        assert!(
+            requested() >= now_unix_ms() + 59_000,
+            "the holder's renewal is covered"
+        );
+    }
 }
