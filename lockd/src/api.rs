@@ -364,10 +364,7 @@ type BatchEntry = (ObjectId, Result<LockToken, LockError>);
 
 /// The locks of a batched release or renew, checked as a whole (names, count, duplicates:
 /// `invalid_argument` for the request), each with its token or why it is not one.
-fn batch_locks(
-    operation: &'static str,
-    locks: Vec<TokenRequest>,
-) -> Result<Vec<BatchEntry>, ApiError> {
+fn batch_locks(locks: Vec<TokenRequest>) -> Result<Vec<BatchEntry>, ApiError> {
     let objects = locks
         .iter()
         .map(|lock| ObjectId::new(&lock.object))
@@ -376,16 +373,7 @@ fn batch_locks(
     Ok(objects
         .into_iter()
         .zip(locks)
-        .map(|(object, lock)| {
-            let token = LockToken::parse(&lock.token);
-            if let Err(e) = &token {
-                if operation != "release" {
-                    tracing::warn!(target: "lockd::audit", operation, object = %object,
-                        reason = e.code(), "refused: the token is malformed; possible misuse or attack");
-                }
-            }
-            (object, token)
-        })
+        .map(|(object, lock)| (object, LockToken::parse(&lock.token)))
         .collect())
 }
 
@@ -470,7 +458,7 @@ async fn release_several(
     state: &AppState,
     locks: Vec<TokenRequest>,
 ) -> Result<ResultsBody<ReleaseBody>, ApiError> {
-    let entries = batch_locks("release", locks)?;
+    let entries = batch_locks(locks)?;
     let outcomes = each_lock(&entries, |parsed| async move {
         state.service.release_many(&parsed).await
     })
@@ -514,7 +502,7 @@ async fn renew(
             }
             Named::Several(locks) => {
                 let state = &state;
-                let entries = batch_locks("renew", locks)?;
+                let entries = batch_locks(locks)?;
                 let outcomes = each_lock(&entries, |parsed| async move {
                     state.service.renew_many(&parsed, ttl).await
                 })
@@ -522,13 +510,19 @@ async fn renew(
                 let results: Vec<EntryResult<LeaseBody>> = entries
                     .iter()
                     .zip(outcomes)
-                    .map(|((object, _), outcome)| match outcome {
+                    .map(|((object, token), outcome)| match outcome {
                         Ok(lease) => {
                             state.metrics.batch_entry("renew", "ok");
                             renewed(state, &lease);
                             EntryResult::Done(LeaseBody::from(&lease))
                         }
                         Err(e) => {
+                            // lockcore logs refused tokens it could read; these it never saw.
+                            if token.is_err() {
+                                tracing::warn!(target: "lockd::audit", object = %object,
+                                    reason = e.code(),
+                                    "refused renew: the token is malformed; possible misuse or attack");
+                            }
                             state.metrics.batch_entry("renew", e.code());
                             EntryResult::failed(object.as_str(), &e)
                         }
