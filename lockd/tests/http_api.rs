@@ -974,4 +974,48 @@ async fn events_carry_the_mode_of_each_lease() {
             ("downgrade".into(), b.clone(), "shared".into()),
         ]
     );
+
+    // A batched release records one event per lock: a release for each lease it ended and a
+    // release_refused for each refused entry.
+    let (status, released) = lockd
+        .post(
+            "/v1/locks/release",
+            json!({"locks": [{"object": a, "token": grant["locks"][0]["token"]},
+                             {"object": b, "token": grant["locks"][1]["token"]},
+                             {"object": a.clone() + "/x", "token": grant["locks"][0]["token"]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{released}");
+    let mut kinds = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while kinds.len() < 3 && std::time::Instant::now() < deadline {
+        let (_, events) = lockd.get("/v1/events").await;
+        kinds = events["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["kind"] != "grant" && e["kind"] != "downgrade")
+            .filter(|e| {
+                e["object"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with(a.as_str()) || o == b)
+            })
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap_or_default().to_owned(),
+                    e["reason"].clone(),
+                )
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kinds.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        kinds,
+        [
+            ("release".into(), serde_json::Value::Null),
+            ("release".into(), serde_json::Value::Null),
+            ("release_refused".into(), json!("invalid_token")),
+        ]
+    );
 }
