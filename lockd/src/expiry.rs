@@ -277,12 +277,15 @@ impl ExpiryTracker {
             return; // released or rescheduled meanwhile
         };
         let retry_in = match outcome {
-            // Still held: this lease is one of the holders (shared holders are several).
-            Ok(Some(info)) => info
-                .holders
-                .iter()
-                .find(|holder| holder.fence == grant.1)
-                .map(|holder| holder.ttl),
+            // Still held: this lease is one of the holders (shared holders are several). Its
+            // mode is the object's, which a downgrade through another process may have changed.
+            Ok(Some(info)) => {
+                let held = info.holders.iter().find(|holder| holder.fence == grant.1);
+                if held.is_some() {
+                    tracked.mode = info.mode;
+                }
+                held.map(|holder| holder.ttl)
+            }
             Ok(None) => None,
             Err(e) => {
                 tracing::debug!(object = %grant.0, error = %e, "expiry check failed; retrying");
