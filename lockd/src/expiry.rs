@@ -162,7 +162,7 @@ impl ExpiryTracker {
             },
             object: end.object,
             owner: Some(end.owner),
-            mode: None,
+            mode: Some(end.mode),
             fence: end.fence,
             reason: None,
         });
