@@ -111,21 +111,20 @@ struct ObjectState {
     last_fence: Option<Fence>,
 }
 
-/// A lease granted for grants or renewals, and when its grant was sent: the lease expires no
-/// earlier than `ttl` after `sent`, on etcd's clock.
+/// A lease granted for grants or renewals: it expires `ttl` after etcd granted it, on etcd's
+/// clock.
 #[derive(Debug, Clone, Copy)]
 struct FreshLease {
     id: i64,
     ttl: Duration,
-    sent: Instant,
 }
 
 impl FreshLease {
-    /// Time surely left on the lease: its TTL less the time since its grant was sent.
-    fn left(&self) -> Duration {
-        let left = self.ttl.saturating_sub(self.sent.elapsed());
-        // Whole milliseconds, rounded down.
-        Duration::from_millis(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+    /// The TTL reported for grants and renewals on this lease: the TTL asked for, as the
+    /// other backends report it. The lease started when etcd granted it, up to one round trip
+    /// before the transaction that attached it committed (see the crate docs, "Expiry").
+    fn reported(&self) -> Duration {
+        self.ttl
     }
 }
 
@@ -273,7 +272,6 @@ impl EtcdStore {
     /// Grants a lease of exactly `seconds` (etcd raises leases below its minimum TTL: such a
     /// lease is revoked and the TTL refused).
     async fn grant(&self, seconds: i64) -> LockResult<FreshLease> {
-        let sent = Instant::now();
         let mut lease = self.client.lease_client();
         let response = self.timed("lease grant", lease.grant(seconds, None)).await?;
         if response.ttl() != seconds {
@@ -289,7 +287,6 @@ impl EtcdStore {
         Ok(FreshLease {
             id: response.id(),
             ttl: Duration::from_secs(seconds.unsigned_abs()),
-            sent,
         })
     }
 
@@ -412,9 +409,11 @@ impl EtcdStore {
         seconds: i64,
     ) -> LockResult<Option<Attempted>> {
         let objects: Vec<&ObjectId> = attempt.claims.iter().map(|c| &c.object).collect();
-        let (states, read_at) = if lease.is_none() {
+        let retry_of_waiter = attempt.queueing.is_some_and(|q| q.ticket.is_some());
+        let (states, read_at) = if lease.is_none() && !retry_of_waiter {
             // The lease a grant needs is granted while the objects are read: a grant then
-            // costs the read and the conditional write, two round trips.
+            // costs the read and the conditional write, two round trips. A waiter's retry,
+            // usually refused again, reads first and asks for the lease only to grant.
             let (read, granted) = tokio::join!(self.read_objects(&objects), self.grant(seconds));
             *lease = Some(granted?);
             read?
@@ -504,7 +503,14 @@ impl EtcdStore {
             return Ok(Some(Attempted::Refused { conflicts, ticket }));
         }
 
-        let fresh = lease.ok_or_else(|| LockError::Internal("etcd: no lease".into()))?;
+        let fresh = match *lease {
+            Some(fresh) => fresh,
+            None => {
+                let fresh = self.grant(seconds).await?;
+                *lease = Some(fresh);
+                fresh
+            }
+        };
         let now_ms = unix_millis_now();
         let mut compares = Vec::with_capacity(attempt.claims.len() * 2);
         let mut ops = Vec::with_capacity(attempt.claims.len());
@@ -613,7 +619,7 @@ impl EtcdStore {
                     .max(Duration::from_millis(1)),
                 None => {
                     fresh_used = true;
-                    fresh.left().max(Duration::from_millis(1))
+                    fresh.reported()
                 }
             };
         }
@@ -905,7 +911,7 @@ impl LockStore for EtcdStore {
         if responses.len() != holders.len() {
             return Err(malformed("renew answer"));
         }
-        let left = fresh.left().max(Duration::from_millis(1));
+        let left = fresh.reported();
         let verdicts = responses
             .into_iter()
             .map(|r| {

@@ -1,0 +1,124 @@
+//! etcd-specific behaviour: fences across the loss of etcd's data, whole-second TTLs, and the
+//! URL forms.
+
+mod common;
+
+use std::time::Duration;
+
+use backend_etcd::EtcdConfig;
+use common::PrivateEtcd;
+use lockcore::{LockError, LockService as _, ObjectId, OwnerId};
+
+fn object(name: &str) -> ObjectId {
+    ObjectId::new(name).expect("valid object")
+}
+
+fn owner(name: &str) -> OwnerId {
+    OwnerId::new(name).expect("valid owner")
+}
+
+/// Wiping a member's data dir and starting a fresh etcd loses every fence key, yet the next
+/// fence of each object is above every fence issued before (the clock floor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_continue_above_earlier_ones_after_etcd_loses_its_data() {
+    let Some(mut etcd) = PrivateEtcd::start("wipe") else {
+        return;
+    };
+    let service = common::connect(EtcdConfig::from_url(etcd.url()))
+        .await
+        .expect("connects to the private etcd");
+    let file = object("/vol/wiped");
+    let mut before = Vec::new();
+    for _ in 0..3 {
+        let lease = service
+            .acquire(&file, &owner("alice"), Duration::from_secs(30), Duration::ZERO)
+            .await
+            .expect("granted");
+        before.push(lease.fence);
+        service.release(&file, &lease.token).await.expect("released");
+    }
+    assert!(before.windows(2).all(|w| w[0] < w[1]), "{before:?}");
+    assert_eq!(
+        service.store().last_fence(&file).await.expect("reads"),
+        before.last().copied()
+    );
+    drop(service);
+
+    etcd.wipe();
+    etcd.restart().expect("a fresh etcd starts on the wiped data dir");
+    let service = common::connect(EtcdConfig::from_url(etcd.url()))
+        .await
+        .expect("connects to the fresh etcd");
+    assert_eq!(
+        service.store().last_fence(&file).await.expect("reads"),
+        None,
+        "the data is gone"
+    );
+    let after = service
+        .acquire(&file, &owner("bob"), Duration::from_secs(30), Duration::ZERO)
+        .await
+        .expect("granted on the fresh etcd");
+    let highest = before.iter().max().copied().expect("fences");
+    assert!(
+        after.fence > highest,
+        "fence {} after the wipe is not above {highest}",
+        after.fence
+    );
+}
+
+/// etcd leases count whole seconds from a minimum: other TTLs are refused as invalid
+/// arguments, before anything is granted.
+#[tokio::test]
+async fn ttls_etcd_cannot_lease_exactly_are_refused() {
+    let Some(url) = common::url_or_skip() else {
+        return;
+    };
+    let service = common::connect(EtcdConfig::from_url(&url))
+        .await
+        .expect("connects");
+    let file = object(&format!("ttl-check/{}", rand::random::<u64>()));
+    for ttl in [
+        Duration::from_millis(300),
+        Duration::from_secs(1),
+        Duration::from_millis(2500),
+    ] {
+        let refused = service
+            .acquire(&file, &owner("alice"), ttl, Duration::ZERO)
+            .await;
+        assert!(
+            matches!(refused, Err(LockError::InvalidArgument { field: "ttl", .. })),
+            "{ttl:?}: {refused:?}"
+        );
+    }
+    assert!(service.inspect(&file).await.expect("inspect").is_none());
+    let lease = service
+        .acquire(&file, &owner("alice"), Duration::from_secs(2), Duration::ZERO)
+        .await
+        .expect("2 s is etcd's minimum");
+    assert_eq!(lease.ttl, Duration::from_secs(2));
+    let renew = service
+        .renew(&file, &lease.token, Duration::from_millis(1500))
+        .await;
+    assert!(matches!(
+        renew,
+        Err(LockError::InvalidArgument { field: "ttl", .. })
+    ));
+    service.release(&file, &lease.token).await.expect("release");
+}
+
+/// An unreachable cluster is a typed `unavailable`, within the connect timeout.
+#[tokio::test]
+async fn an_unreachable_cluster_is_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut config = EtcdConfig::from_url(format!("etcd://127.0.0.1:{port}"));
+    config.connect_timeout = Duration::from_millis(500);
+    config.operation_timeout = Duration::from_millis(500);
+    let connected = common::connect(config).await;
+    assert!(
+        matches!(connected, Err(LockError::Unavailable { backend: "etcd", .. })),
+        "{connected:?}"
+    );
+}
