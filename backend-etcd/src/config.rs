@@ -109,9 +109,12 @@ impl EtcdConfig {
     pub fn endpoints(&self) -> Result<Vec<String>, LockError> {
         let bad = |why: String| LockError::invalid_argument("url", why);
         let url = self.url.trim();
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad(format!("{}: expected etcd://host:port", self.redacted_url())))?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            bad(format!(
+                "{}: expected etcd://host:port",
+                self.redacted_url()
+            ))
+        })?;
         match scheme {
             "etcd" | "http" => {}
             "etcds" | "https" => {
@@ -199,7 +202,12 @@ mod tests {
         let config = EtcdConfig::from_url("etcd://a:1,b,[::1]:3,[::1]");
         assert_eq!(
             config.endpoints().expect("valid"),
-            ["http://a:1", "http://b:2379", "http://[::1]:3", "http://[::1]:2379"]
+            [
+                "http://a:1",
+                "http://b:2379",
+                "http://[::1]:3",
+                "http://[::1]:2379"
+            ]
         );
         let config = EtcdConfig::from_url("http://127.0.0.1:2379,http://127.0.0.1:22379");
         assert_eq!(
@@ -222,7 +230,10 @@ mod tests {
         ] {
             let checked = EtcdConfig::from_url(url).check();
             assert!(
-                matches!(checked, Err(LockError::InvalidArgument { field: "url", .. })),
+                matches!(
+                    checked,
+                    Err(LockError::InvalidArgument { field: "url", .. })
+                ),
                 "{url}: {checked:?}"
             );
         }

@@ -57,7 +57,12 @@ impl KeyLayout {
     }
 
     /// The key of one holder.
-    pub(crate) fn holder_key(&self, object: &ObjectId, digest: &TokenDigest, fence: Fence) -> Vec<u8> {
+    pub(crate) fn holder_key(
+        &self,
+        object: &ObjectId,
+        digest: &TokenDigest,
+        fence: Fence,
+    ) -> Vec<u8> {
         self.with(&[
             b"o\0",
             object.as_str().as_bytes(),
@@ -106,7 +111,9 @@ impl KeyLayout {
 
     /// What a key under [`Self::objects_prefix`] is.
     pub(crate) fn parse(&self, key: &[u8]) -> Option<Parsed> {
-        let rest = key.strip_prefix(self.prefix.as_slice())?.strip_prefix(b"o\0")?;
+        let rest = key
+            .strip_prefix(self.prefix.as_slice())?
+            .strip_prefix(b"o\0")?;
         let end = rest.iter().position(|&b| b == 0)?;
         let object = ObjectId::new(std::str::from_utf8(&rest[..end]).ok()?).ok()?;
         let rest = &rest[end + 1..];
@@ -295,8 +302,12 @@ mod tests {
         let longer = layout.holder_key(&object("ab"), &digest, Fence(1));
         assert!(!longer.starts_with(&layout.object_prefix(&object("a"))));
         assert!(longer.starts_with(&layout.list_prefix("a")));
-        assert!(layout.after_object(&object("a")) > layout.holder_key(&object("a"), &digest, Fence(9)));
-        assert!(layout.after_object(&object("a")) < layout.holder_key(&object("a "), &digest, Fence(9)));
+        assert!(
+            layout.after_object(&object("a")) > layout.holder_key(&object("a"), &digest, Fence(9))
+        );
+        assert!(
+            layout.after_object(&object("a")) < layout.holder_key(&object("a "), &digest, Fence(9))
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, KeyValue, PutOptions,
-    Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, KeyValue, PutOptions, Txn,
+    TxnOp, TxnOpResponse, TxnResponse,
 };
 use lockcore::store::{
     Attempt, Attempted, Claim, Granted, HolderRef, HolderState, Ticket, Verdict,
@@ -101,6 +101,7 @@ struct EntryKv {
     key: Vec<u8>,
     record: QueueRecord,
     create_revision: i64,
+    lease: i64,
 }
 
 /// Everything one object's range held when read.
@@ -139,7 +140,7 @@ fn millis(duration: Duration) -> u64 {
 fn unix_millis_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| millis(d))
+        .map(millis)
         .unwrap_or(0)
 }
 
@@ -273,7 +274,9 @@ impl EtcdStore {
     /// lease is revoked and the TTL refused).
     async fn grant(&self, seconds: i64) -> LockResult<FreshLease> {
         let mut lease = self.client.lease_client();
-        let response = self.timed("lease grant", lease.grant(seconds, None)).await?;
+        let response = self
+            .timed("lease grant", lease.grant(seconds, None))
+            .await?;
         if response.ttl() != seconds {
             self.revoke_later(response.id());
             return Err(LockError::invalid_argument(
@@ -317,6 +320,14 @@ impl EtcdStore {
         Ok(response.id())
     }
 
+    /// The current queue lease, if it is still fresh enough for entries to stay on it.
+    async fn fresh_queue_lease(&self) -> Option<i64> {
+        let current = self.queue_lease.lock().await;
+        current
+            .filter(|(_, granted)| granted.elapsed() < QUEUE_LEASE_REUSE)
+            .map(|(id, _)| id)
+    }
+
     /// Seconds left on each lease (`None` once expired), queried a batch at a time.
     async fn lease_ttls(&self, ids: &[i64]) -> LockResult<HashMap<i64, Option<Duration>>> {
         let mut unique: Vec<i64> = ids.to_vec();
@@ -330,9 +341,7 @@ impl EtcdStore {
                     let response = self
                         .timed("lease time to live", lease.time_to_live(id, None))
                         .await?;
-                    let ttl = u64::try_from(response.ttl())
-                        .ok()
-                        .map(Duration::from_secs);
+                    let ttl = u64::try_from(response.ttl()).ok().map(Duration::from_secs);
                     Ok::<_, LockError>((id, ttl))
                 }
             });
@@ -353,7 +362,8 @@ impl EtcdStore {
         for kv in kvs {
             match self.keys.parse(kv.key()) {
                 Some(Parsed::Holder { digest, fence, .. }) => {
-                    let record = HolderRecord::parse(kv.value()).ok_or_else(|| malformed("holder"))?;
+                    let record =
+                        HolderRecord::parse(kv.value()).ok_or_else(|| malformed("holder"))?;
                     state.holders.push(HolderKv {
                         key: kv.key().to_vec(),
                         digest,
@@ -370,6 +380,7 @@ impl EtcdStore {
                         key: kv.key().to_vec(),
                         record,
                         create_revision: kv.create_revision(),
+                        lease: kv.lease(),
                     });
                 }
                 None => return Err(malformed("key")),
@@ -471,7 +482,23 @@ impl EtcdStore {
                     ticket: None,
                 }));
             };
-            let _ = queueing;
+            // A waiter whose entries are all in place on the current queue lease writes
+            // nothing: woken waiters that are refused again cost one read each.
+            if let (Some(t), Some(current)) = (ticket, self.fresh_queue_lease().await) {
+                let in_place = attempt.claims.iter().zip(&states).all(|(claim, state)| {
+                    let own_key = self.keys.queue_key(&claim.object, &claim.digest);
+                    state
+                        .queue
+                        .iter()
+                        .any(|e| e.key == own_key && e.create_revision == t && e.lease == current)
+                });
+                if in_place {
+                    return Ok(Some(Attempted::Refused {
+                        conflicts,
+                        ticket: queueing.ticket,
+                    }));
+                }
+            }
             let queue_lease = self.queue_lease().await?;
             // Entering the queue needs no compare: the refusal was true at `read_at`, and
             // anything that frees the objects since then is a delete the watch reports.
@@ -939,7 +966,9 @@ impl LockStore for EtcdStore {
     }
 
     async fn validate(&self, holder: &HolderRef) -> LockResult<Verdict<HolderState>> {
-        let key = self.keys.holder_key(&holder.object, &holder.digest, holder.fence);
+        let key = self
+            .keys
+            .holder_key(&holder.object, &holder.digest, holder.fence);
         let response = self
             .txn(
                 "validate",
@@ -977,7 +1006,9 @@ impl LockStore for EtcdStore {
     }
 
     async fn downgrade(&self, holder: &HolderRef) -> LockResult<Verdict<HolderState>> {
-        let key = self.keys.holder_key(&holder.object, &holder.digest, holder.fence);
+        let key = self
+            .keys
+            .holder_key(&holder.object, &holder.digest, holder.fence);
         for _ in 0..MAX_CONFLICT_RETRIES {
             let response = self
                 .txn(
@@ -1033,7 +1064,11 @@ impl LockStore for EtcdStore {
             if !written? {
                 continue;
             }
-            let ttl = ttls?.get(&kv.lease()).copied().flatten().unwrap_or_default();
+            let ttl = ttls?
+                .get(&kv.lease())
+                .copied()
+                .flatten()
+                .unwrap_or_default();
             return Ok(Verdict::Done(HolderState {
                 owner: record.owner,
                 mode: LockMode::Shared,
@@ -1064,8 +1099,12 @@ impl LockStore for EtcdStore {
                 break;
             }
             let mut kv = self.client.kv_client();
-            let options = GetOptions::new().with_range(end.clone()).with_limit(LIST_BATCH);
-            let response = self.timed("list", kv.get(start.clone(), Some(options))).await?;
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_BATCH);
+            let response = self
+                .timed("list", kv.get(start.clone(), Some(options)))
+                .await?;
             for kv in response.kvs() {
                 let Some(Parsed::Holder { object, .. }) = self.keys.parse(kv.key()) else {
                     continue;
@@ -1105,12 +1144,16 @@ impl LockStore for EtcdStore {
     async fn health(&self) -> LockResult<()> {
         // A linearizable read: it needs a leader and a quorum, as every lock operation does.
         let mut kv = self.client.kv_client();
-        let key = self.keys.fence_key(&ObjectId::new("health").map_err(|e| {
-            LockError::Internal(format!("etcd: health key: {e}"))
-        })?);
-        self.timed("health", kv.get(key, Some(GetOptions::new().with_count_only())))
-            .await
-            .map(|_| ())
+        let key = self.keys.fence_key(
+            &ObjectId::new("health")
+                .map_err(|e| LockError::Internal(format!("etcd: health key: {e}")))?,
+        );
+        self.timed(
+            "health",
+            kv.get(key, Some(GetOptions::new().with_count_only())),
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -1134,7 +1177,10 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_foreign_ones_are_invalid() {
         let object = ObjectId::new("a/ü b").expect("valid");
-        assert_eq!(parse_cursor(&encode_cursor(&object)).expect("parses"), object);
+        assert_eq!(
+            parse_cursor(&encode_cursor(&object)).expect("parses"),
+            object
+        );
         for text in ["", "v1.", "v1.zz", "v2.61", "61", "v1.00"] {
             assert!(
                 matches!(

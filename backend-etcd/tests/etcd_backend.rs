@@ -31,11 +31,19 @@ async fn fences_continue_above_earlier_ones_after_etcd_loses_its_data() {
     let mut before = Vec::new();
     for _ in 0..3 {
         let lease = service
-            .acquire(&file, &owner("alice"), Duration::from_secs(30), Duration::ZERO)
+            .acquire(
+                &file,
+                &owner("alice"),
+                Duration::from_secs(30),
+                Duration::ZERO,
+            )
             .await
             .expect("granted");
         before.push(lease.fence);
-        service.release(&file, &lease.token).await.expect("released");
+        service
+            .release(&file, &lease.token)
+            .await
+            .expect("released");
     }
     assert!(before.windows(2).all(|w| w[0] < w[1]), "{before:?}");
     assert_eq!(
@@ -45,7 +53,8 @@ async fn fences_continue_above_earlier_ones_after_etcd_loses_its_data() {
     drop(service);
 
     etcd.wipe();
-    etcd.restart().expect("a fresh etcd starts on the wiped data dir");
+    etcd.restart()
+        .expect("a fresh etcd starts on the wiped data dir");
     let service = common::connect(EtcdConfig::from_url(etcd.url()))
         .await
         .expect("connects to the fresh etcd");
@@ -55,7 +64,12 @@ async fn fences_continue_above_earlier_ones_after_etcd_loses_its_data() {
         "the data is gone"
     );
     let after = service
-        .acquire(&file, &owner("bob"), Duration::from_secs(30), Duration::ZERO)
+        .acquire(
+            &file,
+            &owner("bob"),
+            Duration::from_secs(30),
+            Duration::ZERO,
+        )
         .await
         .expect("granted on the fresh etcd");
     let highest = before.iter().max().copied().expect("fences");
@@ -86,13 +100,21 @@ async fn ttls_etcd_cannot_lease_exactly_are_refused() {
             .acquire(&file, &owner("alice"), ttl, Duration::ZERO)
             .await;
         assert!(
-            matches!(refused, Err(LockError::InvalidArgument { field: "ttl", .. })),
+            matches!(
+                refused,
+                Err(LockError::InvalidArgument { field: "ttl", .. })
+            ),
             "{ttl:?}: {refused:?}"
         );
     }
     assert!(service.inspect(&file).await.expect("inspect").is_none());
     let lease = service
-        .acquire(&file, &owner("alice"), Duration::from_secs(2), Duration::ZERO)
+        .acquire(
+            &file,
+            &owner("alice"),
+            Duration::from_secs(2),
+            Duration::ZERO,
+        )
         .await
         .expect("2 s is etcd's minimum");
     assert_eq!(lease.ttl, Duration::from_secs(2));
@@ -118,7 +140,13 @@ async fn an_unreachable_cluster_is_unavailable() {
     config.operation_timeout = Duration::from_millis(500);
     let connected = common::connect(config).await;
     assert!(
-        matches!(connected, Err(LockError::Unavailable { backend: "etcd", .. })),
+        matches!(
+            connected,
+            Err(LockError::Unavailable {
+                backend: "etcd",
+                ..
+            })
+        ),
         "{connected:?}"
     );
 }

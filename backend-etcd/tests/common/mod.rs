@@ -37,7 +37,10 @@ pub fn url_or_skip() -> Option<String> {
 
 /// The service on a store connected with `config`, minting tokens with [`issuer`].
 pub async fn connect(config: EtcdConfig) -> LockResult<EtcdLockService> {
-    Ok(EtcdLockService::new(EtcdStore::connect(config).await?, issuer()))
+    Ok(EtcdLockService::new(
+        EtcdStore::connect(config).await?,
+        issuer(),
+    ))
 }
 
 /// The token issuer of every service a test connects: one secret, as several lockd processes
@@ -73,10 +76,8 @@ impl PrivateEtcd {
                 return None;
             }
         };
-        let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "etcd-{name}-{}-{client_port}",
-            std::process::id()
-        ));
+        let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("etcd-{name}-{}-{client_port}", std::process::id()));
         let mut etcd = Self {
             client_port,
             peer_port,
@@ -120,7 +121,10 @@ impl PrivateEtcd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Err(format!("etcd on port {} did not become healthy", self.client_port))
+        Err(format!(
+            "etcd on port {} did not become healthy",
+            self.client_port
+        ))
     }
 
     /// Kills the member by its PID and waits for it to exit.
