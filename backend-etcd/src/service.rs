@@ -302,6 +302,33 @@ impl EtcdStore {
         });
     }
 
+    /// Revokes, in the background, each of `leases` that no key uses any more (leases a renew
+    /// moved every holder off). Grant leases are never attached to new keys, so one found
+    /// empty stays empty. Best effort: an unrevoked lease expires anyway.
+    fn revoke_if_empty_later(&self, mut leases: Vec<i64>) {
+        leases.sort_unstable();
+        leases.dedup();
+        leases.retain(|&id| id != 0);
+        if leases.is_empty() {
+            return;
+        }
+        let mut lease = self.client.lease_client();
+        let timeout = self.operation_timeout;
+        tokio::spawn(async move {
+            for id in leases {
+                let options = etcd_client::LeaseTimeToLiveOptions::new().with_keys();
+                let Ok(Ok(found)) =
+                    tokio::time::timeout(timeout, lease.time_to_live(id, Some(options))).await
+                else {
+                    continue;
+                };
+                if found.ttl() > 0 && found.keys().is_empty() {
+                    let _ = tokio::time::timeout(timeout, lease.revoke(id)).await;
+                }
+            }
+        });
+    }
+
     /// The lease new and renewed queue entries are attached to: one per store, replaced every
     /// [`QUEUE_LEASE_REUSE`].
     async fn queue_lease(&self) -> LockResult<i64> {
@@ -553,11 +580,11 @@ impl EtcdStore {
                 .with_prefix(),
             );
             let mut object_ops = Vec::with_capacity(3);
-            if ticket.is_some() {
-                object_ops.push(TxnOp::delete(
-                    self.keys.queue_key(&claim.object, &claim.digest),
-                    None,
-                ));
+            // The request leaves the queue with the grant (its entry may also be left over
+            // from an attempt whose answer was lost).
+            let own_key = self.keys.queue_key(&claim.object, &claim.digest);
+            if ticket.is_some() || state.queue.iter().any(|e| e.key == own_key) {
+                object_ops.push(TxnOp::delete(own_key, None));
             }
             match replay {
                 Some(held) => {
@@ -913,12 +940,13 @@ impl LockStore for EtcdStore {
                     Txn::new()
                         .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
                         .and_then([
+                            // The holder as it was: its record and the lease it leaves.
+                            TxnOp::get(key.clone(), None),
                             TxnOp::put(
-                                key.clone(),
+                                key,
                                 Vec::new(),
                                 Some(PutOptions::new().with_ignore_value().with_lease(fresh.id)),
                             ),
-                            TxnOp::get(key, None),
                         ])
                         .or_else([TxnOp::get(
                             self.keys.holders_prefix(&h.object),
@@ -939,13 +967,15 @@ impl LockStore for EtcdStore {
             return Err(malformed("renew answer"));
         }
         let left = fresh.reported();
+        let mut left_behind = Vec::new();
         let verdicts = responses
             .into_iter()
             .map(|r| {
                 Ok(match verdict_of(&txn_response(Some(r), "a renew")?)? {
                     Verdict::Done(done) => {
-                        let get = get_response(done.into_iter().nth(1), "a renewed holder")?;
+                        let get = get_response(done.into_iter().next(), "a renewed holder")?;
                         let kv = get.kvs().first().ok_or_else(|| malformed("renew answer"))?;
+                        left_behind.push(kv.lease());
                         let record =
                             HolderRecord::parse(kv.value()).ok_or_else(|| malformed("holder"))?;
                         Verdict::Done(HolderState {
@@ -959,9 +989,10 @@ impl LockStore for EtcdStore {
                 })
             })
             .collect::<LockResult<Vec<_>>>()?;
-        if !verdicts.iter().any(|v| matches!(v, Verdict::Done(_))) {
+        if left_behind.is_empty() {
             self.revoke_later(fresh.id);
         }
+        self.revoke_if_empty_later(left_behind);
         Ok(verdicts)
     }
 
