@@ -42,7 +42,9 @@ fn free_port() -> u16 {
 
 fn http(port: u16, request: &str) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
     stream.write_all(request.as_bytes()).ok()?;
     let mut body = String::new();
     let _ = stream.read_to_string(&mut body);
@@ -55,8 +57,11 @@ impl PrivateCluster {
             conformance_tests::skip_or_fail("etcd", "no `etcd` binary for the cluster test");
             return None;
         }
-        let data_root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("etcd-cluster-{}-{}", std::process::id(), free_port()));
+        let data_root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "etcd-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         let members = (0..MEMBERS)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -206,7 +211,9 @@ async fn leader_loss_and_cluster_restart_keep_holders_apart_and_fences_increasin
         config.operation_timeout = Duration::from_secs(1);
         config.connect_timeout = Duration::from_secs(2);
         services.push(Arc::new(
-            common::connect(config).await.expect("connects to the cluster"),
+            common::connect(config)
+                .await
+                .expect("connects to the cluster"),
         ));
     }
     let objects: Arc<Vec<ObjectId>> = Arc::new(
@@ -246,7 +253,9 @@ async fn leader_loss_and_cluster_restart_keep_holders_apart_and_fences_increasin
                         });
                         r.grants_at.push(from);
                     }
-                    Err(LockError::Unavailable { backend: "etcd", .. }) => {
+                    Err(LockError::Unavailable {
+                        backend: "etcd", ..
+                    }) => {
                         record.lock().expect("record").unavailable += 1;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -275,14 +284,20 @@ async fn leader_loss_and_cluster_restart_keep_holders_apart_and_fences_increasin
         async move {
             let deadline = Instant::now() + Duration::from_secs(30);
             while grants_since(at) < 10 {
-                assert!(Instant::now() < deadline, "no service within 30 s after {what}");
+                assert!(
+                    Instant::now() < deadline,
+                    "no service within 30 s after {what}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     };
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(grants_since(Instant::now() - Duration::from_secs(2)) > 0, "no load");
+    assert!(
+        grants_since(Instant::now() - Duration::from_secs(2)) > 0,
+        "no load"
+    );
 
     // 1. kill -9 the leader, then bring it back.
     let leader = cluster.leader().expect("the cluster has a leader");
