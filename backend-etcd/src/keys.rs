@@ -13,6 +13,8 @@
 //!   ticket is the key's `create_revision`: etcd's revision counter orders every waiter of the
 //!   cluster by arrival, and re-putting the key to renew it keeps its create revision.
 //! * `P f␀<o>`: the last fence issued for `o` (decimal), without a lease.
+//! * `P w␀<o>`: put (empty, on the holder's lease) by each downgrade of a holder of `o`, for
+//!   the watch, which sees only deletions of holder and queue keys.
 //!
 //! All of an object's holders and queue entries lie in one key range, `P o␀<o>␀`, so one range
 //! read returns them and one range compare guards them. The holders of every object whose name
@@ -97,6 +99,25 @@ impl KeyLayout {
     /// The key of `object`'s last fence.
     pub(crate) fn fence_key(&self, object: &ObjectId) -> Vec<u8> {
         self.with(&[b"f\0", object.as_str().as_bytes()])
+    }
+
+    /// The wake key of `object`: put by a downgrade so that the watch, which ignores puts of
+    /// holder and queue keys, sees it.
+    pub(crate) fn wake_key(&self, object: &ObjectId) -> Vec<u8> {
+        self.with(&[b"w\0", object.as_str().as_bytes()])
+    }
+
+    /// Every object's wake key.
+    pub(crate) fn wakes_prefix(&self) -> Vec<u8> {
+        self.with(&[b"w\0"])
+    }
+
+    /// The object a wake key names.
+    pub(crate) fn object_of_wake_key(&self, key: &[u8]) -> Option<ObjectId> {
+        let rest = key
+            .strip_prefix(self.prefix.as_slice())?
+            .strip_prefix(b"w\0")?;
+        ObjectId::new(std::str::from_utf8(rest).ok()?).ok()
     }
 
     /// The start of the listing of objects named `prefix...`.
@@ -293,6 +314,14 @@ mod tests {
             })
         );
         assert_eq!(layout.parse(&layout.fence_key(&object("a"))), None);
+        assert_eq!(layout.parse(&layout.wake_key(&object("a"))), None);
+        assert_eq!(
+            layout.object_of_wake_key(&layout.wake_key(&object("a/b"))),
+            Some(object("a/b"))
+        );
+        assert!(layout
+            .wake_key(&object("a"))
+            .starts_with(&layout.wakes_prefix()));
     }
 
     #[test]

@@ -1081,11 +1081,20 @@ impl LockStore for EtcdStore {
                                 CompareOp::Equal,
                                 kv.mod_revision(),
                             )])
-                            .and_then([TxnOp::put(
-                                key.clone(),
-                                shared.encode(),
-                                Some(PutOptions::new().with_ignore_lease()),
-                            )]),
+                            .and_then([
+                                TxnOp::put(
+                                    key.clone(),
+                                    shared.encode(),
+                                    Some(PutOptions::new().with_ignore_lease()),
+                                ),
+                                // For the watch: the holder's key still exists (compared
+                                // above), so its lease does too.
+                                TxnOp::put(
+                                    self.keys.wake_key(&holder.object),
+                                    Vec::new(),
+                                    Some(PutOptions::new().with_lease(kv.lease())),
+                                ),
+                            ]),
                     )
                     .await?;
                 Ok::<_, LockError>(response.succeeded())

@@ -1,9 +1,11 @@
 //! The wake-up watch: one etcd watch per store on every object's keys, waking local waiters.
 //!
-//! etcd reports every change under the prefix. A holder or queue key deleted (a release, a
-//! take-back, a ticket leaving the queue, or etcd revoking an expired lease: expiries wake
-//! waiters too) and a holder turned from exclusive to shared (a downgrade) become
-//! [`WaitQueue::wake`] for the key's object. When the watch stream fails or etcd cancels it
+//! etcd reports every deletion of a holder or queue key (a release, a take-back, a ticket
+//! leaving the queue, or etcd revoking an expired lease: expiries wake waiters too) and every
+//! put of a wake key (a downgrade), each as [`WaitQueue::wake`] for the key's object. Puts of
+//! holder and queue keys (grants, renewals, waiters queueing) are filtered out by etcd itself:
+//! they never free anything, and sending them would cost etcd and this process work on every
+//! grant. When the watch stream fails or etcd cancels it
 //! (compaction, a member going away), the task watches again with backoff and then calls
 //! [`WaitQueue::wake_all`], since changes made while it was away are not replayed.
 
@@ -11,11 +13,11 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable as _};
-use etcd_client::{Client, EventType, WatchOptions, WatchStream, Watcher};
-use lockcore::{LockError, LockMode, WaitQueue};
+use etcd_client::{Client, EventType, WatchFilterType, WatchOptions, WatchStream, Watcher};
+use lockcore::{LockError, WaitQueue};
 
 use crate::error;
-use crate::keys::{HolderRecord, KeyLayout, Parsed};
+use crate::keys::KeyLayout;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -37,13 +39,24 @@ impl std::fmt::Debug for WakeWatch {
 }
 
 impl WakeWatch {
-    /// Opens the watch on every object's keys, with previous values (to see downgrades).
+    /// Opens one watch stream with two watches: deletions of every object's keys, and puts of
+    /// wake keys.
     pub(crate) async fn open(&self) -> Result<(Watcher, WatchStream), LockError> {
-        let prefix = self.keys.objects_prefix();
         let mut client = self.client.watch_client();
-        let options = WatchOptions::new().with_prefix().with_prev_key();
-        match tokio::time::timeout(self.connect_timeout, client.watch(prefix, Some(options))).await
-        {
+        let deletions = WatchOptions::new()
+            .with_prefix()
+            .with_filters([WatchFilterType::NoPut]);
+        let wakes = WatchOptions::new()
+            .with_prefix()
+            .with_filters([WatchFilterType::NoDelete]);
+        let open = async {
+            let (mut watcher, stream) = client
+                .watch(self.keys.objects_prefix(), Some(deletions))
+                .await?;
+            watcher.watch(self.keys.wakes_prefix(), Some(wakes)).await?;
+            Ok::<_, etcd_client::Error>((watcher, stream))
+        };
+        match tokio::time::timeout(self.connect_timeout, open).await {
             Ok(Ok(opened)) => Ok(opened),
             Ok(Err(e)) => Err(error::from_etcd("watch", &e)),
             Err(_) => Err(error::timed_out("watch", self.connect_timeout)),
@@ -104,28 +117,14 @@ impl WakeWatch {
             let Some(waits) = waits.upgrade() else { return };
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
-                let Some(parsed) = self.keys.parse(kv.key()) else {
-                    continue;
+                let object = match event.event_type() {
+                    EventType::Delete => self.keys.parse(kv.key()).map(|p| p.object().clone()),
+                    EventType::Put => self.keys.object_of_wake_key(kv.key()),
                 };
-                let wake = match event.event_type() {
-                    EventType::Delete => true,
-                    EventType::Put => match (&parsed, event.prev_kv()) {
-                        // A downgrade: the holder was exclusive and is shared now.
-                        (Parsed::Holder { .. }, Some(prev)) => {
-                            mode_of(prev.value()) == Some(LockMode::Exclusive)
-                                && mode_of(kv.value()) == Some(LockMode::Shared)
-                        }
-                        _ => false,
-                    },
-                };
-                if wake {
-                    waits.wake(parsed.object());
+                if let Some(object) = object {
+                    waits.wake(&object);
                 }
             }
         }
     }
-}
-
-fn mode_of(value: &[u8]) -> Option<LockMode> {
-    HolderRecord::parse(value).map(|record| record.mode)
 }

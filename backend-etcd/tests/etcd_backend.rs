@@ -150,3 +150,86 @@ async fn an_unreachable_cluster_is_unavailable() {
         "{connected:?}"
     );
 }
+
+/// Waiters are woken by the watch, well before the 2 s keep-alive retry: by a release seen
+/// through another store (another lockd process), and by a downgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_wakes_waiters_of_other_processes_at_once() {
+    let Some(url) = common::url_or_skip() else {
+        return;
+    };
+    let holder_side = common::connect(EtcdConfig::from_url(&url))
+        .await
+        .expect("connects");
+    let waiter_side = common::connect(EtcdConfig::from_url(&url))
+        .await
+        .expect("connects");
+    let file = object(&format!("watch-check/{}", rand::random::<u64>()));
+    let ttl = Duration::from_secs(30);
+    const PROMPT: Duration = Duration::from_millis(1000);
+
+    let held = holder_side
+        .acquire(&file, &owner("alice"), ttl, Duration::ZERO)
+        .await
+        .expect("granted");
+    let waiting = tokio::spawn({
+        let file = file.clone();
+        async move {
+            let lease = waiter_side
+                .acquire_in(
+                    &file,
+                    lockcore::LockMode::Shared,
+                    &owner("bob"),
+                    ttl,
+                    Duration::from_secs(10),
+                )
+                .await;
+            (lease, std::time::Instant::now(), waiter_side)
+        }
+    });
+    // Let the waiter queue and go to sleep on its 2 s keep-alive.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let downgraded_at = std::time::Instant::now();
+    holder_side
+        .downgrade(&file, &held.token)
+        .await
+        .expect("downgrade");
+    let (lease, granted_at, waiter_side) = waiting.await.expect("waiter task");
+    let shared = lease.expect("the shared waiter is granted after the downgrade");
+    assert!(
+        granted_at - downgraded_at < PROMPT,
+        "woken {:?} after the downgrade",
+        granted_at - downgraded_at
+    );
+
+    let waiting = tokio::spawn({
+        let file = file.clone();
+        async move {
+            let lease = waiter_side
+                .acquire(&file, &owner("carol"), ttl, Duration::from_secs(10))
+                .await;
+            (lease, std::time::Instant::now())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    holder_side
+        .release(&file, &held.token)
+        .await
+        .expect("release");
+    let released_at = std::time::Instant::now();
+    holder_side
+        .release(&file, &shared.token)
+        .await
+        .expect("release");
+    let (lease, granted_at) = waiting.await.expect("waiter task");
+    let exclusive = lease.expect("the exclusive waiter is granted after the releases");
+    assert!(
+        granted_at - released_at < PROMPT,
+        "woken {:?} after the release",
+        granted_at - released_at
+    );
+    holder_side
+        .release(&file, &exclusive.token)
+        .await
+        .expect("release");
+}
