@@ -233,3 +233,74 @@ async fn the_watch_wakes_waiters_of_other_processes_at_once() {
         .await
         .expect("release");
 }
+
+/// 64 objects, the most one request names, fit etcd's default limit of 128 operations per
+/// transaction at every step: a grant, a blocked request queueing on all of them, its grant
+/// when they free up, and a batch release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_objects_fit_etcds_transaction_limits() {
+    let Some(url) = common::url_or_skip() else {
+        return;
+    };
+    let service = std::sync::Arc::new(
+        common::connect(EtcdConfig::from_url(&url))
+            .await
+            .expect("connects"),
+    );
+    let run: u64 = rand::random();
+    let specs: Vec<lockcore::LockSpec> = (0..lockcore::MAX_OBJECTS_PER_REQUEST)
+        .map(|i| {
+            lockcore::LockSpec::new(
+                object(&format!("many/{run:x}/{i}")),
+                lockcore::LockMode::Exclusive,
+            )
+        })
+        .collect();
+    let ttl = Duration::from_secs(30);
+    let first = service
+        .acquire_with(&lockcore::AcquireRequest::many(
+            specs.clone(),
+            owner("alice"),
+            ttl,
+        ))
+        .await
+        .expect("64 objects granted at once");
+    assert_eq!(first.leases.len(), 64);
+    let waiter = tokio::spawn({
+        let (service, specs) = (service.clone(), specs.clone());
+        async move {
+            let mut request = lockcore::AcquireRequest::many(specs, owner("bob"), ttl);
+            request.wait = Duration::from_secs(10);
+            service.acquire_with(&request).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let locks: Vec<_> = first
+        .leases
+        .iter()
+        .map(|l| (l.object.clone(), l.token.clone()))
+        .collect();
+    let released = service.release_many(&locks).await.expect("batch release");
+    assert!(released.iter().all(Result::is_ok), "{released:?}");
+    let second = waiter
+        .await
+        .expect("waiter task")
+        .expect("the queued 64-object request is granted");
+    assert!(second
+        .leases
+        .iter()
+        .zip(&first.leases)
+        .all(|(b, a)| b.fence > a.fence));
+    let locks: Vec<_> = second
+        .leases
+        .iter()
+        .map(|l| (l.object.clone(), l.token.clone()))
+        .collect();
+    let renewed = service
+        .renew_many(&locks, Duration::from_secs(10))
+        .await
+        .expect("batch renew");
+    assert!(renewed.iter().all(Result::is_ok), "{renewed:?}");
+    let released = service.release_many(&locks).await.expect("batch release");
+    assert!(released.iter().all(Result::is_ok), "{released:?}");
+}
