@@ -1,6 +1,7 @@
 //! [`EtcdConfig`]: where the etcd cluster is, how keys are named, and how long to wait for it.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use lockcore::{Limits, LockError};
@@ -30,10 +31,18 @@ const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 #[serde(default)]
 #[non_exhaustive]
 pub struct EtcdConfig {
-    /// `etcd://host[:port][,host[:port]]...` (default port 2379), or a comma-separated list of
-    /// `http://host:port` endpoints (default `etcd://127.0.0.1:2379`). `etcds://` (TLS) is
-    /// refused for now.
+    /// `etcd://[user:password@]host[:port][,host[:port]]...` (default port 2379), `etcds://...`
+    /// for TLS, or a comma-separated list of `http://host:port` (or `https://`) endpoints
+    /// (default `etcd://127.0.0.1:2379`). With `user:password`, the client authenticates to
+    /// etcd (etcd's auth must be enabled for that user).
     pub url: String,
+    /// For `etcds://`: the PEM file of the CA that signed the members' certificates (default:
+    /// the system's roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// For `etcds://` with client certificates: the PEM certificate (with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// For `etcds://` with client certificates: the PEM private key (with `tls_cert_file`).
+    pub tls_key_file: Option<PathBuf>,
     /// Prepended to every key (default `lockd/`). Several lock namespaces can share one etcd
     /// cluster under different prefixes. Must not contain control characters.
     pub key_prefix: String,
@@ -56,6 +65,9 @@ impl Default for EtcdConfig {
     fn default() -> Self {
         Self {
             url: "etcd://127.0.0.1:2379".into(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             key_prefix: "lockd/".into(),
             limits: Limits::default(),
             min_ttl: DEFAULT_MIN_TTL,
@@ -69,6 +81,9 @@ impl fmt::Debug for EtcdConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdConfig")
             .field("url", &self.redacted_url())
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .field("key_prefix", &self.key_prefix)
             .field("limits", &self.limits)
             .field("min_ttl", &self.min_ttl)
@@ -102,11 +117,25 @@ impl EtcdConfig {
             .join(",")
     }
 
-    /// The gRPC endpoints (`http://host:port`) the URL names.
+    /// The gRPC endpoints (`http://host:port`, or `https://` for TLS) the URL names.
     ///
-    /// Fails with [`LockError::InvalidArgument`] on `url` for an unknown scheme, TLS, user
-    /// info, an empty host list or a bad port.
+    /// Fails with [`LockError::InvalidArgument`] on `url` for an unknown scheme, an empty host
+    /// list, a path or query, or a bad port.
     pub fn endpoints(&self) -> Result<Vec<String>, LockError> {
+        Ok(self.parse_url()?.endpoints)
+    }
+
+    /// Whether the URL asks for TLS (`etcds://` or `https://`).
+    pub fn uses_tls(&self) -> bool {
+        self.parse_url().is_ok_and(|url| url.tls)
+    }
+
+    /// The `user:password` of the URL, if any.
+    pub(crate) fn credentials(&self) -> Result<Option<(String, String)>, LockError> {
+        Ok(self.parse_url()?.credentials)
+    }
+
+    fn parse_url(&self) -> Result<ParsedUrl, LockError> {
         let bad = |why: String| LockError::invalid_argument("url", why);
         let url = self.url.trim();
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
@@ -115,27 +144,36 @@ impl EtcdConfig {
                 self.redacted_url()
             ))
         })?;
-        match scheme {
-            "etcd" | "http" => {}
-            "etcds" | "https" => {
-                return Err(bad(
-                    "TLS (etcds://) is not supported by this build of backend-etcd yet".into(),
-                ))
-            }
+        let tls = match scheme {
+            "etcd" | "http" => false,
+            "etcds" | "https" => true,
             other => return Err(bad(format!("unknown scheme {other}://, expected etcd://"))),
-        }
+        };
+        let (credentials, hosts) = match rest.rsplit_once('@') {
+            Some((userinfo, hosts)) => {
+                let (user, password) = userinfo
+                    .split_once(':')
+                    .ok_or_else(|| bad("user info must be user:password".into()))?;
+                if user.is_empty() {
+                    return Err(bad("user info has an empty user".into()));
+                }
+                (Some((user.to_string(), password.to_string())), hosts)
+            }
+            None => (None, rest),
+        };
+        let scheme = if tls { "https" } else { "http" };
         let mut endpoints = Vec::new();
-        for part in rest.split(',') {
+        for part in hosts.split(',') {
             // Later entries of an http:// list repeat the scheme.
             let part = part.trim();
-            let part = part
-                .strip_prefix("http://")
-                .or_else(|| part.strip_prefix("etcd://"))
+            let part = ["http://", "https://", "etcd://", "etcds://"]
+                .iter()
+                .find_map(|p| part.strip_prefix(p))
                 .unwrap_or(part);
             let host_port = part.trim_end_matches('/');
             if host_port.contains(['@', '/', '?', '#']) {
                 return Err(bad(format!(
-                    "{}: endpoints are host[:port] only (no user info, path or query)",
+                    "{}: endpoints are host[:port] only (no path or query)",
                     self.redacted_url()
                 )));
             }
@@ -152,17 +190,37 @@ impl EtcdConfig {
                 _ => false,
             };
             endpoints.push(if has_port {
-                format!("http://{host_port}")
+                format!("{scheme}://{host_port}")
             } else {
-                format!("http://{host_port}:2379")
+                format!("{scheme}://{host_port}:2379")
             });
         }
-        Ok(endpoints)
+        Ok(ParsedUrl {
+            endpoints,
+            tls,
+            credentials,
+        })
     }
 
     /// Refuses settings the backend cannot work with.
     pub(crate) fn check(&self) -> Result<(), LockError> {
-        self.endpoints()?;
+        let url = self.parse_url()?;
+        if !url.tls
+            && (self.tls_ca_file.is_some()
+                || self.tls_cert_file.is_some()
+                || self.tls_key_file.is_some())
+        {
+            return Err(LockError::invalid_argument(
+                "tls_ca_file",
+                "TLS files are set but the URL is not etcds://",
+            ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(LockError::invalid_argument(
+                "tls_cert_file",
+                "a client certificate needs both tls_cert_file and tls_key_file",
+            ));
+        }
         if self.key_prefix.chars().any(char::is_control) {
             return Err(LockError::invalid_argument(
                 "key_prefix",
@@ -191,6 +249,14 @@ impl EtcdConfig {
         }
         Ok(())
     }
+}
+
+/// What a URL names.
+#[derive(Debug)]
+struct ParsedUrl {
+    endpoints: Vec<String>,
+    tls: bool,
+    credentials: Option<(String, String)>,
 }
 
 #[cfg(test)]
@@ -224,9 +290,9 @@ mod tests {
             "etcd://",
             "etcd://a:x",
             "etcd://a:1,",
-            "etcd://u:p@a:1",
+            "etcd://u@a:1",
+            "etcd://:p@a:1",
             "etcd://a:1/path",
-            "etcds://a:1",
         ] {
             let checked = EtcdConfig::from_url(url).check();
             assert!(
@@ -237,6 +303,26 @@ mod tests {
                 "{url}: {checked:?}"
             );
         }
+    }
+
+    #[test]
+    fn tls_and_credentials_come_from_the_url() {
+        let config = EtcdConfig::from_url("etcds://root:p@ss@a:1,b");
+        assert!(config.uses_tls());
+        assert_eq!(
+            config.endpoints().expect("valid"),
+            ["https://a:1", "https://b:2379"]
+        );
+        assert_eq!(
+            config.credentials().expect("valid"),
+            Some(("root".to_string(), "p@ss".to_string()))
+        );
+        let plain = EtcdConfig::from_url("etcd://a");
+        assert!(!plain.uses_tls());
+        assert_eq!(plain.credentials().expect("valid"), None);
+        let mut mixed = EtcdConfig::from_url("etcd://a");
+        mixed.tls_ca_file = Some("ca.pem".into());
+        assert!(mixed.check().is_err());
     }
 
     #[test]

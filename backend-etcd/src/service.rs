@@ -177,12 +177,18 @@ impl EtcdStore {
     pub async fn connect(config: EtcdConfig) -> Result<Self, LockError> {
         config.check()?;
         let endpoints = config.endpoints()?;
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
             .with_timeout(config.operation_timeout)
             .with_keep_alive(Duration::from_secs(5), config.operation_timeout)
             // Fail fast while the cluster has no leader (an election) instead of waiting.
             .with_require_leader(true);
+        if let Some((user, password)) = config.credentials()? {
+            options = options.with_user(user, password);
+        }
+        if config.uses_tls() {
+            options = options.with_tls(tls_options(&config)?);
+        }
         let client = match tokio::time::timeout(
             config.connect_timeout,
             Client::connect(&endpoints, Some(options)),
@@ -741,6 +747,30 @@ impl EtcdStore {
         }
         Ok(out)
     }
+}
+
+/// The TLS settings of an `etcds://` config: its CA (or the system's roots) and client
+/// certificate, if any.
+fn tls_options(config: &EtcdConfig) -> LockResult<etcd_client::TlsOptions> {
+    let read = |field: &'static str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| LockError::invalid_argument(field, format!("{}: {e}", path.display())))
+    };
+    let mut tls = etcd_client::TlsOptions::new();
+    tls = match &config.tls_ca_file {
+        Some(path) => tls.ca_certificate(etcd_client::Certificate::from_pem(read(
+            "tls_ca_file",
+            path,
+        )?)),
+        None => tls.with_enabled_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        tls = tls.identity(etcd_client::Identity::from_pem(
+            read("tls_cert_file", cert)?,
+            read("tls_key_file", key)?,
+        ));
+    }
+    Ok(tls)
 }
 
 fn parse_fence(value: &[u8]) -> LockResult<Fence> {
