@@ -113,17 +113,26 @@ struct ObjectState {
 }
 
 /// A lease granted for grants or renewals: it expires `ttl` after etcd granted it, on etcd's
-/// clock.
+/// clock, which is after `sent`.
 #[derive(Debug, Clone, Copy)]
 struct FreshLease {
     id: i64,
     ttl: Duration,
+    sent: Instant,
 }
 
 impl FreshLease {
-    /// The TTL reported for grants and renewals on this lease: the TTL asked for, as the
-    /// other backends report it. The lease started when etcd granted it, up to one round trip
-    /// before the transaction that attached it committed (see the crate docs, "Expiry").
+    /// Time surely left on the lease: its TTL less the time since its grant was sent, in whole
+    /// milliseconds (at least 1 ms). Grants report this: a grant that lost races and read
+    /// again reports a lease that much older.
+    fn left(&self) -> Duration {
+        let left = self.ttl.saturating_sub(self.sent.elapsed());
+        Duration::from_millis(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1))
+    }
+
+    /// The TTL a renewal reports: the TTL asked for, as the other backends report it. The
+    /// lease started when etcd granted it, one round trip before the renewal's transaction
+    /// committed (see the crate docs, "Expiry").
     fn reported(&self) -> Duration {
         self.ttl
     }
@@ -279,6 +288,7 @@ impl EtcdStore {
     /// Grants a lease of exactly `seconds` (etcd raises leases below its minimum TTL: such a
     /// lease is revoked and the TTL refused).
     async fn grant(&self, seconds: i64) -> LockResult<FreshLease> {
+        let sent = Instant::now();
         let mut lease = self.client.lease_client();
         let response = self
             .timed("lease grant", lease.grant(seconds, None))
@@ -296,6 +306,7 @@ impl EtcdStore {
         Ok(FreshLease {
             id: response.id(),
             ttl: Duration::from_secs(seconds.unsigned_abs()),
+            sent,
         })
     }
 
@@ -679,7 +690,7 @@ impl EtcdStore {
                     .max(Duration::from_millis(1)),
                 None => {
                     fresh_used = true;
-                    fresh.reported()
+                    fresh.left()
                 }
             };
         }

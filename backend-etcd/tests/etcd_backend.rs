@@ -117,7 +117,12 @@ async fn ttls_etcd_cannot_lease_exactly_are_refused() {
         )
         .await
         .expect("2 s is etcd's minimum");
-    assert_eq!(lease.ttl, Duration::from_secs(2));
+    // The lease's TTL less the time since its grant was sent: never more than asked.
+    assert!(
+        lease.ttl <= Duration::from_secs(2) && lease.ttl > Duration::from_millis(1500),
+        "{:?}",
+        lease.ttl
+    );
     let renew = service
         .renew(&file, &lease.token, Duration::from_millis(1500))
         .await;
