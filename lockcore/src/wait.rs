@@ -41,10 +41,13 @@ impl Waiter {
     }
 }
 
+/// Per object, its waiters and the mode each asks for.
+type Lines = HashMap<ObjectId, Vec<(Arc<Waiter>, LockMode)>>;
+
 /// The blocked acquires of this process, by the objects they wait for.
 #[derive(Debug, Default)]
 pub struct WaitQueue {
-    waiters: Mutex<HashMap<ObjectId, Vec<(Arc<Waiter>, LockMode)>>>,
+    waiters: Mutex<Lines>,
     next_id: AtomicU64,
     waiting: AtomicUsize,
 }
@@ -121,7 +124,7 @@ impl WaitQueue {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<ObjectId, Vec<(Arc<Waiter>, LockMode)>>> {
+    fn lock(&self) -> MutexGuard<'_, Lines> {
         self.waiters.lock()
     }
 }
