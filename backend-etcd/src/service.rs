@@ -561,7 +561,15 @@ impl EtcdStore {
                     )
                 })
                 .collect();
-            let response = self.txn("enter queue", Txn::new().and_then(ops)).await?;
+            let response = match self.txn("enter queue", Txn::new().and_then(ops)).await {
+                Ok(response) => response,
+                Err(e) => {
+                    // The queue lease may be gone (etcd lost its data, or revoked it): the
+                    // next attempt grants a new one.
+                    *self.queue_lease.lock().await = None;
+                    return Err(e);
+                }
+            };
             let written_at = revision(&response)?;
             let mut place = 0;
             for op in response.op_responses() {
