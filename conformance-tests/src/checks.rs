@@ -16,8 +16,6 @@ use crate::{Capabilities, Scope};
 const LONG: Duration = Duration::from_secs(30);
 /// A lease short enough to watch expire.
 const SHORT: Duration = Duration::from_millis(300);
-/// Sleeping this long lets a `SHORT` lease expire on any backend's clock.
-const PAST_SHORT: Duration = Duration::from_millis(700);
 /// A wait long enough that a waiter woken by an event is clearly not woken by its timeout.
 const PATIENT: Duration = Duration::from_secs(10);
 /// A generous bound for "promptly": far below `PATIENT`, far above any scheduling hiccup.
@@ -412,11 +410,11 @@ pub async fn fences_increase_across_release(svc: &dyn LockService, _caps: &Capab
 }
 
 /// A grant after the previous holder's lease expired gets a higher fence.
-pub async fn fences_increase_across_expiry(svc: &dyn LockService, _caps: &Capabilities) {
+pub async fn fences_increase_across_expiry(svc: &dyn LockService, caps: &Capabilities) {
     let scope = Scope::new("fence_expiry");
     let object = scope.object("f");
-    let first = grant(svc, &object, &scope.owner("alice"), SHORT).await;
-    sleep(PAST_SHORT).await;
+    let first = grant(svc, &object, &scope.owner("alice"), caps.ttl(SHORT)).await;
+    sleep(caps.past(caps.ttl(SHORT))).await;
     let second = grant(svc, &object, &scope.owner("bob"), LONG).await;
     assert!(
         second.fence > first.fence,
@@ -447,16 +445,16 @@ pub async fn fences_are_independent_per_object_but_always_increase(
 }
 
 /// Once a lease expires, another owner is granted the object.
-pub async fn expiry_lets_another_owner_in(svc: &dyn LockService, _caps: &Capabilities) {
+pub async fn expiry_lets_another_owner_in(svc: &dyn LockService, caps: &Capabilities) {
     let scope = Scope::new("expiry");
     let object = scope.object("f");
-    grant(svc, &object, &scope.owner("alice"), SHORT).await;
+    grant(svc, &object, &scope.owner("alice"), caps.ttl(SHORT)).await;
     assert_locked_by(
         svc.acquire(&object, &scope.owner("bob"), LONG, Duration::ZERO)
             .await,
         &scope.owner("alice"),
     );
-    sleep(PAST_SHORT).await;
+    sleep(caps.past(caps.ttl(SHORT))).await;
     let bob = grant(svc, &object, &scope.owner("bob"), LONG).await;
     assert_eq!(bob.owner, scope.owner("bob"));
 }
@@ -465,12 +463,12 @@ pub async fn expiry_lets_another_owner_in(svc: &dyn LockService, _caps: &Capabil
 /// leaves the new holder's lock alone.
 pub async fn expired_holder_cannot_release_and_new_holder_is_undisturbed(
     svc: &dyn LockService,
-    _caps: &Capabilities,
+    caps: &Capabilities,
 ) {
     let scope = Scope::new("expired_release");
     let object = scope.object("f");
-    let stale = grant(svc, &object, &scope.owner("alice"), SHORT).await;
-    sleep(PAST_SHORT).await;
+    let stale = grant(svc, &object, &scope.owner("alice"), caps.ttl(SHORT)).await;
+    sleep(caps.past(caps.ttl(SHORT))).await;
     assert_not_held(svc.release(&object, &stale.token).await);
     let fresh = grant(svc, &object, &scope.owner("bob"), LONG).await;
     assert_mismatch(svc.release(&object, &stale.token).await);
@@ -478,11 +476,11 @@ pub async fn expired_holder_cannot_release_and_new_holder_is_undisturbed(
 }
 
 /// An expired holder cannot renew its way back in, whether the object is free or re-granted.
-pub async fn expired_holder_cannot_renew(svc: &dyn LockService, _caps: &Capabilities) {
+pub async fn expired_holder_cannot_renew(svc: &dyn LockService, caps: &Capabilities) {
     let scope = Scope::new("expired_renew");
     let object = scope.object("f");
-    let stale = grant(svc, &object, &scope.owner("alice"), SHORT).await;
-    sleep(PAST_SHORT).await;
+    let stale = grant(svc, &object, &scope.owner("alice"), caps.ttl(SHORT)).await;
+    sleep(caps.past(caps.ttl(SHORT))).await;
     assert_not_held(svc.renew(&object, &stale.token, LONG).await);
     let fresh = grant(svc, &object, &scope.owner("bob"), LONG).await;
     assert_mismatch(svc.renew(&object, &stale.token, LONG).await);
@@ -492,17 +490,12 @@ pub async fn expired_holder_cannot_renew(svc: &dyn LockService, _caps: &Capabili
 /// Renew keeps the fence and pushes the expiry out: the lease outlives its original TTL.
 pub async fn renew_extends_the_lease_and_keeps_the_fence(
     svc: &dyn LockService,
-    _caps: &Capabilities,
+    caps: &Capabilities,
 ) {
     let scope = Scope::new("renew");
     let object = scope.object("f");
-    let lease = grant(
-        svc,
-        &object,
-        &scope.owner("alice"),
-        Duration::from_millis(600),
-    )
-    .await;
+    let first_ttl = caps.ttl(Duration::from_millis(600));
+    let lease = grant(svc, &object, &scope.owner("alice"), first_ttl).await;
     sleep(Duration::from_millis(200)).await;
     let renewed = svc
         .renew(&object, &lease.token, Duration::from_secs(5))
@@ -515,7 +508,8 @@ pub async fn renew_extends_the_lease_and_keeps_the_fence(
         "ttl {:?}",
         renewed.ttl
     );
-    sleep(Duration::from_millis(800)).await; // past the original expiry
+    // Past the original expiry.
+    sleep(caps.past(first_ttl) - Duration::from_millis(100)).await;
     assert_still_held_by(svc, &lease).await;
     assert_locked_by(
         svc.acquire(&object, &scope.owner("bob"), LONG, Duration::ZERO)
@@ -583,11 +577,11 @@ pub async fn validate_refuses_old_forged_and_foreign_tokens(
 }
 
 /// Validate refuses a token whose lease has expired.
-pub async fn validate_refuses_after_expiry(svc: &dyn LockService, _caps: &Capabilities) {
+pub async fn validate_refuses_after_expiry(svc: &dyn LockService, caps: &Capabilities) {
     let scope = Scope::new("validate_expired");
     let object = scope.object("f");
-    let lease = grant(svc, &object, &scope.owner("alice"), SHORT).await;
-    sleep(PAST_SHORT).await;
+    let lease = grant(svc, &object, &scope.owner("alice"), caps.ttl(SHORT)).await;
+    sleep(caps.past(caps.ttl(SHORT))).await;
     assert_not_held(svc.validate(&object, &lease.token).await);
 }
 
@@ -621,16 +615,11 @@ pub async fn blocking_acquire_is_granted_promptly_on_release(
 }
 
 /// A blocked acquire is granted when the holder's lease expires.
-pub async fn blocking_acquire_is_granted_on_expiry(svc: &dyn LockService, _caps: &Capabilities) {
+pub async fn blocking_acquire_is_granted_on_expiry(svc: &dyn LockService, caps: &Capabilities) {
     let scope = Scope::new("block_expiry");
     let object = scope.object("f");
-    let holder = grant(
-        svc,
-        &object,
-        &scope.owner("alice"),
-        Duration::from_millis(400),
-    )
-    .await;
+    let holder_ttl = caps.ttl(Duration::from_millis(400));
+    let holder = grant(svc, &object, &scope.owner("alice"), holder_ttl).await;
     let started = Instant::now();
     let lease = svc
         .acquire(&object, &scope.owner("bob"), LONG, PATIENT)
@@ -639,7 +628,7 @@ pub async fn blocking_acquire_is_granted_on_expiry(svc: &dyn LockService, _caps:
     let waited = started.elapsed();
     assert!(lease.fence > holder.fence);
     assert!(
-        waited < PROMPTLY,
+        waited < holder_ttl + PROMPTLY,
         "waiter took {waited:?}: not woken at the expiry"
     );
 }
@@ -756,7 +745,7 @@ pub async fn inspect_shows_the_holder_and_no_token(svc: &dyn LockService, _caps:
 }
 
 /// Inspect of an object nobody holds (never, released or expired) is None.
-pub async fn inspect_of_a_free_object_is_none(svc: &dyn LockService, _caps: &Capabilities) {
+pub async fn inspect_of_a_free_object_is_none(svc: &dyn LockService, caps: &Capabilities) {
     let scope = Scope::new("inspect_free");
     assert_eq!(
         svc.inspect(&scope.object("never")).await.expect("inspect"),
@@ -767,8 +756,8 @@ pub async fn inspect_of_a_free_object_is_none(svc: &dyn LockService, _caps: &Cap
     svc.release(&released, &lease.token).await.expect("release");
     assert_eq!(svc.inspect(&released).await.expect("inspect"), None);
     let expired = scope.object("expired");
-    grant(svc, &expired, &scope.owner("alice"), SHORT).await;
-    sleep(PAST_SHORT).await;
+    grant(svc, &expired, &scope.owner("alice"), caps.ttl(SHORT)).await;
+    sleep(caps.past(caps.ttl(SHORT))).await;
     assert_eq!(svc.inspect(&expired).await.expect("inspect"), None);
 }
 
@@ -817,16 +806,22 @@ pub async fn list_shows_holders_under_a_prefix_page_by_page(
 /// Released and expired locks drop out of the listing.
 pub async fn list_leaves_out_released_and_expired_locks(
     svc: &dyn LockService,
-    _caps: &Capabilities,
+    caps: &Capabilities,
 ) {
     let scope = Scope::new("list_gone");
     let kept = grant(svc, &scope.object("kept"), &scope.owner("a"), LONG).await;
     let released = grant(svc, &scope.object("released"), &scope.owner("b"), LONG).await;
-    grant(svc, &scope.object("expired"), &scope.owner("c"), SHORT).await;
+    grant(
+        svc,
+        &scope.object("expired"),
+        &scope.owner("c"),
+        caps.ttl(SHORT),
+    )
+    .await;
     svc.release(&released.object, &released.token)
         .await
         .expect("release");
-    sleep(PAST_SHORT).await;
+    sleep(caps.past(caps.ttl(SHORT))).await;
     let listed = list_all(svc, scope.prefix(), 10).await;
     let objects: Vec<_> = listed.iter().map(|l| l.object.clone()).collect();
     assert_eq!(objects, vec![kept.object]);

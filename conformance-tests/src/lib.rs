@@ -48,6 +48,13 @@ pub struct Capabilities {
     pub limits: Limits,
     /// Whether waiters on one object in one process are served first-come first-served.
     pub fifo_waiters: bool,
+    /// The shortest TTL the backend grants (default 1 ms). From 1 s up, the backend grants
+    /// whole seconds only (etcd's leases): checks ask for [`Capabilities::ttl`] of the TTL
+    /// they mean, and sleep [`Capabilities::past`] it to see it expire.
+    pub min_ttl: std::time::Duration,
+    /// How long after a lease's TTL the backend may still show it (default 400 ms; etcd
+    /// revokes expired leases on a 500 ms tick, through Raft).
+    pub expiry_slack: std::time::Duration,
 }
 
 impl Default for Capabilities {
@@ -55,6 +62,8 @@ impl Default for Capabilities {
         Self {
             limits: Limits::default(),
             fifo_waiters: true,
+            min_ttl: lockcore::MIN_TTL,
+            expiry_slack: std::time::Duration::from_millis(400),
         }
     }
 }
@@ -64,6 +73,35 @@ impl Capabilities {
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Capabilities of a backend whose shortest lease is `min_ttl` (whole seconds from 1 s
+    /// up), which may show an expired lease for up to 1.5 s.
+    pub fn with_min_ttl(mut self, min_ttl: std::time::Duration) -> Self {
+        self.min_ttl = min_ttl;
+        if min_ttl >= std::time::Duration::from_secs(1) {
+            self.expiry_slack = self
+                .expiry_slack
+                .max(std::time::Duration::from_millis(1500));
+        }
+        self
+    }
+
+    /// The TTL a check asks for when it means `wanted`: `wanted` itself, or on a backend
+    /// with a longer minimum the minimum, rounded up to whole seconds where it counts
+    /// seconds.
+    pub fn ttl(&self, wanted: std::time::Duration) -> std::time::Duration {
+        let ttl = wanted.max(self.min_ttl);
+        if self.min_ttl >= std::time::Duration::from_secs(1) && ttl.subsec_nanos() != 0 {
+            std::time::Duration::from_secs(ttl.as_secs() + 1)
+        } else {
+            ttl
+        }
+    }
+
+    /// How long to sleep for a lease of `ttl` granted just before to be gone.
+    pub fn past(&self, ttl: std::time::Duration) -> std::time::Duration {
+        ttl + self.expiry_slack
     }
 
     /// Capabilities with or without FIFO waiters.

@@ -923,14 +923,21 @@ async fn execute(
 
 /// Draws the next operation from the model's current state (and records the request ids it
 /// hands out, so later steps can retry them).
-fn generate(rng: &mut StdRng, model: &mut ReferenceModel, owners: &[OwnerId]) -> Op {
+fn generate(
+    rng: &mut StdRng,
+    model: &mut ReferenceModel,
+    owners: &[OwnerId],
+    caps: &Capabilities,
+) -> Op {
     if rng.random_bool(PAUSE_PROBABILITY) {
         return Op::Pause(Duration::from_millis(
             rng.random_range(10..=LONGEST_PAUSE_MS),
         ));
     }
     let objects = model.objects.len();
-    let ttl = Duration::from_millis(TTLS_MS[rng.random_range(0..TTLS_MS.len())]);
+    let ttl = caps.ttl(Duration::from_millis(
+        TTLS_MS[rng.random_range(0..TTLS_MS.len())],
+    ));
     let op = match rng.random_range(0..20) {
         0..=7 => return generate_acquire(rng, model, owners, ttl),
         8..=10 => TokenOp::Release,
@@ -1179,7 +1186,7 @@ impl Drop for SeedOnPanic {
 /// object.
 pub async fn random_operations_agree_with_the_reference_model(
     svc: &dyn LockService,
-    _caps: &Capabilities,
+    caps: &Capabilities,
 ) {
     let seed = model_seed();
     let _report = SeedOnPanic {
@@ -1194,10 +1201,12 @@ pub async fn random_operations_agree_with_the_reference_model(
     let owners: Vec<OwnerId> = (0..OWNERS)
         .map(|i| scope.owner(&format!("owner-{i}")))
         .collect();
-    let mut model = ReferenceModel::new(OBJECTS, margin_for(svc.backend()));
+    let margin =
+        margin_for(svc.backend()).max(caps.expiry_slack.saturating_sub(Duration::from_millis(400)));
+    let mut model = ReferenceModel::new(OBJECTS, margin);
     let mut history: VecDeque<String> = VecDeque::with_capacity(HISTORY);
     for step in 0..STEPS {
-        let op = generate(&mut rng, &mut model, &owners);
+        let op = generate(&mut rng, &mut model, &owners, caps);
         let started = Instant::now();
         let (outcome, leases) = execute(svc, &objects, &op).await;
         let during = Window::new(started, Instant::now());

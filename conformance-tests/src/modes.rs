@@ -17,8 +17,6 @@ use crate::{Capabilities, Scope};
 const LONG: Duration = Duration::from_secs(30);
 /// A lease short enough to watch expire.
 const SHORT: Duration = Duration::from_millis(300);
-/// Sleeping this long lets a `SHORT` lease expire on any backend's clock.
-const PAST_SHORT: Duration = Duration::from_millis(700);
 /// A wait long enough that a waiter woken by an event is clearly not woken by its timeout.
 const PATIENT: Duration = Duration::from_secs(10);
 /// A generous bound for "promptly": far below `PATIENT`, far above any scheduling hiccup.
@@ -96,12 +94,12 @@ pub async fn shared_holders_coexist_and_exclude_exclusive(
 /// live holder (never a token), with the top-level fields describing the highest fence.
 pub async fn one_shared_holder_leaving_leaves_the_others(
     svc: &dyn LockService,
-    _caps: &Capabilities,
+    caps: &Capabilities,
 ) {
     let scope = Scope::new("shared_leave");
     let object = scope.object("file");
     let (r1, r2, r3) = (scope.owner("r1"), scope.owner("r2"), scope.owner("r3"));
-    let brief = shared(svc, &object, &r1, SHORT).await;
+    let brief = shared(svc, &object, &r1, caps.ttl(SHORT)).await;
     let stays = shared(svc, &object, &r2, LONG).await;
     let leaves = shared(svc, &object, &r3, LONG).await;
     let info = svc.inspect(&object).await.expect("inspect").expect("held");
@@ -117,7 +115,7 @@ pub async fn one_shared_holder_leaving_leaves_the_others(
     svc.release(&object, &leaves.token)
         .await
         .expect("r3 releases");
-    sleep(PAST_SHORT).await;
+    sleep(caps.past(caps.ttl(SHORT))).await;
     assert!(
         svc.validate(&object, &brief.token).await.is_err(),
         "r1's lease ran out"
@@ -199,16 +197,16 @@ pub async fn downgrade_keeps_the_lease_and_admits_shared_waiters(
 /// stream of readers delays it no longer than the leases granted before it started waiting.
 pub async fn a_writer_is_not_starved_by_a_stream_of_readers(
     svc: Arc<dyn LockService>,
-    _caps: &Capabilities,
+    caps: &Capabilities,
 ) {
-    const READER_TTL: Duration = Duration::from_millis(1000);
-    const FIRST_TTL: Duration = Duration::from_millis(1500);
+    let reader_ttl = caps.ttl(Duration::from_millis(1000));
+    let first_ttl = caps.ttl(Duration::from_millis(1500));
     const STREAM: Duration = Duration::from_secs(6);
     /// Scheduling noise allowed on top of the leases the writer must wait for.
     const NOISE: Duration = Duration::from_millis(1500);
     let scope = Scope::new("writer_starvation");
     let object = scope.object("file");
-    shared(&*svc, &object, &scope.owner("first"), FIRST_TTL).await;
+    shared(&*svc, &object, &scope.owner("first"), first_ttl).await;
     let stop = Instant::now() + STREAM;
     let mut stream = Vec::new();
     for i in 0..4 {
@@ -221,7 +219,7 @@ pub async fn a_writer_is_not_starved_by_a_stream_of_readers(
                         &object,
                         LockMode::Shared,
                         &owner,
-                        READER_TTL,
+                        reader_ttl,
                         Duration::ZERO,
                     )
                     .await;
@@ -237,7 +235,7 @@ pub async fn a_writer_is_not_starved_by_a_stream_of_readers(
         .expect("the writer is granted within its wait");
     let waited = started.elapsed();
     assert!(
-        waited <= FIRST_TTL + NOISE,
+        waited <= caps.past(first_ttl) + NOISE,
         "the writer waited {waited:?}: longer than the leases granted before it queued"
     );
     assert!(
