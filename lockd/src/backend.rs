@@ -18,6 +18,8 @@ pub const SCHEMES: &[&str] = &[
     "rediss://",
     "postgres://",
     "postgresql://",
+    "etcd://",
+    "etcds://",
     "http://",
     "https://",
 ];
@@ -124,6 +126,7 @@ pub async fn connect_backend(
         "memory" => connect_memory(url, options).await,
         "redis" | "rediss" => connect_redis(url, options).await,
         "postgres" | "postgresql" => connect_postgres(url, options).await,
+        "etcd" | "etcds" => connect_etcd(url, options).await,
         "http" | "https" => connect_http(url, options),
         other => Err(LockError::invalid_argument(
             "backend",
@@ -140,6 +143,7 @@ pub async fn connect_backend(
         feature = "memory",
         feature = "redis",
         feature = "postgres",
+        feature = "etcd",
         feature = "http"
     ),
     allow(dead_code)
@@ -255,6 +259,41 @@ async fn connect_postgres(
     _options: &BackendOptions,
 ) -> Result<Arc<dyn LockService>, LockError> {
     Err(not_built("postgres", "postgres"))
+}
+
+/// `etcd://[user:pass@]h1:2379,h2:2379` or `etcds://` (TLS), with optional `key_prefix`,
+/// `tls_ca_file`, `tls_cert_file` and `tls_key_file` query parameters.
+#[cfg(feature = "etcd")]
+async fn connect_etcd(
+    url: &str,
+    options: &BackendOptions,
+) -> Result<Arc<dyn LockService>, LockError> {
+    let (url, key_prefix) = take_query_param(url, "key_prefix")?;
+    let (url, ca) = take_query_param(&url, "tls_ca_file")?;
+    let (url, cert) = take_query_param(&url, "tls_cert_file")?;
+    let (url, key) = take_query_param(&url, "tls_key_file")?;
+    let mut config = backend_etcd::EtcdConfig::from_url(url);
+    if let Some(prefix) = key_prefix {
+        config.key_prefix = prefix;
+    }
+    config.tls_ca_file = ca.map(Into::into);
+    config.tls_cert_file = cert.map(Into::into);
+    config.tls_key_file = key.map(Into::into);
+    config.limits = options.limits;
+    if let Some(timeout) = options.connect_timeout {
+        config.connect_timeout = timeout;
+    }
+    let store = backend_etcd::EtcdStore::connect(config).await?;
+    let service = backend_etcd::EtcdLockService::new(store, options.issuer.clone());
+    Ok(Arc::new(service))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn connect_etcd(
+    _url: &str,
+    _options: &BackendOptions,
+) -> Result<Arc<dyn LockService>, LockError> {
+    Err(not_built("etcd", "etcd"))
 }
 
 #[cfg(feature = "http")]

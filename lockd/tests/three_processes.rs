@@ -1,9 +1,11 @@
 //! The whole shared conformance suite through THREE lockd processes sharing one Redis
-//! (`LOCKD_TEST_REDIS_URL`) or PostgreSQL (`LOCKD_TEST_POSTGRES_URL`): every call goes to the
+//! (`LOCKD_TEST_REDIS_URL`), PostgreSQL (`LOCKD_TEST_POSTGRES_URL`) or etcd
+//! (`LOCKD_TEST_ETCD_URL`): every call goes to the
 //! next process in turn, so a grant made through one is released, renewed, downgraded and
 //! waited for through the others. Modes, multi-object requests, fairness between readers and a
 //! waiting writer, and the reference model must hold across processes, with wake-ups crossing
-//! them through the backend (Redis pub/sub, PostgreSQL NOTIFY), never through shared memory.
+//! them through the backend (Redis pub/sub, PostgreSQL NOTIFY, an etcd watch), never through
+//! shared memory.
 //!
 //! The processes share one token secret, as processes sharing a backend must.
 
@@ -146,3 +148,21 @@ mod through_three_lockd_on_postgres {
 
     conformance_tests::conformance_suite!(factory, conformance_tests::Capabilities::default());
 }
+
+mod through_three_lockd_on_etcd {
+    use super::*;
+
+    static SERVERS: OnceLock<Result<Vec<SharedServer>, String>> = OnceLock::new();
+
+    async fn factory() -> Option<Arc<dyn LockService>> {
+        let backend = backend_from_env("LOCKD_TEST_ETCD_URL", "three lockd on etcd")?;
+        Some(round_robin(&SERVERS, &backend))
+    }
+
+    // etcd leases count whole seconds, at least 2 s (`backend_etcd::DEFAULT_MIN_TTL`).
+    conformance_tests::conformance_suite!(
+        factory,
+        conformance_tests::Capabilities::default().with_min_ttl(Duration::from_secs(2))
+    );
+}
+

@@ -2,7 +2,7 @@
 //! `etcd-client` loop of the same transactions, at several concurrencies.
 //!
 //! ```text
-//! cargo run --release -p backend-etcd --example bench -- [URL] [SECONDS] [CONCURRENCY,...]
+//! cargo run --release -p backend-etcd --example etcd_bench -- [URL] [SECONDS] [CONCURRENCY,...]
 //! ```
 //!
 //! Each task locks its own object in a loop (acquire with a 30 s TTL, then release), so the
