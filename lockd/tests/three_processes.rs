@@ -165,4 +165,3 @@ mod through_three_lockd_on_etcd {
         conformance_tests::Capabilities::default().with_min_ttl(Duration::from_secs(2))
     );
 }
-
