@@ -210,8 +210,10 @@ impl Drop for TakeBack<'_> {
                             .map(|lease| (lease.object, lease.token))
                             .collect();
                         let _ = client.release_many(&locks).await;
-                        tracing::debug!(objects = locks.len(),
-                            "released a grant whose acquire answer was lost");
+                        tracing::debug!(
+                            objects = locks.len(),
+                            "released a grant whose acquire answer was lost"
+                        );
                     }
                 }
             }
@@ -230,12 +232,13 @@ impl GrpcClient {
         let uri = endpoint_uri(&config.url)?;
         let authorization = match &config.api_key {
             Some(key) => {
-                let mut value: MetadataValue<Ascii> = format!("Bearer {key}").parse().map_err(|_| {
-                    LockError::invalid_argument(
-                        "api_key",
-                        "must be printable ASCII without newlines",
-                    )
-                })?;
+                let mut value: MetadataValue<Ascii> =
+                    format!("Bearer {key}").parse().map_err(|_| {
+                        LockError::invalid_argument(
+                            "api_key",
+                            "must be printable ASCII without newlines",
+                        )
+                    })?;
                 value.set_sensitive(true);
                 Some(value)
             }
@@ -301,12 +304,16 @@ impl GrpcClient {
             Ok(Err(status)) => {
                 let answered = detail_of(&status).is_some();
                 match status.code() {
-                    Code::DeadlineExceeded if !answered => {
-                        Err(LockError::unavailable(BACKEND, format!("{TIMED_OUT}: {}", status.message())))
+                    Code::DeadlineExceeded if !answered => Err(LockError::unavailable(
+                        BACKEND,
+                        format!("{TIMED_OUT}: {}", status.message()),
+                    )),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled if !answered => {
+                        Err(LockError::unavailable(
+                            BACKEND,
+                            format!("cannot reach lockd: {}", status.message()),
+                        ))
                     }
-                    Code::Unavailable | Code::Unknown | Code::Cancelled if !answered => Err(
-                        LockError::unavailable(BACKEND, format!("cannot reach lockd: {}", status.message())),
-                    ),
                     _ => Ok(Err(status)),
                 }
             }
@@ -342,14 +349,24 @@ impl GrpcClient {
             .await
     }
 
-    async fn send_release(&self, message: pb::ReleaseRequest) -> Result<tonic::Response<pb::ReleaseResponse>, Status> {
+    async fn send_release(
+        &self,
+        message: pb::ReleaseRequest,
+    ) -> Result<tonic::Response<pb::ReleaseResponse>, Status> {
         let mut locks = self.locks.clone();
-        locks.release(self.request(message, self.request_timeout)).await
+        locks
+            .release(self.request(message, self.request_timeout))
+            .await
     }
 
-    async fn send_renew(&self, message: pb::RenewRequest) -> Result<tonic::Response<pb::RenewResponse>, Status> {
+    async fn send_renew(
+        &self,
+        message: pb::RenewRequest,
+    ) -> Result<tonic::Response<pb::RenewResponse>, Status> {
         let mut locks = self.locks.clone();
-        locks.renew(self.request(message, self.request_timeout)).await
+        locks
+            .renew(self.request(message, self.request_timeout))
+            .await
     }
 }
 
@@ -439,8 +456,8 @@ impl LockService for GrpcClient {
         let answer = answer?;
         // lockd answered: whatever it decided, the caller learns it here.
         take_back.disarm();
-        let answer =
-            answer.map_err(|status| lock_error_of(&status, Some(request.first_object()), BACKEND))?;
+        let answer = answer
+            .map_err(|status| lock_error_of(&status, Some(request.first_object()), BACKEND))?;
         convert::grant_from_pb(answer)
     }
 
@@ -450,7 +467,9 @@ impl LockService for GrpcClient {
             token: token.expose().to_owned(),
             locks: Vec::new(),
         };
-        let released = self.call_on(Some(object), self.send_release(message)).await?;
+        let released = self
+            .call_on(Some(object), self.send_release(message))
+            .await?;
         Ok(Fence(released.fence))
     }
 
@@ -472,7 +491,12 @@ impl LockService for GrpcClient {
         })
     }
 
-    async fn renew(&self, object: &ObjectId, token: &LockToken, ttl: Duration) -> LockResult<Lease> {
+    async fn renew(
+        &self,
+        object: &ObjectId,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> LockResult<Lease> {
         let message = pb::RenewRequest {
             object: object.to_string(),
             token: token.expose().to_owned(),
@@ -594,7 +618,10 @@ impl LockService for GrpcClient {
         };
         let mut locks = self.locks.clone();
         let page = self
-            .call_on(None, locks.list(self.request(message, self.request_timeout)))
+            .call_on(
+                None,
+                locks.list(self.request(message, self.request_timeout)),
+            )
             .await?;
         Ok(LockPage {
             locks: page
@@ -654,9 +681,18 @@ mod tests {
 
     #[test]
     fn urls_are_grpc_or_http_with_a_host_and_default_to_port_7071() {
-        assert_eq!(endpoint_uri("grpc://127.0.0.1").ok().as_deref(), Some("http://127.0.0.1:7071"));
-        assert_eq!(endpoint_uri("grpc://lockd:9000/").ok().as_deref(), Some("http://lockd:9000"));
-        assert_eq!(endpoint_uri("http://[::1]:7071").ok().as_deref(), Some("http://[::1]:7071"));
+        assert_eq!(
+            endpoint_uri("grpc://127.0.0.1").ok().as_deref(),
+            Some("http://127.0.0.1:7071")
+        );
+        assert_eq!(
+            endpoint_uri("grpc://lockd:9000/").ok().as_deref(),
+            Some("http://lockd:9000")
+        );
+        assert_eq!(
+            endpoint_uri("http://[::1]:7071").ok().as_deref(),
+            Some("http://[::1]:7071")
+        );
         for bad in [
             "grpcs://lockd",
             "https://lockd",
@@ -667,7 +703,10 @@ mod tests {
             "not a url",
         ] {
             assert!(
-                matches!(endpoint_uri(bad), Err(LockError::InvalidArgument { field: "url", .. })),
+                matches!(
+                    endpoint_uri(bad),
+                    Err(LockError::InvalidArgument { field: "url", .. })
+                ),
                 "{bad}"
             );
         }
@@ -690,7 +729,10 @@ mod tests {
         let bad = GrpcConfig::from_url("grpc://127.0.0.1:1").with_api_key("line\nbreak");
         assert!(matches!(
             GrpcClient::new(bad),
-            Err(LockError::InvalidArgument { field: "api_key", .. })
+            Err(LockError::InvalidArgument {
+                field: "api_key",
+                ..
+            })
         ));
     }
 }

@@ -47,7 +47,9 @@ pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
 /// The system time of a protobuf timestamp, if it is a valid one after 1970.
 pub fn system_time(timestamp: &prost_types::Timestamp) -> Option<SystemTime> {
     let seconds = u64::try_from(timestamp.seconds).ok()?;
-    let nanos = u32::try_from(timestamp.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+    let nanos = u32::try_from(timestamp.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
     UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
 }
 
@@ -57,7 +59,9 @@ pub fn system_time(timestamp: &prost_types::Timestamp) -> Option<SystemTime> {
 /// The lockcore request an [`pb::AcquireRequest`] asks for. Refuses a request naming both or
 /// neither of `object` and `objects`, a `mode` beside `objects`, and any name lockcore refuses,
 /// as [`LockError::InvalidArgument`]; limits are the lock service's to check.
-pub fn acquire_request(request: &pb::AcquireRequest) -> Result<lockcore::AcquireRequest, LockError> {
+pub fn acquire_request(
+    request: &pb::AcquireRequest,
+) -> Result<lockcore::AcquireRequest, LockError> {
     let specs = match (request.object.is_empty(), request.objects.is_empty()) {
         (false, true) => vec![LockSpec::new(
             ObjectId::new(&request.object)?,
@@ -419,6 +423,9 @@ mod tests {
         };
         assert!(matches!(grant_from_pb(empty), Err(LockError::Internal(_))));
         let nameless = pb::Lock::default();
-        assert!(matches!(lock_from_pb(nameless), Err(LockError::Internal(_))));
+        assert!(matches!(
+            lock_from_pb(nameless),
+            Err(LockError::Internal(_))
+        ));
     }
 }

@@ -48,8 +48,8 @@ pub mod pb {
 
 pub use auth::{key_digest, Auth, Authenticator, KeyCheck};
 pub use client::{
-    GrpcClient, GrpcConfig, BACKEND, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_URL,
+    GrpcClient, GrpcConfig, BACKEND, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_URL,
 };
 pub use server::{
     serve, service, service_with, Admission, EventStream, GrpcOptions, Hooks, LocksHandler,

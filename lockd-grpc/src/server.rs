@@ -37,7 +37,8 @@ pub const DEFAULT_PAGE: usize = 100;
 /// How often [`serve`] asks the backend whether it is healthy, for the health service.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// The encoded `FileDescriptorSet` of `lockd/v1/locks.proto` and its imports.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lockd_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/lockd_descriptor.bin"));
 
 /// A stream of events for `Events`, from the server's event log.
 pub type EventStream = Pin<Box<dyn Stream<Item = pb::EventsResponse> + Send>>;
@@ -277,9 +278,14 @@ pub async fn serve(
             }
             None => shutdown.await,
         }
-        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         reporter
-            .set_service_status(pb::locks_server::SERVICE_NAME, tonic_health::ServingStatus::NotServing)
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        reporter
+            .set_service_status(
+                pb::locks_server::SERVICE_NAME,
+                tonic_health::ServingStatus::NotServing,
+            )
             .await;
         let _ = stop_tx.send(true);
     };
@@ -373,7 +379,9 @@ impl Refused {
 fn is_refused_release(error: &LockError) -> bool {
     matches!(
         error,
-        LockError::NotHeld { .. } | LockError::TokenMismatch { .. } | LockError::InvalidToken { .. }
+        LockError::NotHeld { .. }
+            | LockError::TokenMismatch { .. }
+            | LockError::InvalidToken { .. }
     )
 }
 

@@ -345,7 +345,11 @@ pub fn lock_error_of_detail(
 /// | `RESOURCE_EXHAUSTED`, `OUT_OF_RANGE` | `InvalidArgument { field: "body" }` (message too large) |
 /// | `INVALID_ARGUMENT` | `InvalidArgument { field: "request" }` |
 /// | anything else | `Internal` |
-pub fn lock_error_of(status: &Status, object: Option<&ObjectId>, backend: &'static str) -> LockError {
+pub fn lock_error_of(
+    status: &Status,
+    object: Option<&ObjectId>,
+    backend: &'static str,
+) -> LockError {
     if let Some(detail) = detail_of(status) {
         return lock_error_of_detail(detail, object, backend);
     }
@@ -410,7 +414,10 @@ mod tests {
     fn every_lock_error_survives_a_status() {
         let a = object("/a");
         let cases = [
-            (LockError::NotHeld { object: a.clone() }, Code::FailedPrecondition),
+            (
+                LockError::NotHeld { object: a.clone() },
+                Code::FailedPrecondition,
+            ),
             (
                 LockError::TokenMismatch { object: a.clone() },
                 Code::PermissionDenied,
@@ -435,7 +442,13 @@ mod tests {
         let (status, back) = round_trip(&LockError::unavailable("redis", "down"), &a);
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(retry_delay_of(&status), Some(UNAVAILABLE_RETRY_AFTER));
-        assert!(matches!(back, LockError::Unavailable { backend: "grpc", .. }));
+        assert!(matches!(
+            back,
+            LockError::Unavailable {
+                backend: "grpc",
+                ..
+            }
+        ));
     }
 
     /// A status without lockd's details (a transport failure, a proxy) maps by its code.
@@ -449,7 +462,10 @@ mod tests {
         ));
         assert!(matches!(
             map(Status::unauthenticated("no")),
-            LockError::InvalidArgument { field: "api_key", .. }
+            LockError::InvalidArgument {
+                field: "api_key",
+                ..
+            }
         ));
         assert!(matches!(
             map(Status::out_of_range("message too large")),

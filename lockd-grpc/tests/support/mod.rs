@@ -38,7 +38,9 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task).await.expect("the server task does not panic")
+        (&mut self.task)
+            .await
+            .expect("the server task does not panic")
     }
 }
 
