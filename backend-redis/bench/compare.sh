@@ -38,7 +38,7 @@ DIGEST="$(printf '%064d' 7)"
 KEYSPACE=1000000
 # Held locks on every key redis-benchmark's release test can pick (__rand_int__ is 12 digits).
 hold_all() {
-    redis-cli -p "$PORT" EVAL "for i = 0, $((KEYSPACE - 1)) do redis.call('HSET', string.format('rb:{%012d}:lock', i), 'owner', 'o', 'digest', ARGV[1], 'fence', '123') end return 1" 0 "$DIGEST" >/dev/null
+    redis-cli -p "$PORT" EVAL "for i = 0, $((KEYSPACE - 1)) do redis.call('HSET', string.format('rb:{%012d}:holders', i), ARGV[1], 'x 123 99999999999999 0 0 o') end return 1" 0 "$DIGEST" >/dev/null
 }
 
 # rps of one redis-benchmark test: rb CONCURRENCY REQUESTS COMMAND...
@@ -67,9 +67,9 @@ for c in "${LEVELS[@]}"; do
         current+=("$(backend "$c" current 2)")
         multiplexed+=("$(backend "$c" multi 0)")
         redis-cli -p "$PORT" FLUSHALL >/dev/null
-        a="$(rb "$c" "$n" evalsha "$ACQ" 3 'rb:{__rand_int__}:lock' 'rb:{__rand_int__}:fence' 'rb:{__rand_int__}:waiting' owner "$DIGEST" 1 1000 1024 0)"
+        a="$(rb "$c" "$n" evalsha "$ACQ" 4 rb:tickets 'rb:{__rand_int__}:holders' 'rb:{__rand_int__}:fence' 'rb:{__rand_int__}:queue' owner 1 1000 1024 0 0 0 rb:released obj x "$DIGEST")"
         hold_all
-        r="$(rb "$c" "$n" evalsha "$REL" 2 'rb:{__rand_int__}:lock' 'rb:{__rand_int__}:waiting' "$DIGEST" 123 rb:released obj)"
+        r="$(rb "$c" "$n" evalsha "$REL" 2 'rb:{__rand_int__}:holders' 'rb:{__rand_int__}:queue' rb:released obj "$DIGEST" 123)"
         redis-cli -p "$PORT" FLUSHALL >/dev/null
         s="$(rb "$c" "$n" set 'plain:__rand_int__' v NX PX 1)"
         d="$(rb "$c" "$n" del 'plain:__rand_int__')"

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_redis::{RedisConfig, RedisLockService};
+use backend_redis::{RedisConfig, RedisLockService, RedisStore};
 use lockcore::{LockService, ObjectId, OwnerId, TokenIssuer};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -65,7 +65,10 @@ async fn run(args: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
         config.dedicated_connections = dedicated.parse()?;
     }
     let service_dedicated = config.dedicated_connections;
-    let service = Arc::new(RedisLockService::connect(config, TokenIssuer::random()).await?);
+    let service = Arc::new(RedisLockService::new(
+        RedisStore::connect(config).await?,
+        TokenIssuer::random(),
+    ));
     let owner = OwnerId::new("bench")?;
     let ttl = Duration::from_secs(30);
 

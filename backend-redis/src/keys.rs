@@ -1,9 +1,11 @@
-//! Key layout: `{prefix}{<object>}:lock`, `{prefix}{<object>}:fence` and
-//! `{prefix}{<object>}:waiting`.
+//! Key layout: per object `{prefix}{<object>}:holders`, `{prefix}{<object>}:fence` and
+//! `{prefix}{<object>}:queue`; per prefix the ticket counter `{prefix}tickets` and the channel
+//! `{prefix}released`.
 //!
-//! The object sits inside a Redis Cluster hash tag, so both keys of one object live in one slot
-//! and every script touches one slot. Inside the tag the object is escaped (`%` -> `%25`,
-//! `{` -> `%7B`, `}` -> `%7D`) so an object containing braces cannot end the tag early. The
+//! The object sits inside a Redis Cluster hash tag, so the keys of one object live in one slot
+//! (a multi-object script and the ticket counter span slots: see the crate docs, "Redis
+//! Cluster"). Inside the tag the object is escaped (`%` -> `%25`, `{` -> `%7B`, `}` -> `%7D`)
+//! so an object containing braces cannot end the tag early. The
 //! escaping works character by character, so an object starts with a prefix exactly when its
 //! escaped form starts with the escaped prefix, which is what `list` matches on.
 
@@ -15,9 +17,9 @@ pub(crate) struct KeyLayout {
     prefix: String,
 }
 
-const LOCK_SUFFIX: &str = "}:lock";
+const HOLDERS_SUFFIX: &str = "}:holders";
 const FENCE_SUFFIX: &str = "}:fence";
-const WAITING_SUFFIX: &str = "}:waiting";
+const QUEUE_SUFFIX: &str = "}:queue";
 
 impl KeyLayout {
     pub(crate) fn new(prefix: &str) -> Self {
@@ -26,9 +28,10 @@ impl KeyLayout {
         }
     }
 
-    /// The hash holding the current holder (`owner`, `digest`, `fence`, `acquired_at`).
-    pub(crate) fn lock_key(&self, object: &ObjectId) -> String {
-        self.key(object, LOCK_SUFFIX)
+    /// The hash of the object's holders: token digest (hex) -> holder record (see
+    /// [`crate::scripts`]).
+    pub(crate) fn holders_key(&self, object: &ObjectId) -> String {
+        self.key(object, HOLDERS_SUFFIX)
     }
 
     /// The object's last fence, kept after release.
@@ -36,9 +39,15 @@ impl KeyLayout {
         self.key(object, FENCE_SUFFIX)
     }
 
-    /// Present (with an expiry) while someone waits for the object: releases publish only then.
-    pub(crate) fn waiting_key(&self, object: &ObjectId) -> String {
-        self.key(object, WAITING_SUFFIX)
+    /// The sorted set of the object's queue entries, scored by ticket. Exists exactly while
+    /// someone waits for the object: scripts publish wake-ups only then.
+    pub(crate) fn queue_key(&self, object: &ObjectId) -> String {
+        self.key(object, QUEUE_SUFFIX)
+    }
+
+    /// The counter tickets are drawn from, one per key prefix.
+    pub(crate) fn tickets_key(&self) -> String {
+        format!("{}tickets", self.prefix)
     }
 
     /// The pub/sub channel release scripts publish freed objects on.
@@ -46,23 +55,23 @@ impl KeyLayout {
         format!("{}released", self.prefix)
     }
 
-    /// A `SCAN MATCH` pattern for the lock keys of objects starting with `object_prefix`.
-    pub(crate) fn lock_pattern(&self, object_prefix: &str) -> String {
+    /// A `SCAN MATCH` pattern for the holders keys of objects starting with `object_prefix`.
+    pub(crate) fn holders_pattern(&self, object_prefix: &str) -> String {
         let mut pattern = glob_escape(&self.prefix);
         pattern.push('{');
         pattern.push_str(&glob_escape(&escape(object_prefix)));
         pattern.push('*');
-        pattern.push_str(LOCK_SUFFIX);
+        pattern.push_str(HOLDERS_SUFFIX);
         pattern
     }
 
-    /// The object a lock key names, or `None` for a key not in this layout.
-    pub(crate) fn object_of_lock_key(&self, key: &[u8]) -> Option<ObjectId> {
+    /// The object a holders key names, or `None` for a key not in this layout.
+    pub(crate) fn object_of_holders_key(&self, key: &[u8]) -> Option<ObjectId> {
         let key = std::str::from_utf8(key).ok()?;
         let inner = key
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix('{')?
-            .strip_suffix(LOCK_SUFFIX)?;
+            .strip_suffix(HOLDERS_SUFFIX)?;
         ObjectId::new(unescape(inner)?).ok()
     }
 
@@ -137,15 +146,12 @@ mod tests {
     #[test]
     fn keys_of_one_object_share_one_hash_tag() {
         let layout = KeyLayout::new("lockd:");
-        let lock = layout.lock_key(&object("/vol/a"));
+        let lock = layout.holders_key(&object("/vol/a"));
         let fence = layout.fence_key(&object("/vol/a"));
-        assert_eq!(lock, "lockd:{/vol/a}:lock");
+        assert_eq!(lock, "lockd:{/vol/a}:holders");
         assert_eq!(fence, "lockd:{/vol/a}:fence");
         assert_eq!(hash_tag(&lock), hash_tag(&fence));
-        assert_eq!(
-            layout.waiting_key(&object("/vol/a")),
-            "lockd:{/vol/a}:waiting"
-        );
+        assert_eq!(layout.queue_key(&object("/vol/a")), "lockd:{/vol/a}:queue");
     }
 
     /// The part of a key Redis Cluster hashes: from the first `{` to the next `}`.
@@ -159,10 +165,10 @@ mod tests {
     fn braces_in_objects_do_not_break_the_hash_tag() {
         let layout = KeyLayout::new("p:");
         let tricky = object("a}b{c%7Dd");
-        let lock = layout.lock_key(&tricky);
+        let lock = layout.holders_key(&tricky);
         assert_eq!(hash_tag(&lock), "a%7Db%7Bc%257Dd");
         assert_eq!(hash_tag(&lock), hash_tag(&layout.fence_key(&tricky)));
-        assert_eq!(layout.object_of_lock_key(lock.as_bytes()), Some(tricky));
+        assert_eq!(layout.object_of_holders_key(lock.as_bytes()), Some(tricky));
     }
 
     #[test]
@@ -178,22 +184,23 @@ mod tests {
     #[test]
     fn foreign_keys_are_not_taken_for_locks() {
         let layout = KeyLayout::new("lockd:");
-        assert_eq!(layout.object_of_lock_key(b"lockd:{a}:fence"), None);
-        assert_eq!(layout.object_of_lock_key(b"lockd:{a}:waiting"), None);
-        assert_eq!(layout.object_of_lock_key(b"other:{a}:lock"), None);
-        assert_eq!(layout.object_of_lock_key(b"lockd:{}:lock"), None);
-        assert_eq!(layout.object_of_lock_key(&[0xff, 0xfe]), None);
+        assert_eq!(layout.object_of_holders_key(b"lockd:{a}:fence"), None);
+        assert_eq!(layout.object_of_holders_key(b"lockd:{a}:queue"), None);
+        assert_eq!(layout.object_of_holders_key(b"other:{a}:holders"), None);
+        assert_eq!(layout.object_of_holders_key(b"lockd:{}:holders"), None);
+        assert_eq!(layout.object_of_holders_key(b"lockd:tickets"), None);
+        assert_eq!(layout.object_of_holders_key(&[0xff, 0xfe]), None);
     }
 
     #[test]
     fn the_scan_pattern_escapes_glob_syntax() {
         let layout = KeyLayout::new("a*:");
         assert_eq!(
-            layout.lock_pattern("x?[y]\\"),
-            "a\\*:{x\\?\\[y\\]\\\\*}:lock"
+            layout.holders_pattern("x?[y]\\"),
+            "a\\*:{x\\?\\[y\\]\\\\*}:holders"
         );
-        assert_eq!(layout.lock_pattern(""), "a\\*:{*}:lock");
-        assert_eq!(layout.lock_pattern("{"), "a\\*:{%7B*}:lock");
+        assert_eq!(layout.holders_pattern(""), "a\\*:{*}:holders");
+        assert_eq!(layout.holders_pattern("{"), "a\\*:{%7B*}:holders");
     }
 
     mod properties {
@@ -209,7 +216,7 @@ mod tests {
             ObjectId::new(name).expect("generated names are valid")
         }
 
-        /// Redis `stringmatch` for the patterns `lock_pattern` builds: `*`, `?` and `\x`.
+        /// Redis `stringmatch` for the patterns `holders_pattern` builds: `*`, `?` and `\x`.
         fn glob_matches(pattern: &[char], text: &[char]) -> bool {
             match pattern.split_first() {
                 None => text.is_empty(),
@@ -234,12 +241,12 @@ mod tests {
             ) {
                 let layout = KeyLayout::new(&prefix);
                 let (a, b) = (object(&a), object(&b));
-                prop_assert_eq!(a == b, layout.lock_key(&a) == layout.lock_key(&b));
+                prop_assert_eq!(a == b, layout.holders_key(&a) == layout.holders_key(&b));
                 prop_assert_eq!(a == b, layout.fence_key(&a) == layout.fence_key(&b));
-                prop_assert_ne!(layout.lock_key(&a), layout.fence_key(&b));
-                prop_assert_ne!(layout.lock_key(&a), layout.waiting_key(&b));
-                prop_assert_eq!(layout.object_of_lock_key(layout.lock_key(&a).as_bytes()), Some(a.clone()));
-                prop_assert_eq!(layout.object_of_lock_key(layout.fence_key(&a).as_bytes()), None);
+                prop_assert_ne!(layout.holders_key(&a), layout.fence_key(&b));
+                prop_assert_ne!(layout.holders_key(&a), layout.queue_key(&b));
+                prop_assert_eq!(layout.object_of_holders_key(layout.holders_key(&a).as_bytes()), Some(a.clone()));
+                prop_assert_eq!(layout.object_of_holders_key(layout.fence_key(&a).as_bytes()), None);
             }
 
             /// Escaping round-trips, leaves no brace to end the hash tag early, and keeps prefixes:
@@ -262,8 +269,8 @@ mod tests {
             ) {
                 let layout = KeyLayout::new(&key_prefix);
                 let a = object(&a);
-                let pattern: Vec<char> = layout.lock_pattern(&object_prefix).chars().collect();
-                let key: Vec<char> = layout.lock_key(&a).chars().collect();
+                let pattern: Vec<char> = layout.holders_pattern(&object_prefix).chars().collect();
+                let key: Vec<char> = layout.holders_key(&a).chars().collect();
                 prop_assert_eq!(
                     glob_matches(&pattern, &key),
                     a.as_str().starts_with(object_prefix.as_str())
@@ -277,8 +284,8 @@ mod tests {
             fn parsing_arbitrary_keys_never_panics(text in any::<String>(), bytes in any::<Vec<u8>>()) {
                 let _ = unescape(&text);
                 let layout = KeyLayout::new("lockd:");
-                let _ = layout.object_of_lock_key(text.as_bytes());
-                let _ = layout.object_of_lock_key(&bytes);
+                let _ = layout.object_of_holders_key(text.as_bytes());
+                let _ = layout.object_of_holders_key(&bytes);
             }
         }
     }

@@ -1,10 +1,12 @@
 //! The release listener: one pub/sub connection per backend instance, waking local waiters.
 //!
-//! Release scripts `PUBLISH` the freed object on `{prefix}released`. The listener turns each
-//! message into [`WaitQueue::wake`]. When its connection drops (or stops answering pings) it
-//! reconnects with backoff and then calls [`WaitQueue::wake_all`], since releases published
-//! while it was away are lost. Expiries publish nothing: the head waiter's own timer, set to the
-//! holder's remaining TTL, covers them.
+//! Scripts that release, downgrade, take back or drop holders or queue entries `PUBLISH` the
+//! objects concerned on `{prefix}released` (one message per script call, one object per line)
+//! when someone waits for them. The listener turns each object into [`WaitQueue::wake`]. When
+//! its connection drops (or stops answering pings) it reconnects with backoff and then calls
+//! [`WaitQueue::wake_all`], since messages published while it was away are lost. Expiries
+//! publish nothing: every waiter's own timer, set from the blocking holder's remaining TTL,
+//! covers them.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -117,10 +119,11 @@ impl Listener {
                 message = stream.next() => {
                     let Some(message) = message else { return };
                     let Some(waits) = waits.upgrade() else { return };
-                    let object = std::str::from_utf8(message.get_payload_bytes())
-                        .ok()
-                        .and_then(|name| ObjectId::new(name).ok());
-                    if let Some(object) = object {
+                    // One message names every object a script call freed, one per line.
+                    let Ok(names) = std::str::from_utf8(message.get_payload_bytes()) else {
+                        continue;
+                    };
+                    for object in names.split('\n').filter_map(|name| ObjectId::new(name).ok()) {
                         waits.wake(&object);
                     }
                 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lockcore::{Fence, LockError, OwnerId};
+use lockcore::{Fence, LockError, LockMode, OwnerId};
 use redis::Value;
 
 /// A reply that does not have the shape the script returns: a bug or a foreign writer.
@@ -43,6 +43,15 @@ pub(crate) fn fence(value: &Value) -> Result<Fence, LockError> {
         .parse::<u64>()
         .map(Fence)
         .map_err(|_| malformed("stored fence is not a number"))
+}
+
+/// A mode as the scripts store it: `x` or `s`.
+pub(crate) fn mode(value: &Value) -> Result<LockMode, LockError> {
+    match text(value)? {
+        "x" => Ok(LockMode::Exclusive),
+        "s" => Ok(LockMode::Shared),
+        _ => Err(malformed("stored mode is neither x nor s")),
+    }
 }
 
 /// A decimal millisecond count (written by the scripts with `%.0f`).

@@ -1,16 +1,16 @@
-//! [`RedisLockService`]: the [`LockService`] on Redis.
+//! [`RedisStore`]: the [`LockStore`] on Redis, and [`RedisLockService`], the service on it.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockcore::reclaim::UndoFuture;
+use lockcore::store::{
+    Attempt, Attempted, Claim, Granted, HolderRef, HolderState, Queueing, Ticket, Verdict,
+};
 use lockcore::{
-    async_trait, audit, AcquireRequest, Fence, Lease, Limits, ListQuery, LockError, LockInfo,
-    LockPage, LockResult, LockService, LockToken, ObjectId, ReclaimPolicy, Reclaimer, TokenIssuer,
-    Undo, WaitQueue,
+    async_trait, Conflict, HolderInfo, Limits, ListQuery, LockError, LockInfo, LockMode, LockPage,
+    LockResult, LockStore, Locks, ObjectId, ReclaimPolicy, Undo, WaitQueue,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ScriptInvocation, Value};
@@ -24,53 +24,49 @@ use crate::listener::Listener;
 use crate::reply;
 use crate::scripts::Scripts;
 
+/// The [`lockcore::LockService`] on Redis, built as
+/// `RedisLockService::new(RedisStore::connect(config).await?, issuer)`.
+pub type RedisLockService = Locks<RedisStore>;
+
 /// Delays between reconnect attempts of the command connection grow up to this.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
-/// How a lock whose acquire reply was lost is taken back: first after 100 ms, then with
+/// How a grant whose acquire reply was lost is taken back: first after 100 ms, then with
 /// backoff up to 2 s, while Redis does not answer for up to 5 min (at most the lease's TTL).
 /// An acquire sent on the multiplexed connection runs before the take-back sent after it on the
 /// same connection; one cut off on a dedicated connection may still be read by Redis from the
-/// closed socket a moment later, so finding no such lock is retried for 5 s.
+/// closed socket a moment later, so finding no such grant is retried for 5 s.
 const RECLAIM: ReclaimPolicy = ReclaimPolicy {
     first_delay: Duration::from_millis(100),
     max_delay: Duration::from_secs(2),
     window: Duration::from_secs(5 * 60),
     absent_window: Duration::from_secs(5),
 };
-/// Added to a lease's TTL before its expiry wake-up, so Redis has expired it by then.
-const EXPIRY_WAKE_SLACK: Duration = Duration::from_millis(2);
 /// Most `SCAN` calls one `list` page makes before it returns what it has.
 const MAX_SCAN_ROUNDS: usize = 64;
 
-/// A [`LockService`] keeping its locks in Redis; see the crate docs for the guarantees.
+/// The [`LockStore`] keeping holders, fences and the waiter queue in Redis; see the crate docs
+/// for the key layout and the guarantees.
 ///
-/// Cheap to share behind an `Arc`; every operation is one `EVALSHA`, on an idle dedicated
+/// Every primitive is one `EVALSHA` whatever the number of objects, on an idle dedicated
 /// connection when there is one, otherwise on a multiplexed connection that reconnects by
-/// itself.
-pub struct RedisLockService {
+/// itself. A listener on the release channel wakes this process's waiters.
+pub struct RedisStore {
     conn: ConnectionManager,
     dedicated: DedicatedConnections,
     scripts: Scripts,
     keys: KeyLayout,
     channel: String,
-    issuer: TokenIssuer,
     waits: Arc<WaitQueue>,
     limits: Limits,
     operation_timeout: Duration,
     fence_retention_ms: u64,
     redacted_url: String,
     listener: JoinHandle<()>,
-    /// Takes back locks whose acquire reply was lost.
-    reclaimer: Reclaimer,
-    /// What taking such a lock back needs, shared by every take-back.
-    undo: Arc<UndoContext>,
-    /// Wake-ups at the expiry of leases granted to blocking acquires with waiters behind them.
-    expiry_wakes: Arc<ExpiryWakes>,
 }
 
-impl fmt::Debug for RedisLockService {
+impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisLockService")
+        f.debug_struct("RedisStore")
             .field("url", &self.redacted_url)
             .field("keys", &self.keys)
             .field("limits", &self.limits)
@@ -80,85 +76,18 @@ impl fmt::Debug for RedisLockService {
     }
 }
 
-impl Drop for RedisLockService {
+impl Drop for RedisStore {
     fn drop(&mut self) {
         self.listener.abort();
-        self.expiry_wakes.clear();
     }
 }
 
-/// The connection, script and names a take-back of a lost acquire uses.
-#[derive(Debug)]
-struct UndoContext {
-    conn: ConnectionManager,
-    script: redis::Script,
-    keys: KeyLayout,
-    channel: String,
-    timeout: Duration,
-}
-
-/// At most one pending expiry wake-up per object, replaced by newer grants, cancelled by
-/// releases from this process.
-///
-/// Why: a waiter queued behind a blocking acquire that gets granted becomes the head of the
-/// object's queue without ever having tried Redis, so it has no timer at the new holder's
-/// expiry, and Redis publishes nothing when a lease expires. Without this it would sleep until
-/// its own wait ran out while the object sat free.
-#[derive(Debug, Default)]
-struct ExpiryWakes {
-    timers: parking_lot::Mutex<std::collections::HashMap<ObjectId, (u64, JoinHandle<()>)>>,
-    generation: AtomicU64,
-}
-
-impl ExpiryWakes {
-    fn lock(
-        &self,
-    ) -> parking_lot::MutexGuard<'_, std::collections::HashMap<ObjectId, (u64, JoinHandle<()>)>>
-    {
-        self.timers.lock()
-    }
-
-    /// Wakes `object`'s head waiter once `ttl` has passed, unless replaced or cancelled first.
-    fn arm(self: &Arc<Self>, waits: &Arc<WaitQueue>, object: &ObjectId, ttl: Duration) {
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        let (waits, timers, key) = (Arc::downgrade(waits), Arc::downgrade(self), object.clone());
-        let handle = tokio::spawn(async move {
-            tokio::time::sleep(ttl + EXPIRY_WAKE_SLACK).await;
-            if let Some(timers) = timers.upgrade() {
-                let mut map = timers.lock();
-                if map.get(&key).is_some_and(|(g, _)| *g == generation) {
-                    map.remove(&key);
-                }
-            }
-            if let Some(waits) = waits.upgrade() {
-                waits.wake(&key);
-            }
-        });
-        if let Some((_, previous)) = self.lock().insert(object.clone(), (generation, handle)) {
-            previous.abort();
-        }
-    }
-
-    /// Drops `object`'s pending wake-up (its lease was released; the release publishes).
-    fn cancel(&self, object: &ObjectId) {
-        if let Some((_, timer)) = self.lock().remove(object) {
-            timer.abort();
-        }
-    }
-
-    fn clear(&self) {
-        for (_, (_, timer)) in self.lock().drain() {
-            timer.abort();
-        }
-    }
-}
-
-impl RedisLockService {
+impl RedisStore {
     /// Connects (within `connect_timeout`), loads the scripts and starts the release listener.
     ///
     /// Fails with [`LockError::Unavailable`] when Redis cannot be reached or refuses the
     /// connection, and with [`LockError::InvalidArgument`] for a bad URL or key prefix.
-    pub async fn connect(config: RedisConfig, issuer: TokenIssuer) -> Result<Self, LockError> {
+    pub async fn connect(config: RedisConfig) -> Result<Self, LockError> {
         config.check()?;
         let client = redis::Client::open(config.url.as_str()).map_err(|e| {
             LockError::invalid_argument("url", format!("{}: {e}", config.redacted_url()))
@@ -219,29 +148,18 @@ impl RedisLockService {
         let pubsub = listener.subscribe().await?;
         let waits = Arc::new(WaitQueue::new());
         let listener = tokio::spawn(listener.run(Arc::downgrade(&waits), pubsub));
-        let undo = Arc::new(UndoContext {
-            conn: conn.clone(),
-            script: scripts.abandon.clone(),
-            keys: keys.clone(),
-            channel: channel.clone(),
-            timeout: config.operation_timeout,
-        });
         Ok(Self {
-            undo,
             conn,
             dedicated,
             scripts,
             keys,
             channel,
-            issuer,
             waits,
             limits: config.limits,
             operation_timeout: config.operation_timeout,
             fence_retention_ms: millis(config.fence_retention),
             redacted_url: config.redacted_url(),
             listener,
-            reclaimer: Reclaimer::new(BACKEND, RECLAIM),
-            expiry_wakes: Arc::new(ExpiryWakes::default()),
         })
     }
 
@@ -259,6 +177,26 @@ impl RedisLockService {
             let mut conn = self.conn.clone();
             invocation.invoke_async(&mut conn).await
         };
+        self.within_timeout(operation, run).await
+    }
+
+    /// Runs one script invocation on the multiplexed connection only. Take-backs use it: an
+    /// acquire sent there earlier reaches Redis first.
+    async fn eval_multiplexed(
+        &self,
+        operation: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> LockResult<Value> {
+        let mut conn = self.conn.clone();
+        self.within_timeout(operation, invocation.invoke_async(&mut conn))
+            .await
+    }
+
+    async fn within_timeout(
+        &self,
+        operation: &'static str,
+        run: impl std::future::Future<Output = redis::RedisResult<Value>>,
+    ) -> LockResult<Value> {
         match tokio::time::timeout(self.operation_timeout, run).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(error::from_redis(operation, &e)),
@@ -266,156 +204,38 @@ impl RedisLockService {
         }
     }
 
-    /// One acquire attempt: grants, answers a retry of the granted request with its lease, or
-    /// fails with `Locked` naming the holder.
-    async fn try_acquire(&self, request: &AcquireRequest) -> LockResult<Lease> {
-        let (object, owner, ttl, wait) =
-            (&request.object, &request.owner, request.ttl, request.wait);
-        let pending = self.issuer.prepare_for(request);
-        let digest = pending.digest().to_hex();
-        let ttl_ms = millis(ttl);
-        let mut invocation = self.scripts.acquire.key(self.keys.lock_key(object));
-        invocation
-            .key(self.keys.fence_key(object))
-            .key(self.keys.waiting_key(object))
-            .arg(owner.as_str())
-            .arg(&digest)
-            .arg(ttl_ms)
-            .arg(ttl_ms.saturating_add(self.fence_retention_ms))
-            .arg(1u64 << lockcore::fence::FENCE_CLOCK_SHIFT)
-            .arg(self.waiting_mark_ms(wait));
-        // Redis may run the script and grant a lock nobody gets the token for: when this
-        // attempt is dropped, or its reply is lost, the guard takes it back.
-        let guard = self
-            .reclaimer
-            .guard(object, ttl, self.undo_acquire(object, digest));
-        let reply = match self.eval("acquire", &invocation).await {
-            Ok(reply) => {
-                guard.disarm();
-                reply
-            }
-            Err(e) => {
-                if matches!(e, LockError::Unavailable { .. }) {
-                    drop(guard);
-                } else {
-                    guard.disarm();
-                }
-                return Err(e);
-            }
-        };
-        let items = reply::array(reply)?;
-        match reply::int(item(&items, 0)?)? {
-            1 => {
-                let fence = reply::fence(item(&items, 1)?)?;
-                let token = self.issuer.seal(pending, object, fence);
-                // Others may be queued behind this blocking acquire (the count includes it).
-                if !wait.is_zero() && self.waits.waiting() > 1 {
-                    self.expiry_wakes.arm(&self.waits, object, ttl);
-                }
-                Ok(Lease {
-                    object: object.clone(),
-                    owner: owner.clone(),
-                    token,
-                    fence,
-                    ttl,
-                })
-            }
-            2 => {
-                let fence = reply::fence(item(&items, 1)?)?;
-                Ok(Lease {
-                    object: object.clone(),
-                    owner: owner.clone(),
-                    token: self.issuer.seal(pending, object, fence),
-                    fence,
-                    ttl: reply::pttl(item(&items, 2)?, self.limits.max_ttl)?,
-                })
-            }
-            0 => Err(LockError::Locked {
-                object: object.clone(),
-                holder: reply::owner(item(&items, 1)?)?,
-                retry_after: reply::pttl(item(&items, 2)?, self.limits.max_ttl)?,
-            }),
-            _ => Err(reply::malformed("acquire status")),
-        }
-    }
-
-    /// How long a blocking acquire marks its object as waited on: at least the longest wait
-    /// this backend allows, so the mark outlives every waiter of this process queued behind
-    /// this one (they try Redis only when they reach the head of the queue). 0 for `wait` 0.
-    fn waiting_mark_ms(&self, wait: Duration) -> u64 {
-        if wait.is_zero() {
-            0
-        } else {
-            millis(wait.max(self.limits.max_wait))
-        }
-    }
-
-    /// The take-back of an acquire whose outcome is unknown: deletes the lock if (and only if)
-    /// it holds `digest` and no retry claimed it. The token for that digest was never handed
-    /// out, so nobody loses a lease. Cheap to build (two reference counts and the digest): it is
-    /// built for every acquire and used only for lost ones.
-    fn undo_acquire(&self, object: &ObjectId, digest: String) -> impl FnMut() -> UndoFuture + Send {
-        let undo = self.undo.clone();
-        let object = object.clone();
-        move || -> UndoFuture {
-            let (undo, object, digest) = (undo.clone(), object.clone(), digest.clone());
-            Box::pin(async move {
-                let mut conn = undo.conn.clone();
-                let mut invocation = undo.script.key(undo.keys.lock_key(&object));
-                invocation
-                    .key(undo.keys.waiting_key(&object))
-                    .arg(digest)
-                    .arg(&undo.channel)
-                    .arg(object.as_str());
-                let timeout = undo.timeout;
-                match tokio::time::timeout(timeout, invocation.invoke_async::<i64>(&mut conn)).await
-                {
-                    Ok(Ok(1)) => Ok(Undo::TookBack),
-                    Ok(Ok(2)) => Ok(Undo::Claimed),
-                    Ok(Ok(_)) => Ok(Undo::Absent),
-                    Ok(Err(e)) => Err(error::from_redis("abandon", &e)),
-                    Err(_) => Err(error::timed_out("abandon", timeout)),
-                }
-            })
-        }
-    }
-
-    /// Refusal for a token that is not the holder's: `NotHeld` (0) or `TokenMismatch` (-1).
-    fn refusal(object: &ObjectId, status: i64) -> LockResult<LockError> {
-        match status {
-            0 => Ok(LockError::NotHeld {
-                object: object.clone(),
-            }),
-            -1 => Ok(LockError::TokenMismatch {
-                object: object.clone(),
-            }),
-            _ => Err(reply::malformed("status")),
-        }
-    }
-
-    /// Describes the locks at `lock_keys` (one EVALSHA), skipping keys no longer held.
+    /// Describes the holders of `objects` (one EVALSHA), skipping objects nobody holds.
     async fn describe(&self, objects: &[ObjectId]) -> LockResult<Vec<LockInfo>> {
         let mut invocation = self.scripts.describe.prepare_invoke();
         for object in objects {
-            invocation.key(self.keys.lock_key(object));
+            invocation.key(self.keys.holders_key(object));
         }
         let items = reply::array(self.eval("describe", &invocation).await?)?;
         let now_ms = reply::millis_text(item(&items, 0)?)?;
         let mut out = Vec::with_capacity(objects.len());
         for (object, entry) in objects.iter().zip(items.into_iter().skip(1)) {
             let fields = reply::array(entry)?;
-            if fields.is_empty() {
-                continue;
+            let mut holders = Vec::with_capacity(fields.len() / 5);
+            let mut mode = LockMode::Shared;
+            for holder in fields.chunks(5) {
+                let [owner, holder_mode, fence, acquired, expires] = holder else {
+                    return Err(reply::malformed("describe holder"));
+                };
+                if reply::mode(holder_mode)? == LockMode::Exclusive {
+                    mode = LockMode::Exclusive;
+                }
+                let expires_ms = reply::millis_text(expires)?;
+                holders.push(HolderInfo {
+                    owner: reply::owner(owner)?,
+                    fence: reply::fence(fence)?,
+                    acquired_at: reply::unix_millis(reply::millis_text(acquired)?),
+                    expires_at: reply::unix_millis(expires_ms),
+                    ttl: Duration::from_millis(expires_ms.saturating_sub(now_ms)),
+                });
             }
-            let ttl = reply::pttl(item(&fields, 3)?, self.limits.max_ttl)?;
-            out.push(LockInfo {
-                object: object.clone(),
-                owner: reply::owner(item(&fields, 0)?)?,
-                fence: reply::fence(item(&fields, 1)?)?,
-                acquired_at: reply::unix_millis(reply::millis_text(item(&fields, 2)?)?),
-                expires_at: reply::unix_millis(now_ms.saturating_add(millis(ttl))),
-                ttl,
-            });
+            if let Some(info) = LockInfo::from_holders(object.clone(), mode, holders) {
+                out.push(info);
+            }
         }
         Ok(out)
     }
@@ -452,105 +272,287 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A mode as the scripts store it.
+fn mode_arg(mode: LockMode) -> &'static str {
+    match mode {
+        LockMode::Exclusive => "x",
+        LockMode::Shared => "s",
+    }
+}
+
+/// A script's status for one holder: 1 done, 0 not held, -1 held by others.
+fn verdict<T>(status: i64, done: impl FnOnce() -> LockResult<T>) -> LockResult<Verdict<T>> {
+    match status {
+        1 => done().map(Verdict::Done),
+        0 => Ok(Verdict::NotHeld),
+        -1 => Ok(Verdict::Mismatch),
+        _ => Err(reply::malformed("holder status")),
+    }
+}
+
 #[async_trait]
-impl LockService for RedisLockService {
+impl LockStore for RedisStore {
     fn backend(&self) -> &'static str {
         BACKEND
     }
 
-    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease> {
-        self.limits.check_acquire(request.ttl, request.wait)?;
-        self.waits
-            .acquire(&request.object, request.wait, || self.try_acquire(request))
-            .await
+    fn limits(&self) -> Limits {
+        self.limits
     }
 
-    async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
-        audit::check_token(&self.issuer, "release", object, token)?;
-        let mut invocation = self.scripts.release.key(self.keys.lock_key(object));
-        invocation
-            .key(self.keys.waiting_key(object))
-            .arg(token.digest().to_hex())
-            .arg(token.fence().get())
-            .arg(&self.channel)
-            .arg(object.as_str());
-        let status = reply::int(&self.eval("release", &invocation).await?)?;
-        if status == 1 {
-            self.expiry_wakes.cancel(object);
-            return Ok(token.fence());
+    fn reclaim_policy(&self) -> Option<ReclaimPolicy> {
+        Some(RECLAIM)
+    }
+
+    fn waits(&self) -> &WaitQueue {
+        &self.waits
+    }
+
+    async fn try_acquire(&self, attempt: Attempt<'_>) -> LockResult<Attempted> {
+        let ttl_ms = millis(attempt.ttl);
+        let (queueing, ticket, keep_for) = match attempt.queueing {
+            Some(Queueing { ticket, keep_for }) => {
+                (1u8, ticket.map_or(0, |t| t.0), millis(keep_for).max(1))
+            }
+            None => (0, 0, 0),
+        };
+        let mut invocation = self.scripts.acquire.key(self.keys.tickets_key());
+        for claim in attempt.claims {
+            invocation
+                .key(self.keys.holders_key(&claim.object))
+                .key(self.keys.fence_key(&claim.object))
+                .key(self.keys.queue_key(&claim.object));
         }
-        let refused = Self::refusal(object, status)?;
-        audit::log_refusal("release", object, token, &refused);
-        Err(refused)
+        invocation
+            .arg(attempt.owner.as_str())
+            .arg(ttl_ms)
+            .arg(ttl_ms.saturating_add(self.fence_retention_ms))
+            .arg(1u64 << lockcore::fence::FENCE_CLOCK_SHIFT)
+            .arg(queueing)
+            .arg(ticket)
+            .arg(keep_for)
+            .arg(&self.channel);
+        for claim in attempt.claims {
+            invocation
+                .arg(claim.object.as_str())
+                .arg(mode_arg(claim.mode))
+                .arg(claim.digest.to_hex());
+        }
+        let items = reply::array(self.eval("acquire", &invocation).await?)?;
+        match reply::int(item(&items, 0)?)? {
+            1 => {
+                let granted = items[1..]
+                    .chunks(4)
+                    .map(|grant| {
+                        let [fence, ttl, replayed, mode] = grant else {
+                            return Err(reply::malformed("acquire grant"));
+                        };
+                        Ok(Granted {
+                            fence: reply::fence(fence)?,
+                            mode: reply::mode(mode)?,
+                            ttl: reply::pttl(ttl, self.limits.max_ttl)?,
+                            replayed: reply::int(replayed)? == 1,
+                        })
+                    })
+                    .collect::<LockResult<Vec<_>>>()?;
+                if granted.len() != attempt.claims.len() {
+                    return Err(reply::malformed("acquire grant count"));
+                }
+                Ok(Attempted::Granted(granted))
+            }
+            0 => {
+                let ticket = match reply::int(item(&items, 1)?)? {
+                    0 => None,
+                    n => Some(Ticket(
+                        u64::try_from(n).map_err(|_| reply::malformed("ticket"))?,
+                    )),
+                };
+                let conflicts = items[2..]
+                    .chunks(3)
+                    .map(|conflict| {
+                        let [index, holder, retry] = conflict else {
+                            return Err(reply::malformed("acquire conflict"));
+                        };
+                        let claim = usize::try_from(reply::int(index)?)
+                            .ok()
+                            .and_then(|i| attempt.claims.get(i.checked_sub(1)?))
+                            .ok_or_else(|| reply::malformed("conflict index"))?;
+                        Ok(Conflict {
+                            object: claim.object.clone(),
+                            holder: reply::owner(holder)?,
+                            retry_after: reply::pttl(retry, self.limits.max_ttl)?,
+                        })
+                    })
+                    .collect::<LockResult<Vec<_>>>()?;
+                if conflicts.is_empty() {
+                    return Err(reply::malformed("refusal without conflicts"));
+                }
+                Ok(Attempted::Refused { conflicts, ticket })
+            }
+            _ => Err(reply::malformed("acquire status")),
+        }
+    }
+
+    async fn leave_queue(&self, ticket: Ticket, objects: &[ObjectId]) -> LockResult<()> {
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.scripts.leave.prepare_invoke();
+        for object in objects {
+            invocation.key(self.keys.queue_key(object));
+        }
+        invocation.arg(&self.channel).arg(ticket.0);
+        for object in objects {
+            invocation.arg(object.as_str());
+        }
+        reply::int(&self.eval("leave queue", &invocation).await?)?;
+        Ok(())
+    }
+
+    async fn abandon(&self, claims: &[Claim]) -> LockResult<Undo> {
+        if claims.is_empty() {
+            return Ok(Undo::Absent);
+        }
+        let mut invocation = self.scripts.abandon.prepare_invoke();
+        for claim in claims {
+            invocation
+                .key(self.keys.holders_key(&claim.object))
+                .key(self.keys.queue_key(&claim.object));
+        }
+        invocation.arg(&self.channel);
+        for claim in claims {
+            invocation
+                .arg(claim.object.as_str())
+                .arg(claim.digest.to_hex());
+        }
+        match reply::int(&self.eval_multiplexed("abandon", &invocation).await?)? {
+            1 => Ok(Undo::TookBack),
+            2 => Ok(Undo::Claimed),
+            0 => Ok(Undo::Absent),
+            _ => Err(reply::malformed("abandon status")),
+        }
+    }
+
+    async fn release(&self, holders: &[HolderRef]) -> LockResult<Vec<Verdict<()>>> {
+        if holders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.scripts.release.prepare_invoke();
+        for holder in holders {
+            invocation
+                .key(self.keys.holders_key(&holder.object))
+                .key(self.keys.queue_key(&holder.object));
+        }
+        invocation.arg(&self.channel);
+        for holder in holders {
+            invocation
+                .arg(holder.object.as_str())
+                .arg(holder.digest.to_hex())
+                .arg(holder.fence.get());
+        }
+        let statuses = reply::array(self.eval("release", &invocation).await?)?;
+        if statuses.len() != holders.len() {
+            return Err(reply::malformed("release verdict count"));
+        }
+        statuses
+            .iter()
+            .map(|status| verdict(reply::int(status)?, || Ok(())))
+            .collect()
     }
 
     async fn renew(
         &self,
-        object: &ObjectId,
-        token: &LockToken,
+        holders: &[HolderRef],
         ttl: Duration,
-    ) -> LockResult<Lease> {
-        self.limits.check_ttl(ttl)?;
-        audit::check_token(&self.issuer, "renew", object, token)?;
+    ) -> LockResult<Vec<Verdict<HolderState>>> {
+        if holders.is_empty() {
+            return Ok(Vec::new());
+        }
         let ttl_ms = millis(ttl);
-        let mut invocation = self.scripts.renew.key(self.keys.lock_key(object));
+        let mut invocation = self.scripts.renew.prepare_invoke();
+        for holder in holders {
+            invocation
+                .key(self.keys.holders_key(&holder.object))
+                .key(self.keys.fence_key(&holder.object));
+        }
         invocation
-            .key(self.keys.fence_key(object))
-            .arg(token.digest().to_hex())
-            .arg(token.fence().get())
             .arg(ttl_ms)
             .arg(ttl_ms.saturating_add(self.fence_retention_ms));
-        let items = reply::array(self.eval("renew", &invocation).await?)?;
-        let status = reply::int(item(&items, 0)?)?;
-        if status == 1 {
-            return Ok(Lease {
-                object: object.clone(),
-                owner: reply::owner(item(&items, 1)?)?,
-                token: token.clone(),
-                fence: token.fence(),
-                ttl,
-            });
+        for holder in holders {
+            invocation
+                .arg(holder.digest.to_hex())
+                .arg(holder.fence.get());
         }
-        let refused = Self::refusal(object, status)?;
-        audit::log_refusal("renew", object, token, &refused);
-        Err(refused)
+        let items = reply::array(self.eval("renew", &invocation).await?)?;
+        if items.len() != holders.len() * 3 {
+            return Err(reply::malformed("renew verdict count"));
+        }
+        items
+            .chunks(3)
+            .map(|state| {
+                let [status, owner, mode] = state else {
+                    return Err(reply::malformed("renew verdict"));
+                };
+                verdict(reply::int(status)?, || {
+                    Ok(HolderState {
+                        owner: reply::owner(owner)?,
+                        mode: reply::mode(mode)?,
+                        ttl,
+                    })
+                })
+            })
+            .collect()
     }
 
-    async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
-        self.issuer.check(object, token)?;
-        let mut invocation = self.scripts.validate.key(self.keys.lock_key(object));
+    async fn validate(&self, holder: &HolderRef) -> LockResult<Verdict<HolderState>> {
+        let mut invocation = self
+            .scripts
+            .validate
+            .key(self.keys.holders_key(&holder.object));
         invocation
-            .arg(token.digest().to_hex())
-            .arg(token.fence().get());
+            .arg(holder.digest.to_hex())
+            .arg(holder.fence.get());
         let items = reply::array(self.eval("validate", &invocation).await?)?;
-        let status = reply::int(item(&items, 0)?)?;
-        if status == 1 {
-            return Ok(Lease {
-                object: object.clone(),
+        verdict(reply::int(item(&items, 0)?)?, || {
+            Ok(HolderState {
                 owner: reply::owner(item(&items, 1)?)?,
-                token: token.clone(),
-                fence: token.fence(),
+                mode: reply::mode(item(&items, 2)?)?,
+                ttl: reply::pttl(item(&items, 3)?, self.limits.max_ttl)?,
+            })
+        })
+    }
+
+    async fn downgrade(&self, holder: &HolderRef) -> LockResult<Verdict<HolderState>> {
+        let mut invocation = self
+            .scripts
+            .downgrade
+            .key(self.keys.holders_key(&holder.object));
+        invocation
+            .key(self.keys.queue_key(&holder.object))
+            .arg(&self.channel)
+            .arg(holder.object.as_str())
+            .arg(holder.digest.to_hex())
+            .arg(holder.fence.get());
+        let items = reply::array(self.eval("downgrade", &invocation).await?)?;
+        verdict(reply::int(item(&items, 0)?)?, || {
+            Ok(HolderState {
+                owner: reply::owner(item(&items, 1)?)?,
+                mode: LockMode::Shared,
                 ttl: reply::pttl(item(&items, 2)?, self.limits.max_ttl)?,
-            });
-        }
-        Err(Self::refusal(object, status)?)
+            })
+        })
     }
 
     async fn inspect(&self, object: &ObjectId) -> LockResult<Option<LockInfo>> {
         Ok(self.describe(std::slice::from_ref(object)).await?.pop())
     }
 
-    async fn close(&self, timeout: Duration) -> bool {
-        self.reclaimer.drain(timeout).await
-    }
-
     async fn list(&self, query: &ListQuery) -> LockResult<LockPage> {
-        query.check()?;
         let (mut scan, mut pending) = match &query.after {
             None => (ScanPosition::At(0), VecDeque::new()),
             Some(cursor) => ListCursor::parse(cursor)?.into_parts(),
         };
-        let pattern = self.keys.lock_pattern(&query.prefix);
+        let pattern = self.keys.holders_pattern(&query.prefix);
         let mut page: Vec<ObjectId> = Vec::with_capacity(query.limit);
         let mut seen = HashSet::new();
         while page.len() < query.limit {
@@ -574,7 +576,7 @@ impl LockService for RedisLockService {
                 ScanPosition::At(next)
             };
             for key in keys {
-                let Some(object) = self.keys.object_of_lock_key(&key) else {
+                let Some(object) = self.keys.object_of_holders_key(&key) else {
                     continue;
                 };
                 if !seen.insert(object.clone()) {

@@ -5,9 +5,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backend_redis::RedisLockService;
 use common::PrivateRedis;
-use lockcore::{ListQuery, LockService, ObjectId, OwnerId};
+use lockcore::{
+    AcquireRequest, ListQuery, LockError, LockMode, LockService, LockSpec, ObjectId, OwnerId,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_works_with_the_documented_acl() {
@@ -19,8 +20,9 @@ async fn every_operation_works_with_the_documented_acl() {
         .expect("admin connection");
     let mut config = common::test_config(&redis.url());
     let prefix = config.key_prefix.clone();
-    let rules = "+evalsha +script|load +scan +ping +subscribe +hget +hmget +hset +time +get +set \
-                 +incr +pexpire +pttl +del +exists +publish";
+    let rules = "+evalsha +script|load +scan +ping +subscribe +time +get +set +incr +pexpire \
+                 +pttl +exists +publish +hget +hgetall +hset +hdel +zrange +zrangebyscore \
+                 +zcount +zadd +zrem +zremrangebyscore";
     let mut setuser = redis::cmd("ACL");
     setuser
         .arg("SETUSER")
@@ -36,7 +38,7 @@ async fn every_operation_works_with_the_documented_acl() {
     setuser.query::<()>(&mut admin).expect("ACL SETUSER");
     config.url = format!("redis://lockd:lockd-test-password@127.0.0.1:{}", redis.port);
     let service = Arc::new(
-        RedisLockService::connect(config, common::issuer())
+        common::connect(config)
             .await
             .expect("connects with the documented permissions"),
     );
@@ -59,6 +61,14 @@ async fn every_operation_works_with_the_documented_acl() {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // A waiter that gives up leaves the queue.
+    let impatient = service
+        .acquire(&object, &bob, ttl, Duration::from_millis(50))
+        .await;
+    assert!(
+        matches!(impatient, Err(LockError::Locked { .. })),
+        "{impatient:?}"
+    );
     service
         .renew(&object, &lease.token, ttl)
         .await
@@ -86,4 +96,35 @@ async fn every_operation_works_with_the_documented_acl() {
         .release(&object, &granted.token)
         .await
         .expect("release");
+
+    // Several objects at once, shared and exclusive, downgrade and the batch operations.
+    let (a, b) = (
+        ObjectId::new("acl/a").expect("valid"),
+        ObjectId::new("acl/b").expect("valid"),
+    );
+    let request = AcquireRequest::many(
+        vec![LockSpec::exclusive(a.clone()), LockSpec::shared(b.clone())],
+        alice.clone(),
+        ttl,
+    );
+    let grant = service
+        .acquire_with(&request)
+        .await
+        .expect("multi-object acquire");
+    let shared = service
+        .downgrade(&a, &grant.leases[0].token)
+        .await
+        .expect("downgrade");
+    assert_eq!(shared.mode, LockMode::Shared);
+    let locks: Vec<_> = grant
+        .leases
+        .iter()
+        .map(|lease| (lease.object.clone(), lease.token.clone()))
+        .collect();
+    for renewed in service.renew_many(&locks, ttl).await.expect("renew_many") {
+        renewed.expect("renewed");
+    }
+    for released in service.release_many(&locks).await.expect("release_many") {
+        released.expect("released");
+    }
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use backend_redis::RedisLockService;
 use common::PrivateRedis;
-use lockcore::{Fence, ListQuery, LockError, LockService, ObjectId, OwnerId};
+use lockcore::{
+    AcquireRequest, Fence, ListQuery, LockError, LockService, LockSpec, ObjectId, OwnerId,
+};
 
 fn object(name: &str) -> ObjectId {
     ObjectId::new(format!("fault/{name}")).expect("valid object id")
@@ -75,7 +77,7 @@ async fn operations_fail_as_unavailable_while_redis_is_down_and_recover_with_hig
     config.connect_timeout = Duration::from_millis(500);
     config.listener_ping_interval = Duration::from_millis(200);
     let service = Arc::new(
-        RedisLockService::connect(config, common::issuer())
+        common::connect(config)
             .await
             .expect("connects to the private redis-server"),
     );
@@ -138,13 +140,32 @@ async fn operations_fail_as_unavailable_while_redis_is_down_and_recover_with_hig
         is_unavailable(&service.release(&object("held"), &held.token).await),
         is_unavailable(&service.renew(&object("held"), &held.token, TTL).await),
         is_unavailable(&service.validate(&object("held"), &held.token).await),
+        is_unavailable(&service.downgrade(&object("held"), &held.token).await),
+        is_unavailable(
+            &service
+                .release_many(&[(object("held"), held.token.clone())])
+                .await,
+        ),
+        is_unavailable(
+            &service
+                .acquire_with(&AcquireRequest::many(
+                    vec![
+                        LockSpec::shared(a.clone()),
+                        LockSpec::exclusive(object("b")),
+                    ],
+                    owner("x"),
+                    TTL,
+                ))
+                .await,
+        ),
         is_unavailable(&service.inspect(&a).await),
         is_unavailable(&service.list(&ListQuery::new("fault/", 10)).await),
         is_unavailable(&service.health().await),
     ];
     assert_eq!(
-        results, [true; 8],
-        "acquire, blocking acquire, release, renew, validate, inspect, list, health"
+        results, [true; 11],
+        "acquire, blocking acquire, release, renew, validate, downgrade, release_many, \
+         multi-object acquire, inspect, list, health"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -209,14 +230,8 @@ async fn waiters_are_woken_by_releases_after_the_listener_reconnects() {
     config.operation_timeout = Duration::from_millis(500);
     config.connect_timeout = Duration::from_millis(500);
     config.listener_ping_interval = Duration::from_millis(200);
-    let holder_side = RedisLockService::connect(config.clone(), common::issuer())
-        .await
-        .expect("connects");
-    let waiter_side = Arc::new(
-        RedisLockService::connect(config, common::issuer())
-            .await
-            .expect("connects"),
-    );
+    let holder_side = common::connect(config.clone()).await.expect("connects");
+    let waiter_side = Arc::new(common::connect(config).await.expect("connects"));
 
     redis.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -261,12 +276,13 @@ async fn waiters_are_woken_by_releases_after_the_listener_reconnects() {
 }
 
 /// A backend giving up on operations after 1 s, with `dedicated_connections`, whose acquire of
-/// `name` Redis holds back for 1.5 s (`CLIENT PAUSE WRITE`), so it fails as unavailable before
-/// Redis has run it. Returns the backend, an admin connection and the backend's key prefix.
+/// `names` (one request for all of them) Redis holds back for 1.5 s (`CLIENT PAUSE WRITE`), so
+/// it fails as unavailable before Redis has run it. Returns the backend, an admin connection
+/// and the backend's key prefix.
 async fn acquire_cut_off_by_a_write_pause(
     redis: &PrivateRedis,
     dedicated_connections: usize,
-    name: &str,
+    names: &[&str],
 ) -> (RedisLockService, redis::Connection, String) {
     let mut config = common::test_config(&redis.url());
     // Its connection manager would drop the connection (and with it the paused command) only
@@ -274,9 +290,7 @@ async fn acquire_cut_off_by_a_write_pause(
     config.operation_timeout = Duration::from_secs(1);
     config.dedicated_connections = dedicated_connections;
     let prefix = config.key_prefix.clone();
-    let service = RedisLockService::connect(config, common::issuer())
-        .await
-        .expect("connects");
+    let service = common::connect(config).await.expect("connects");
     let mut admin = redis::Client::open(redis.url())
         .and_then(|c| c.get_connection())
         .expect("admin connection");
@@ -286,50 +300,58 @@ async fn acquire_cut_off_by_a_write_pause(
         .arg("WRITE")
         .query::<()>(&mut admin)
         .expect("CLIENT PAUSE");
+    let specs = names
+        .iter()
+        .map(|name| LockSpec::exclusive(object(name)))
+        .collect();
     let result = service
-        .acquire(&object(name), &owner("first"), TTL, Duration::ZERO)
+        .acquire_with(&AcquireRequest::many(specs, owner("first"), TTL))
         .await;
     assert!(is_unavailable(&result), "{result:?}");
     (service, admin, prefix)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_granted_after_its_acquire_timed_out_is_taken_back() {
+async fn locks_granted_after_their_acquire_timed_out_are_all_taken_back() {
     let Some(redis) = PrivateRedis::start() else {
         return;
     };
     // On the multiplexed connection, which stays open after a timeout, so Redis runs the paused
     // script. A dedicated connection is closed at the timeout, and Redis drops the command
     // with it (the next test).
-    let (service, mut admin, prefix) =
-        acquire_cut_off_by_a_write_pause(&redis, 0, "lost-reply").await;
+    let names = ["lost-reply/a", "lost-reply/b", "lost-reply/c"];
+    let (service, mut admin, prefix) = acquire_cut_off_by_a_write_pause(&redis, 0, &names).await;
 
-    let fence_key = format!("{prefix}{{fault/lost-reply}}:fence");
-    let lock_key = format!("{prefix}{{fault/lost-reply}}:lock");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (fence_exists, lock_exists): (bool, bool) = redis::pipe()
-            .cmd("EXISTS")
-            .arg(&fence_key)
-            .cmd("EXISTS")
-            .arg(&lock_key)
-            .query(&mut admin)
-            .expect("EXISTS");
-        // The fence key proves the script did grant; the lock key's absence, long before its
-        // one-minute TTL, that the backend took the unowned lock back.
-        if fence_exists && !lock_exists {
+        let mut check = redis::pipe();
+        for name in names {
+            check
+                .cmd("EXISTS")
+                .arg(format!("{prefix}{{fault/{name}}}:fence"))
+                .cmd("EXISTS")
+                .arg(format!("{prefix}{{fault/{name}}}:holders"));
+        }
+        let exists: Vec<bool> = check.query(&mut admin).expect("EXISTS");
+        let fences = exists.iter().step_by(2).all(|e| *e);
+        let holders = exists.iter().skip(1).step_by(2).filter(|e| **e).count();
+        // The fence keys prove the script did grant; the holders keys' absence, long before
+        // the one-minute TTL, that the backend took every unowned grant back.
+        if fences && holders == 0 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the lock granted after the timeout was not taken back (fence key: {fence_exists}, lock key: {lock_exists})"
+            "the grant made after the timeout was not taken back (fence keys: {fences}, holders keys left: {holders})"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    service
-        .acquire(&object("lost-reply"), &owner("second"), TTL, Duration::ZERO)
-        .await
-        .expect("the object is free again long before the lost grant's TTL");
+    for name in names {
+        service
+            .acquire(&object(name), &owner("second"), TTL, Duration::ZERO)
+            .await
+            .expect("the object is free again long before the lost grant's TTL");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +359,8 @@ async fn an_acquire_timed_out_on_a_dedicated_connection_leaves_the_object_free()
     let Some(redis) = PrivateRedis::start() else {
         return;
     };
-    let (service, _admin, _prefix) = acquire_cut_off_by_a_write_pause(&redis, 1, "cut-off").await;
+    let (service, _admin, _prefix) =
+        acquire_cut_off_by_a_write_pause(&redis, 1, &["cut-off"]).await;
 
     // Whether Redis dropped the paused script with its connection or ran it, nobody holds the
     // object long before the lost grant's one-minute TTL.

@@ -1,6 +1,7 @@
 //! Every operation is one command on the wire: `INFO commandstats` on a private
-//! `redis-server` counts exactly one `EVALSHA` per acquire, release, renew and validate, and
-//! nothing else but the commands the scripts themselves run inside Redis.
+//! `redis-server` counts exactly one `EVALSHA` per acquire, release, renew, validate, downgrade
+//! and inspect, whatever the number of objects (up to 64), and nothing else but the commands
+//! the scripts themselves run inside Redis, which do not grow with locks held elsewhere.
 
 mod common;
 
@@ -9,7 +10,10 @@ use std::time::Duration;
 
 use backend_redis::RedisLockService;
 use common::PrivateRedis;
-use lockcore::{LockService, ObjectId, OwnerId};
+use lockcore::{
+    AcquireRequest, LockError, LockMode, LockService, LockSpec, ObjectId, OwnerId,
+    MAX_OBJECTS_PER_REQUEST,
+};
 
 /// Commands per name (`cmdstat_<name>:calls=N`).
 fn command_stats(admin: &mut redis::Connection) -> BTreeMap<String, u64> {
@@ -39,101 +43,268 @@ fn expected(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_operation_is_exactly_one_evalsha() {
-    let Some(redis) = PrivateRedis::start() else {
-        return;
-    };
+/// A service on a private `redis-server` with the listener's keep-alive pings out of the
+/// counts, and an admin connection to the same server.
+async fn setup() -> Option<(PrivateRedis, RedisLockService, redis::Connection)> {
+    let redis = PrivateRedis::start()?;
     let mut config = common::test_config(&redis.url());
-    // Keep the listener's keep-alive pings out of the counts.
     config.listener_ping_interval = Duration::from_secs(3600);
-    let service = RedisLockService::connect(config, common::issuer())
-        .await
-        .expect("connects");
-    let mut admin = redis::Client::open(redis.url())
+    let service = common::connect(config).await.expect("connects");
+    let admin = redis::Client::open(redis.url())
         .and_then(|c| c.get_connection())
         .expect("admin connection");
-    let object = ObjectId::new("rt/file").expect("valid");
-    let owner = OwnerId::new("rt-owner").expect("valid");
-    let ttl = Duration::from_secs(30);
+    Some((redis, service, admin))
+}
+
+/// Runs `operation` on `objects` objects and returns the commands Redis counted for it.
+///
+/// `PEXPIRE` is left out of the counts (after checking there are at most two per object): the scripts
+/// only ever extend an expiry, so whether they need to depends on whether a millisecond has
+/// passed since the key's expiry was last set.
+async fn counted<T>(
+    admin: &mut redis::Connection,
+    objects: u64,
+    operation: impl std::future::Future<Output = T>,
+) -> (T, BTreeMap<String, u64>) {
+    reset(admin);
+    let out = operation.await;
+    let mut stats = command_stats(admin);
+    let refreshed = stats.remove("pexpire").unwrap_or(0);
+    assert!(
+        refreshed <= 2 * objects,
+        "{refreshed} PEXPIRE for {objects} objects"
+    );
+    (out, stats)
+}
+
+fn object(name: &str) -> ObjectId {
+    ObjectId::new(name).expect("valid")
+}
+
+fn owner(name: &str) -> OwnerId {
+    OwnerId::new(name).expect("valid")
+}
+
+const TTL: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_operation_is_exactly_one_evalsha() {
+    let Some((_redis, service, mut admin)) = setup().await else {
+        return;
+    };
+    let target = object("rt/file");
 
     // A first acquire: the clock floor decides the fence (SET of the fence key).
-    reset(&mut admin);
-    let lease = service
-        .acquire(&object, &owner, ttl, Duration::ZERO)
-        .await
-        .expect("granted");
+    let (lease, stats) = counted(
+        &mut admin,
+        1,
+        service.acquire(&target, &owner("rt-owner"), TTL, Duration::ZERO),
+    )
+    .await;
+    let lease = lease.expect("granted");
     assert_eq!(
-        command_stats(&mut admin),
+        stats,
         expected(&[
             ("evalsha", 1),
-            ("hmget", 1),
             ("time", 1),
+            ("hgetall", 1),
+            ("zrange", 1),
             ("get", 1),
             ("set", 1),
+            ("pttl", 2),
             ("hset", 1),
-            ("pexpire", 1),
         ]),
         "acquire"
     );
 
-    reset(&mut admin);
-    service
-        .renew(&object, &lease.token, ttl)
-        .await
-        .expect("renewed");
+    let (renewed, stats) = counted(&mut admin, 1, service.renew(&target, &lease.token, TTL)).await;
+    renewed.expect("renewed");
     assert_eq!(
-        command_stats(&mut admin),
-        expected(&[("evalsha", 1), ("hmget", 1), ("pexpire", 2)]),
+        stats,
+        expected(&[
+            ("evalsha", 1),
+            ("time", 1),
+            ("hgetall", 1),
+            ("pttl", 3),
+            ("hset", 1),
+        ]),
         "renew"
     );
 
-    reset(&mut admin);
-    service
-        .validate(&object, &lease.token)
-        .await
-        .expect("valid");
+    let (valid, stats) = counted(&mut admin, 1, service.validate(&target, &lease.token)).await;
+    valid.expect("valid");
     assert_eq!(
-        command_stats(&mut admin),
-        expected(&[("evalsha", 1), ("hmget", 1), ("pttl", 1)]),
+        stats,
+        expected(&[("evalsha", 1), ("time", 1), ("hgetall", 1)]),
         "validate"
     );
 
-    reset(&mut admin);
-    service
-        .release(&object, &lease.token)
-        .await
-        .expect("released");
+    let (info, stats) = counted(&mut admin, 1, service.inspect(&target)).await;
+    assert!(info.expect("inspect").is_some());
     assert_eq!(
-        command_stats(&mut admin),
-        expected(&[("evalsha", 1), ("hmget", 1), ("del", 1), ("exists", 1)]),
-        "release"
+        stats,
+        expected(&[("evalsha", 1), ("time", 1), ("hgetall", 1)]),
+        "inspect"
     );
 
-    // A refused acquire is one command too.
-    let held = service
-        .acquire(&object, &owner, ttl, Duration::ZERO)
-        .await
-        .expect("granted");
-    reset(&mut admin);
-    let refused = service
-        .acquire(
-            &object,
-            &OwnerId::new("other").expect("valid"),
-            ttl,
-            Duration::ZERO,
-        )
-        .await;
-    assert!(refused.is_err());
+    // A refused acquire is one command too, and publishes nothing.
+    let (refused, stats) = counted(
+        &mut admin,
+        1,
+        service.acquire(&target, &owner("other"), TTL, Duration::ZERO),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(LockError::Locked { .. })),
+        "{refused:?}"
+    );
     assert_eq!(
-        command_stats(&mut admin),
-        expected(&[("evalsha", 1), ("hmget", 1), ("pttl", 1)]),
+        stats,
+        expected(&[("evalsha", 1), ("time", 1), ("hgetall", 1), ("zrange", 1)]),
         "refused acquire"
     );
+
+    // Nobody waits: the downgrade publishes nothing.
+    let (shared, stats) = counted(&mut admin, 1, service.downgrade(&target, &lease.token)).await;
+    assert_eq!(shared.expect("downgraded").mode, LockMode::Shared);
+    assert_eq!(
+        stats,
+        expected(&[
+            ("evalsha", 1),
+            ("time", 1),
+            ("hgetall", 1),
+            ("hset", 1),
+            ("exists", 1),
+        ]),
+        "downgrade"
+    );
+
+    let (released, stats) = counted(&mut admin, 1, service.release(&target, &lease.token)).await;
+    released.expect("released");
+    assert_eq!(
+        stats,
+        expected(&[
+            ("evalsha", 1),
+            ("time", 1),
+            ("hgetall", 1),
+            ("hdel", 1),
+            ("exists", 1),
+        ]),
+        "release"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_objects_are_one_evalsha_per_operation() {
+    let Some((_redis, service, mut admin)) = setup().await else {
+        return;
+    };
+    assert_eq!(MAX_OBJECTS_PER_REQUEST, 64);
+    let specs: Vec<LockSpec> = (0..MAX_OBJECTS_PER_REQUEST)
+        .map(|i| {
+            let name = object(&format!("rt/many/{i:02}"));
+            if i % 2 == 0 {
+                LockSpec::exclusive(name)
+            } else {
+                LockSpec::shared(name)
+            }
+        })
+        .collect();
+    let request = AcquireRequest::many(specs.clone(), owner("many"), TTL);
+    let (grant, stats) = counted(&mut admin, 64, service.acquire_with(&request)).await;
+    let grant = grant.expect("all 64 granted");
+    assert_eq!(grant.leases.len(), 64);
+    assert_eq!(stats.get("evalsha"), Some(&1), "acquire of 64: {stats:?}");
+    assert_eq!(
+        stats.get("hgetall"),
+        Some(&64),
+        "one read per object: {stats:?}"
+    );
+
+    // Refused as a whole (one object is taken): still one command.
+    let mut blocked = specs.clone();
+    blocked.push(LockSpec::exclusive(object("rt/many/taken")));
+    blocked.remove(0);
+    let taken = service
+        .acquire(
+            &object("rt/many/taken"),
+            &owner("taker"),
+            TTL,
+            Duration::ZERO,
+        )
+        .await
+        .expect("granted");
+    let refused = AcquireRequest::many(blocked, owner("late"), TTL);
+    let (result, stats) = counted(&mut admin, 64, service.acquire_with(&refused)).await;
+    assert!(
+        matches!(result, Err(LockError::Locked { .. })),
+        "{result:?}"
+    );
+    assert_eq!(
+        stats.get("evalsha"),
+        Some(&1),
+        "refused acquire of 64: {stats:?}"
+    );
+
+    let locks: Vec<_> = grant
+        .leases
+        .iter()
+        .map(|l| (l.object.clone(), l.token.clone()))
+        .collect();
+    let (renewed, stats) = counted(&mut admin, 64, service.renew_many(&locks, TTL)).await;
+    assert!(renewed.expect("renew_many").iter().all(Result::is_ok));
+    assert_eq!(stats.get("evalsha"), Some(&1), "renew of 64: {stats:?}");
+    let (released, stats) = counted(&mut admin, 64, service.release_many(&locks)).await;
+    assert!(released.expect("release_many").iter().all(Result::is_ok));
+    assert_eq!(stats.get("evalsha"), Some(&1), "release of 64: {stats:?}");
     service
-        .release(&object, &held.token)
+        .release(&object("rt/many/taken"), &taken.token)
         .await
         .expect("released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cost_of_an_operation_does_not_grow_with_locks_held_on_other_objects() {
+    let Some((_redis, service, mut admin)) = setup().await else {
+        return;
+    };
+    let target = object("rt/alone");
+    // Commands for acquire, renew, validate, release of one object.
+    async fn cycle(
+        service: &RedisLockService,
+        admin: &mut redis::Connection,
+        target: &ObjectId,
+    ) -> Vec<BTreeMap<String, u64>> {
+        let (lease, acquire) = counted(
+            admin,
+            1,
+            service.acquire(target, &owner("o"), TTL, Duration::ZERO),
+        )
+        .await;
+        let lease = lease.expect("granted");
+        let (renewed, renew) = counted(admin, 1, service.renew(target, &lease.token, TTL)).await;
+        renewed.expect("renewed");
+        let (valid, validate) = counted(admin, 1, service.validate(target, &lease.token)).await;
+        valid.expect("valid");
+        let (released, release) = counted(admin, 1, service.release(target, &lease.token)).await;
+        released.expect("released");
+        vec![acquire, renew, validate, release]
+    }
+    let alone = cycle(&service, &mut admin, &target).await;
+    for batch in 0..4 {
+        let specs = (0..50)
+            .map(|i| LockSpec::shared(object(&format!("rt/others/{batch}/{i}"))))
+            .collect();
+        service
+            .acquire_with(&AcquireRequest::many(specs, owner("others"), TTL))
+            .await
+            .expect("granted");
+    }
+    let crowded = cycle(&service, &mut admin, &target).await;
+    assert_eq!(
+        alone, crowded,
+        "200 locks held elsewhere changed the work done"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,9 +314,7 @@ async fn a_flushed_script_cache_is_reloaded_and_the_operation_succeeds() {
     };
     let mut config = common::test_config(&redis.url());
     config.listener_ping_interval = Duration::from_secs(3600);
-    let service = RedisLockService::connect(config, common::issuer())
-        .await
-        .expect("connects");
+    let service = common::connect(config).await.expect("connects");
     let mut admin = redis::Client::open(redis.url())
         .and_then(|c| c.get_connection())
         .expect("admin connection");

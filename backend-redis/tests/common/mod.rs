@@ -10,10 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_redis::{RedisConfig, RedisLockService};
+use backend_redis::{RedisConfig, RedisLockService, RedisStore};
 use lockcore::{
-    async_trait, AcquireRequest, Fence, Lease, ListQuery, LockInfo, LockPage, LockResult,
-    LockService, LockToken, ObjectId, TokenIssuer,
+    async_trait, AcquireRequest, Fence, Grant, Lease, LeaseEndSink, ListQuery, LockInfo, LockPage,
+    LockResult, LockService, LockToken, ObjectId, TokenIssuer,
 };
 use rand::Rng;
 use testcontainers_modules::redis::{Redis, REDIS_PORT};
@@ -57,7 +57,7 @@ async fn backend_with(dedicated_connections: usize) -> Option<Arc<dyn LockServic
         config
     };
     if let Ok(url) = std::env::var(URL_ENV) {
-        let service = RedisLockService::connect(config_for(&url), issuer())
+        let service = connect(config_for(&url))
             .await
             .unwrap_or_else(|e| panic!("{URL_ENV}={url} is set but Redis is unusable: {e}"));
         return Some(Arc::new(service));
@@ -76,6 +76,14 @@ async fn backend_with(dedicated_connections: usize) -> Option<Arc<dyn LockServic
         &format!("{URL_ENV} is not set and no Docker daemon answers for testcontainers"),
     );
     None
+}
+
+/// The service on a store connected with `config`, minting tokens with [`issuer`].
+pub async fn connect(config: RedisConfig) -> LockResult<RedisLockService> {
+    Ok(RedisLockService::new(
+        RedisStore::connect(config).await?,
+        issuer(),
+    ))
 }
 
 /// The URL of a Redis for tests that talk to Redis directly (not through a container).
@@ -106,7 +114,7 @@ async fn start_container(
         .await
         .map_err(|e| e.to_string())?;
     let url = format!("redis://{host}:{port}");
-    let service = RedisLockService::connect(config_for(&url), issuer())
+    let service = connect(config_for(&url))
         .await
         .map_err(|e| format!("Redis in a container at {url} is unusable: {e}"))?;
     Ok(ContainerBacked {
@@ -134,14 +142,17 @@ impl LockService for ContainerBacked {
     fn backend(&self) -> &'static str {
         self.service.backend()
     }
-    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease> {
+    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Grant> {
         self.service.acquire_with(request).await
-    }
-    async fn close(&self, timeout: Duration) -> bool {
-        self.service.close(timeout).await
     }
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
         self.service.release(object, token).await
+    }
+    async fn release_many(
+        &self,
+        locks: &[(ObjectId, LockToken)],
+    ) -> LockResult<Vec<LockResult<Fence>>> {
+        self.service.release_many(locks).await
     }
     async fn renew(
         &self,
@@ -150,6 +161,16 @@ impl LockService for ContainerBacked {
         ttl: Duration,
     ) -> LockResult<Lease> {
         self.service.renew(object, token, ttl).await
+    }
+    async fn renew_many(
+        &self,
+        locks: &[(ObjectId, LockToken)],
+        ttl: Duration,
+    ) -> LockResult<Vec<LockResult<Lease>>> {
+        self.service.renew_many(locks, ttl).await
+    }
+    async fn downgrade(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
+        self.service.downgrade(object, token).await
     }
     async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
         self.service.validate(object, token).await
@@ -162,6 +183,12 @@ impl LockService for ContainerBacked {
     }
     async fn health(&self) -> LockResult<()> {
         self.service.health().await
+    }
+    async fn close(&self, timeout: Duration) -> bool {
+        self.service.close(timeout).await
+    }
+    fn report_lease_ends(&self, sink: LeaseEndSink) -> bool {
+        self.service.report_lease_ends(sink)
     }
 }
 
