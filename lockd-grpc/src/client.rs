@@ -278,6 +278,29 @@ impl GrpcClient {
         self.locks.clone()
     }
 
+    /// Follows lockd's live events (`Events`), starting after sequence number `after` when
+    /// given. The stream has no overall deadline; it ends when the server shuts down. A server
+    /// without an event log refuses it (`Internal`, from `UNIMPLEMENTED`).
+    pub async fn events(
+        &self,
+        after: Option<u64>,
+    ) -> LockResult<impl tokio_stream::Stream<Item = LockResult<pb::EventsResponse>>> {
+        let mut request = Request::new(pb::EventsRequest { after });
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        let mut locks = self.locks.clone();
+        let stream = self
+            .call(self.request_timeout, locks.events(request))
+            .await?
+            .map_err(|status| lock_error_of(&status, None, BACKEND))?;
+        Ok(tokio_stream::StreamExt::map(stream, |item| {
+            item.map_err(|status| lock_error_of(&status, None, BACKEND))
+        }))
+    }
+
     /// `message` as a request carrying the API key and the deadline `timeout`.
     fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
         let mut request = Request::new(message);

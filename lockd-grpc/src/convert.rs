@@ -53,6 +53,21 @@ pub fn system_time(timestamp: &prost_types::Timestamp) -> Option<SystemTime> {
     UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
 }
 
+/// The proto kind of an event kind named as lockd's event log and HTTP API name it (`grant`,
+/// `release`, `renew`, `downgrade`, `expiry`, `release_refused`); unspecified for any other
+/// name.
+pub fn event_kind(name: &str) -> pb::EventKind {
+    match name {
+        "grant" => pb::EventKind::Grant,
+        "release" => pb::EventKind::Release,
+        "renew" => pb::EventKind::Renew,
+        "downgrade" => pb::EventKind::Downgrade,
+        "expiry" => pb::EventKind::Expiry,
+        "release_refused" => pb::EventKind::ReleaseRefused,
+        _ => pb::EventKind::Unspecified,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Server side: requests in, answers out.
 
@@ -387,6 +402,13 @@ mod tests {
         assert_eq!(field(named("", "", &[])), "object");
         assert_eq!(field(named("a", "", &[])), "token");
         assert_eq!(field(named("a", "t", &lock)), "locks");
+    }
+
+    #[test]
+    fn event_kinds_are_named_as_on_http() {
+        assert_eq!(event_kind("release_refused"), pb::EventKind::ReleaseRefused);
+        assert_eq!(event_kind("grant"), pb::EventKind::Grant);
+        assert_eq!(event_kind("exploded"), pb::EventKind::Unspecified);
     }
 
     #[test]

@@ -13,6 +13,21 @@
 //! * [`GrpcClient`], a [`LockService`](lockcore::LockService) over `grpc://host:port`, which
 //!   maps refusals back to typed [`LockError`](lockcore::LockError)s.
 //!
+//! ## Guarantees
+//!
+//! * **Same behaviour as HTTP.** Requests are read with lockcore's parsers and the same form
+//!   rules as the JSON bodies (one `object` or several `objects`; one `object` + `token` or
+//!   several `locks`), so the same request is refused the same way, naming the same `field`;
+//!   limits are the [`LockService`](lockcore::LockService)'s own. The whole conformance suite
+//!   passes through [`GrpcClient`] (`tests/conformance.rs`).
+//! * **Typed refusals, never a panic.** Every refusal is a status whose details carry lockd's
+//!   error code and data ([`status`] has the table); malformed bytes and oversized messages are
+//!   refused by tonic before they reach a lock.
+//! * **No lost grants.** [`GrpcClient`] sends a request id with every acquire and takes back a
+//!   grant whose answer it never read, as lockd-client's HTTP transport does.
+//! * **Tokens stay secret.** No answer but a grant, renew or downgrade carries a token; API keys
+//!   never appear in `Debug` output.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;

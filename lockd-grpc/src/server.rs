@@ -291,6 +291,8 @@ pub async fn serve(
     };
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(locks_service)
         .add_optional_service(reflection_v1)
@@ -803,17 +805,20 @@ impl Locks for LocksHandler {
         request: Request<pb::EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
         let after = request.get_ref().after;
+        let started = Instant::now();
+        // Over a cap on streams: refused before the event log is touched, as on HTTP.
+        let admission = match self.hooks.admit("events", false) {
+            Ok(admission) => admission,
+            Err(e) => return self.finish("events", started, Err(e.into())),
+        };
         let Some(opened) = self.hooks.events(after) else {
             return Err(Status::unimplemented(
                 "this lockd server keeps no event log for gRPC",
             ));
         };
-        let started = Instant::now();
-        let result = (|| {
-            let admission = self.hooks.admit("events", false)?;
-            let events = opened?;
-            Ok(forward_events(events, self.shutdown.clone(), admission))
-        })();
+        let result = opened
+            .map(|events| forward_events(events, self.shutdown.clone(), admission))
+            .map_err(Refused::from);
         self.finish("events", started, result)
     }
 }

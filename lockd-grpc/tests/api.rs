@@ -17,6 +17,7 @@ use lockd_grpc::pb::locks_client::LocksClient;
 use lockd_grpc::status::{detail_of, retry_delay_of};
 use lockd_grpc::{pb, Admission, Auth, EventStream, GrpcOptions, Hooks};
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -934,12 +935,8 @@ async fn events_stream_from_the_hooks_until_shutdown() {
         GrpcOptions::default().with_hooks(hooks.clone()),
     )
     .await;
-    let mut stream = raw(&server)
-        .await
-        .events(pb::EventsRequest { after: Some(7) })
-        .await
-        .unwrap()
-        .into_inner();
+    let stream = server.client(None).events(Some(7)).await.unwrap();
+    let mut stream = std::pin::pin!(stream);
     for seq in [8, 9] {
         tx.send(pb::EventsResponse {
             seq,
@@ -949,15 +946,15 @@ async fn events_stream_from_the_hooks_until_shutdown() {
         })
         .await
         .unwrap();
-        let event = stream.message().await.unwrap().unwrap();
+        let event = stream.next().await.unwrap().unwrap();
         assert_eq!((event.seq, event.object.as_str()), (seq, "/e"));
     }
     assert_eq!(hooks.count("events Some(7)"), 1);
 
     let stopped = tokio::time::timeout(Duration::from_secs(5), server.stop()).await;
     assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
-    let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
-    assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "{end:?}");
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+    assert!(matches!(end, Ok(None) | Ok(Some(Err(_)))), "{end:?}");
 }
 
 /// After shutdown the port is closed: GrpcClient calls are `Unavailable`, never a grant.
