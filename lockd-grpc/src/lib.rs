@@ -67,7 +67,7 @@ pub use client::{
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_URL,
 };
 pub use server::{
-    serve, service, service_with, Admission, EventStream, GrpcOptions, Hooks, LocksHandler,
-    LocksService, NoHooks, ServeError, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PAGE,
+    serve, serve_incoming, service, service_with, Admission, EventStream, GrpcOptions, Hooks,
+    LocksHandler, LocksService, NoHooks, ServeError, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PAGE,
     FILE_DESCRIPTOR_SET, HEALTH_INTERVAL,
 };

@@ -240,9 +240,30 @@ pub enum ServeError {
 pub async fn serve(
     listener: TcpListener,
     locks: Arc<dyn LockService>,
-    mut options: GrpcOptions,
+    options: GrpcOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_incoming(TcpListenerStream::new(listener), locks, options, shutdown).await
+}
+
+/// [`serve`] on the connections `incoming` yields: for a server that accepts connections
+/// itself (to cap them, or to wrap them in TLS).
+pub async fn serve_incoming<I, IO, IE>(
+    incoming: I,
+    locks: Arc<dyn LockService>,
+    mut options: GrpcOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (stop_tx, stop_rx) = watch::channel(false);
     let outer_shutdown = options.shutdown.take();
     options.shutdown = Some(stop_rx.clone());
@@ -297,7 +318,7 @@ pub async fn serve(
         .add_service(locks_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(incoming, signal)
         .await;
     health_task.abort();
     result.map_err(ServeError::from)
