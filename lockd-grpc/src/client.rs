@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use lockcore::{
@@ -161,8 +162,10 @@ fn endpoint_uri(raw: &str) -> LockResult<String> {
 /// asks again with the same id and releases what it gets.
 #[derive(Clone)]
 pub struct GrpcClient {
-    locks: LocksClient<Channel>,
-    health: tonic_health::pb::health_client::HealthClient<Channel>,
+    endpoint: Endpoint,
+    /// The one connection every clone shares, opened (lazily) by the first call, inside the
+    /// caller's runtime.
+    channel: Arc<OnceLock<Channel>>,
     authorization: Option<MetadataValue<Ascii>>,
     request_timeout: Duration,
     url: String,
@@ -226,8 +229,8 @@ impl GrpcClient {
     ///
     /// Refuses a URL that is not `grpc://` or `http://` with a host, and an API key that cannot
     /// be sent as metadata, with [`LockError::InvalidArgument`]. Does not contact the server
-    /// (it connects on the first call); use [`LockService::health`] for that. Must be called
-    /// inside a Tokio runtime.
+    /// (it connects on the first call, which must run inside a Tokio runtime); use
+    /// [`LockService::health`] for that.
     pub fn new(config: GrpcConfig) -> LockResult<Self> {
         let uri = endpoint_uri(&config.url)?;
         let authorization = match &config.api_key {
@@ -244,23 +247,17 @@ impl GrpcClient {
             }
             None => None,
         };
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(LockError::Internal(
-                "GrpcClient::new must be called inside a Tokio runtime".into(),
-            ));
-        }
-        let channel = Endpoint::from_shared(uri)
+        let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| LockError::invalid_argument("url", e.to_string()))?
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .user_agent(concat!("lockd-grpc/", env!("CARGO_PKG_VERSION")))
-            .map_err(|e| LockError::Internal(format!("cannot set the user agent: {e}")))?
-            .connect_lazy();
+            .map_err(|e| LockError::Internal(format!("cannot set the user agent: {e}")))?;
         Ok(Self {
-            locks: LocksClient::new(channel.clone()),
-            health: tonic_health::pb::health_client::HealthClient::new(channel),
+            endpoint,
+            channel: Arc::new(OnceLock::new()),
             authorization,
             request_timeout: config.request_timeout,
             url: config.url,
@@ -275,7 +272,12 @@ impl GrpcClient {
     /// The raw tonic client, for calls this type does not wrap (`Events`). Add the
     /// `authorization` metadata yourself when the server wants a key.
     pub fn raw(&self) -> LocksClient<Channel> {
-        self.locks.clone()
+        LocksClient::new(self.channel().clone())
+    }
+
+    /// The shared connection, set up on first use.
+    fn channel(&self) -> &Channel {
+        self.channel.get_or_init(|| self.endpoint.connect_lazy())
     }
 
     /// Follows lockd's live events (`Events`), starting after sequence number `after` when
@@ -291,7 +293,7 @@ impl GrpcClient {
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
-        let mut locks = self.locks.clone();
+        let mut locks = self.raw();
         let stream = self
             .call(self.request_timeout, locks.events(request))
             .await?
@@ -367,7 +369,7 @@ impl GrpcClient {
         }
         let message = acquire_message(request)?;
         let timeout = self.request_timeout.saturating_add(request.wait);
-        let mut locks = self.locks.clone();
+        let mut locks = self.raw();
         self.call(timeout, locks.acquire(self.request(message, timeout)))
             .await
     }
@@ -376,7 +378,7 @@ impl GrpcClient {
         &self,
         message: pb::ReleaseRequest,
     ) -> Result<tonic::Response<pb::ReleaseResponse>, Status> {
-        let mut locks = self.locks.clone();
+        let mut locks = self.raw();
         locks
             .release(self.request(message, self.request_timeout))
             .await
@@ -386,7 +388,7 @@ impl GrpcClient {
         &self,
         message: pb::RenewRequest,
     ) -> Result<tonic::Response<pb::RenewResponse>, Status> {
-        let mut locks = self.locks.clone();
+        let mut locks = self.raw();
         locks
             .renew(self.request(message, self.request_timeout))
             .await
@@ -567,7 +569,7 @@ impl LockService for GrpcClient {
             object: object.to_string(),
             token: token.expose().to_owned(),
         };
-        let mut locks = self.locks.clone();
+        let mut locks = self.raw();
         let downgraded = self
             .call_on(
                 Some(object),
@@ -589,7 +591,7 @@ impl LockService for GrpcClient {
             object: object.to_string(),
             token: token.expose().to_owned(),
         };
-        let mut locks = self.locks.clone();
+        let mut locks = self.raw();
         let valid = self
             .call_on(
                 Some(object),
@@ -610,7 +612,7 @@ impl LockService for GrpcClient {
         let message = pb::InspectRequest {
             object: object.to_string(),
         };
-        let mut locks = self.locks.clone();
+        let mut locks = self.raw();
         let answer = self
             .call(
                 self.request_timeout,
@@ -639,7 +641,7 @@ impl LockService for GrpcClient {
             limit: u32::try_from(query.limit).unwrap_or(u32::MAX),
             after: query.after.clone().unwrap_or_default(),
         };
-        let mut locks = self.locks.clone();
+        let mut locks = self.raw();
         let page = self
             .call_on(
                 None,
@@ -662,7 +664,7 @@ impl LockService for GrpcClient {
         let message = tonic_health::pb::HealthCheckRequest {
             service: pb::locks_server::SERVICE_NAME.to_owned(),
         };
-        let mut health = self.health.clone();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel().clone());
         let answer = self
             .call(
                 self.request_timeout,
@@ -743,8 +745,8 @@ mod tests {
         assert_eq!(ceil_millis(Duration::ZERO), 0);
     }
 
-    #[tokio::test]
-    async fn api_keys_must_fit_in_metadata_and_never_show_in_debug() {
+    #[test]
+    fn api_keys_must_fit_in_metadata_and_never_show_in_debug() {
         let config = GrpcConfig::from_url("grpc://127.0.0.1:1").with_api_key("s3cret");
         assert!(!format!("{config:?}").contains("s3cret"));
         let client = GrpcClient::new(config).expect("valid");
