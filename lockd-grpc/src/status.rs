@@ -477,6 +477,26 @@ mod tests {
         assert!(matches!(map(garbage), LockError::Internal(_)));
     }
 
+    /// The type URL clients match on names the proto's own `ErrorDetail` message.
+    #[test]
+    fn the_error_detail_type_url_names_the_proto_message() {
+        let set = prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set decodes");
+        let file = set
+            .file
+            .iter()
+            .find(|file| file.name() == "lockd/v1/locks.proto")
+            .expect("locks.proto is in the set");
+        assert!(file
+            .message_type
+            .iter()
+            .any(|message| message.name() == "ErrorDetail"));
+        assert_eq!(
+            ERROR_DETAIL_TYPE_URL,
+            format!("type.googleapis.com/{}.ErrorDetail", file.package())
+        );
+    }
+
     #[test]
     fn argument_fields_are_static_names() {
         assert_eq!(argument_field("ttl_ms"), Some("ttl"));
