@@ -183,29 +183,30 @@ impl fmt::Debug for GrpcClient {
 /// Armed while an acquire's answer has not been read; dropped armed, it starts the take-back.
 struct TakeBack<'a> {
     client: &'a GrpcClient,
-    request: Option<lockcore::AcquireRequest>,
+    message: Option<pb::AcquireRequest>,
 }
 
 impl TakeBack<'_> {
     fn disarm(mut self) {
-        self.request = None;
+        self.message = None;
     }
 }
 
 impl Drop for TakeBack<'_> {
     fn drop(&mut self) {
-        let Some(request) = self.request.take() else {
+        let Some(mut message) = self.message.take() else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let client = self.client.clone();
-        let request = request.with_wait(Duration::ZERO);
+        message.wait_ms = 0;
         runtime.spawn(async move {
             for delay in TAKE_BACK_DELAYS {
                 tokio::time::sleep(delay).await;
-                if let Ok(Ok(answer)) = client.send_acquire(&request).await {
+                let timeout = client.request_timeout;
+                if let Ok(Ok(answer)) = client.send_acquire(message.clone(), timeout).await {
                     if let Ok(grant) = convert::grant_from_pb(answer) {
                         let locks: Vec<(ObjectId, LockToken)> = grant
                             .leases
@@ -326,20 +327,28 @@ impl GrpcClient {
         match tokio::time::timeout(timeout, call).await {
             Err(_) => Err(LockError::unavailable(BACKEND, TIMED_OUT)),
             Ok(Ok(response)) => Ok(Ok(response.into_inner())),
+            Ok(Err(status)) if detail_of(&status).is_some() => Ok(Err(status)),
             Ok(Err(status)) => {
-                let answered = detail_of(&status).is_some();
-                match status.code() {
-                    Code::DeadlineExceeded if !answered => Err(LockError::unavailable(
+                // tonic's server answers CANCELLED "Timeout expired" when the call's deadline
+                // passed there first.
+                let timed_out = status.code() == Code::DeadlineExceeded
+                    || (status.code() == Code::Cancelled
+                        && status.message().contains("Timeout expired"));
+                if timed_out {
+                    Err(LockError::unavailable(
                         BACKEND,
                         format!("{TIMED_OUT}: {}", status.message()),
-                    )),
-                    Code::Unavailable | Code::Unknown | Code::Cancelled if !answered => {
-                        Err(LockError::unavailable(
-                            BACKEND,
-                            format!("cannot reach lockd: {}", status.message()),
-                        ))
-                    }
-                    _ => Ok(Err(status)),
+                    ))
+                } else if matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled
+                ) {
+                    Err(LockError::unavailable(
+                        BACKEND,
+                        format!("cannot reach lockd: {}", status.message()),
+                    ))
+                } else {
+                    Ok(Err(status))
                 }
             }
         }
@@ -359,16 +368,9 @@ impl GrpcClient {
     /// Sends one acquire; `Ok(Err(..))` is lockd's refusal, `Err` a transport failure.
     async fn send_acquire(
         &self,
-        request: &lockcore::AcquireRequest,
+        message: pb::AcquireRequest,
+        timeout: Duration,
     ) -> LockResult<Result<pb::AcquireResponse, Status>> {
-        if request.objects.is_empty() {
-            return Err(LockError::invalid_argument(
-                "objects",
-                "must name 1 to 64 objects, not 0",
-            ));
-        }
-        let message = acquire_message(request)?;
-        let timeout = self.request_timeout.saturating_add(request.wait);
         let mut locks = self.raw();
         self.call(timeout, locks.acquire(self.request(message, timeout)))
             .await
@@ -467,16 +469,24 @@ impl LockService for GrpcClient {
         if request.request_id.is_none() {
             request.request_id = Some(RequestId::random());
         }
+        if request.objects.is_empty() {
+            return Err(LockError::invalid_argument(
+                "objects",
+                "must name 1 to 64 objects, not 0",
+            ));
+        }
+        let message = acquire_message(&request)?;
+        let timeout = self.request_timeout.saturating_add(request.wait);
         let take_back = TakeBack {
             client: self,
-            request: Some(request.clone()),
+            message: Some(message.clone()),
         };
-        let mut answer = self.send_acquire(&request).await;
+        let mut answer = self.send_acquire(message.clone(), timeout).await;
         if matches!(&answer, Err(LockError::Unavailable { cause, .. }) if !cause.starts_with(TIMED_OUT))
         {
             // The call failed before an answer: the same request id makes resending safe.
             tokio::time::sleep(ACQUIRE_RESEND_DELAY).await;
-            answer = self.send_acquire(&request).await;
+            answer = self.send_acquire(message, timeout).await;
         }
         let answer = answer?;
         // lockd answered: whatever it decided, the caller learns it here.
