@@ -165,10 +165,8 @@ async fn main() -> Result<(), BoxError> {
             samples.sort();
         }
         let shared = pairs_per_second(locks.clone(), &prefix, LockMode::Shared, true).await?;
-        let exclusive =
-            pairs_per_second(locks.clone(), &prefix, LockMode::Exclusive, true).await?;
-        let spread =
-            pairs_per_second(locks.clone(), &prefix, LockMode::Exclusive, false).await?;
+        let exclusive = pairs_per_second(locks.clone(), &prefix, LockMode::Exclusive, true).await?;
+        let spread = pairs_per_second(locks.clone(), &prefix, LockMode::Exclusive, false).await?;
         println!(
             "| {} | {} / {} | {} / {} | {} / {} | {} / {} | {shared:.0} | {exclusive:.0} | {spread:.0} |",
             locks.backend(),

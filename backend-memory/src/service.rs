@@ -358,14 +358,12 @@ impl Inner {
     }
 
     /// Reports a lease that ended to the sink, if one was registered.
-    fn ended(&self, object: &ObjectId, holder: &Holder, expired: bool) {
+    fn ended(&self, object: &ObjectId, mode: LockMode, holder: &Holder, expired: bool) {
         if let Some(sink) = self.lease_ends.get() {
-            sink(LeaseEnd::new(
-                object.clone(),
-                holder.owner.clone(),
-                holder.fence,
-                expired,
-            ));
+            sink(
+                LeaseEnd::new(object.clone(), holder.owner.clone(), holder.fence, expired)
+                    .with_mode(mode),
+            );
         }
     }
 
@@ -403,12 +401,13 @@ impl Inner {
             return false;
         }
         let mut timers = self.timers();
+        let mode = slot.mode;
         slot.holders.retain(|holder| {
             if holder.is_live(now) {
                 return true;
             }
             timers.cancel(holder.timer);
-            self.ended(object, holder, true);
+            self.ended(object, mode, holder, true);
             false
         });
         true
@@ -602,7 +601,7 @@ impl Inner {
             }
             let holder = slot.holders.swap_remove(index);
             self.timers().cancel(holder.timer);
-            self.ended(&object, &holder, true);
+            self.ended(&object, slot.mode, &holder, true);
             if slot.is_empty() {
                 occupied.remove();
             }
@@ -720,7 +719,7 @@ impl LockStore for MemoryStore {
                 }
                 let holder = slot.holders.swap_remove(index);
                 inner.timers().cancel(holder.timer);
-                inner.ended(&claim.object, &holder, false);
+                inner.ended(&claim.object, slot.mode, &holder, false);
                 undo = Undo::TookBack;
                 freed.push(claim.object.clone());
             }
@@ -740,7 +739,7 @@ impl LockStore for MemoryStore {
         Ok(inner.with_holders(holders, |object, slot, index, _| {
             let holder = slot.holders.swap_remove(index);
             inner.timers().cancel(holder.timer);
-            inner.ended(object, &holder, false);
+            inner.ended(object, slot.mode, &holder, false);
             ((), true)
         }))
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockcore::{Fence, LockError, LockService, ObjectId, OwnerId, TokenIssuer};
+use lockcore::{Fence, LockError, LockMode, LockService, ObjectId, OwnerId, TokenIssuer};
 use tokio::time::{sleep, Instant};
 
 use crate::{MemoryConfig, MemoryLockService, MemoryStore};
@@ -502,7 +502,13 @@ async fn every_ended_lease_is_reported_once_with_how_it_ended() {
         .await
         .expect("held");
     let swept = locks
-        .acquire(&object("swept"), &alice, short, Duration::ZERO)
+        .acquire_in(
+            &object("swept"),
+            LockMode::Shared,
+            &alice,
+            short,
+            Duration::ZERO,
+        )
         .await
         .expect("free");
     let renewed = locks
@@ -530,16 +536,36 @@ async fn every_ended_lease_is_reported_once_with_how_it_ended() {
 
     let mut notices = seen.lock().expect("notices").clone();
     notices.sort_by(|a, b| a.object.cmp(&b.object));
-    let summary: Vec<(&str, &str, Fence, bool)> = notices
+    let summary: Vec<(&str, &str, Fence, bool, LockMode)> = notices
         .iter()
-        .map(|n| (n.object.as_str(), n.owner.as_str(), n.fence, n.expired))
+        .map(|n| {
+            (
+                n.object.as_str(),
+                n.owner.as_str(),
+                n.fence,
+                n.expired,
+                n.mode,
+            )
+        })
         .collect();
     assert_eq!(
         summary,
         vec![
-            ("released", "alice", released.fence, false),
-            ("swept", "alice", swept.fence, true),
-            ("taken-over", "alice", taken_over.fence, true),
+            (
+                "released",
+                "alice",
+                released.fence,
+                false,
+                LockMode::Exclusive
+            ),
+            ("swept", "alice", swept.fence, true, LockMode::Shared),
+            (
+                "taken-over",
+                "alice",
+                taken_over.fence,
+                true,
+                LockMode::Exclusive
+            ),
         ]
     );
 }

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_postgres::{PostgresConfig, PostgresLockService};
+use backend_postgres::{PostgresConfig, PostgresLockService, PostgresStore};
 use lockcore::{LockService, ObjectId, OwnerId, TokenIssuer};
 use sqlx::Connection as _;
 
@@ -164,9 +164,12 @@ fn same_sql_script(dir: &std::path::Path) -> PathBuf {
     // The backend's statements (src/sql.rs) with pgbench variables as their parameters. Each
     // client locks its own object, named by its client id ("0", "1", ...); the token digest is
     // a fixed 32-byte value; the fence returned by the acquire goes into the release.
-    let script = "SELECT r_granted, r_fence, r_holder, r_remaining_us \
-                  FROM lockd_acquire(:client_id, :owner, :digest, :ttl, :wanted, :mark) \\gset\n\
-                  SELECT r_status, r_fence FROM lockd_release(:client_id, :digest, :r_fence);\n";
+    let script = "SELECT r_granted, r_ticket, r_index, r_fence, r_mode, r_holder, \
+                         r_remaining_us, r_replayed \
+                  FROM lockd_acquire(:owner, ARRAY[:client_id::text], '{exclusive}', \
+                                     ARRAY[:digest::bytea], :ttl, false, NULL, 0) \\gset\n\
+                  SELECT r_index, r_status FROM lockd_release(ARRAY[:client_id::text], \
+                                     ARRAY[:digest::bytea], ARRAY[:r_fence::bigint]);\n";
     let path = dir.join("lockd_same_sql.pgbench");
     std::fs::write(&path, script).expect("write pgbench script");
     path
@@ -196,10 +199,6 @@ fn run_pgbench(args: &Args, script: &std::path::Path, clients: usize, same_sql: 
             "owner=bench",
             "-D",
             "ttl=30000",
-            "-D",
-            "wanted=0",
-            "-D",
-            "mark=false",
             "-D",
             &format!("digest=\\x{}", "ab".repeat(32)),
         ]);
@@ -263,11 +262,10 @@ async fn main() {
         u32::try_from(*args.concurrency.iter().max().unwrap_or(&1)).unwrap_or(16);
     config.reap_interval = Duration::ZERO;
     config.application_name = "lockd_bench".to_owned();
-    let service = Arc::new(
-        PostgresLockService::connect(config, TokenIssuer::random())
-            .await
-            .expect("connect the backend"),
-    );
+    let store = PostgresStore::connect(config)
+        .await
+        .expect("connect the backend");
+    let service = Arc::new(PostgresLockService::new(store, TokenIssuer::random()));
     let dir = std::env::temp_dir().join(format!("lockd-pg-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("script dir");
     let same_sql = same_sql_script(&dir);

@@ -12,7 +12,7 @@ pub const MAX_SCHEMA_LEN: usize = 48;
 /// Largest `max_ttl` / `max_wait` accepted: 100 years.
 const MAX_DURATION_LIMIT: Duration = Duration::from_secs(100 * 366 * 24 * 60 * 60);
 
-/// Configuration of a [`PostgresLockService`](crate::PostgresLockService).
+/// Configuration of a [`PostgresStore`](crate::PostgresStore).
 ///
 /// Deserializes with defaults for every missing field; durations are whole milliseconds in the
 /// serialized form. `Debug` shows the URL with its password replaced by `***`.
@@ -34,7 +34,7 @@ pub struct PostgresConfig {
     /// lower-case ASCII letters, digits and `_`, not starting with a digit, at most
     /// [`MAX_SCHEMA_LEN`] bytes. Created if missing when migrations run.
     pub schema: String,
-    /// Whether [`connect`](crate::PostgresLockService::connect) applies the embedded migrations
+    /// Whether [`connect`](crate::PostgresStore::connect) applies the embedded migrations
     /// (default `true`). Turn off when a DBA applies them; lockd then expects them in place.
     pub run_migrations: bool,
     /// Largest TTL and wait callers may ask for.
@@ -49,9 +49,10 @@ pub struct PostgresConfig {
     /// hits it (for example stuck behind a row lock) fails as unavailable and grants nothing.
     #[serde(with = "lockcore::serde_millis")]
     pub statement_timeout: Duration,
-    /// How long a released or expired row is kept before the reaper deletes it (default 10 min).
-    /// Deleting is safe once the database clock has moved past the row's fence; a longer period
-    /// also tolerates the database clock stepping back by that much.
+    /// How long after its last grant an object nobody holds or waits for keeps its row (and
+    /// so its fence) before the reaper deletes it (default 10 min). Deleting is safe once the
+    /// database clock has moved past the row's fence; a longer period also tolerates the
+    /// database clock stepping back by that much.
     #[serde(with = "lockcore::serde_millis")]
     pub reap_after: Duration,
     /// How often this process runs the reaper (default 1 min; zero turns it off).

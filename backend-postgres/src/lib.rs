@@ -8,7 +8,7 @@ mod sql;
 mod tasks;
 
 pub use config::{PostgresConfig, MAX_SCHEMA_LEN};
-pub use service::PostgresLockService;
+pub use service::{PostgresLockService, PostgresStore};
 
-/// The backend name reported by [`lockcore::LockService::backend`].
+/// The backend name reported by [`lockcore::LockStore::backend`].
 pub const BACKEND: &str = error::BACKEND;

@@ -1,4 +1,5 @@
-//! [`PostgresLockService`]: the [`LockService`] on PostgreSQL.
+//! [`PostgresStore`]: the [`LockStore`] on PostgreSQL, and [`PostgresLockService`], the
+//! [`LockService`](lockcore::LockService) built on it.
 
 use std::fmt;
 use std::future::Future;
@@ -6,13 +7,14 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lockcore::reclaim::UndoFuture;
-use lockcore::{
-    async_trait, audit, AcquireRequest, Fence, Lease, Limits, ListQuery, LockError, LockInfo,
-    LockPage, LockResult, LockToken, ObjectId, OwnerId, ReclaimPolicy, Reclaimer, TokenDigest,
-    TokenIssuer, Undo, WaitQueue,
+use lockcore::store::{
+    Attempt, Attempted, Claim, Granted, HolderRef, HolderState, Ticket, Verdict,
 };
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use lockcore::{
+    async_trait, Conflict, Fence, HolderInfo, Limits, ListQuery, LockError, LockInfo, LockMode,
+    LockPage, LockResult, LockStore, Locks, ObjectId, OwnerId, ReclaimPolicy, Undo, WaitQueue,
+};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::Row as _;
 use tokio::task::JoinHandle;
 
@@ -24,6 +26,12 @@ use crate::tasks;
 
 /// The embedded migrations (`backend-postgres/migrations`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// The [`LockService`](lockcore::LockService) on PostgreSQL: [`Locks`] over a [`PostgresStore`].
+///
+/// Build it with `PostgresLockService::new(PostgresStore::connect(config).await?, issuer)`;
+/// reach the store's own helpers (such as [`PostgresStore::reap`]) through `service.store()`.
+pub type PostgresLockService = Locks<PostgresStore>;
 
 /// How a lock whose acquire reply was lost is taken back: first after 100 ms, then with backoff
 /// up to 2 s, for up to 5 min while the database does not answer (at most the lease's TTL).
@@ -38,44 +46,35 @@ fn reclaim_policy(statement_timeout: Duration) -> ReclaimPolicy {
     }
 }
 
-/// Added to `max_wait` when a blocking acquire asks for releases to be announced.
-const WANTED_MARGIN: Duration = Duration::from_secs(60);
-
 /// Locks kept as rows in PostgreSQL, shared by every lockd process using the same schema.
 ///
-/// Each operation is one statement, so one round trip and one transaction; see the crate docs
-/// for the table, the fence scheme and how rows are reclaimed. Cheap to share behind an `Arc`;
-/// dropping it stops its LISTEN and reaper tasks.
-pub struct PostgresLockService {
-    inner: Arc<Inner>,
+/// Each primitive is one statement (a call of one of lockd's SQL functions), so one round trip
+/// and one transaction, whatever the number of objects; see the crate docs for the tables, the
+/// fence scheme and how rows are reclaimed. Dropping it stops its LISTEN and reaper tasks.
+pub struct PostgresStore {
+    conns: Arc<Connections>,
+    waits: Arc<WaitQueue>,
+    limits: Limits,
+    /// lockd's own deadline for one operation: waiting for a connection plus the statement.
+    deadline: Duration,
+    statement_timeout: Duration,
+    schema: String,
+    url: String,
     tasks: Vec<JoinHandle<()>>,
 }
 
-struct Inner {
-    conns: Arc<Connections>,
-    issuer: TokenIssuer,
-    /// Takes back locks whose acquire reply was lost.
-    reclaimer: Reclaimer,
-    limits: Limits,
-    waits: Arc<WaitQueue>,
-    /// lockd's own deadline for one operation: waiting for a connection plus the statement.
-    deadline: Duration,
-    schema: String,
-    url: String,
-}
-
-impl fmt::Debug for PostgresLockService {
+impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresLockService")
-            .field("url", &self.inner.url)
-            .field("schema", &self.inner.schema)
-            .field("idle_connections", &self.inner.conns.idle_count())
-            .field("waiting", &self.inner.waits.waiting())
+        f.debug_struct("PostgresStore")
+            .field("url", &self.url)
+            .field("schema", &self.schema)
+            .field("idle_connections", &self.conns.idle_count())
+            .field("waiting", &self.waits.waiting())
             .finish_non_exhaustive()
     }
 }
 
-impl Drop for PostgresLockService {
+impl Drop for PostgresStore {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
@@ -83,14 +82,14 @@ impl Drop for PostgresLockService {
     }
 }
 
-impl PostgresLockService {
+impl PostgresStore {
     /// Connects, runs the embedded migrations in the configured schema (unless turned off) and
-    /// starts the LISTEN task that wakes blocked acquires.
+    /// starts the LISTEN task that wakes waiting acquires, and the reaper.
     ///
     /// Fails with [`LockError::InvalidArgument`] for a configuration lockd cannot use and with
     /// [`LockError::Unavailable`] when the database cannot be reached, refuses the login, or
     /// the migrations cannot be applied.
-    pub async fn connect(config: PostgresConfig, issuer: TokenIssuer) -> Result<Self, LockError> {
+    pub async fn connect(config: PostgresConfig) -> Result<Self, LockError> {
         config.check()?;
         let options = connect_options(&config)?;
         let deadline = config.connect_timeout + config.statement_timeout;
@@ -144,167 +143,36 @@ impl PostgresLockService {
         }
 
         Ok(Self {
-            inner: Arc::new(Inner {
-                reclaimer: Reclaimer::new(BACKEND, reclaim_policy(config.statement_timeout)),
-                conns,
-                issuer,
-                limits: config.limits,
-                waits,
-                deadline,
-                schema: config.schema.clone(),
-                url: config.redacted_url(),
-            }),
+            conns,
+            waits,
+            limits: config.limits,
+            deadline,
+            statement_timeout: config.statement_timeout,
+            schema: config.schema.clone(),
+            url: config.redacted_url(),
             tasks: spawned,
         })
     }
 
-    /// Deletes rows that have been free for longer than `older_than`, returning how many went.
+    /// Deletes objects rows that nobody holds or waits for and whose last grant is older than
+    /// `older_than` (with their expired holders and queue entries), returning how many went.
     ///
     /// The reaper task calls this every `reap_interval`; it is public for operators and tests.
     pub async fn reap(&self, older_than: Duration) -> LockResult<u64> {
         within(
-            self.inner.deadline,
+            self.deadline,
             "reaping free rows",
-            tasks::reap_once(&self.inner.conns, older_than),
+            tasks::reap_once(&self.conns, older_than),
         )
         .await
     }
-}
 
-impl Inner {
-    /// One acquire attempt: one statement. `wanted` is how long releases of the object must be
-    /// announced by NOTIFY because waiters may be queued (zero for a non-blocking acquire).
-    ///
-    /// A refused blocking attempt always marks the object; a granted one only when other
-    /// acquires of this process are waiting (they will rely on the release being announced).
-    /// If one queued while the statement was in flight, a second statement marks it then.
-    ///
-    /// A retry of a granted request (same request id) is answered with that grant.
-    async fn try_acquire(&self, request: &AcquireRequest, wanted: Duration) -> LockResult<Lease> {
-        let (object, owner, ttl) = (&request.object, &request.owner, request.ttl);
-        let blocking = !wanted.is_zero();
-        // This attempt's own ticket counts as one waiter.
-        let mark_granted = blocking && self.waits.waiting() > 1;
-        let pending = self.issuer.prepare_for(request);
-        let digest = pending.digest();
-        // The statement may commit a grant nobody gets the token for: when this attempt is
-        // dropped or cut off by the deadline, the guard takes it back.
-        let guard = self
-            .reclaimer
-            .guard(object, ttl, self.undo_acquire(object, digest));
-        let row = self
-            .fetch_one(
-                sqlx::query(sql::ACQUIRE)
-                    .bind(object.as_str())
-                    .bind(owner.as_str())
-                    .bind(&digest.as_bytes()[..])
-                    .bind(millis(ttl))
-                    .bind(millis(wanted))
-                    .bind(mark_granted),
-            )
-            .await;
-        let row = match row {
-            Ok(row) => {
-                guard.disarm();
-                row
-            }
-            Err(e @ LockError::Unavailable { .. }) => {
-                drop(guard);
-                return Err(e);
-            }
-            Err(e) => {
-                guard.disarm();
-                return Err(e);
-            }
-        };
-        let granted: bool = get(&row, 0)?;
-        if granted && get::<bool>(&row, 4)? {
-            let fence = fence_from(get(&row, 1)?)?;
-            return Ok(Lease {
-                object: object.clone(),
-                owner: owner.clone(),
-                token: self.issuer.seal(pending, object, fence),
-                fence,
-                ttl: micros_to_duration(get(&row, 3)?),
-            });
-        }
-        if granted {
-            let fence = fence_from(get(&row, 1)?)?;
-            if blocking && !mark_granted && self.waits.waiting() > 1 {
-                // Someone queued behind us meanwhile. A failure here costs that waiter only
-                // promptness (its own deadline still ends its wait), so the grant stands.
-                let marked = self
-                    .fetch_one(
-                        sqlx::query(sql::MARK_WANTED)
-                            .bind(object.as_str())
-                            .bind(millis(wanted)),
-                    )
-                    .await;
-                if let Err(error) = marked {
-                    tracing::warn!(target: "lockd::postgres", %error, object = %object,
-                        "could not mark a contended object as wanted");
-                }
-            }
-            let token = self.issuer.seal(pending, object, fence);
-            Ok(Lease {
-                object: object.clone(),
-                owner: owner.clone(),
-                token,
-                fence,
-                ttl,
-            })
-        } else {
-            let holder: String = get(&row, 2)?;
-            let remaining: i64 = get(&row, 3)?;
-            Err(LockError::Locked {
-                object: object.clone(),
-                holder: stored_owner(&holder)?,
-                retry_after: micros_to_duration(remaining),
-            })
-        }
+    /// The schema holding lockd's tables and functions.
+    pub fn schema(&self) -> &str {
+        &self.schema
     }
 
-    /// The take-back of an acquire whose outcome is unknown: frees the object if (and only if)
-    /// it holds `digest` and no retry claimed it.
-    fn undo_acquire(
-        &self,
-        object: &ObjectId,
-        digest: TokenDigest,
-    ) -> impl FnMut() -> UndoFuture + Send {
-        let conns = self.conns.clone();
-        let deadline = self.deadline;
-        let object = object.clone();
-        move || -> UndoFuture {
-            let (conns, object) = (conns.clone(), object.clone());
-            Box::pin(async move {
-                let status: String = within(deadline, "taking back a lost grant", async {
-                    let mut conn = conns.get().await?;
-                    let row = sqlx::query(sql::ABANDON)
-                        .bind(object.as_str())
-                        .bind(&digest.as_bytes()[..])
-                        .fetch_one(conn.raw()?)
-                        .await
-                        .map_err(from_sqlx)?;
-                    conn.keep();
-                    get(&row, 0)
-                })
-                .await?;
-                match status.as_str() {
-                    "took_back" => Ok(Undo::TookBack),
-                    "claimed" => Ok(Undo::Claimed),
-                    "absent" => Ok(Undo::Absent),
-                    other => Err(LockError::Internal(format!(
-                        "lockd_abandon answered {other:?}"
-                    ))),
-                }
-            })
-        }
-    }
-
-    async fn fetch_one<'q>(
-        &self,
-        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> LockResult<PgRow> {
+    async fn fetch_one(&self, query: Query<'_>) -> LockResult<PgRow> {
         within(self.deadline, "a lockd statement", async {
             let mut conn = self.conns.get().await?;
             let row = query.fetch_one(conn.raw()?).await.map_err(from_sqlx)?;
@@ -314,10 +182,17 @@ impl Inner {
         .await
     }
 
-    async fn fetch_optional<'q>(
-        &self,
-        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> LockResult<Option<PgRow>> {
+    async fn fetch_all(&self, query: Query<'_>) -> LockResult<Vec<PgRow>> {
+        within(self.deadline, "a lockd statement", async {
+            let mut conn = self.conns.get().await?;
+            let rows = query.fetch_all(conn.raw()?).await.map_err(from_sqlx)?;
+            conn.keep();
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn fetch_optional(&self, query: Query<'_>) -> LockResult<Option<PgRow>> {
         within(self.deadline, "a lockd statement", async {
             let mut conn = self.conns.get().await?;
             let row = query.fetch_optional(conn.raw()?).await.map_err(from_sqlx)?;
@@ -328,121 +203,188 @@ impl Inner {
     }
 }
 
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
+
+/// The holders' columns as the release, renew and downgrade functions take them.
+struct HolderArrays<'a> {
+    objects: Vec<&'a str>,
+    digests: Vec<&'a [u8]>,
+    fences: Vec<i64>,
+}
+
+impl<'a> HolderArrays<'a> {
+    fn of(holders: &'a [HolderRef]) -> Self {
+        Self {
+            objects: holders.iter().map(|h| h.object.as_str()).collect(),
+            digests: holders.iter().map(|h| &h.digest.as_bytes()[..]).collect(),
+            fences: holders.iter().map(|h| fence_param(h.fence)).collect(),
+        }
+    }
+}
+
 #[async_trait]
-impl lockcore::LockService for PostgresLockService {
+impl LockStore for PostgresStore {
     fn backend(&self) -> &'static str {
         BACKEND
     }
 
-    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease> {
-        let inner = &self.inner;
-        let wait = request.wait;
-        inner.limits.check_acquire(request.ttl, wait)?;
-        // A blocking attempt asks for releases to be announced for as long as any waiter queued
-        // behind it in this process may wait: at most `max_wait` from when it queued, plus a
-        // margin for an attempt already in flight when it queued (see migration 2).
-        let wanted = if wait.is_zero() {
-            Duration::ZERO
-        } else {
-            inner.limits.max_wait + WANTED_MARGIN
-        };
-        inner
-            .waits
-            .acquire(&request.object, wait, || inner.try_acquire(request, wanted))
-            .await
+    fn limits(&self) -> Limits {
+        self.limits
     }
 
-    async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
-        audit::check_token(&self.inner.issuer, "release", object, token)?;
-        let row = self
-            .inner
-            .fetch_one(
-                sqlx::query(sql::RELEASE)
-                    .bind(object.as_str())
-                    .bind(&token.digest().as_bytes()[..])
-                    .bind(fence_param(token.fence())),
+    fn reclaim_policy(&self) -> Option<ReclaimPolicy> {
+        Some(reclaim_policy(self.statement_timeout))
+    }
+
+    /// Woken only by the LISTEN task, for this process's releases too: every waiter has queue
+    /// rows from its first refusal on, and whatever frees an object with queue rows NOTIFYs
+    /// (see migration 5), so a second, direct wake would only make each waiter try twice.
+    fn waits(&self) -> &WaitQueue {
+        &self.waits
+    }
+
+    async fn try_acquire(&self, attempt: Attempt<'_>) -> LockResult<Attempted> {
+        let claims = attempt.claims;
+        if claims.is_empty() {
+            return Err(LockError::invalid_argument("objects", "must not be empty"));
+        }
+        let objects: Vec<&str> = claims.iter().map(|c| c.object.as_str()).collect();
+        let modes: Vec<&str> = claims.iter().map(|c| c.mode.as_str()).collect();
+        let digests: Vec<&[u8]> = claims.iter().map(|c| &c.digest.as_bytes()[..]).collect();
+        let (queue, ticket, keep_for) = match attempt.queueing {
+            Some(queueing) => (
+                true,
+                queueing.ticket.map(ticket_param).transpose()?,
+                millis(queueing.keep_for),
+            ),
+            None => (false, None, 0),
+        };
+        let rows = self
+            .fetch_all(
+                sqlx::query(sql::ACQUIRE)
+                    .bind(attempt.owner.as_str())
+                    .bind(objects)
+                    .bind(modes)
+                    .bind(digests)
+                    .bind(millis(attempt.ttl))
+                    .bind(queue)
+                    .bind(ticket)
+                    .bind(keep_for),
             )
             .await?;
+        attempted(claims, &rows)
+    }
+
+    async fn leave_queue(&self, ticket: Ticket, objects: &[ObjectId]) -> LockResult<()> {
+        let names: Vec<&str> = objects.iter().map(ObjectId::as_str).collect();
+        self.fetch_one(
+            sqlx::query(sql::LEAVE_QUEUE)
+                .bind(ticket_param(ticket)?)
+                .bind(names),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn abandon(&self, claims: &[Claim]) -> LockResult<Undo> {
+        let objects: Vec<&str> = claims.iter().map(|c| c.object.as_str()).collect();
+        let digests: Vec<&[u8]> = claims.iter().map(|c| &c.digest.as_bytes()[..]).collect();
+        let row = self
+            .fetch_one(sqlx::query(sql::ABANDON).bind(objects).bind(digests))
+            .await?;
         let status: String = get(&row, 0)?;
-        match refusal("release", object, token, &status, "released")? {
-            None => {
-                // Waiters in this process need not wait for the NOTIFY round trip.
-                self.inner.waits.wake(object);
-                fence_from(get(&row, 1)?)
-            }
-            Some(refused) => Err(refused),
+        match status.as_str() {
+            "took_back" => Ok(Undo::TookBack),
+            "claimed" => Ok(Undo::Claimed),
+            "absent" => Ok(Undo::Absent),
+            other => Err(LockError::Internal(format!(
+                "lockd_abandon answered {other:?}"
+            ))),
         }
+    }
+
+    async fn release(&self, holders: &[HolderRef]) -> LockResult<Vec<Verdict<()>>> {
+        let arrays = HolderArrays::of(holders);
+        let rows = self
+            .fetch_all(
+                sqlx::query(sql::RELEASE)
+                    .bind(arrays.objects)
+                    .bind(arrays.digests)
+                    .bind(arrays.fences),
+            )
+            .await?;
+        verdicts(holders.len(), &rows, |_| Ok(()))
     }
 
     async fn renew(
         &self,
-        object: &ObjectId,
-        token: &LockToken,
+        holders: &[HolderRef],
         ttl: Duration,
-    ) -> LockResult<Lease> {
-        self.inner.limits.check_ttl(ttl)?;
-        audit::check_token(&self.inner.issuer, "renew", object, token)?;
-        let row = self
-            .inner
-            .fetch_one(
+    ) -> LockResult<Vec<Verdict<HolderState>>> {
+        let arrays = HolderArrays::of(holders);
+        let rows = self
+            .fetch_all(
                 sqlx::query(sql::RENEW)
-                    .bind(object.as_str())
-                    .bind(&token.digest().as_bytes()[..])
-                    .bind(fence_param(token.fence()))
+                    .bind(arrays.objects)
+                    .bind(arrays.digests)
+                    .bind(arrays.fences)
                     .bind(millis(ttl)),
             )
             .await?;
-        let status: String = get(&row, 0)?;
-        match refusal("renew", object, token, &status, "renewed")? {
-            None => Ok(Lease {
-                object: object.clone(),
-                owner: stored_owner(&get::<String>(&row, 1)?)?,
-                token: token.clone(),
-                fence: fence_from(get(&row, 2)?)?,
-                ttl,
-            }),
-            Some(refused) => Err(refused),
-        }
+        verdicts(holders.len(), &rows, |row| {
+            holder_state(get(row, 2)?, get(row, 3)?, get(row, 4)?)
+        })
     }
 
-    async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
-        self.inner.issuer.check(object, token)?;
+    async fn validate(&self, holder: &HolderRef) -> LockResult<Verdict<HolderState>> {
         let row = self
-            .inner
-            .fetch_optional(sqlx::query(sql::CURRENT).bind(object.as_str()))
+            .fetch_optional(
+                sqlx::query(sql::VALIDATE)
+                    .bind(holder.object.as_str())
+                    .bind(&holder.digest.as_bytes()[..])
+                    .bind(fence_param(holder.fence)),
+            )
             .await?;
         let Some(row) = row else {
-            return Err(LockError::NotHeld {
-                object: object.clone(),
-            });
+            return Ok(Verdict::NotHeld);
         };
-        let current = CurrentRow::from_row(&row)?;
-        if current.digest.ct_eq(&token.digest()) && current.fence == token.fence() {
-            Ok(Lease {
-                object: object.clone(),
-                owner: current.owner,
-                token: token.clone(),
-                fence: current.fence,
-                ttl: current.remaining,
-            })
-        } else {
-            Err(LockError::TokenMismatch {
-                object: object.clone(),
-            })
+        if !get::<bool>(&row, 3)? {
+            return Ok(Verdict::Mismatch);
         }
+        Ok(Verdict::Done(holder_state(
+            get(&row, 0)?,
+            get(&row, 1)?,
+            get(&row, 2)?,
+        )?))
+    }
+
+    async fn downgrade(&self, holder: &HolderRef) -> LockResult<Verdict<HolderState>> {
+        let row = self
+            .fetch_one(
+                sqlx::query(sql::DOWNGRADE)
+                    .bind(holder.object.as_str())
+                    .bind(&holder.digest.as_bytes()[..])
+                    .bind(fence_param(holder.fence)),
+            )
+            .await?;
+        let status: String = get(&row, 0)?;
+        verdict(&status, || {
+            holder_state(get(&row, 1)?, get(&row, 2)?, get(&row, 3)?)
+        })
     }
 
     async fn inspect(&self, object: &ObjectId) -> LockResult<Option<LockInfo>> {
-        let row = self
-            .inner
-            .fetch_optional(sqlx::query(sql::CURRENT).bind(object.as_str()))
+        let rows = self
+            .fetch_all(sqlx::query(sql::INSPECT).bind(object.as_str()))
             .await?;
-        row.map(|row| CurrentRow::from_row(&row).and_then(|c| c.info(object.clone())))
-            .transpose()
+        let holders = rows
+            .iter()
+            .map(HolderRow::from_row)
+            .collect::<LockResult<Vec<_>>>()?;
+        Ok(lock_info(object.clone(), holders))
     }
 
     async fn list(&self, query: &ListQuery) -> LockResult<LockPage> {
-        query.check()?;
         let after = query.after.as_deref().unwrap_or("");
         // Cursors are object ids; anything else (PostgreSQL text cannot even hold NUL) is bogus.
         if after.chars().any(char::is_control) {
@@ -465,20 +407,23 @@ impl lockcore::LockService for PostgresLockService {
                 .bind(after)
                 .bind(limit),
         };
-        let rows = within(self.inner.deadline, "listing locks", async {
-            let mut conn = self.inner.conns.get().await?;
-            let rows = statement.fetch_all(conn.raw()?).await.map_err(from_sqlx)?;
-            conn.keep();
-            Ok(rows)
-        })
-        .await?;
-        let more = rows.len() > query.limit;
-        let mut locks = Vec::with_capacity(rows.len().min(query.limit));
-        for row in rows.iter().take(query.limit) {
-            let object: String = get(row, 6)?;
-            let object = ObjectId::new(&object)
-                .map_err(|_| LockError::Internal("a stored object id is invalid".into()))?;
-            locks.push(CurrentRow::from_row(row)?.info(object)?);
+        let rows = self.fetch_all(statement).await?;
+        // Rows come by object, then fence: one group per object, one more than the page holds
+        // when there is a next page.
+        let mut groups: Vec<Vec<HolderRow>> = Vec::new();
+        for row in &rows {
+            let holder = HolderRow::from_row(row)?;
+            match groups.last_mut() {
+                Some(group) if group.first().is_some_and(|g| g.object == holder.object) => {
+                    group.push(holder)
+                }
+                _ => groups.push(vec![holder]),
+            }
+        }
+        let more = groups.len() > query.limit;
+        let mut locks = Vec::with_capacity(groups.len().min(query.limit));
+        for group in groups.into_iter().take(query.limit) {
+            locks.extend(group_info(group)?);
         }
         let next = if more {
             locks.last().map(|l| l.object.as_str().to_owned())
@@ -489,8 +434,8 @@ impl lockcore::LockService for PostgresLockService {
     }
 
     async fn health(&self) -> LockResult<()> {
-        within(self.inner.deadline, "health check", async {
-            let mut conn = self.inner.conns.get().await?;
+        within(self.deadline, "health check", async {
+            let mut conn = self.conns.get().await?;
             sqlx::query("SELECT 1")
                 .execute(conn.raw()?)
                 .await
@@ -500,71 +445,151 @@ impl lockcore::LockService for PostgresLockService {
         })
         .await
     }
-
-    async fn close(&self, timeout: Duration) -> bool {
-        self.inner.reclaimer.drain(timeout).await
-    }
 }
 
-/// The live lock row as [`sql::CURRENT`] and the list statements return it.
-struct CurrentRow {
-    owner: OwnerId,
-    digest: TokenDigest,
-    fence: Fence,
-    acquired_at: SystemTime,
-    expires_at: SystemTime,
-    remaining: Duration,
-}
-
-impl CurrentRow {
-    fn from_row(row: &PgRow) -> LockResult<Self> {
-        let digest: Vec<u8> = get(row, 1)?;
-        Ok(Self {
-            owner: stored_owner(&get::<String>(row, 0)?)?,
-            digest: TokenDigest::from_bytes(&digest)?,
-            fence: fence_from(get(row, 2)?)?,
-            acquired_at: micros_to_time(get(row, 3)?),
-            expires_at: micros_to_time(get(row, 4)?),
-            remaining: micros_to_duration(get(row, 5)?),
-        })
-    }
-
-    fn info(self, object: ObjectId) -> LockResult<LockInfo> {
-        Ok(LockInfo {
-            object,
-            owner: self.owner,
-            fence: self.fence,
-            acquired_at: self.acquired_at,
-            expires_at: self.expires_at,
-            ttl: self.remaining,
-        })
-    }
-}
-
-/// Turns a release/renew status into `None` (done) or the refusal, logging refusals.
-fn refusal(
-    operation: &'static str,
-    object: &ObjectId,
-    token: &LockToken,
-    status: &str,
-    done: &str,
-) -> LockResult<Option<LockError>> {
-    let refused = match status {
-        s if s == done => return Ok(None),
-        "not_held" => LockError::NotHeld {
-            object: object.clone(),
-        },
-        "mismatch" => LockError::TokenMismatch {
-            object: object.clone(),
-        },
-        other => {
-            return Err(LockError::Internal(format!(
-                "postgres: unexpected {operation} status {other:?}"
-            )))
-        }
+/// The rows of `lockd_acquire` as the store's answer.
+fn attempted(claims: &[Claim], rows: &[PgRow]) -> LockResult<Attempted> {
+    let Some(first) = rows.first() else {
+        return Err(LockError::Internal(
+            "postgres: lockd_acquire answered no row".into(),
+        ));
     };
-    audit::log_refusal(operation, object, token, &refused);
-    Ok(Some(refused))
+    let claim_of = |row: &PgRow| -> LockResult<&Claim> {
+        let index: i32 = get(row, 2)?;
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| claims.get(i))
+            .ok_or_else(|| LockError::Internal(format!("postgres: claim index {index}")))
+    };
+    if get::<bool>(first, 0)? {
+        if rows.len() != claims.len() {
+            return Err(LockError::Internal(format!(
+                "postgres: {} of {} claims granted",
+                rows.len(),
+                claims.len()
+            )));
+        }
+        let granted = rows
+            .iter()
+            .map(|row| {
+                Ok(Granted {
+                    fence: fence_from(get(row, 3)?)?,
+                    mode: stored_mode(&get::<String>(row, 4)?)?,
+                    ttl: micros_to_duration(get(row, 6)?),
+                    replayed: get(row, 7)?,
+                })
+            })
+            .collect::<LockResult<Vec<_>>>()?;
+        return Ok(Attempted::Granted(granted));
+    }
+    let ticket = get::<Option<i64>>(first, 1)?
+        .map(|t| {
+            u64::try_from(t)
+                .map(Ticket)
+                .map_err(|_| LockError::Internal("a ticket is negative".into()))
+        })
+        .transpose()?;
+    let conflicts = rows
+        .iter()
+        .map(|row| {
+            Ok(Conflict {
+                object: claim_of(row)?.object.clone(),
+                holder: stored_owner(&get::<String>(row, 5)?)?,
+                retry_after: micros_to_duration(get(row, 6)?),
+            })
+        })
+        .collect::<LockResult<Vec<_>>>()?;
+    Ok(Attempted::Refused { conflicts, ticket })
+}
+
+/// One verdict per row of a release or renew, checking the rows come one per holder, in order.
+fn verdicts<T>(
+    expected: usize,
+    rows: &[PgRow],
+    done: impl Fn(&PgRow) -> LockResult<T>,
+) -> LockResult<Vec<Verdict<T>>> {
+    if rows.len() != expected {
+        return Err(LockError::Internal(format!(
+            "postgres: {} verdicts for {expected} holders",
+            rows.len()
+        )));
+    }
+    rows.iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let index: i32 = get(row, 0)?;
+            if usize::try_from(index).ok() != Some(i + 1) {
+                return Err(LockError::Internal(format!(
+                    "postgres: verdict {index} where {} was due",
+                    i + 1
+                )));
+            }
+            let status: String = get(row, 1)?;
+            verdict(&status, || done(row))
+        })
+        .collect()
+}
+
+fn verdict<T>(status: &str, done: impl FnOnce() -> LockResult<T>) -> LockResult<Verdict<T>> {
+    match status {
+        "done" => done().map(Verdict::Done),
+        "not_held" => Ok(Verdict::NotHeld),
+        "mismatch" => Ok(Verdict::Mismatch),
+        other => Err(LockError::Internal(format!(
+            "postgres: unexpected verdict {other:?}"
+        ))),
+    }
+}
+
+fn holder_state(owner: String, mode: String, remaining_us: i64) -> LockResult<HolderState> {
+    Ok(HolderState {
+        owner: stored_owner(&owner)?,
+        mode: stored_mode(&mode)?,
+        ttl: micros_to_duration(remaining_us),
+    })
+}
+
+/// A live holder row as [`sql::INSPECT`] and the list statements return it.
+struct HolderRow {
+    object: String,
+    mode: LockMode,
+    info: HolderInfo,
+}
+
+impl HolderRow {
+    fn from_row(row: &PgRow) -> LockResult<Self> {
+        Ok(Self {
+            mode: stored_mode(&get::<String>(row, 1)?)?,
+            info: HolderInfo {
+                owner: stored_owner(&get::<String>(row, 0)?)?,
+                fence: fence_from(get(row, 2)?)?,
+                acquired_at: micros_to_time(get(row, 3)?),
+                expires_at: micros_to_time(get(row, 4)?),
+                ttl: micros_to_duration(get(row, 5)?),
+            },
+            object: get(row, 6)?,
+        })
+    }
+}
+
+/// The lock of one object's holders: exclusive if any holder is.
+fn lock_info(object: ObjectId, holders: Vec<HolderRow>) -> Option<LockInfo> {
+    let mode = if holders.iter().any(|h| h.mode == LockMode::Exclusive) {
+        LockMode::Exclusive
+    } else {
+        LockMode::Shared
+    };
+    LockInfo::from_holders(object, mode, holders.into_iter().map(|h| h.info).collect())
+}
+
+fn group_info(group: Vec<HolderRow>) -> LockResult<Option<LockInfo>> {
+    let Some(first) = group.first() else {
+        return Ok(None);
+    };
+    let object = ObjectId::new(&first.object)
+        .map_err(|_| LockError::Internal("a stored object id is invalid".into()))?;
+    Ok(lock_info(object, group))
 }
 
 /// Runs `future` under lockd's own deadline, so an unreachable server cannot hang a caller.
@@ -633,6 +658,16 @@ where
 {
     row.try_get(index)
         .map_err(|e| LockError::Internal(format!("postgres: unexpected row shape: {e}")))
+}
+
+fn stored_mode(mode: &str) -> LockResult<LockMode> {
+    mode.parse()
+        .map_err(|_| LockError::Internal(format!("a stored mode is invalid: {mode:?}")))
+}
+
+/// A ticket as a bigint (tickets come from a PostgreSQL sequence, so they always fit).
+fn ticket_param(ticket: Ticket) -> LockResult<i64> {
+    i64::try_from(ticket.0).map_err(|_| LockError::invalid_argument("ticket", "is not one of ours"))
 }
 
 fn stored_owner(owner: &str) -> LockResult<OwnerId> {

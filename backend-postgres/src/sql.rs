@@ -1,54 +1,91 @@
-//! Every statement lockd sends for a lock operation: one per operation.
+//! Every statement lockd sends for a lock operation: one per operation, whatever the number of
+//! objects (they travel as arrays).
 //!
 //! Names resolve through the connection's `search_path`, which is lockd's schema. The functions
-//! are defined in `migrations/`; each runs as one statement in one implicit transaction.
+//! are defined in `migrations/` (the current shape in `20261129000005_modes_and_queue.sql`);
+//! each runs as one statement in one implicit transaction.
 
-/// `$1` object, `$2` owner, `$3` token digest, `$4` TTL in ms, `$5` for how long releases of
-/// the object must be announced if refused (ms; 0 for a non-blocking attempt), `$6` whether to
-/// mark it so if granted too -> `(granted, fence, holder, remaining_us, replayed)`; `replayed`
-/// when the object is held by this very digest (a retry of the request that was granted).
-pub(crate) const ACQUIRE: &str = "SELECT r_granted, r_fence, r_holder, r_remaining_us, r_replayed \
-                                  FROM lockd_acquire($1, $2, $3, $4, $5, $6)";
+/// `$1` owner, `$2` objects, `$3` modes, `$4` token digests (arrays in claim order), `$5` TTL
+/// in ms, `$6` whether a refusal queues, `$7` the request's ticket (NULL: draw one when
+/// queueing), `$8` how long its queue entries last (ms) -> granted: one row per claim
+/// `(true, NULL, index, fence, mode, NULL, remaining_us, replayed)`; refused: one row per
+/// claim in conflict `(false, ticket, index, NULL, NULL, holder, remaining_us, false)`.
+pub(crate) const ACQUIRE: &str =
+    "SELECT r_granted, r_ticket, r_index, r_fence, r_mode, r_holder, r_remaining_us, \
+            r_replayed \
+     FROM lockd_acquire($1, $2, $3, $4, $5, $6, $7, $8)";
 
-/// `$1` object, `$2` token digest -> `'took_back'`, `'claimed'` or `'absent'`: takes back a grant
-/// whose acquire reply was lost, unless a retry claimed it.
+/// `$1` ticket, `$2` objects: the ticket leaves their queues, their other waiters are woken.
+pub(crate) const LEAVE_QUEUE: &str = "SELECT lockd_leave_queue($1, $2)";
+
+/// `$1` objects, `$2` token digests -> `'took_back'`, `'claimed'` or `'absent'`: takes back
+/// the grants of an attempt whose reply was lost, unless a retry claimed them.
 pub(crate) const ABANDON: &str = "SELECT r_status FROM lockd_abandon($1, $2)";
 
-/// `$1` object, `$2` ms: releases of the object are announced for that long.
-pub(crate) const MARK_WANTED: &str = "SELECT lockd_mark_wanted($1, $2)";
+/// `$1` objects, `$2` digests, `$3` fences -> one `(index, status)` per holder, status
+/// `'done'`, `'not_held'` or `'mismatch'`.
+pub(crate) const RELEASE: &str = "SELECT r_index, r_status FROM lockd_release($1, $2, $3)";
 
-/// `$1` object, `$2` token digest, `$3` fence -> `(status, fence)`.
-pub(crate) const RELEASE: &str = "SELECT r_status, r_fence FROM lockd_release($1, $2, $3)";
+/// `$1` objects, `$2` digests, `$3` fences, `$4` TTL in ms -> one
+/// `(index, status, owner, mode, remaining_us)` per holder.
+pub(crate) const RENEW: &str = "SELECT r_index, r_status, r_owner, r_mode, r_remaining_us \
+                                FROM lockd_renew($1, $2, $3, $4)";
 
-/// `$1` object, `$2` token digest, `$3` fence, `$4` TTL in ms -> `(status, owner, fence)`.
-pub(crate) const RENEW: &str = "SELECT r_status, r_owner, r_fence FROM lockd_renew($1, $2, $3, $4)";
+/// `$1` object, `$2` digest, `$3` fence -> `(status, owner, mode, remaining_us)`.
+pub(crate) const DOWNGRADE: &str =
+    "SELECT r_status, r_owner, r_mode, r_remaining_us FROM lockd_downgrade($1, $2, $3)";
 
-/// Columns of a live lock row, shared by [`CURRENT`] and the list statements:
-/// owner, digest, fence, acquired_at and expires_at in Unix µs, remaining µs, object.
-macro_rules! live_columns {
+/// `$1` object, `$2` digest, `$3` fence -> the holder named, else any other live holder
+/// (`mine` false), else no row: `(owner, mode, remaining_us, mine)`.
+pub(crate) const VALIDATE: &str =
+    "SELECT h.owner, h.mode, lockd_micros_left(h.expires_at, c.now), \
+            (h.digest = $2 AND h.fence = $3) AS mine \
+     FROM holders h, clock_timestamp() AS c(now) \
+     WHERE h.object = $1 AND h.expires_at > c.now \
+     ORDER BY mine DESC LIMIT 1";
+
+/// Columns of a live holder row, shared by [`INSPECT`] and the list statements: owner, mode,
+/// fence, acquired_at and expires_at in Unix µs, remaining µs, object.
+macro_rules! holder_columns {
     () => {
-        "SELECT l.owner, l.token_digest, l.fence, \
-                (extract(epoch FROM l.acquired_at) * 1000000)::bigint, \
-                (extract(epoch FROM l.expires_at) * 1000000)::bigint, \
-                greatest(0, (extract(epoch FROM l.expires_at - c.now) * 1000000)::bigint), \
-                l.object \
-         FROM locks l, clock_timestamp() AS c(now) \
-         WHERE l.owner IS NOT NULL AND l.expires_at > c.now"
+        "SELECT h.owner, h.mode, h.fence, \
+                (extract(epoch FROM h.acquired_at) * 1000000)::bigint, \
+                (extract(epoch FROM h.expires_at) * 1000000)::bigint, \
+                lockd_micros_left(h.expires_at, c.now), \
+                h.object "
     };
 }
 
-/// `$1` object -> the live lock row, if any (by the database clock).
-pub(crate) const CURRENT: &str = concat!(live_columns!(), " AND l.object = $1");
-
-/// `$1` prefix, `$2` cursor (exclusive, `''` for the first page), `$3` limit, `$4` upper bound
-/// (see `prefix_successor`) -> live rows in object order.
-pub(crate) const LIST_BOUNDED: &str = concat!(
-    live_columns!(),
-    " AND l.object >= $1 AND l.object > $2 AND l.object < $4 ORDER BY l.object LIMIT $3"
+/// `$1` object -> its live holders by fence (by the database clock).
+pub(crate) const INSPECT: &str = concat!(
+    holder_columns!(),
+    "FROM holders h, clock_timestamp() AS c(now) \
+     WHERE h.object = $1 AND h.expires_at > c.now ORDER BY h.fence"
 );
+
+/// The objects of one page and their live holders, in object then fence order. `$3` is the
+/// number of objects (not rows) to return.
+macro_rules! list_page {
+    ($upper:literal) => {
+        concat!(
+            "WITH c AS MATERIALIZED (SELECT clock_timestamp() AS now), \
+             page AS (SELECT DISTINCT h.object FROM holders h, c \
+                      WHERE h.expires_at > c.now AND h.object >= $1 AND h.object > $2 ",
+            $upper,
+            "         ORDER BY h.object LIMIT $3) ",
+            holder_columns!(),
+            "FROM holders h JOIN page p ON p.object = h.object, c \
+             WHERE h.expires_at > c.now ORDER BY h.object, h.fence"
+        )
+    };
+}
+
+/// `$1` prefix, `$2` cursor (exclusive, `''` for the first page), `$3` objects, `$4` upper
+/// bound (see `prefix_successor`) -> live holders of the page's objects.
+pub(crate) const LIST_BOUNDED: &str = list_page!("AND h.object < $4");
 
 /// Like [`LIST_BOUNDED`] for prefixes without an upper bound (the empty prefix).
-pub(crate) const LIST_UNBOUNDED: &str = concat!(
-    live_columns!(),
-    " AND l.object >= $1 AND l.object > $2 ORDER BY l.object LIMIT $3"
-);
+pub(crate) const LIST_UNBOUNDED: &str = list_page!("");
+
+/// `$1` µs, `$2` batch -> how many free objects rows the reaper deleted.
+pub(crate) const REAP: &str = "SELECT lockd_reap($1, $2)";

@@ -1,4 +1,4 @@
-//! Background work: the LISTEN task that wakes blocked acquires, and the reaper of free rows.
+//! Background work: the LISTEN task that wakes waiting acquires, and the reaper of free rows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use sqlx::postgres::{PgListener, PgPool};
 
 use crate::conns::Connections;
 use crate::error::from_sqlx;
+use crate::sql;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -24,7 +25,7 @@ fn reconnect_backoff() -> ExponentialBuilder {
         .without_max_times()
 }
 /// Most rows one reaper statement deletes, so one pass never holds many row locks.
-const REAP_BATCH: i64 = 10_000;
+const REAP_BATCH: i32 = 10_000;
 
 /// Connects the LISTEN connection and subscribes to `channel`.
 pub(crate) async fn start_listener(pool: &PgPool, channel: &str) -> LockResult<PgListener> {
@@ -33,12 +34,13 @@ pub(crate) async fn start_listener(pool: &PgPool, channel: &str) -> LockResult<P
     Ok(listener)
 }
 
-/// Wakes the head waiter of every object a release announces, for as long as the service lives.
+/// Wakes this process's waiters of every object a release (or downgrade, take-back, or waiter
+/// leaving) announces, for as long as the store lives.
 ///
 /// When the connection drops, releases announced meanwhile are lost, so after reconnecting
-/// every head waiter is woken to look again. On any other failure the listener is replaced by
+/// every waiter is woken to look again. On any other failure the listener is replaced by
 /// a new one on a fresh connection, retrying with back-off. The task ends only when aborted
-/// (the service was dropped).
+/// (the store was dropped).
 pub(crate) async fn listen(
     pool: PgPool,
     mut listener: PgListener,
@@ -102,34 +104,27 @@ pub(crate) async fn reap(conns: Arc<Connections>, interval: Duration, older_than
     }
 }
 
-/// Deletes up to [`REAP_BATCH`] rows that were released or expired more than `older_than` ago
-/// by the database clock and that no waiter has marked as wanted.
+/// Deletes up to [`REAP_BATCH`] objects rows nobody holds or waits for whose last grant is
+/// older than `older_than` by the database clock, with their expired holders and queue
+/// entries (`lockd_reap`).
 ///
 /// Safe for fencing: a row's fence is at most a few grants above the clock floor of the moment
-/// it was granted (see `lockd_acquire`), and the floor rises by 1024 per microsecond, so once a
-/// row has been free for `older_than` the floor is far above its fence and a fresh row for the
-/// same object starts above it. Rows are locked and re-checked (`FOR UPDATE SKIP LOCKED`), so a
-/// concurrent acquire either keeps its row or inserts a new one after the delete.
+/// it was granted, and `lockd_reap` only deletes rows whose fence is below the floor of
+/// `older_than` ago, so a fresh row for the same object starts above it. Rows are locked with
+/// `SKIP LOCKED` and checked again under the lock, so a concurrent acquire either keeps its row
+/// or creates a new one after the delete, and the reaper never waits for anyone.
 pub(crate) async fn reap_once(conns: &Connections, older_than: Duration) -> LockResult<u64> {
     // Capped at ~100 years so the interval arithmetic cannot overflow.
     let older_than_us = i64::try_from(older_than.as_micros())
         .unwrap_or(i64::MAX)
         .min(100 * 366 * 86_400 * 1_000_000);
     let mut conn = conns.get().await?;
-    let done = sqlx::query(
-        "DELETE FROM locks WHERE object IN ( \
-             SELECT object FROM locks \
-             WHERE expires_at < clock_timestamp() - $1 * interval '1 microsecond' \
-               AND (wanted_until IS NULL OR wanted_until < clock_timestamp()) \
-             LIMIT $2 FOR UPDATE SKIP LOCKED) \
-         AND expires_at < clock_timestamp() - $1 * interval '1 microsecond' \
-         AND (wanted_until IS NULL OR wanted_until < clock_timestamp())",
-    )
-    .bind(older_than_us)
-    .bind(REAP_BATCH)
-    .execute(conn.raw()?)
-    .await
-    .map_err(from_sqlx)?;
+    let deleted: i64 = sqlx::query_scalar(sql::REAP)
+        .bind(older_than_us)
+        .bind(REAP_BATCH)
+        .fetch_one(conn.raw()?)
+        .await
+        .map_err(from_sqlx)?;
     conn.keep();
-    Ok(done.rows_affected())
+    Ok(u64::try_from(deleted).unwrap_or(0))
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_postgres::{PostgresConfig, PostgresLockService};
+use backend_postgres::{PostgresConfig, PostgresLockService, PostgresStore};
 use lockcore::{LockError, LockService, ObjectId, OwnerId};
 use rand::Rng;
 
@@ -234,9 +234,10 @@ async fn a_database_restart_is_unavailable_then_recovers() {
     config.max_connections = 2;
     config.connect_timeout = Duration::from_secs(2);
     config.statement_timeout = Duration::from_secs(2);
-    let service = PostgresLockService::connect(config, common::issuer())
+    let store = PostgresStore::connect(config)
         .await
         .expect("connected to the private cluster");
+    let service = PostgresLockService::new(store, common::issuer());
     let held = object("restart");
     let lease = service
         .acquire(&held, &owner("a"), LONG, Duration::ZERO)

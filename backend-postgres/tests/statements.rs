@@ -7,7 +7,8 @@
 //! the number of round trips; each `Execute` runs one statement; and since an implicit
 //! transaction ends at each `Sync`, one `Sync` also means one transaction. After a warm-up
 //! (statements prepared once per connection), every operation must cost exactly one
-//! `Bind`/`Execute`/`Sync` and no `Parse`.
+//! `Bind`/`Execute`/`Sync` and no `Parse`, including an acquire, renew or release of
+//! [`MAX_OBJECTS_PER_REQUEST`] objects at once (the objects travel as arrays).
 
 mod common;
 
@@ -15,7 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockcore::{ListQuery, LockError, LockService, ObjectId, OwnerId};
+use lockcore::store::{Attempt, Attempted, Claim, Queueing};
+use lockcore::{
+    AcquireRequest, ListQuery, LockError, LockMode, LockService, LockSpec, LockStore, ObjectId,
+    OwnerId, TokenDigest, MAX_OBJECTS_PER_REQUEST,
+};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -213,6 +218,33 @@ async fn every_operation_is_one_statement_in_one_round_trip() {
         .release(&target, &lease.token)
         .await
         .expect("released");
+    let many_objects: Vec<ObjectId> = (0..MAX_OBJECTS_PER_REQUEST)
+        .map(|i| ObjectId::new(format!("stmt/{tag:x}/many/{i:02}")).expect("valid"))
+        .collect();
+    let many = AcquireRequest::many(
+        many_objects
+            .iter()
+            .cloned()
+            .map(LockSpec::exclusive)
+            .collect(),
+        a.clone(),
+        ttl,
+    );
+    let grant = service.acquire_with(&many).await.expect("granted");
+    let _ = service
+        .acquire_with(&many.clone().with_mode(LockMode::Shared))
+        .await;
+    let held: Vec<(ObjectId, lockcore::LockToken)> = grant
+        .leases
+        .iter()
+        .map(|l| (l.object.clone(), l.token.clone()))
+        .collect();
+    service.renew_many(&held, ttl).await.expect("renewed");
+    service
+        .downgrade(&held[0].0, &held[0].1)
+        .await
+        .expect("downgraded");
+    service.release_many(&held).await.expect("released");
 
     async fn measured<T>(
         counts: &Counts,
@@ -283,4 +315,130 @@ async fn every_operation_is_one_statement_in_one_round_trip() {
     measured(&counts, "release", service.release(&target, &lease.token))
         .await
         .expect("released");
+
+    // However many objects a request names, each operation on them is still one statement.
+    let grant = measured(&counts, "64-object acquire", service.acquire_with(&many))
+        .await
+        .expect("granted");
+    assert_eq!(grant.leases.len(), MAX_OBJECTS_PER_REQUEST);
+    let refused = measured(
+        &counts,
+        "refused 64-object acquire",
+        service.acquire_with(&many.clone().with_mode(LockMode::Shared)),
+    )
+    .await;
+    match refused {
+        Err(LockError::Locked { conflicts, .. }) => {
+            assert_eq!(conflicts.len(), MAX_OBJECTS_PER_REQUEST)
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    let held: Vec<(ObjectId, lockcore::LockToken)> = grant
+        .leases
+        .iter()
+        .map(|l| (l.object.clone(), l.token.clone()))
+        .collect();
+    let renewed = measured(&counts, "64-lease renew", service.renew_many(&held, ttl))
+        .await
+        .expect("renewed");
+    assert!(renewed.iter().all(Result::is_ok), "{renewed:?}");
+    let lease = measured(
+        &counts,
+        "downgrade",
+        service.downgrade(&held[0].0, &held[0].1),
+    )
+    .await
+    .expect("downgraded");
+    assert_eq!(lease.mode, LockMode::Shared);
+    let released = measured(&counts, "64-lease release", service.release_many(&held))
+        .await
+        .expect("released");
+    assert!(released.iter().all(Result::is_ok), "{released:?}");
+
+    // The store's own primitives that lockcore::Locks calls around waiting and lost replies:
+    // queueing, leaving the queue and taking back a grant are one statement each too.
+    let store = service.store();
+    let blocker = service
+        .acquire(&target, &a, ttl, Duration::ZERO)
+        .await
+        .expect("granted");
+    let claims: Vec<Claim> = many_objects
+        .iter()
+        .chain([&target])
+        .enumerate()
+        .map(|(i, object)| Claim {
+            object: object.clone(),
+            mode: LockMode::Exclusive,
+            digest: TokenDigest::from_bytes(&[u8::try_from(i).expect("small"); 32])
+                .expect("32 bytes"),
+        })
+        .collect();
+    let queueing = Some(Queueing {
+        ticket: None,
+        keep_for: Duration::from_secs(5),
+    });
+    let attempt = |queueing| Attempt {
+        owner: &b,
+        claims: &claims,
+        ttl,
+        queueing,
+    };
+    // Warm-up: each primitive once.
+    let warm = store.try_acquire(attempt(queueing)).await.expect("refused");
+    let Attempted::Refused {
+        ticket: Some(warm_ticket),
+        ..
+    } = warm
+    else {
+        panic!("expected a queued refusal, got {warm:?}");
+    };
+    let everything: Vec<ObjectId> = claims.iter().map(|c| c.object.clone()).collect();
+    store
+        .leave_queue(warm_ticket, &everything)
+        .await
+        .expect("left");
+    store.abandon(&claims).await.expect("abandoned");
+
+    let queued = measured(
+        &counts,
+        "queued 65-object refusal",
+        store.try_acquire(attempt(queueing)),
+    )
+    .await
+    .expect("refused");
+    let Attempted::Refused {
+        ticket: Some(ticket),
+        ..
+    } = queued
+    else {
+        panic!("expected a queued refusal, got {queued:?}");
+    };
+    let again = measured(
+        &counts,
+        "queued retry",
+        store.try_acquire(attempt(Some(Queueing {
+            ticket: Some(ticket),
+            keep_for: Duration::from_secs(5),
+        }))),
+    )
+    .await
+    .expect("refused");
+    assert!(matches!(again, Attempted::Refused { .. }), "{again:?}");
+    measured(
+        &counts,
+        "leave_queue",
+        store.leave_queue(ticket, &everything),
+    )
+    .await
+    .expect("left");
+    service
+        .release(&target, &blocker.token)
+        .await
+        .expect("released");
+    let granted = store.try_acquire(attempt(None)).await.expect("granted");
+    assert!(matches!(granted, Attempted::Granted(_)), "{granted:?}");
+    let undo = measured(&counts, "abandon", store.abandon(&claims))
+        .await
+        .expect("taken back");
+    assert_eq!(undo, lockcore::Undo::TookBack);
 }

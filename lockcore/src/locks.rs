@@ -12,6 +12,7 @@ use crate::fence::Fence;
 use crate::id::ObjectId;
 use crate::lease::{Grant, Lease, ListQuery, LockInfo, LockPage};
 use crate::limits::Limits;
+use crate::mode::LockMode;
 use crate::reclaim::{Reclaimer, UndoFuture};
 use crate::request::{check_objects, AcquireRequest};
 use crate::service::{LeaseEndSink, LockService};
@@ -282,8 +283,10 @@ impl<S: LockStore> LockService for Locks<S> {
         }
 
         let deadline = Instant::now() + request.wait;
+        let interest: Vec<(ObjectId, LockMode)> =
+            claims.iter().map(|c| (c.object.clone(), c.mode)).collect();
+        let registration = self.store.waits().register(&interest);
         let objects: Vec<ObjectId> = claims.iter().map(|c| c.object.clone()).collect();
-        let registration = self.store.waits().register(&objects);
         let mut place = QueuePlace {
             store: self.store.clone(),
             objects,
@@ -305,8 +308,11 @@ impl<S: LockStore> LockService for Locks<S> {
                     return self.sealed(request, pending, granted);
                 }
                 Attempted::Refused { conflicts, ticket } => {
-                    if ticket.is_some() {
-                        place.ticket = ticket;
+                    if let Some(ticket) = ticket {
+                        if place.ticket.is_none() {
+                            registration.queued(ticket);
+                        }
+                        place.ticket = Some(ticket);
                     }
                     let now = Instant::now();
                     if now >= deadline {

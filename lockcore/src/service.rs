@@ -146,6 +146,9 @@ pub struct LeaseEnd {
     pub fence: Fence,
     /// `true` when the lease ran out, `false` when its holder released it.
     pub expired: bool,
+    /// The mode the lease held its object in (exclusive unless set with
+    /// [`LeaseEnd::with_mode`]).
+    pub mode: LockMode,
 }
 
 impl LeaseEnd {
@@ -156,7 +159,14 @@ impl LeaseEnd {
             owner,
             fence,
             expired,
+            mode: LockMode::Exclusive,
         }
+    }
+
+    /// The same notice for a lease held in `mode`.
+    pub fn with_mode(mut self, mode: LockMode) -> Self {
+        self.mode = mode;
+        self
     }
 }
 

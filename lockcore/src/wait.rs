@@ -6,6 +6,12 @@
 //! a release, an expiry, a downgrade or a waiter leaving frees an object (from its own release
 //! path, a Redis pub/sub message, a Postgres NOTIFY...), and [`crate::Locks`] also wakes itself
 //! when the lease that blocked it is due to expire. Nothing polls at a fixed interval.
+//!
+//! A wake reaches only the waiters of this process that the store could grant next: in ticket
+//! order, the first waiter of the object and, if it asks for a shared lock, every shared waiter
+//! after it up to the first exclusive one. Every later waiter conflicts with one of those on
+//! this very object, so it could not be granted anyway; it is woken when they go. This keeps a
+//! release from costing one store round trip per waiter.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,17 +21,33 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use crate::id::ObjectId;
+use crate::mode::LockMode;
+use crate::store::Ticket;
+
+/// `Waiter::ticket` before the store has given one: such a waiter is woken by every wake.
+const NO_TICKET: u64 = 0;
 
 #[derive(Debug)]
 struct Waiter {
     id: u64,
+    /// The store's ticket, or [`NO_TICKET`].
+    ticket: AtomicU64,
     notify: Notify,
 }
+
+impl Waiter {
+    fn ticket(&self) -> u64 {
+        self.ticket.load(Ordering::Acquire)
+    }
+}
+
+/// Per object, its waiters and the mode each asks for.
+type Lines = HashMap<ObjectId, Vec<(Arc<Waiter>, LockMode)>>;
 
 /// The blocked acquires of this process, by the objects they wait for.
 #[derive(Debug, Default)]
 pub struct WaitQueue {
-    waiters: Mutex<HashMap<ObjectId, Vec<Arc<Waiter>>>>,
+    waiters: Mutex<Lines>,
     next_id: AtomicU64,
     waiting: AtomicUsize,
 }
@@ -41,54 +63,68 @@ impl WaitQueue {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Tells every acquire waiting for `object` that it may be free.
-    ///
-    /// Every one of them tries again: shared waiters at the head of the store's queue are
-    /// granted together, and the others learn their new place.
+    /// Tells the waiters of `object` that the store could grant next that it may be free (see
+    /// the [module docs](self)).
     pub fn wake(&self, object: &ObjectId) {
         if self.waiting.load(Ordering::Acquire) == 0 {
             return;
         }
-        if let Some(line) = self.lock().get(object) {
-            for waiter in line {
+        let waiters = self.lock();
+        let Some(line) = waiters.get(object) else {
+            return;
+        };
+        let mut by_ticket: Vec<&(Arc<Waiter>, LockMode)> = line.iter().collect();
+        by_ticket.sort_by_key(|(waiter, _)| waiter.ticket());
+        let mut group = None;
+        for (waiter, mode) in by_ticket {
+            if waiter.ticket() == NO_TICKET {
+                // Not refused yet: it attempts anyway; a kept wake costs one more attempt.
                 waiter.notify.notify_one();
+                continue;
             }
+            match (group, mode) {
+                (None, _) => group = Some(*mode),
+                (Some(LockMode::Shared), LockMode::Shared) => {}
+                _ => break,
+            }
+            waiter.notify.notify_one();
         }
     }
 
     /// Tells every waiter to try again (after a reconnect, when release messages may have been
     /// missed).
     pub fn wake_all(&self) {
-        for waiter in self.lock().values().flatten() {
+        for (waiter, _) in self.lock().values().flatten() {
             waiter.notify.notify_one();
         }
     }
 
-    /// Registers a blocked acquire of `objects`: [`Registration::woken`] returns once any of
-    /// them is woken after this call (a wake between registering and awaiting is kept, not
-    /// lost). Dropping the registration unregisters it.
-    pub fn register(&self, objects: &[ObjectId]) -> Registration<'_> {
+    /// Registers a blocked acquire of `objects`, each in its mode: [`Registration::woken`]
+    /// returns once one of them is woken after this call (a wake between registering and
+    /// awaiting is kept, not lost). Dropping the registration unregisters it.
+    pub fn register(&self, objects: &[(ObjectId, LockMode)]) -> Registration<'_> {
         let waiter = Arc::new(Waiter {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            ticket: AtomicU64::new(NO_TICKET),
             notify: Notify::new(),
         });
         let mut waiters = self.lock();
-        for object in objects {
+        for (object, mode) in objects {
             waiters
                 .entry(object.clone())
                 .or_default()
-                .push(waiter.clone());
+                .push((waiter.clone(), *mode));
         }
         drop(waiters);
         self.waiting.fetch_add(1, Ordering::AcqRel);
         Registration {
             queue: self,
-            objects: objects.to_vec(),
+            objects: objects.iter().map(|(object, _)| object.clone()).collect(),
             waiter,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<ObjectId, Vec<Arc<Waiter>>>> {
+    fn lock(&self) -> MutexGuard<'_, Lines> {
         self.waiters.lock()
     }
 }
@@ -106,6 +142,12 @@ impl Registration<'_> {
     pub async fn woken(&self) {
         self.waiter.notify.notified().await;
     }
+
+    /// Records the ticket the store gave this acquire, which orders it among this process's
+    /// waiters. Tickets are never 0.
+    pub fn queued(&self, ticket: Ticket) {
+        self.waiter.ticket.store(ticket.0, Ordering::Release);
+    }
 }
 
 impl Drop for Registration<'_> {
@@ -113,7 +155,7 @@ impl Drop for Registration<'_> {
         let mut waiters = self.queue.lock();
         for object in &self.objects {
             if let Some(line) = waiters.get_mut(object) {
-                line.retain(|w| w.id != self.waiter.id);
+                line.retain(|(w, _)| w.id != self.waiter.id);
                 if line.is_empty() {
                     waiters.remove(object);
                 }
@@ -128,25 +170,33 @@ impl Drop for Registration<'_> {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use LockMode::{Exclusive, Shared};
 
     fn object(name: &str) -> ObjectId {
         ObjectId::new(name).expect("valid")
     }
 
+    const SOON: Duration = Duration::from_millis(50);
+
+    async fn was_woken(registration: &Registration<'_>) -> bool {
+        tokio::time::timeout(SOON, registration.woken())
+            .await
+            .is_ok()
+    }
+
     #[tokio::test]
-    async fn a_wake_reaches_every_waiter_of_the_object_and_no_other() {
+    async fn a_wake_reaches_the_waiters_of_the_object_and_no_other() {
         let queue = WaitQueue::new();
-        let a = queue.register(&[object("a")]);
-        let ab = queue.register(&[object("a"), object("b")]);
-        let c = queue.register(&[object("c")]);
+        let a = queue.register(&[(object("a"), Exclusive)]);
+        let ab = queue.register(&[(object("a"), Shared), (object("b"), Exclusive)]);
+        let c = queue.register(&[(object("c"), Exclusive)]);
         assert_eq!(queue.waiting(), 3);
         queue.wake(&object("a"));
-        let soon = Duration::from_millis(50);
-        assert!(tokio::time::timeout(soon, a.woken()).await.is_ok());
-        assert!(tokio::time::timeout(soon, ab.woken()).await.is_ok());
-        assert!(tokio::time::timeout(soon, c.woken()).await.is_err());
+        assert!(was_woken(&a).await);
+        assert!(was_woken(&ab).await, "without tickets every waiter tries");
+        assert!(!was_woken(&c).await);
         queue.wake(&object("b"));
-        assert!(tokio::time::timeout(soon, ab.woken()).await.is_ok());
+        assert!(was_woken(&ab).await);
         drop((a, ab, c));
         assert_eq!(queue.waiting(), 0);
         assert!(
@@ -156,23 +206,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_wake_reaches_the_first_exclusive_waiter_alone() {
+        let queue = WaitQueue::new();
+        let later = queue.register(&[(object("a"), Shared)]);
+        later.queued(Ticket(9));
+        let first = queue.register(&[(object("a"), Exclusive)]);
+        first.queued(Ticket(4));
+        queue.wake(&object("a"));
+        assert!(was_woken(&first).await);
+        assert!(
+            !was_woken(&later).await,
+            "it conflicts with the waiter ahead"
+        );
+        drop(first);
+        queue.wake(&object("a"));
+        assert!(was_woken(&later).await);
+    }
+
+    #[tokio::test]
+    async fn a_wake_reaches_consecutive_shared_waiters_together() {
+        let queue = WaitQueue::new();
+        let tickets = [(3, Shared), (5, Shared), (6, Exclusive), (8, Shared)];
+        let waiters: Vec<_> = tickets
+            .iter()
+            .map(|&(ticket, mode)| {
+                let registration = queue.register(&[(object("a"), mode)]);
+                registration.queued(Ticket(ticket));
+                registration
+            })
+            .collect();
+        queue.wake(&object("a"));
+        let mut woken = Vec::new();
+        for waiter in &waiters {
+            woken.push(was_woken(waiter).await);
+        }
+        assert_eq!(woken, [true, true, false, false]);
+    }
+
+    #[tokio::test]
     async fn a_wake_before_the_wait_is_not_lost() {
         let queue = WaitQueue::new();
-        let waiter = queue.register(&[object("a")]);
+        let waiter = queue.register(&[(object("a"), Exclusive)]);
         queue.wake(&object("a"));
-        tokio::time::timeout(Duration::from_millis(50), waiter.woken())
-            .await
-            .expect("the wake was kept");
+        assert!(was_woken(&waiter).await, "the wake was kept");
     }
 
     #[tokio::test]
     async fn wake_all_reaches_everyone() {
         let queue = WaitQueue::new();
-        let a = queue.register(&[object("a")]);
-        let b = queue.register(&[object("b")]);
+        let a = queue.register(&[(object("a"), Exclusive)]);
+        a.queued(Ticket(1));
+        let b = queue.register(&[(object("a"), Exclusive)]);
+        b.queued(Ticket(2));
         queue.wake_all();
-        let soon = Duration::from_millis(50);
-        assert!(tokio::time::timeout(soon, a.woken()).await.is_ok());
-        assert!(tokio::time::timeout(soon, b.woken()).await.is_ok());
+        assert!(was_woken(&a).await);
+        assert!(was_woken(&b).await);
     }
 }

@@ -4,8 +4,8 @@ use std::fmt;
 use std::time::Duration;
 
 use lockcore::{
-    async_trait, Fence, Lease, ListQuery, LockError, LockInfo, LockPage, LockResult, LockService,
-    LockToken, ObjectId, RequestId,
+    async_trait, check_objects, Fence, Grant, Lease, ListQuery, LockError, LockInfo, LockPage,
+    LockResult, LockService, LockToken, ObjectId, RequestId,
 };
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
@@ -13,8 +13,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use lockd_wire::{
-    AcquireRequest, ErrorBody, EventParams, EventsBody, InspectRequest, LeaseBody, ListBody,
-    ListParams, LockBody, ReleaseBody, RenewRequest, TokenRequest,
+    AcquireRequest, EntryResult, ErrorBody, EventParams, EventsBody, GrantBody, InspectRequest,
+    LeaseBody, ListBody, ListParams, LockBody, ReleaseBody, ReleaseRequest, RenewRequest,
+    ResultsBody, TokenRequest,
 };
 
 use crate::events::{Event, EventStream};
@@ -65,15 +66,45 @@ impl Drop for TakeBack<'_> {
         runtime.spawn(async move {
             for delay in TAKE_BACK_DELAYS {
                 tokio::time::sleep(delay).await;
-                if let Ok(Ok(grant)) = client.send_acquire(&request).await {
-                    if let Ok(lease) = grant.into_lease() {
-                        let _ = client.release(&lease.object, &lease.token).await;
-                        tracing::debug!(object = %lease.object,
+                if let Ok(Ok(answer)) = client.send_acquire(&request).await {
+                    if let Ok(grant) = answer.into_grant() {
+                        let locks: Vec<(ObjectId, LockToken)> = grant
+                            .leases
+                            .into_iter()
+                            .map(|lease| (lease.object, lease.token))
+                            .collect();
+                        let _ = client.release_many(&locks).await;
+                        tracing::debug!(object = %locks[0].0, objects = locks.len(),
                             "released a grant whose acquire answer was lost");
                     }
                 }
             }
         });
+    }
+}
+
+/// lockd's answer to an acquire, in the form of the request.
+#[derive(Debug)]
+enum AcquireAnswer {
+    /// To a one-object request.
+    One(LeaseBody),
+    /// To a several-object request.
+    Several(GrantBody),
+}
+
+impl AcquireAnswer {
+    fn into_grant(self) -> LockResult<Grant> {
+        match self {
+            AcquireAnswer::One(body) => {
+                let lease = body.into_lease()?;
+                Ok(Grant {
+                    owner: lease.owner.clone(),
+                    ttl: lease.ttl,
+                    leases: vec![lease],
+                })
+            }
+            AcquireAnswer::Several(body) => body.into_grant(),
+        }
     }
 }
 
@@ -84,8 +115,13 @@ impl Drop for TakeBack<'_> {
 /// a blocking acquire. A request that cannot connect or runs out of time is
 /// [`LockError::Unavailable`] with backend `http`.
 ///
+/// An acquire of one object is sent in the one-object form (`object`, and `mode` when shared);
+/// one of several objects as `objects`, granted all or nothing. Batched releases and renewals
+/// ([`LockService::release_many`], [`LockService::renew_many`]) are one request each, with
+/// one outcome per lock.
+///
 /// Every acquire carries a [`RequestId`] (the caller's, or a random one), so lockd answers a
-/// repeat of it with the same lease instead of a second grant. The client uses that twice:
+/// repeat of it with the same leases instead of second grants. The client uses that twice:
 ///
 /// * an acquire whose connection fails before lockd answered is sent again, once, with the same
 ///   request id (a timeout is not retried: the caller's deadline has passed);
@@ -106,6 +142,7 @@ struct Endpoints {
     acquire: Url,
     release: Url,
     renew: Url,
+    downgrade: Url,
     validate: Url,
     inspect: Url,
     locks: Url,
@@ -170,6 +207,7 @@ impl LockdClient {
             acquire: join("v1/locks/acquire")?,
             release: join("v1/locks/release")?,
             renew: join("v1/locks/renew")?,
+            downgrade: join("v1/locks/downgrade")?,
             validate: join("v1/locks/validate")?,
             inspect: join("v1/locks/inspect")?,
             locks: join("v1/locks")?,
@@ -271,27 +309,59 @@ impl LockdClient {
     async fn send_acquire(
         &self,
         request: &lockcore::AcquireRequest,
-    ) -> LockResult<Result<LeaseBody, (u16, ErrorBody)>> {
-        let request_id = request
-            .request_id
-            .as_ref()
-            .ok_or_else(|| LockError::Internal("acquire sent without a request id".into()))?;
-        let mut body = AcquireRequest::new(
-            request.object.as_str(),
-            request.owner.as_str(),
-            ttl_millis(request.ttl)?,
-        );
-        body.wait_ms = ceil_millis(request.wait);
-        body.request_id = Some(request_id.as_str().to_owned());
+    ) -> LockResult<Result<AcquireAnswer, (u16, ErrorBody)>> {
+        if request.request_id.is_none() {
+            return Err(LockError::Internal(
+                "acquire sent without a request id".into(),
+            ));
+        }
+        let Some(first) = request.objects.first() else {
+            return Err(LockError::invalid_argument(
+                "objects",
+                "must name 1 to 64 objects, not 0",
+            ));
+        };
+        let body = AcquireRequest::of(request, ttl_millis(request.ttl)?, ceil_millis(request.wait));
         let timeout = self.request_timeout.saturating_add(request.wait);
-        self.call(
-            Method::POST,
-            self.endpoints.acquire.clone(),
-            Some(&body),
-            timeout,
-            Some(&request.object),
-        )
-        .await
+        let url = self.endpoints.acquire.clone();
+        let object = Some(&first.object);
+        Ok(if body.is_many() {
+            self.call(Method::POST, url, Some(&body), timeout, object)
+                .await?
+                .map(AcquireAnswer::Several)
+        } else {
+            self.call(Method::POST, url, Some(&body), timeout, object)
+                .await?
+                .map(AcquireAnswer::One)
+        })
+    }
+
+    /// Sends a several-lock release or renew and pairs each answered entry with the lock it
+    /// is about, in request order.
+    async fn post_batch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        url: &Url,
+        body: &B,
+        locks: &[(ObjectId, LockToken)],
+    ) -> LockResult<Vec<LockResult<T>>> {
+        let first = &locks[0].0;
+        let answer: ResultsBody<T> = self.post(url, body, self.request_timeout, first).await?;
+        if answer.results.len() != locks.len() {
+            return Err(LockError::Internal(format!(
+                "lockd answered {} results for {} locks",
+                answer.results.len(),
+                locks.len()
+            )));
+        }
+        Ok(answer
+            .results
+            .into_iter()
+            .zip(locks)
+            .map(|(entry, (object, _))| match entry {
+                EntryResult::Done(done) => Ok(done),
+                EntryResult::Failed(failed) => Err(lock_error(failed.error, 200, Some(object))),
+            })
+            .collect())
     }
 
     /// [`Self::call`] for operations on one object, mapping refusals to [`LockError`].
@@ -314,7 +384,7 @@ impl LockService for LockdClient {
         BACKEND
     }
 
-    async fn acquire_with(&self, request: &lockcore::AcquireRequest) -> LockResult<Lease> {
+    async fn acquire_with(&self, request: &lockcore::AcquireRequest) -> LockResult<Grant> {
         let mut request = request.clone();
         if request.request_id.is_none() {
             request.request_id = Some(RequestId::random());
@@ -334,19 +404,31 @@ impl LockService for LockdClient {
         // lockd answered: whatever it decided, the caller learns it here.
         take_back.disarm();
         answer
-            .map_err(|(status, error)| lock_error(error, status, Some(&request.object)))?
-            .into_lease()
+            .map_err(|(status, error)| lock_error(error, status, Some(request.first_object())))?
+            .into_grant()
     }
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
-        let body = TokenRequest {
-            object: object.as_str().to_owned(),
-            token: token.expose().to_owned(),
-        };
+        let body = ReleaseRequest::one(object, token);
         let released: ReleaseBody = self
             .post(&self.endpoints.release, &body, self.request_timeout, object)
             .await?;
         Ok(Fence(released.fence))
+    }
+
+    async fn release_many(
+        &self,
+        locks: &[(ObjectId, LockToken)],
+    ) -> LockResult<Vec<LockResult<Fence>>> {
+        check_objects(locks.iter().map(|(object, _)| object))?;
+        let body = ReleaseRequest::many(locks);
+        let results = self
+            .post_batch::<_, ReleaseBody>(&self.endpoints.release, &body, locks)
+            .await?;
+        Ok(results
+            .into_iter()
+            .map(|result| result.map(|released| Fence(released.fence)))
+            .collect())
     }
 
     async fn renew(
@@ -355,22 +437,44 @@ impl LockService for LockdClient {
         token: &LockToken,
         ttl: Duration,
     ) -> LockResult<Lease> {
-        let body = RenewRequest {
-            object: object.as_str().to_owned(),
-            token: token.expose().to_owned(),
-            ttl_ms: ttl_millis(ttl)?,
-        };
-        let grant: LeaseBody = self
+        let body = RenewRequest::one(object, token, ttl_millis(ttl)?);
+        let renewed: LeaseBody = self
             .post(&self.endpoints.renew, &body, self.request_timeout, object)
             .await?;
-        grant.into_lease()
+        renewed.into_lease()
+    }
+
+    async fn renew_many(
+        &self,
+        locks: &[(ObjectId, LockToken)],
+        ttl: Duration,
+    ) -> LockResult<Vec<LockResult<Lease>>> {
+        check_objects(locks.iter().map(|(object, _)| object))?;
+        let body = RenewRequest::many(locks, ttl_millis(ttl)?);
+        let results = self
+            .post_batch::<_, LeaseBody>(&self.endpoints.renew, &body, locks)
+            .await?;
+        Ok(results
+            .into_iter()
+            .map(|result| result.and_then(LeaseBody::into_lease))
+            .collect())
+    }
+
+    async fn downgrade(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
+        let body = TokenRequest::new(object, token);
+        let downgraded: LeaseBody = self
+            .post(
+                &self.endpoints.downgrade,
+                &body,
+                self.request_timeout,
+                object,
+            )
+            .await?;
+        downgraded.into_lease()
     }
 
     async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
-        let body = TokenRequest {
-            object: object.as_str().to_owned(),
-            token: token.expose().to_owned(),
-        };
+        let body = TokenRequest::new(object, token);
         let valid: LockBody = self
             .post(
                 &self.endpoints.validate,

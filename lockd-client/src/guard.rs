@@ -1,4 +1,5 @@
-//! [`LeaseGuard`]: keeps a lease alive in the background and says the moment it is lost.
+//! [`LeaseGuard`]: keeps a lease (or every lease of a grant) alive in the background and says
+//! the moment it is lost.
 
 use std::fmt;
 use std::sync::Arc;
@@ -6,7 +7,10 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use lockcore::{Fence, Lease, LockError, LockResult, LockService, LockToken, ObjectId, OwnerId};
+use lockcore::{
+    AcquireRequest, Fence, Grant, Lease, LockError, LockResult, LockService, LockToken, ObjectId,
+    OwnerId,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -132,8 +136,8 @@ struct Schedule {
 }
 
 impl Schedule {
-    fn new(options: &GuardOptions, lease: &Lease) -> LockResult<Self> {
-        let ttl = options.ttl.unwrap_or(lease.ttl);
+    fn new(options: &GuardOptions, granted_ttl: Duration) -> LockResult<Self> {
+        let ttl = options.ttl.unwrap_or(granted_ttl);
         if ttl.is_zero() {
             return Err(LockError::invalid_argument(
                 "ttl",
@@ -186,8 +190,32 @@ struct Shared {
 
 #[derive(Debug, Clone)]
 struct Current {
-    lease: Lease,
+    /// Every guarded lease, in the grant's order; never empty.
+    leases: Vec<Lease>,
     deadline: Instant,
+}
+
+impl Current {
+    fn first(&self) -> &Lease {
+        // `LeaseGuard::with_grant_options` refuses an empty grant, and renewals keep the count.
+        &self.leases[0]
+    }
+}
+
+fn locks_of(leases: &[Lease]) -> Vec<(ObjectId, LockToken)> {
+    leases
+        .iter()
+        .map(|lease| (lease.object.clone(), lease.token.clone()))
+        .collect()
+}
+
+/// The shortest TTL of `leases` (the one that runs out first).
+fn shortest_ttl(leases: &[Lease]) -> Duration {
+    leases
+        .iter()
+        .map(|lease| lease.ttl)
+        .min()
+        .unwrap_or_default()
 }
 
 impl Shared {
@@ -208,7 +236,20 @@ impl Shared {
     }
 }
 
-/// Holds a lease for its owner: renews it in the background and reports the moment it is lost.
+/// Holds a lease for its owner, or every lease of a multi-object grant: renews in the
+/// background and reports the moment the lock is lost.
+///
+/// One guard keeps one [`Grant`]: a single lease of either mode (a shared lease is renewed
+/// like an exclusive one), or all the leases of a multi-object acquire, which are renewed
+/// together in one `renew_many` request per round and released together in one
+/// `release_many`. The grant is treated as one lock: it counts as lost as soon as any of its
+/// leases is refused or runs out, and then the guard releases the others in the background
+/// (an operation that needed all its objects must not go on with some of them). Guard leases
+/// one by one, with one guard each, when they should live and die independently.
+///
+/// [`LeaseGuard::lease`], [`LeaseGuard::object`], [`LeaseGuard::token`] and
+/// [`LeaseGuard::fence`] describe the grant's first lease (the only one of a single-object
+/// grant); [`LeaseGuard::leases`] lists them all.
 ///
 /// Works with any [`LockService`] (embedded backends and [`LockdClient`](crate::LockdClient)
 /// alike). The guard renews at a third of the TTL by default. It reports the lease lost, through
@@ -258,7 +299,7 @@ impl fmt::Debug for LeaseGuard {
         let current = self.shared.current().clone();
         f.debug_struct("LeaseGuard")
             .field("backend", &self.service.backend())
-            .field("lease", &current.lease)
+            .field("leases", &current.leases)
             .field("state", &*self.shared.state.borrow())
             .finish_non_exhaustive()
     }
@@ -276,7 +317,7 @@ impl LeaseGuard {
         Self::acquire_with_options(service, object, owner, ttl, wait, GuardOptions::default()).await
     }
 
-    /// Acquires `object` and guards the lease with `options`.
+    /// Acquires `object` exclusively and guards the lease with `options`.
     ///
     /// A blocking acquire (`wait` above zero) is followed by one renewal: the grant happened at
     /// some unknown moment during the wait, and the renewal tells the guard when the lease runs
@@ -287,32 +328,75 @@ impl LeaseGuard {
         owner: &OwnerId,
         ttl: Duration,
         wait: Duration,
+        options: GuardOptions,
+    ) -> LockResult<Self> {
+        let request = AcquireRequest::new(object.clone(), owner.clone(), ttl).with_wait(wait);
+        Self::acquire_request(service, &request, options).await
+    }
+
+    /// Acquires everything `request` asks for (any modes, one or several objects, all or
+    /// nothing) and guards the grant with `options`.
+    ///
+    /// As with [`LeaseGuard::acquire_with_options`], a blocking request is followed by one
+    /// renewal of every lease (one request); if one is refused, the rest are released and the
+    /// refusal is returned.
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: std::sync::Arc<dyn lockcore::LockService>) -> lockcore::LockResult<()> {
+    /// use std::time::Duration;
+    /// use lockcore::{AcquireRequest, LockSpec, ObjectId, OwnerId};
+    /// use lockd_client::{GuardOptions, LeaseGuard};
+    ///
+    /// // A rename: source and target together, or neither.
+    /// let rename = AcquireRequest::many(
+    ///     vec![
+    ///         LockSpec::exclusive(ObjectId::new("/vol/a/old")?),
+    ///         LockSpec::exclusive(ObjectId::new("/vol/a/new")?),
+    ///     ],
+    ///     OwnerId::new("node-7")?,
+    ///     Duration::from_secs(30),
+    /// )
+    /// .with_wait(Duration::from_secs(5));
+    /// let guard = LeaseGuard::acquire_request(locks, &rename, GuardOptions::default()).await?;
+    /// for lease in guard.leases() {
+    ///     println!("{} fence {}", lease.object, lease.fence);
+    /// }
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire_request(
+        service: Arc<dyn LockService>,
+        request: &AcquireRequest,
         mut options: GuardOptions,
     ) -> LockResult<Self> {
         let sent = Instant::now();
-        let mut lease = service.acquire(object, owner, ttl, wait).await?;
+        let mut grant = service.acquire_with(request).await?;
         let mut granted_after = sent;
-        if !wait.is_zero() {
-            // A blocking grant happened somewhere during the wait, so the lease may be nearly
-            // spent already by the time the answer arrives. Renew once to know its deadline.
+        if !request.wait.is_zero() {
+            // A blocking grant happened somewhere during the wait, so the leases may be nearly
+            // spent already by the time the answer arrives. Renew once to know their deadline.
             let renew_sent = Instant::now();
-            match service.renew(object, &lease.token, ttl).await {
-                Ok(renewed) => {
-                    lease = renewed;
+            match renew_all(service.as_ref(), &grant.leases, request.ttl).await {
+                Renewal::Renewed(leases) => {
+                    grant.leases = leases;
+                    grant.ttl = shortest_ttl(&grant.leases);
                     granted_after = renew_sent;
                 }
-                // The lease lapsed before it could be guarded: there is nothing to hold.
-                Err(e) if !is_transient(&e) => return Err(e),
+                // A lease lapsed before it could be guarded: there is nothing to hold.
+                Renewal::Refused(e, kept) => {
+                    release_quietly(service.as_ref(), &kept).await;
+                    return Err(e);
+                }
                 // Keep the conservative deadline (measured from the acquire); the renewal
                 // task will retry.
-                Err(_) => {}
+                Renewal::Failed(_) => {}
             }
         }
         options.requested_at.get_or_insert(granted_after);
         if options.ttl.is_none() {
-            options.ttl = Some(ttl);
+            options.ttl = Some(request.ttl);
         }
-        Self::with_options(service, lease, options)
+        Self::with_grant_options(service, grant, options)
     }
 
     /// Guards a lease already acquired from `service`, with default options.
@@ -335,16 +419,47 @@ impl LeaseGuard {
         lease: Lease,
         options: GuardOptions,
     ) -> LockResult<Self> {
-        let schedule = Schedule::new(&options, &lease)?;
+        let grant = Grant {
+            owner: lease.owner.clone(),
+            ttl: lease.ttl,
+            leases: vec![lease],
+        };
+        Self::with_grant_options(service, grant, options)
+    }
+
+    /// Guards every lease of a grant already acquired from `service` (see
+    /// [`LeaseGuard::new`] for when the grant must have been made), with default options.
+    pub fn for_grant(service: Arc<dyn LockService>, grant: Grant) -> LockResult<Self> {
+        Self::with_grant_options(service, grant, GuardOptions::default())
+    }
+
+    /// Guards every lease of a grant already acquired from `service`. A grant of no lease is
+    /// [`LockError::InvalidArgument`].
+    pub fn with_grant_options(
+        service: Arc<dyn LockService>,
+        grant: Grant,
+        options: GuardOptions,
+    ) -> LockResult<Self> {
+        if grant.leases.is_empty() {
+            return Err(LockError::invalid_argument(
+                "objects",
+                "a guarded grant needs at least one lease",
+            ));
+        }
+        let granted_ttl = shortest_ttl(&grant.leases);
+        let schedule = Schedule::new(&options, granted_ttl)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             LockError::Internal("LeaseGuard must be created inside a Tokio runtime".into())
         })?;
         let start = options.requested_at.unwrap_or_else(Instant::now);
-        let deadline = schedule.deadline(start, lease.ttl);
+        let deadline = schedule.deadline(start, granted_ttl);
         let (state, _) = watch::channel(LeaseState::Held);
         let shared = Arc::new(Shared {
             state,
-            current: Mutex::new(Current { lease, deadline }),
+            current: Mutex::new(Current {
+                leases: grant.leases,
+                deadline,
+            }),
         });
         let task = runtime.spawn(renew_loop(
             Arc::clone(&service),
@@ -360,24 +475,29 @@ impl LeaseGuard {
         })
     }
 
-    /// The lease as of its last successful renewal.
+    /// The (first) lease as of its last successful renewal.
     pub fn lease(&self) -> Lease {
-        self.shared.current().lease.clone()
+        self.shared.current().first().clone()
     }
 
-    /// The locked object.
+    /// Every guarded lease as of the last successful renewal, in the grant's order.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.shared.current().leases.clone()
+    }
+
+    /// The (first) locked object.
     pub fn object(&self) -> ObjectId {
-        self.shared.current().lease.object.clone()
+        self.shared.current().first().object.clone()
     }
 
-    /// The lease's token.
+    /// The (first) lease's token.
     pub fn token(&self) -> LockToken {
-        self.shared.current().lease.token.clone()
+        self.shared.current().first().token.clone()
     }
 
-    /// The lease's fence: pass it with every write.
+    /// The (first) lease's fence: pass it with every write.
     pub fn fence(&self) -> Fence {
-        self.shared.current().lease.fence
+        self.shared.current().first().fence
     }
 
     /// Where the lease stands now.
@@ -420,19 +540,40 @@ impl LeaseGuard {
         state
     }
 
-    /// Stops renewing and releases the lock, returning the released fence.
+    /// Stops renewing and releases the lock (every lease of the grant, in one request),
+    /// returning the (first) released fence.
     ///
     /// If the lease was already lost, the backend's refusal (`NotHeld` or `TokenMismatch`) is
-    /// returned. Subscribers see [`LeaseState::Released`] unless the lease was lost first.
-    pub async fn release(mut self) -> LockResult<Fence> {
+    /// returned; for a grant of several leases, the first refusal. Subscribers see
+    /// [`LeaseState::Released`] unless the lease was lost first.
+    pub async fn release(self) -> LockResult<Fence> {
+        let mut outcomes = self.release_all().await?.into_iter();
+        let first = outcomes
+            .next()
+            .unwrap_or_else(|| Err(LockError::Internal("no release outcome".into())));
+        match outcomes.find(Result::is_err) {
+            Some(Err(refused)) if first.is_ok() => Err(refused),
+            _ => first,
+        }
+    }
+
+    /// Stops renewing and releases every lease of the grant in one request, returning one
+    /// outcome per lease in the grant's order (the outer error is for the request as a
+    /// whole).
+    pub async fn release_all(mut self) -> LockResult<Vec<LockResult<Fence>>> {
         self.release_on_drop = false;
         if let Some(task) = self.task.take() {
             task.abort();
             // Wait until no renewal is in flight, so none can land after the release.
             let _ = task.await;
         }
-        let lease = self.lease();
-        let result = self.service.release(&lease.object, &lease.token).await;
+        let leases = self.leases();
+        let result = match leases.as_slice() {
+            [lease] => Ok(vec![
+                self.service.release(&lease.object, &lease.token).await,
+            ]),
+            _ => self.service.release_many(&locks_of(&leases)).await,
+        };
         self.shared.leave_held(LeaseState::Released);
         result
     }
@@ -451,12 +592,77 @@ impl Drop for LeaseGuard {
             return;
         };
         let service = Arc::clone(&self.service);
-        let lease = self.lease();
+        let leases = self.leases();
         runtime.spawn(async move {
-            if let Err(e) = service.release(&lease.object, &lease.token).await {
-                tracing::debug!(object = %lease.object, error = %e, "release of a dropped lease guard failed");
-            }
+            release_quietly(service.as_ref(), &leases).await;
         });
+    }
+}
+
+/// Releases `leases` (one request), logging failures: for locks the guard gives up.
+async fn release_quietly(service: &dyn LockService, leases: &[Lease]) {
+    let failed = match leases {
+        [] => return,
+        [lease] => service.release(&lease.object, &lease.token).await.err(),
+        _ => match service.release_many(&locks_of(leases)).await {
+            Ok(outcomes) => outcomes.into_iter().find_map(Result::err),
+            Err(e) => Some(e),
+        },
+    };
+    if let Some(e) = failed {
+        tracing::debug!(object = %leases[0].object, error = %e,
+            "release of a guarded lease failed");
+    }
+}
+
+/// The outcome of one renewal round of a guarded grant.
+enum Renewal {
+    /// Every lease was renewed: here they are, in order.
+    Renewed(Vec<Lease>),
+    /// A lease was refused for good: the grant is lost. The leases not refused (still held,
+    /// or unknown) come with it, for the guard to give back.
+    Refused(LockError, Vec<Lease>),
+    /// No lease was refused, but not all were renewed (an outage): try again.
+    Failed(LockError),
+}
+
+/// Renews every lease of a grant to `ttl` in one request.
+async fn renew_all(service: &dyn LockService, leases: &[Lease], ttl: Duration) -> Renewal {
+    let outcomes = match leases {
+        [lease] => Ok(vec![service.renew(&lease.object, &lease.token, ttl).await]),
+        _ => service.renew_many(&locks_of(leases), ttl).await,
+    };
+    let outcomes = match outcomes {
+        Ok(outcomes) if outcomes.len() == leases.len() => outcomes,
+        Ok(_) => {
+            return Renewal::Failed(LockError::Internal(
+                "the backend answered a renewal with the wrong number of outcomes".into(),
+            ))
+        }
+        Err(e) if is_transient(&e) => return Renewal::Failed(e),
+        Err(e) => return Renewal::Refused(e, leases.to_vec()),
+    };
+    let mut renewed = Vec::with_capacity(leases.len());
+    let mut kept = Vec::with_capacity(leases.len());
+    let mut failed = None;
+    let mut refused = None;
+    for (outcome, lease) in outcomes.into_iter().zip(leases) {
+        match outcome {
+            Ok(current) => {
+                renewed.push(current);
+                kept.push(lease.clone());
+            }
+            Err(e) if is_transient(&e) => {
+                failed = failed.or(Some(e));
+                kept.push(lease.clone());
+            }
+            Err(e) => refused = refused.or(Some(e)),
+        }
+    }
+    match (refused, failed) {
+        (Some(e), _) => Renewal::Refused(e, kept),
+        (None, Some(e)) => Renewal::Failed(e),
+        (None, None) => Renewal::Renewed(renewed),
     }
 }
 
@@ -480,31 +686,32 @@ async fn renew_loop(
             shared.leave_held(LeaseState::Lost(LossReason::Expired { last_error }));
             return;
         }
-        let Current { lease, .. } = shared.current().clone();
+        let Current { leases, .. } = shared.current().clone();
+        let object = leases[0].object.clone();
         let sent = Instant::now();
-        let renewal = tokio::time::timeout_at(
-            deadline,
-            service.renew(&lease.object, &lease.token, schedule.ttl),
-        )
-        .await;
+        let renewal =
+            tokio::time::timeout_at(deadline, renew_all(service.as_ref(), &leases, schedule.ttl))
+                .await;
         match renewal {
-            Ok(Ok(renewed)) => {
-                let deadline = schedule.deadline(sent, renewed.ttl);
+            Ok(Renewal::Renewed(renewed)) => {
+                let deadline = schedule.deadline(sent, shortest_ttl(&renewed));
                 *shared.current() = Current {
-                    lease: renewed,
+                    leases: renewed,
                     deadline,
                 };
                 last_error = None;
                 next = sent + schedule.every;
             }
-            Ok(Err(error)) if is_transient(&error) => {
-                tracing::warn!(object = %lease.object, %error, "lease renewal failed; retrying");
+            Ok(Renewal::Failed(error)) => {
+                tracing::warn!(%object, %error, "lease renewal failed; retrying");
                 last_error = Some(error);
                 next = Instant::now() + schedule.retry;
             }
-            Ok(Err(error)) => {
-                tracing::warn!(object = %lease.object, %error, "lease renewal refused; lock lost");
+            Ok(Renewal::Refused(error, kept)) => {
+                tracing::warn!(%object, %error, "lease renewal refused; lock lost");
                 shared.leave_held(LeaseState::Lost(LossReason::Refused(error)));
+                // The others may still be held: a grant is all or nothing, give them back.
+                release_quietly(service.as_ref(), &kept).await;
                 return;
             }
             Err(_) => {
@@ -533,6 +740,7 @@ mod tests {
             token: issuer.seal(issuer.prepare(), &object, Fence(1)),
             object,
             owner,
+            mode: lockcore::LockMode::Exclusive,
             fence: Fence(1),
             ttl,
         }
@@ -541,7 +749,7 @@ mod tests {
     #[test]
     fn the_default_schedule_renews_at_a_third_of_the_ttl() {
         let schedule =
-            Schedule::new(&GuardOptions::default(), &lease(Duration::from_secs(30))).unwrap();
+            Schedule::new(&GuardOptions::default(), lease(Duration::from_secs(30)).ttl).unwrap();
         assert_eq!(schedule.ttl, Duration::from_secs(30));
         assert_eq!(schedule.every, Duration::from_secs(10));
         assert_eq!(schedule.retry, Duration::from_secs(3));
@@ -560,7 +768,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    Schedule::new(&options, &lease(ttl)),
+                    Schedule::new(&options, lease(ttl).ttl),
                     Err(LockError::InvalidArgument { .. })
                 ),
                 "{options:?} was accepted"

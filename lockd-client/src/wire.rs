@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lockcore::{LockError, ObjectId, OwnerId};
+use lockcore::{Conflict, LockError, ObjectId, OwnerId};
 use lockd_wire::{argument_field, ErrorBody, ErrorEnvelope};
 
 use crate::BACKEND;
@@ -27,7 +27,7 @@ pub(crate) fn parse_error(status: u16, body: &[u8]) -> ErrorBody {
 ///
 /// | code | error |
 /// |---|---|
-/// | `locked` | `Locked` with `holder` and `retry_after_ms` |
+/// | `locked` | `Locked` with its `conflicts` (or, from an older server, `holder` and `retry_after_ms` of `object`) |
 /// | `not_held` | `NotHeld` |
 /// | `token_mismatch` | `TokenMismatch` |
 /// | `invalid_token` | `InvalidToken` |
@@ -42,6 +42,7 @@ pub(crate) fn lock_error(error: ErrorBody, status: u16, object: Option<&ObjectId
         message,
         holder,
         retry_after_ms,
+        conflicts,
         field,
     } = error;
     let message = if message.is_empty() {
@@ -57,15 +58,23 @@ pub(crate) fn lock_error(error: ErrorBody, status: u16, object: Option<&ObjectId
     };
     match code.as_str() {
         "locked" => {
+            let listed = ErrorBody {
+                conflicts,
+                ..ErrorBody::default()
+            }
+            .to_conflicts();
+            if let Some(conflicts) = listed {
+                return LockError::locked(conflicts);
+            }
             let Some(object) = object else {
                 return LockError::Internal(format!("unexpected `locked`: {message}"));
             };
             match holder.as_deref().map(OwnerId::new) {
-                Some(Ok(holder)) => LockError::Locked {
+                Some(Ok(holder)) => LockError::locked(vec![Conflict {
                     object: object.clone(),
                     holder,
                     retry_after: Duration::from_millis(retry_after_ms.unwrap_or(0)),
-                },
+                }]),
                 _ => LockError::Internal(format!(
                     "lockd answered `locked` without a valid holder: {message}"
                 )),
@@ -138,6 +147,7 @@ mod tests {
         )
     }
 
+    /// Without `conflicts` (an older server), `locked` names the requested object.
     #[test]
     fn locked_carries_holder_and_retry_after() {
         let err = map(
@@ -146,12 +156,37 @@ mod tests {
         );
         assert_eq!(
             err,
-            LockError::Locked {
+            LockError::locked(vec![Conflict {
                 object: object(),
                 holder: OwnerId::new("node-2").unwrap(),
                 retry_after: Duration::from_millis(1500),
-            }
+            }])
         );
+    }
+
+    /// With `conflicts`, `locked` lists every object in conflict, the first one on top.
+    #[test]
+    fn locked_lists_every_conflict() {
+        let err = map(
+            409,
+            r#"{"error":{"code":"locked","message":"m","holder":"n2","retry_after_ms":15,
+                "conflicts":[{"object":"/vol/b","holder":"n2","retry_after_ms":15},
+                             {"object":"/vol/c","holder":"n3","retry_after_ms":7}]}}"#,
+        );
+        let LockError::Locked {
+            object,
+            holder,
+            conflicts,
+            ..
+        } = err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(object.as_str(), "/vol/b");
+        assert_eq!(holder.as_str(), "n2");
+        let objects: Vec<&str> = conflicts.iter().map(|c| c.object.as_str()).collect();
+        assert_eq!(objects, ["/vol/b", "/vol/c"]);
+        assert_eq!(conflicts[1].retry_after, Duration::from_millis(7));
     }
 
     #[test]

@@ -139,3 +139,93 @@ async fn an_unready_lockd_stops_the_run() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("not ready"));
     assert!(lockd.seen().iter().all(|s| s.target == "/readyz"));
 }
+
+/// `--mode shared --objects-per-request 3` sends every acquire as three distinct shared
+/// objects and every release as one batch of the three granted tokens.
+#[tokio::test]
+async fn modes_and_several_objects_per_request_shape_every_pair() {
+    let lockd = FakeLockd::start(|seen| {
+        let body = match seen.target.as_str() {
+            "/readyz" => r#"{"status":"ready"}"#.to_owned(),
+            "/v1/locks/acquire" => {
+                let locks: Vec<serde_json::Value> = seen.body["objects"]
+                    .as_array()
+                    .map(|specs| {
+                        specs
+                            .iter()
+                            .map(|spec| {
+                                let object = spec["object"].as_str().unwrap_or("x");
+                                serde_json::json!({"object": object, "mode": spec["mode"],
+                                    "token": common::token(object, 1).expose(), "fence": 1})
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                serde_json::json!({"owner": "o", "ttl_ms": 30_000, "locks": locks}).to_string()
+            }
+            _ => {
+                let results: Vec<serde_json::Value> = seen.body["locks"]
+                    .as_array()
+                    .map(|locks| {
+                        locks
+                            .iter()
+                            .map(|l| serde_json::json!({"object": l["object"], "fence": 1}))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                serde_json::json!({ "results": results }).to_string()
+            }
+        };
+        (200, body, Duration::ZERO)
+    })
+    .await;
+    let output = bench(&[
+        "--url",
+        &lockd.url,
+        "-c",
+        "2",
+        "--pairs",
+        "10",
+        "--warmup",
+        "0s",
+        "--mode",
+        "shared",
+        "--objects-per-request",
+        "3",
+        "--contended",
+        "4",
+        "--json",
+    ])
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["pairs"], 10);
+    assert_eq!(summary["objects_per_request"], 3);
+    assert_eq!(summary["lock_mode"], "shared");
+    let seen = lockd.seen();
+    let acquires: Vec<_> = seen
+        .iter()
+        .filter(|s| s.target == "/v1/locks/acquire")
+        .collect();
+    assert_eq!(acquires.len(), 10);
+    for acquire in &acquires {
+        let specs = acquire.body["objects"].as_array().unwrap();
+        assert_eq!(specs.len(), 3);
+        assert!(specs.iter().all(|s| s["mode"] == "shared"));
+        let distinct: std::collections::BTreeSet<_> =
+            specs.iter().map(|s| s["object"].to_string()).collect();
+        assert_eq!(distinct.len(), 3);
+    }
+    let releases: Vec<_> = seen
+        .iter()
+        .filter(|s| s.target == "/v1/locks/release")
+        .collect();
+    assert_eq!(releases.len(), 10);
+    assert!(releases
+        .iter()
+        .all(|s| s.body["locks"].as_array().is_some_and(|l| l.len() == 3)));
+}

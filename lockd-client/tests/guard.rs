@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backend_memory::{MemoryConfig, MemoryLockService};
+use backend_memory::{MemoryConfig, MemoryLockService, MemoryStore};
 use lockcore::{
-    async_trait, AcquireRequest, Fence, Lease, ListQuery, LockError, LockInfo, LockPage,
-    LockResult, LockService, LockToken, ObjectId, OwnerId, TokenIssuer,
+    async_trait, AcquireRequest, Fence, Grant, Lease, ListQuery, LockError, LockInfo, LockMode,
+    LockPage, LockResult, LockService, LockSpec, LockToken, ObjectId, OwnerId, TokenIssuer,
 };
 use lockd_client::{GuardOptions, LeaseGuard, LeaseState, LossReason};
 
@@ -28,8 +28,30 @@ impl LockService for Flaky {
     fn backend(&self) -> &'static str {
         "flaky-memory"
     }
-    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease> {
+    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Grant> {
         self.inner.acquire_with(request).await
+    }
+    async fn release_many(
+        &self,
+        locks: &[(ObjectId, LockToken)],
+    ) -> LockResult<Vec<LockResult<Fence>>> {
+        self.inner.release_many(locks).await
+    }
+    async fn renew_many(
+        &self,
+        locks: &[(ObjectId, LockToken)],
+        ttl: Duration,
+    ) -> LockResult<Vec<LockResult<Lease>>> {
+        if self.renewals_fail.load(Ordering::SeqCst) {
+            return Err(LockError::unavailable(
+                "flaky-memory",
+                "renewals switched off",
+            ));
+        }
+        self.inner.renew_many(locks, ttl).await
+    }
+    async fn downgrade(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
+        self.inner.downgrade(object, token).await
     }
     async fn close(&self, timeout: Duration) -> bool {
         self.inner.close(timeout).await
@@ -64,7 +86,10 @@ impl LockService for Flaky {
 
 fn setup() -> (Arc<Flaky>, Arc<dyn LockService>) {
     let flaky = Arc::new(Flaky {
-        inner: MemoryLockService::new(MemoryConfig::default(), TokenIssuer::random()),
+        inner: MemoryLockService::new(
+            MemoryStore::new(MemoryConfig::default()),
+            TokenIssuer::random(),
+        ),
         renewals_fail: AtomicBool::new(false),
     });
     let service: Arc<dyn LockService> = flaky.clone();
@@ -344,9 +369,107 @@ fn a_guard_needs_a_runtime() {
         token: issuer.seal(issuer.prepare(), &object, Fence(1)),
         object,
         owner,
+        mode: LockMode::Exclusive,
         fence: Fence(1),
         ttl: TTL,
     };
     let err = LeaseGuard::new(Arc::new(client), lease).unwrap_err();
     assert!(matches!(err, LockError::Internal(_)), "{err:?}");
+}
+
+/// A shared lease is kept alive like an exclusive one, beside other shared holders.
+#[tokio::test]
+async fn a_shared_lease_is_kept_alive_beside_other_readers() {
+    let (_flaky, service) = setup();
+    let (object, holder, other) = names("shared");
+    let request = AcquireRequest::new(object.clone(), holder, TTL).with_mode(LockMode::Shared);
+    let guard = LeaseGuard::acquire_request(service.clone(), &request, GuardOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(guard.lease().mode, LockMode::Shared);
+    let reader = service
+        .acquire_in(&object, LockMode::Shared, &other, TTL * 10, Duration::ZERO)
+        .await
+        .expect("another reader joins");
+    tokio::time::sleep(TTL * 2).await;
+    assert!(guard.is_held());
+    let info = service.inspect(&object).await.unwrap().unwrap();
+    assert_eq!(info.holders.len(), 2, "{info:?}");
+    guard.release().await.unwrap();
+    let info = service.inspect(&object).await.unwrap().unwrap();
+    assert_eq!(info.holders.len(), 1, "the other reader keeps its lease");
+    service.release(&object, &reader.token).await.unwrap();
+}
+
+/// One guard keeps every lease of a multi-object grant alive, and releases them together.
+#[tokio::test]
+async fn a_multi_object_grant_is_kept_alive_and_released_together() {
+    let (_flaky, service) = setup();
+    let (a, holder, intruder) = names("multi-a");
+    let b = ObjectId::new("/guard/multi-b").unwrap();
+    let request = AcquireRequest::many(
+        vec![LockSpec::exclusive(a.clone()), LockSpec::shared(b.clone())],
+        holder,
+        TTL,
+    );
+    let guard = LeaseGuard::acquire_request(service.clone(), &request, GuardOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(guard.leases().len(), 2);
+    assert_eq!(guard.object(), a);
+    tokio::time::sleep(TTL * 2).await;
+    assert!(guard.is_held());
+    for object in [&a, &b] {
+        assert!(matches!(
+            service
+                .acquire(object, &intruder, TTL, Duration::ZERO)
+                .await,
+            Err(LockError::Locked { .. })
+        ));
+    }
+    let released = guard.release_all().await.unwrap();
+    assert!(released.iter().all(Result::is_ok), "{released:?}");
+    for object in [&a, &b] {
+        assert_eq!(service.inspect(object).await.unwrap(), None);
+    }
+}
+
+/// When one lease of a guarded grant is lost, the grant counts as lost and the guard gives
+/// the other leases back.
+#[tokio::test]
+async fn losing_one_lease_of_a_grant_loses_the_grant_and_frees_the_rest() {
+    let (_flaky, service) = setup();
+    let (a, holder, _) = names("lost-a");
+    let b = ObjectId::new("/guard/lost-b").unwrap();
+    let request = AcquireRequest::many(
+        vec![
+            LockSpec::exclusive(a.clone()),
+            LockSpec::exclusive(b.clone()),
+        ],
+        holder,
+        TTL,
+    );
+    let grant = service.acquire_with(&request).await.unwrap();
+    let stolen = grant.leases[1].clone();
+    let guard = LeaseGuard::for_grant(service.clone(), grant).unwrap();
+    service
+        .release(&stolen.object, &stolen.token)
+        .await
+        .unwrap();
+    let state = tokio::time::timeout(TTL * 2, guard.lost()).await.unwrap();
+    assert!(
+        matches!(
+            state,
+            LeaseState::Lost(LossReason::Refused(LockError::NotHeld { .. }))
+        ),
+        "{state:?}"
+    );
+    let deadline = tokio::time::Instant::now() + TTL;
+    while service.inspect(&a).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rest was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

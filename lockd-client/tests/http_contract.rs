@@ -9,7 +9,10 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lockcore::{Fence, ListQuery, LockError, LockService, ObjectId, OwnerId};
+use lockcore::{
+    AcquireRequest, Conflict, Fence, ListQuery, LockError, LockMode, LockService, LockSpec,
+    ObjectId, OwnerId,
+};
 use lockd_client::{ClientConfig, LockdClient};
 use tokio::net::TcpListener;
 
@@ -130,11 +133,225 @@ async fn refusals_come_back_as_lock_errors() {
         .unwrap_err();
     assert_eq!(
         err,
-        LockError::Locked {
+        LockError::locked(vec![Conflict {
             object,
             holder: OwnerId::new("node-2").unwrap(),
             retry_after: Duration::from_millis(1234),
-        }
+        }])
+    );
+}
+
+/// A shared acquire of one object sends `"mode": "shared"` next to `object` and reads the
+/// lease's mode back.
+#[tokio::test]
+async fn a_shared_acquire_sends_its_mode() {
+    let lockd = FakeLockd::start(|_| {
+        let mut body: serde_json::Value =
+            serde_json::from_str(&grant_body("/vol/a", "node-1", 4, 1_000)).unwrap();
+        body["mode"] = "shared".into();
+        (200, body.to_string(), Duration::ZERO)
+    })
+    .await;
+    let (object, owner) = names();
+    let lease = lockd
+        .client()
+        .acquire_in(
+            &object,
+            LockMode::Shared,
+            &owner,
+            Duration::from_secs(1),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lease.mode, LockMode::Shared);
+    let body = &lockd.seen()[0].body;
+    assert_eq!(body["object"], "/vol/a");
+    assert_eq!(body["mode"], "shared");
+    assert!(body.get("objects").is_none(), "{body}");
+}
+
+/// A request for several objects is sent as `objects`, each with its mode, and its grant is
+/// read back in request order.
+#[tokio::test]
+async fn a_multi_object_acquire_sends_objects_and_reads_the_grant_in_order() {
+    let lockd = FakeLockd::start(|seen| {
+        let locks: Vec<serde_json::Value> = seen.body["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let object = spec["object"].as_str().unwrap();
+                serde_json::json!({"object": object, "mode": spec["mode"],
+                    "token": token(object, 10 + i as u64).expose(), "fence": 10 + i as u64})
+            })
+            .collect();
+        let body = serde_json::json!({"owner": "node-1", "ttl_ms": 2000, "locks": locks});
+        (200, body.to_string(), Duration::ZERO)
+    })
+    .await;
+    let (_, owner) = names();
+    let request = AcquireRequest::many(
+        vec![
+            LockSpec::exclusive(ObjectId::new("/vol/b").unwrap()),
+            LockSpec::shared(ObjectId::new("/vol/a").unwrap()),
+        ],
+        owner.clone(),
+        Duration::from_secs(2),
+    );
+    let grant = lockd.client().acquire_with(&request).await.unwrap();
+    assert_eq!(grant.owner, owner);
+    assert_eq!(grant.ttl, Duration::from_secs(2));
+    let got: Vec<(&str, LockMode, Fence)> = grant
+        .leases
+        .iter()
+        .map(|l| (l.object.as_str(), l.mode, l.fence))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/vol/b", LockMode::Exclusive, Fence(10)),
+            ("/vol/a", LockMode::Shared, Fence(11))
+        ]
+    );
+    let body = &lockd.seen()[0].body;
+    assert!(body.get("object").is_none(), "{body}");
+    assert_eq!(
+        body["objects"],
+        serde_json::json!([{"object": "/vol/b", "mode": "exclusive"},
+                           {"object": "/vol/a", "mode": "shared"}])
+    );
+}
+
+/// A refused multi-object acquire lists every conflict, the first on top.
+#[tokio::test]
+async fn a_refused_multi_object_acquire_lists_its_conflicts() {
+    let lockd = FakeLockd::start(|_| {
+        (
+            409,
+            r#"{"error":{"code":"locked","message":"locked","holder":"n2","retry_after_ms":50,
+               "conflicts":[{"object":"/vol/b","holder":"n2","retry_after_ms":50},
+                            {"object":"/vol/c","holder":"n3","retry_after_ms":70}]}}"#
+                .to_owned(),
+            Duration::ZERO,
+        )
+    })
+    .await;
+    let (_, owner) = names();
+    let request = AcquireRequest::many(
+        ["/vol/a", "/vol/b", "/vol/c"]
+            .into_iter()
+            .map(|name| LockSpec::exclusive(ObjectId::new(name).unwrap()))
+            .collect(),
+        owner,
+        Duration::from_secs(2),
+    );
+    let err = lockd.client().acquire_with(&request).await.unwrap_err();
+    let LockError::Locked {
+        object, conflicts, ..
+    } = err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(object.as_str(), "/vol/b");
+    let objects: Vec<&str> = conflicts.iter().map(|c| c.object.as_str()).collect();
+    assert_eq!(objects, ["/vol/b", "/vol/c"]);
+}
+
+/// Batched release and renew send `locks` in one request and read one outcome per lock, in
+/// order, refusals included.
+#[tokio::test]
+async fn batched_release_and_renew_report_each_lock() {
+    let lockd = FakeLockd::start(|seen| {
+        let renew = seen.target == "/v1/locks/renew";
+        let results: Vec<serde_json::Value> = seen.body["locks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|lock| {
+                let object = lock["object"].as_str().unwrap();
+                if object == "/vol/gone" {
+                    serde_json::json!({"object": object,
+                        "error": {"code": "not_held", "message": "object /vol/gone is not locked"}})
+                } else if renew {
+                    serde_json::json!({"object": object, "owner": "node-1", "mode": "shared",
+                        "token": lock["token"], "fence": 3, "ttl_ms": 900})
+                } else {
+                    serde_json::json!({"object": object, "fence": 3})
+                }
+            })
+            .collect();
+        let body = serde_json::json!({ "results": results });
+        (200, body.to_string(), Duration::ZERO)
+    })
+    .await;
+    let client = lockd.client();
+    let locks = vec![
+        (ObjectId::new("/vol/a").unwrap(), token("/vol/a", 3)),
+        (ObjectId::new("/vol/gone").unwrap(), token("/vol/gone", 3)),
+    ];
+    let renewed = client
+        .renew_many(&locks, Duration::from_millis(900))
+        .await
+        .unwrap();
+    assert_eq!(renewed.len(), 2);
+    let lease = renewed[0].as_ref().unwrap();
+    assert_eq!(
+        (lease.mode, lease.ttl),
+        (LockMode::Shared, Duration::from_millis(900))
+    );
+    assert_eq!(
+        renewed[1],
+        Err(LockError::NotHeld {
+            object: locks[1].0.clone()
+        })
+    );
+    let released = client.release_many(&locks).await.unwrap();
+    assert_eq!(released[0], Ok(Fence(3)));
+    assert!(matches!(released[1], Err(LockError::NotHeld { .. })));
+
+    let seen = lockd.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].target, "/v1/locks/renew");
+    assert_eq!(seen[0].body["ttl_ms"], 900);
+    assert_eq!(seen[1].target, "/v1/locks/release");
+    for request in &seen {
+        assert_eq!(request.body["locks"][1]["object"], "/vol/gone");
+        assert_eq!(request.body["locks"][0]["token"], locks[0].1.expose());
+        assert!(request.body.get("object").is_none());
+    }
+    // Duplicates are refused before anything is sent.
+    let twice = vec![locks[0].clone(), locks[0].clone()];
+    assert!(matches!(
+        client.release_many(&twice).await,
+        Err(LockError::InvalidArgument {
+            field: "objects",
+            ..
+        })
+    ));
+    assert_eq!(lockd.seen().len(), 2);
+}
+
+/// A downgrade posts the object and token to /v1/locks/downgrade and reads the shared lease.
+#[tokio::test]
+async fn downgrade_posts_the_token_and_reads_a_shared_lease() {
+    let lockd = FakeLockd::start(|_| {
+        let mut body: serde_json::Value =
+            serde_json::from_str(&grant_body("/vol/a", "node-1", 8, 700)).unwrap();
+        body["mode"] = "shared".into();
+        (200, body.to_string(), Duration::ZERO)
+    })
+    .await;
+    let (object, _) = names();
+    let token = token("/vol/a", 8);
+    let lease = lockd.client().downgrade(&object, &token).await.unwrap();
+    assert_eq!((lease.mode, lease.fence), (LockMode::Shared, Fence(8)));
+    let seen = lockd.seen();
+    assert_eq!(seen[0].target, "/v1/locks/downgrade");
+    assert_eq!(
+        seen[0].body,
+        serde_json::json!({"object": "/vol/a", "token": token.expose()})
     );
 }
 

@@ -3,10 +3,11 @@
 //!
 //! | endpoint | request | response |
 //! |---|---|---|
-//! | `POST /v1/locks/acquire` | [`AcquireRequest`] | [`LeaseBody`] |
-//! | `POST /v1/locks/release` | [`TokenRequest`] | [`ReleaseBody`] |
-//! | `POST /v1/locks/renew` | [`RenewRequest`] | [`LeaseBody`] |
-//! | `POST /v1/locks/validate` | [`TokenRequest`] | [`LockBody`] (no times) |
+//! | `POST /v1/locks/acquire` | [`AcquireRequest`] | [`LeaseBody`] (`object`) or [`GrantBody`] (`objects`) |
+//! | `POST /v1/locks/release` | [`ReleaseRequest`] | [`ReleaseBody`] (`object`) or [`ResultsBody`] of [`ReleaseBody`] (`locks`) |
+//! | `POST /v1/locks/renew` | [`RenewRequest`] | [`LeaseBody`] (`object`) or [`ResultsBody`] of [`LeaseBody`] (`locks`) |
+//! | `POST /v1/locks/downgrade` | [`TokenRequest`] | [`LeaseBody`] (`"mode": "shared"`) |
+//! | `POST /v1/locks/validate` | [`TokenRequest`] | [`LockBody`] (no times, no holders) |
 //! | `POST /v1/locks/inspect` | [`InspectRequest`] | [`LockBody`] |
 //! | `GET /v1/locks` | [`ListParams`] (query) | [`ListBody`] |
 //! | `GET /v1/events` | [`EventParams`] (query) | [`EventsBody`] |
@@ -14,48 +15,188 @@
 //!
 //! Names and tokens travel as plain strings: the server checks them with lockcore's parsers, so
 //! a bad one is refused naming the argument (`invalid_argument` with `field`), not as unreadable
-//! JSON.
+//! JSON. Modes travel as `"exclusive"` or `"shared"`; an omitted mode is exclusive, so a
+//! request or an answer of an older version reads as it always did.
+//!
+//! A request names one lock the way it always did (`object`, plus `token` for release and
+//! renew) or several: `objects` for acquire, `locks` for release and renew. The answer has the
+//! request's form: a several-lock request is answered with one entry per lock, in request order.
 
 use std::time::{Duration, SystemTime};
 
-use lockcore::{Fence, Lease, LockError, LockInfo, LockToken, ObjectId, OwnerId};
+use lockcore::{
+    Fence, Grant, HolderInfo, Lease, LockError, LockInfo, LockMode, LockSpec, LockToken, ObjectId,
+    OwnerId, RequestId,
+};
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::ErrorBody;
 use crate::event::Event;
 
-/// `POST /v1/locks/acquire`: lock `object` for `owner` for `ttl_ms`, waiting up to `wait_ms`
-/// while another owner holds it.
+/// `POST /v1/locks/acquire`: lock `object` (or every one of `objects`, all or nothing) for
+/// `owner` for `ttl_ms`, waiting up to `wait_ms` while they cannot be granted.
+///
+/// Exactly one of `object` and `objects` is given. `mode` goes with `object`; each entry of
+/// `objects` has its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AcquireRequest {
-    /// The object to lock.
-    pub object: String,
-    /// Who will hold it.
+    /// The object to lock (the one-object form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// The mode of `object`; exclusive when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<LockMode>,
+    /// The objects to lock together (the several-object form), 1 to 64 distinct ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<ObjectSpec>>,
+    /// Who will hold them.
     pub owner: String,
     /// Lease length in milliseconds.
     pub ttl_ms: u64,
-    /// How long to wait for the object in milliseconds; 0 (the default) fails at once.
+    /// How long to wait for the objects in milliseconds; 0 (the default) fails at once.
     #[serde(default)]
     pub wait_ms: u64,
-    /// A caller-chosen id that makes a retried acquire return the same lease instead of a
-    /// second grant. Omitted when `None`.
+    /// A caller-chosen id that makes a retried acquire return the same leases instead of
+    /// second grants. Omitted when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
 
-impl AcquireRequest {
-    /// A non-blocking acquire without a request id.
-    pub fn new(object: impl Into<String>, owner: impl Into<String>, ttl_ms: u64) -> Self {
+/// One entry of [`AcquireRequest::objects`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectSpec {
+    /// The object to lock.
+    pub object: String,
+    /// Its mode; exclusive when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<LockMode>,
+}
+
+impl ObjectSpec {
+    /// `object` in `mode`; an exclusive mode is written out too.
+    pub fn new(object: impl Into<String>, mode: LockMode) -> Self {
         Self {
             object: object.into(),
+            mode: Some(mode),
+        }
+    }
+}
+
+impl From<&LockSpec> for ObjectSpec {
+    fn from(spec: &LockSpec) -> Self {
+        Self::new(spec.object.as_str(), spec.mode)
+    }
+}
+
+impl AcquireRequest {
+    /// A non-blocking exclusive acquire of one object, without a request id.
+    pub fn new(object: impl Into<String>, owner: impl Into<String>, ttl_ms: u64) -> Self {
+        Self {
+            object: Some(object.into()),
+            mode: None,
+            objects: None,
             owner: owner.into(),
             ttl_ms,
             wait_ms: 0,
             request_id: None,
         }
     }
+
+    /// A non-blocking acquire of all of `objects` together, without a request id.
+    pub fn many(objects: Vec<ObjectSpec>, owner: impl Into<String>, ttl_ms: u64) -> Self {
+        Self {
+            object: None,
+            mode: None,
+            objects: Some(objects),
+            owner: owner.into(),
+            ttl_ms,
+            wait_ms: 0,
+            request_id: None,
+        }
+    }
+
+    /// The body of `request`: the one-object form for a request naming one object (with `mode`
+    /// only when shared), the several-object form otherwise. `ttl_ms` and `wait_ms` are given
+    /// by the caller, who decides how to round.
+    pub fn of(request: &lockcore::AcquireRequest, ttl_ms: u64, wait_ms: u64) -> Self {
+        let mut body = match request.objects.as_slice() {
+            [one] => {
+                let mut body = Self::new(one.object.as_str(), request.owner.as_str(), ttl_ms);
+                body.mode = (one.mode != LockMode::Exclusive).then_some(one.mode);
+                body
+            }
+            specs => Self::many(
+                specs.iter().map(ObjectSpec::from).collect(),
+                request.owner.as_str(),
+                ttl_ms,
+            ),
+        };
+        body.wait_ms = wait_ms;
+        body.request_id = request.request_id.as_ref().map(|id| id.as_str().to_owned());
+        body
+    }
+
+    /// Whether the request uses the several-object form (and is answered with a
+    /// [`GrantBody`]).
+    pub fn is_many(&self) -> bool {
+        self.objects.is_some()
+    }
+
+    /// The lockcore request this body asks for. Refuses a body naming both or neither of
+    /// `object` and `objects`, a `mode` next to `objects`, and any name lockcore refuses, as
+    /// [`LockError::InvalidArgument`]. Limits (TTL, wait, number of objects, duplicates) are the
+    /// lock service's to check.
+    pub fn to_request(&self) -> Result<lockcore::AcquireRequest, LockError> {
+        let specs = match (&self.object, &self.objects) {
+            (Some(object), None) => vec![LockSpec::new(
+                ObjectId::new(object)?,
+                self.mode.unwrap_or_default(),
+            )],
+            (None, Some(objects)) => {
+                if self.mode.is_some() {
+                    return Err(LockError::invalid_argument(
+                        "mode",
+                        "goes with `object`; give each entry of `objects` its own mode",
+                    ));
+                }
+                objects
+                    .iter()
+                    .map(|spec| {
+                        Ok(LockSpec::new(
+                            ObjectId::new(&spec.object)?,
+                            spec.mode.unwrap_or_default(),
+                        ))
+                    })
+                    .collect::<Result<_, LockError>>()?
+            }
+            (None, None) => {
+                return Err(LockError::invalid_argument(
+                    "object",
+                    "missing field `object` (or `objects`)",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(LockError::invalid_argument(
+                    "objects",
+                    "name either `object` or `objects`, not both",
+                ))
+            }
+        };
+        let mut request = lockcore::AcquireRequest::many(
+            specs,
+            OwnerId::new(&self.owner)?,
+            Duration::from_millis(self.ttl_ms),
+        )
+        .with_wait(Duration::from_millis(self.wait_ms));
+        if let Some(id) = &self.request_id {
+            request = request.with_request_id(RequestId::new(id)?);
+        }
+        Ok(request)
+    }
 }
 
-/// `POST /v1/locks/release` and `POST /v1/locks/validate`: an object and the token of its lease.
+/// `POST /v1/locks/validate` and `POST /v1/locks/downgrade`, and one entry of the `locks` of
+/// release and renew: an object and the token of its lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRequest {
     /// The locked object.
@@ -64,15 +205,130 @@ pub struct TokenRequest {
     pub token: String,
 }
 
-/// `POST /v1/locks/renew`: extend a lease to `ttl_ms` from now.
+impl TokenRequest {
+    /// The request for `token`'s lease on `object`.
+    pub fn new(object: &ObjectId, token: &LockToken) -> Self {
+        Self {
+            object: object.as_str().to_owned(),
+            token: token.expose().to_owned(),
+        }
+    }
+}
+
+/// What a release or renew names: one lock, or several.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    /// `object` and `token`: answered with one body, or an error envelope.
+    One(TokenRequest),
+    /// `locks`: answered with a [`ResultsBody`], one entry per lock.
+    Several(Vec<TokenRequest>),
+}
+
+/// Which of the two forms a release or renew body uses; both or neither is `invalid_argument`.
+fn named(
+    object: Option<String>,
+    token: Option<String>,
+    locks: Option<Vec<TokenRequest>>,
+) -> Result<Named, LockError> {
+    match (object, token, locks) {
+        (Some(object), Some(token), None) => Ok(Named::One(TokenRequest { object, token })),
+        (None, None, Some(locks)) => Ok(Named::Several(locks)),
+        (None, _, None) => Err(LockError::invalid_argument(
+            "object",
+            "missing field `object` (or `locks`)",
+        )),
+        (Some(_), None, None) => Err(LockError::invalid_argument(
+            "token",
+            "missing field `token`",
+        )),
+        (_, _, Some(_)) => Err(LockError::invalid_argument(
+            "locks",
+            "name either `object` and `token`, or `locks`, not both",
+        )),
+    }
+}
+
+/// `POST /v1/locks/release`: release one lease (`object`, `token`) or several (`locks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    /// The locked object (the one-lock form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// The token the acquire returned (the one-lock form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Several leases, each released on its own (the several-lock form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locks: Option<Vec<TokenRequest>>,
+}
+
+impl ReleaseRequest {
+    /// Releases `token`'s lease on `object`.
+    pub fn one(object: &ObjectId, token: &LockToken) -> Self {
+        Self {
+            object: Some(object.as_str().to_owned()),
+            token: Some(token.expose().to_owned()),
+            locks: None,
+        }
+    }
+
+    /// Releases every lease of `locks`.
+    pub fn many(locks: &[(ObjectId, LockToken)]) -> Self {
+        Self {
+            object: None,
+            token: None,
+            locks: Some(locks.iter().map(|(o, t)| TokenRequest::new(o, t)).collect()),
+        }
+    }
+
+    /// The form used: both or neither is [`LockError::InvalidArgument`].
+    pub fn named(self) -> Result<Named, LockError> {
+        named(self.object, self.token, self.locks)
+    }
+}
+
+/// `POST /v1/locks/renew`: extend one lease (`object`, `token`) or several (`locks`) to
+/// `ttl_ms` from now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenewRequest {
-    /// The locked object.
-    pub object: String,
-    /// The token the acquire returned.
-    pub token: String,
+    /// The locked object (the one-lock form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// The token the acquire returned (the one-lock form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Several leases, each renewed on its own (the several-lock form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locks: Option<Vec<TokenRequest>>,
     /// New lease length from now, in milliseconds.
     pub ttl_ms: u64,
+}
+
+impl RenewRequest {
+    /// Renews `token`'s lease on `object` to `ttl_ms`.
+    pub fn one(object: &ObjectId, token: &LockToken, ttl_ms: u64) -> Self {
+        Self {
+            object: Some(object.as_str().to_owned()),
+            token: Some(token.expose().to_owned()),
+            locks: None,
+            ttl_ms,
+        }
+    }
+
+    /// Renews every lease of `locks` to `ttl_ms`.
+    pub fn many(locks: &[(ObjectId, LockToken)], ttl_ms: u64) -> Self {
+        Self {
+            object: None,
+            token: None,
+            locks: Some(locks.iter().map(|(o, t)| TokenRequest::new(o, t)).collect()),
+            ttl_ms,
+        }
+    }
+
+    /// The form used: both or neither is [`LockError::InvalidArgument`].
+    pub fn named(&self) -> Result<Named, LockError> {
+        named(self.object.clone(), self.token.clone(), self.locks.clone())
+    }
 }
 
 /// `POST /v1/locks/inspect`: who holds `object`, if anyone.
@@ -109,13 +365,16 @@ pub struct EventParams {
     pub limit: Option<usize>,
 }
 
-/// What acquire and renew return: the lease, with its token.
+/// What a one-object acquire, renew and downgrade return: the lease, with its token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseBody {
     /// The locked object.
     pub object: String,
     /// The holder.
     pub owner: String,
+    /// `exclusive` or `shared` (read as exclusive when omitted).
+    #[serde(default)]
+    pub mode: LockMode,
     /// The token that proves holding; present it to release, renew and validate.
     pub token: String,
     /// The grant's fence: hand it to storage, which refuses writes with an older one.
@@ -124,7 +383,34 @@ pub struct LeaseBody {
     pub ttl_ms: u64,
 }
 
-/// What release returns.
+/// What a several-object acquire returns: one lock per requested object, in request order,
+/// sharing the owner and the TTL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantBody {
+    /// The holder of every lock.
+    pub owner: String,
+    /// Lease length in milliseconds, from when the server granted them.
+    pub ttl_ms: u64,
+    /// One per requested object, in request order.
+    pub locks: Vec<GrantedLock>,
+}
+
+/// One lock of a [`GrantBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantedLock {
+    /// The locked object.
+    pub object: String,
+    /// `exclusive` or `shared`.
+    #[serde(default)]
+    pub mode: LockMode,
+    /// This lock's token.
+    pub token: String,
+    /// This grant's fence.
+    pub fence: u64,
+}
+
+/// What a one-lock release returns; also the entry of a released lock in a several-lock
+/// release's [`ResultsBody`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseBody {
     /// The released object.
@@ -133,17 +419,60 @@ pub struct ReleaseBody {
     pub fence: u64,
 }
 
+/// What a several-lock release or renew returns, with HTTP 200 even when some entries failed:
+/// one entry per lock, in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultsBody<T> {
+    /// One outcome per lock named, in request order.
+    pub results: Vec<EntryResult<T>>,
+}
+
+/// The outcome of one lock of a several-lock release or renew: `T` ([`ReleaseBody`] or
+/// [`LeaseBody`]) or `{"object", "error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EntryResult<T> {
+    /// This lock was refused (read first: only a refusal has `error`).
+    Failed(FailedEntry),
+    /// This lock was released or renewed.
+    Done(T),
+}
+
+/// A refused entry of a several-lock request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedEntry {
+    /// The object named.
+    pub object: String,
+    /// Why it was refused, as the error envelope would say (`not_held`, `token_mismatch`,
+    /// `invalid_token`, ...).
+    pub error: ErrorBody,
+}
+
+impl<T> EntryResult<T> {
+    /// The refusal of `object` with `error`.
+    pub fn failed(object: impl Into<String>, error: &LockError) -> Self {
+        EntryResult::Failed(FailedEntry {
+            object: object.into(),
+            error: ErrorBody::of_lock_error(error),
+        })
+    }
+}
+
 /// A lock as validate, inspect and list describe it: never a token.
 ///
-/// Inspect and list send the server's `acquired_at` and `expires_at`; validate does not (they
-/// are omitted).
+/// Inspect and list send the server's `acquired_at` and `expires_at`, and `holders`; validate
+/// does not (they are omitted). The top-level `owner`, `fence`, `ttl_ms` and times describe
+/// the holder with the highest fence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockBody {
     /// The locked object.
     pub object: String,
-    /// The holder.
+    /// The holder (with the highest fence).
     pub owner: String,
-    /// The grant's fence.
+    /// `exclusive` or `shared` (read as exclusive when omitted).
+    #[serde(default)]
+    pub mode: LockMode,
+    /// The grant's fence (the highest among the holders).
     pub fence: u64,
     /// Lease length in milliseconds.
     pub ttl_ms: u64,
@@ -160,6 +489,27 @@ pub struct LockBody {
         with = "crate::rfc3339",
         skip_serializing_if = "Option::is_none"
     )]
+    pub expires_at: Option<SystemTime>,
+    /// Every holder, by increasing fence (inspect and list only): one for an exclusive lock,
+    /// one or more when shared. Never a token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<HolderBody>,
+}
+
+/// One holder in a [`LockBody`]: never a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderBody {
+    /// Who holds it.
+    pub owner: String,
+    /// This grant's fence.
+    pub fence: u64,
+    /// Time left on this lease in milliseconds, when the server answered.
+    pub ttl_ms: u64,
+    /// When this grant was made, by the backend's clock.
+    #[serde(default, with = "crate::rfc3339")]
+    pub acquired_at: Option<SystemTime>,
+    /// When this lease runs out unless renewed, by the backend's clock.
+    #[serde(default, with = "crate::rfc3339")]
     pub expires_at: Option<SystemTime>,
 }
 
@@ -181,7 +531,7 @@ pub struct EventsBody {
 }
 
 /// Whole milliseconds of `d`, saturating.
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -190,11 +540,18 @@ fn answered_name<T>(id: Result<T, LockError>) -> Result<T, LockError> {
     id.map_err(|e| LockError::Internal(format!("lockd answered with an invalid name: {e}")))
 }
 
+/// A token in a server's answer that lockcore cannot read: the server misbehaves.
+fn answered_token(token: &str) -> Result<LockToken, LockError> {
+    LockToken::parse(token)
+        .map_err(|e| LockError::Internal(format!("lockd answered with a malformed token: {e}")))
+}
+
 impl From<&Lease> for LeaseBody {
     fn from(lease: &Lease) -> Self {
         Self {
             object: lease.object.to_string(),
             owner: lease.owner.to_string(),
+            mode: lease.mode,
             token: lease.token.expose().to_owned(),
             fence: lease.fence.get(),
             ttl_ms: millis(lease.ttl),
@@ -208,12 +565,59 @@ impl LeaseBody {
         Ok(Lease {
             object: answered_name(ObjectId::new(&self.object))?,
             owner: answered_name(OwnerId::new(&self.owner))?,
-            token: LockToken::parse(&self.token).map_err(|e| {
-                LockError::Internal(format!("lockd answered with a malformed token: {e}"))
-            })?,
+            mode: self.mode,
+            token: answered_token(&self.token)?,
             fence: Fence(self.fence),
             ttl: Duration::from_millis(self.ttl_ms),
         })
+    }
+}
+
+impl From<&Grant> for GrantBody {
+    fn from(grant: &Grant) -> Self {
+        Self {
+            owner: grant.owner.to_string(),
+            ttl_ms: millis(grant.ttl),
+            locks: grant
+                .leases
+                .iter()
+                .map(|lease| GrantedLock {
+                    object: lease.object.to_string(),
+                    mode: lease.mode,
+                    token: lease.token.expose().to_owned(),
+                    fence: lease.fence.get(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl GrantBody {
+    /// The grant this body describes, each lease with the body's TTL; a malformed name or
+    /// token, or no lock at all, is [`LockError::Internal`].
+    pub fn into_grant(self) -> Result<Grant, LockError> {
+        let owner = answered_name(OwnerId::new(&self.owner))?;
+        let ttl = Duration::from_millis(self.ttl_ms);
+        if self.locks.is_empty() {
+            return Err(LockError::Internal(
+                "lockd answered a grant of no lock".into(),
+            ));
+        }
+        let leases = self
+            .locks
+            .into_iter()
+            .map(|lock| {
+                Ok(Lease {
+                    object: answered_name(ObjectId::new(&lock.object))?,
+                    owner: owner.clone(),
+                    mode: lock.mode,
+                    token: answered_token(&lock.token)?,
+                    fence: Fence(lock.fence),
+                    ttl,
+                })
+            })
+            .collect::<Result<_, LockError>>()?;
+        Ok(Grant { owner, ttl, leases })
     }
 }
 
@@ -222,10 +626,24 @@ impl From<&Lease> for LockBody {
         Self {
             object: lease.object.to_string(),
             owner: lease.owner.to_string(),
+            mode: lease.mode,
             fence: lease.fence.get(),
             ttl_ms: millis(lease.ttl),
             acquired_at: None,
             expires_at: None,
+            holders: Vec::new(),
+        }
+    }
+}
+
+impl From<&HolderInfo> for HolderBody {
+    fn from(holder: &HolderInfo) -> Self {
+        Self {
+            owner: holder.owner.to_string(),
+            fence: holder.fence.get(),
+            ttl_ms: millis(holder.ttl),
+            acquired_at: Some(holder.acquired_at),
+            expires_at: Some(holder.expires_at),
         }
     }
 }
@@ -235,33 +653,21 @@ impl From<&LockInfo> for LockBody {
         Self {
             object: info.object.to_string(),
             owner: info.owner.to_string(),
+            mode: info.mode,
             fence: info.fence.get(),
             ttl_ms: millis(info.ttl),
             acquired_at: Some(info.acquired_at),
             expires_at: Some(info.expires_at),
+            holders: info.holders.iter().map(HolderBody::from).collect(),
         }
     }
 }
 
-impl LockBody {
-    /// The lease this validate answer confirms, with the `token` the caller presented.
-    pub fn into_lease(self, token: &LockToken) -> Result<Lease, LockError> {
-        Ok(Lease {
-            object: answered_name(ObjectId::new(&self.object))?,
-            owner: answered_name(OwnerId::new(&self.owner))?,
-            token: token.clone(),
-            fence: Fence(self.fence),
-            ttl: Duration::from_millis(self.ttl_ms),
-        })
-    }
-
-    /// The lock this inspect or list answer describes. Missing times are derived from the
-    /// reader's clock: `acquired_at` as now, `expires_at` as now + `ttl_ms`.
-    pub fn into_info(self) -> Result<LockInfo, LockError> {
-        let now = SystemTime::now();
+impl HolderBody {
+    /// The holder this body describes; missing times are derived from `now` and the TTL.
+    fn into_holder(self, now: SystemTime) -> Result<HolderInfo, LockError> {
         let ttl = Duration::from_millis(self.ttl_ms);
-        Ok(LockInfo {
-            object: answered_name(ObjectId::new(&self.object))?,
+        Ok(HolderInfo {
             owner: answered_name(OwnerId::new(&self.owner))?,
             fence: Fence(self.fence),
             acquired_at: self.acquired_at.unwrap_or(now),
@@ -271,15 +677,70 @@ impl LockBody {
     }
 }
 
+impl LockBody {
+    /// The lease this validate answer confirms, with the `token` the caller presented.
+    pub fn into_lease(self, token: &LockToken) -> Result<Lease, LockError> {
+        Ok(Lease {
+            object: answered_name(ObjectId::new(&self.object))?,
+            owner: answered_name(OwnerId::new(&self.owner))?,
+            mode: self.mode,
+            token: token.clone(),
+            fence: Fence(self.fence),
+            ttl: Duration::from_millis(self.ttl_ms),
+        })
+    }
+
+    /// The lock this inspect or list answer describes. Missing times are derived from the
+    /// reader's clock: `acquired_at` as now, `expires_at` as now + `ttl_ms`; missing `holders`
+    /// (an older server) as the one top-level holder.
+    pub fn into_info(self) -> Result<LockInfo, LockError> {
+        let now = SystemTime::now();
+        let top = HolderBody {
+            owner: self.owner,
+            fence: self.fence,
+            ttl_ms: self.ttl_ms,
+            acquired_at: self.acquired_at,
+            expires_at: self.expires_at,
+        }
+        .into_holder(now)?;
+        let mut holders = self
+            .holders
+            .into_iter()
+            .map(|holder| holder.into_holder(now))
+            .collect::<Result<Vec<_>, LockError>>()?;
+        if holders.is_empty() {
+            holders.push(top.clone());
+        }
+        holders.sort_by_key(|holder| holder.fence);
+        Ok(LockInfo {
+            object: answered_name(ObjectId::new(&self.object))?,
+            mode: self.mode,
+            owner: top.owner,
+            fence: top.fence,
+            acquired_at: top.acquired_at,
+            expires_at: top.expires_at,
+            ttl: top.ttl,
+            holders,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::UNIX_EPOCH;
 
+    use lockcore::TokenIssuer;
     use serde_json::json;
 
     use super::*;
 
-    /// An acquire request omits an absent request id and defaults an absent wait to zero.
+    fn token(object: &ObjectId, fence: u64) -> LockToken {
+        let issuer = TokenIssuer::random();
+        issuer.seal(issuer.prepare(), object, Fence(fence))
+    }
+
+    /// An acquire request omits an absent request id and mode, and defaults an absent wait to
+    /// zero: a one-object exclusive request is written exactly as before modes existed.
     #[test]
     fn acquire_requests_omit_an_absent_request_id() {
         let mut request = AcquireRequest::new("a", "o", 1000);
@@ -294,25 +755,227 @@ mod tests {
         assert_eq!(read, AcquireRequest::new("a", "o", 5));
     }
 
+    /// A one-object body carries its mode next to `object`; several objects travel as
+    /// `objects`, each with its mode, and both read back as lockcore requests in order.
+    #[test]
+    fn acquire_bodies_carry_modes_and_several_objects() {
+        let object = |name| ObjectId::new(name).unwrap();
+        let owner = OwnerId::new("o").unwrap();
+        let shared =
+            lockcore::AcquireRequest::new(object("a"), owner.clone(), Duration::from_secs(1))
+                .with_mode(LockMode::Shared);
+        let body = AcquireRequest::of(&shared, 1000, 0);
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            json!({"object": "a", "mode": "shared", "owner": "o", "ttl_ms": 1000, "wait_ms": 0})
+        );
+        assert_eq!(body.to_request().unwrap(), shared);
+
+        let many = lockcore::AcquireRequest::many(
+            vec![
+                LockSpec::exclusive(object("b")),
+                LockSpec::shared(object("a")),
+            ],
+            owner,
+            Duration::from_secs(2),
+        )
+        .with_wait(Duration::from_millis(30))
+        .with_request_id(RequestId::new("request-00000001").unwrap());
+        let body = AcquireRequest::of(&many, 2000, 30);
+        assert!(body.is_many());
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            json!({"objects": [{"object": "b", "mode": "exclusive"}, {"object": "a", "mode": "shared"}],
+                   "owner": "o", "ttl_ms": 2000, "wait_ms": 30, "request_id": "request-00000001"})
+        );
+        assert_eq!(body.to_request().unwrap(), many);
+        let read: AcquireRequest = serde_json::from_str(
+            r#"{"objects":[{"object":"x"},{"object":"y","mode":"shared"}],"owner":"o","ttl_ms":5}"#,
+        )
+        .unwrap();
+        let request = read.to_request().unwrap();
+        assert_eq!(
+            request.objects.iter().map(|s| s.mode).collect::<Vec<_>>(),
+            vec![LockMode::Exclusive, LockMode::Shared]
+        );
+    }
+
+    /// A body naming both or neither of `object` and `objects`, or a mode beside `objects`,
+    /// is an invalid argument naming the field at fault; an unknown mode does not deserialize.
+    #[test]
+    fn acquire_bodies_name_one_form() {
+        let field = |json: &str| match serde_json::from_str::<AcquireRequest>(json)
+            .unwrap()
+            .to_request()
+        {
+            Err(LockError::InvalidArgument { field, .. }) => field,
+            other => panic!("{json}: {other:?}"),
+        };
+        assert_eq!(field(r#"{"owner":"o","ttl_ms":5}"#), "object");
+        assert_eq!(
+            field(r#"{"object":"a","objects":[{"object":"b"}],"owner":"o","ttl_ms":5}"#),
+            "objects"
+        );
+        assert_eq!(
+            field(r#"{"objects":[{"object":"b"}],"mode":"shared","owner":"o","ttl_ms":5}"#),
+            "mode"
+        );
+        assert_eq!(field(r#"{"object":"","owner":"o","ttl_ms":5}"#), "object");
+        assert!(serde_json::from_str::<AcquireRequest>(
+            r#"{"object":"a","mode":"read","owner":"o","ttl_ms":5}"#
+        )
+        .is_err());
+    }
+
+    /// Release and renew bodies name one lock or several, never both or neither.
+    #[test]
+    fn release_and_renew_bodies_name_one_lock_or_several() {
+        let a = ObjectId::new("a").unwrap();
+        let t = token(&a, 3);
+        let one = ReleaseRequest::one(&a, &t);
+        assert_eq!(
+            serde_json::to_value(&one).unwrap(),
+            json!({"object": "a", "token": t.expose()})
+        );
+        assert_eq!(one.named().unwrap(), Named::One(TokenRequest::new(&a, &t)));
+        let several = RenewRequest::many(&[(a.clone(), t.clone())], 500);
+        assert_eq!(
+            serde_json::to_value(&several).unwrap(),
+            json!({"locks": [{"object": "a", "token": t.expose()}], "ttl_ms": 500})
+        );
+        assert_eq!(
+            several.named().unwrap(),
+            Named::Several(vec![TokenRequest::new(&a, &t)])
+        );
+        let field = |json: &str| match serde_json::from_str::<ReleaseRequest>(json)
+            .unwrap()
+            .named()
+        {
+            Err(LockError::InvalidArgument { field, .. }) => field,
+            other => panic!("{json}: {other:?}"),
+        };
+        assert_eq!(field("{}"), "object");
+        assert_eq!(field(r#"{"object":"a"}"#), "token");
+        assert_eq!(field(r#"{"object":"a","token":"t","locks":[]}"#), "locks");
+    }
+
+    /// A several-object grant lists its locks in order and reads back as a grant.
+    #[test]
+    fn grants_round_trip() {
+        let (a, b) = (ObjectId::new("a").unwrap(), ObjectId::new("b").unwrap());
+        let owner = OwnerId::new("o").unwrap();
+        let lease = |object: &ObjectId, mode, fence| Lease {
+            object: object.clone(),
+            owner: owner.clone(),
+            mode,
+            token: token(object, fence),
+            fence: Fence(fence),
+            ttl: Duration::from_secs(2),
+        };
+        let grant = Grant {
+            owner: owner.clone(),
+            ttl: Duration::from_secs(2),
+            leases: vec![
+                lease(&b, LockMode::Exclusive, 7),
+                lease(&a, LockMode::Shared, 4),
+            ],
+        };
+        let body = GrantBody::from(&grant);
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["owner"], "o");
+        assert_eq!(json["ttl_ms"], 2000);
+        assert_eq!(json["locks"][0]["object"], "b");
+        assert_eq!(json["locks"][1]["mode"], "shared");
+        assert_eq!(json["locks"][1]["fence"], 4);
+        let back: GrantBody = serde_json::from_value(json).unwrap();
+        assert_eq!(back.into_grant().unwrap(), grant);
+    }
+
+    /// Several-lock answers hold one entry per lock: the body of a success or a refusal with
+    /// its code, told apart by `error`.
+    #[test]
+    fn results_entries_are_successes_or_refusals() {
+        let results: ResultsBody<ReleaseBody> = ResultsBody {
+            results: vec![
+                EntryResult::Done(ReleaseBody {
+                    object: "a".into(),
+                    fence: 3,
+                }),
+                EntryResult::failed(
+                    "b",
+                    &LockError::NotHeld {
+                        object: ObjectId::new("b").unwrap(),
+                    },
+                ),
+            ],
+        };
+        let json = serde_json::to_value(&results).unwrap();
+        assert_eq!(json["results"][0], json!({"object": "a", "fence": 3}));
+        assert_eq!(json["results"][1]["object"], "b");
+        assert_eq!(json["results"][1]["error"]["code"], "not_held");
+        assert!(json["results"][1].get("fence").is_none());
+        let back: ResultsBody<ReleaseBody> = serde_json::from_value(json).unwrap();
+        assert_eq!(back, results);
+    }
+
     /// Lock times are written as RFC 3339 with milliseconds and read back to the millisecond.
     #[test]
     fn lock_times_round_trip_as_rfc3339() {
         let body = LockBody {
             object: "a".into(),
             owner: "o".into(),
+            mode: LockMode::Exclusive,
             fence: 7,
             ttl_ms: 5000,
             acquired_at: Some(UNIX_EPOCH + Duration::from_millis(1_767_225_600_123)),
             expires_at: None,
+            holders: Vec::new(),
         };
         let json = serde_json::to_value(&body).unwrap();
         assert_eq!(json["acquired_at"], "2026-01-01T00:00:00.123Z");
+        assert_eq!(json["mode"], "exclusive");
         assert!(json.get("expires_at").is_none(), "{json}");
+        assert!(json.get("holders").is_none(), "{json}");
         let back: LockBody = serde_json::from_value(json).unwrap();
         assert_eq!(back, body);
     }
 
-    /// Times missing from a lock body are derived from the reader's clock and the TTL.
+    /// An inspect answer lists every holder, without tokens, the top level describing the
+    /// holder with the highest fence.
+    #[test]
+    fn shared_locks_list_their_holders() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        let holder = |owner: &str, fence| HolderInfo {
+            owner: OwnerId::new(owner).unwrap(),
+            fence: Fence(fence),
+            acquired_at: at,
+            expires_at: at + Duration::from_secs(fence),
+            ttl: Duration::from_secs(fence),
+        };
+        let info = LockInfo::from_holders(
+            ObjectId::new("a").unwrap(),
+            LockMode::Shared,
+            vec![holder("r2", 9), holder("r1", 5)],
+        )
+        .unwrap();
+        let json = serde_json::to_value(LockBody::from(&info)).unwrap();
+        assert_eq!(json["mode"], "shared");
+        assert_eq!(json["owner"], "r2");
+        assert_eq!(json["fence"], 9);
+        assert_eq!(json["holders"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            json["holders"][0],
+            json!({"owner": "r1", "fence": 5, "ttl_ms": 5000,
+                   "acquired_at": "2026-01-01T00:00:00.000Z",
+                   "expires_at": "2026-01-01T00:00:05.000Z"})
+        );
+        assert!(!json.to_string().contains("token"));
+        let back: LockBody = serde_json::from_value(json).unwrap();
+        assert_eq!(back.into_info().unwrap(), info);
+    }
+
+    /// Times missing from a lock body are derived from the reader's clock and the TTL, and a
+    /// body without holders has its one top-level holder.
     #[test]
     fn missing_lock_times_are_derived_from_the_ttl() {
         let before = SystemTime::now();
@@ -320,6 +983,9 @@ mod tests {
             serde_json::from_str(r#"{"object":"a","owner":"o","fence":7,"ttl_ms":5000}"#).unwrap();
         let info = body.into_info().unwrap();
         assert_eq!(info.fence, Fence(7));
+        assert_eq!(info.mode, LockMode::Exclusive);
+        assert_eq!(info.holders.len(), 1);
+        assert_eq!(info.holders[0].fence, Fence(7));
         assert!(info.acquired_at >= before);
         assert!(info.expires_at >= before + Duration::from_secs(5));
         assert!(info.expires_at <= SystemTime::now() + Duration::from_secs(5));
@@ -331,6 +997,7 @@ mod tests {
         let body = LeaseBody {
             object: "a".into(),
             owner: "o".into(),
+            mode: LockMode::Exclusive,
             token: "nope".into(),
             fence: 1,
             ttl_ms: 10,
@@ -339,12 +1006,32 @@ mod tests {
         let body = LockBody {
             object: String::new(),
             owner: "o".into(),
+            mode: LockMode::Exclusive,
             fence: 1,
             ttl_ms: 10,
             acquired_at: None,
             expires_at: None,
+            holders: Vec::new(),
         };
         assert!(matches!(body.into_info(), Err(LockError::Internal(_))));
+        let empty = GrantBody {
+            owner: "o".into(),
+            ttl_ms: 1,
+            locks: Vec::new(),
+        };
+        assert!(matches!(empty.into_grant(), Err(LockError::Internal(_))));
+    }
+
+    /// A lease body without a mode (an older server) reads as exclusive.
+    #[test]
+    fn a_lease_without_a_mode_is_exclusive() {
+        let a = ObjectId::new("a").unwrap();
+        let t = token(&a, 2);
+        let body: LeaseBody = serde_json::from_value(
+            json!({"object": "a", "owner": "o", "token": t.expose(), "fence": 2, "ttl_ms": 10}),
+        )
+        .unwrap();
+        assert_eq!(body.into_lease().unwrap().mode, LockMode::Exclusive);
     }
 
     /// Query parameters that are absent are left out.

@@ -3,7 +3,7 @@
 //!
 //! | code | HTTP | extra fields |
 //! |---|---|---|
-//! | `locked` | 409 | `holder`, `retry_after_ms` |
+//! | `locked` | 409 | `holder`, `retry_after_ms` (of the first object in conflict), `conflicts` |
 //! | `not_held` | 409 | |
 //! | `token_mismatch` | 403 | |
 //! | `invalid_token` | 400 | |
@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use lockcore::LockError;
+use lockcore::{Conflict, LockError, ObjectId, OwnerId};
 use serde::{Deserialize, Serialize};
 
 /// `{"error": {...}}`.
@@ -48,6 +48,10 @@ pub struct ErrorBody {
     /// For `locked`: milliseconds until the current lease runs out unless renewed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// For `locked`: every requested object in conflict, in request order (the first is the
+    /// one `holder` and `retry_after_ms` describe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<Vec<ConflictBody>>,
     /// For `invalid_argument`: the argument at fault, named as in
     /// [`LockError::InvalidArgument`] (one of [`ARGUMENT_FIELDS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,22 +69,73 @@ impl ErrorBody {
     }
 
     /// The envelope of a lock error: its code, its message, and the fields a program needs to
-    /// act on it (`holder` and `retry_after_ms` for `locked`, `field` for `invalid_argument`).
+    /// act on it (`holder`, `retry_after_ms` and `conflicts` for `locked`, `field` for
+    /// `invalid_argument`).
     pub fn of_lock_error(error: &LockError) -> Self {
         let mut body = Self::new(error.code(), error.to_string());
         match error {
             LockError::Locked {
+                object,
                 holder,
                 retry_after,
-                ..
+                conflicts,
             } => {
                 body.holder = Some(holder.to_string());
                 body.retry_after_ms = Some(millis(*retry_after));
+                let mut listed: Vec<ConflictBody> =
+                    conflicts.iter().map(ConflictBody::from).collect();
+                if listed.is_empty() {
+                    listed.push(ConflictBody {
+                        object: object.to_string(),
+                        holder: holder.to_string(),
+                        retry_after_ms: millis(*retry_after),
+                    });
+                }
+                body.conflicts = Some(listed);
             }
             LockError::InvalidArgument { field, .. } => body.field = Some((*field).to_owned()),
             _ => {}
         }
         body
+    }
+
+    /// The conflicts of a `locked` envelope as lockcore's; `None` when the envelope lists none
+    /// (an older server) or names an object or holder lockcore refuses.
+    pub fn to_conflicts(&self) -> Option<Vec<Conflict>> {
+        let listed = self.conflicts.as_ref().filter(|c| !c.is_empty())?;
+        listed.iter().map(ConflictBody::to_conflict).collect()
+    }
+}
+
+/// One object of a refused acquire and what blocks it, in a `locked` envelope.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictBody {
+    /// The object asked for.
+    pub object: String,
+    /// Who holds it, or waits for it ahead of the request.
+    pub holder: String,
+    /// Milliseconds until that lease (or that wait) ends unless renewed.
+    pub retry_after_ms: u64,
+}
+
+impl From<&Conflict> for ConflictBody {
+    fn from(conflict: &Conflict) -> Self {
+        Self {
+            object: conflict.object.to_string(),
+            holder: conflict.holder.to_string(),
+            retry_after_ms: millis(conflict.retry_after),
+        }
+    }
+}
+
+impl ConflictBody {
+    /// The conflict as lockcore's, if its names are valid.
+    pub fn to_conflict(&self) -> Option<Conflict> {
+        Some(Conflict {
+            object: ObjectId::new(&self.object).ok()?,
+            holder: OwnerId::new(&self.holder).ok()?,
+            retry_after: Duration::from_millis(self.retry_after_ms),
+        })
     }
 }
 
@@ -103,6 +158,9 @@ pub const ARGUMENT_FIELDS: &[&str] = &[
     "prefix",
     "after",
     "request_id",
+    "mode",
+    "objects",
+    "locks",
     "body",
     "api_key",
 ];
@@ -125,20 +183,34 @@ mod tests {
 
     use super::*;
 
-    /// A `locked` error carries its holder and when to retry.
+    /// A `locked` error carries the holder of its first conflict, when to retry, and every
+    /// conflict in request order.
     #[test]
     fn locked_carries_holder_and_retry_after() {
-        let error = LockError::Locked {
-            object: ObjectId::new("/vol/a").unwrap(),
-            holder: OwnerId::new("node-2").unwrap(),
-            retry_after: Duration::from_millis(1500),
+        let conflict = |object: &str, holder: &str, ms| Conflict {
+            object: ObjectId::new(object).unwrap(),
+            holder: OwnerId::new(holder).unwrap(),
+            retry_after: Duration::from_millis(ms),
         };
-        let json = serde_json::to_value(ErrorEnvelope::from(ErrorBody::of_lock_error(&error)));
+        let conflicts = vec![
+            conflict("/vol/a", "node-2", 1500),
+            conflict("/vol/c", "node-3", 20),
+        ];
+        let error = LockError::locked(conflicts.clone());
+        let body = ErrorBody::of_lock_error(&error);
+        let json = serde_json::to_value(ErrorEnvelope::from(body.clone()));
         let json = json.unwrap();
         assert_eq!(json["error"]["code"], "locked");
         assert_eq!(json["error"]["holder"], "node-2");
         assert_eq!(json["error"]["retry_after_ms"], 1500);
+        assert_eq!(
+            json["error"]["conflicts"],
+            json!([{"object": "/vol/a", "holder": "node-2", "retry_after_ms": 1500},
+                   {"object": "/vol/c", "holder": "node-3", "retry_after_ms": 20}])
+        );
         assert!(json["error"].get("field").is_none(), "{json}");
+        assert_eq!(body.to_conflicts(), Some(conflicts));
+        assert_eq!(ErrorBody::new("locked", "m").to_conflicts(), None);
     }
 
     /// An `invalid_argument` error names its argument in `field`.

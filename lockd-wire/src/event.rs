@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::SystemTime;
 
+use lockcore::LockMode;
 use serde::{Deserialize, Serialize};
 
 /// What happened to a lock.
@@ -16,6 +17,8 @@ pub enum EventKind {
     Release,
     /// The holder renewed its lease.
     Renew,
+    /// The holder turned its exclusive lease into a shared one (same token, fence and expiry).
+    Downgrade,
     /// A lease granted by the recording process ran out without a release or renew it saw.
     Expiry,
     /// A release was refused (`not_held` or `token_mismatch`): possible misuse or attack.
@@ -32,6 +35,7 @@ impl EventKind {
             EventKind::Grant => "grant",
             EventKind::Release => "release",
             EventKind::Renew => "renew",
+            EventKind::Downgrade => "downgrade",
             EventKind::Expiry => "expiry",
             EventKind::ReleaseRefused => "release_refused",
             EventKind::Unknown => "unknown",
@@ -58,6 +62,10 @@ impl PartialEq<&str> for EventKind {
 }
 
 /// One entry of the event log. Never carries a token.
+///
+/// Grants, releases, renewals and expiries name the lease's owner, mode and fence: a
+/// several-object grant is one `grant` event per object, and each shared holder's lease ends
+/// with its own `release` or `expiry`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Event {
@@ -73,6 +81,10 @@ pub struct Event {
     /// The holder concerned (`null` for a refused release: a token does not name its owner).
     #[serde(default)]
     pub owner: Option<String>,
+    /// The mode of the lease concerned, `exclusive` or `shared` (`null` for a refused release:
+    /// a token does not name its mode).
+    #[serde(default)]
+    pub mode: Option<LockMode>,
     /// The grant's fence (for a refused release: the fence the presented token claims).
     #[serde(default)]
     pub fence: Option<u64>,
@@ -90,6 +102,7 @@ impl Event {
             kind,
             object: object.into(),
             owner: None,
+            mode: None,
             fence: None,
             reason: None,
         }
@@ -98,6 +111,12 @@ impl Event {
     /// Sets the holder.
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
+        self
+    }
+
+    /// Sets the mode.
+    pub fn with_mode(mut self, mode: LockMode) -> Self {
+        self.mode = Some(mode);
         self
     }
 
@@ -134,11 +153,17 @@ mod tests {
         assert_eq!(
             json,
             json!({"seq": 8, "time": "2026-01-01T00:00:00.123Z", "kind": "release_refused",
-                   "object": "/vol/a", "owner": null, "fence": 4, "reason": "token_mismatch"})
+                   "object": "/vol/a", "owner": null, "mode": null, "fence": 4,
+                   "reason": "token_mismatch"})
         );
         assert_eq!(serde_json::from_value::<Event>(json).unwrap(), event);
-        let grant = serde_json::to_value(Event::new(9, time, EventKind::Grant, "a")).unwrap();
+        let grant = Event::new(9, time, EventKind::Grant, "a")
+            .with_owner("o")
+            .with_mode(LockMode::Shared)
+            .with_fence(5);
+        let grant = serde_json::to_value(grant).unwrap();
         assert!(grant.get("reason").is_none(), "{grant}");
+        assert_eq!(grant["mode"], "shared");
     }
 
     /// A kind from a newer server is read as `Unknown`, not refused.

@@ -6,9 +6,10 @@ mod event;
 mod time;
 
 pub use body::{
-    AcquireRequest, EventParams, EventsBody, InspectRequest, LeaseBody, ListBody, ListParams,
-    LockBody, ReleaseBody, RenewRequest, TokenRequest,
+    AcquireRequest, EntryResult, EventParams, EventsBody, FailedEntry, GrantBody, GrantedLock,
+    HolderBody, InspectRequest, LeaseBody, ListBody, ListParams, LockBody, Named, ObjectSpec,
+    ReleaseBody, ReleaseRequest, RenewRequest, ResultsBody, TokenRequest,
 };
-pub use envelope::{argument_field, ErrorBody, ErrorEnvelope, ARGUMENT_FIELDS};
+pub use envelope::{argument_field, ConflictBody, ErrorBody, ErrorEnvelope, ARGUMENT_FIELDS};
 pub use event::{Event, EventKind};
 pub use time::rfc3339;

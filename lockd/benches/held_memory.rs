@@ -20,7 +20,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_memory::{MemoryConfig, MemoryLockService};
+use backend_memory::{MemoryConfig, MemoryLockService, MemoryStore};
 use lockcore::{Limits, LockService, ObjectId, OwnerId, TokenIssuer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -43,8 +43,10 @@ fn object_name(i: usize) -> String {
 
 async fn backend_alone(n: usize) -> f64 {
     let me = std::process::id();
-    let service =
-        MemoryLockService::new(MemoryConfig::new(Limits::default()), TokenIssuer::random());
+    let service = MemoryLockService::new(
+        MemoryStore::new(MemoryConfig::new(Limits::default())),
+        TokenIssuer::random(),
+    );
     let owner = OwnerId::new("bench-owner").unwrap();
     let before = rss_bytes(me);
     for i in 0..n {
@@ -56,7 +58,7 @@ async fn backend_alone(n: usize) -> f64 {
         drop(lease);
     }
     let after = rss_bytes(me);
-    assert_eq!(service.held(), n);
+    assert_eq!(service.store().held(), n);
     (after.saturating_sub(before)) as f64 / n as f64
 }
 

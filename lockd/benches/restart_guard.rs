@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_memory::{MemoryConfig, MemoryLockService};
+use backend_memory::{MemoryConfig, MemoryLockService, MemoryStore};
 use lockcore::{Limits, LockService, ObjectId, OwnerId, TokenIssuer};
 use lockd::grace::{RestartGuard, StateFile};
 use rand::Rng as _;
@@ -100,7 +100,7 @@ fn main() {
         println!("|---|---|---|---|---|---|");
         for round in 1..=rounds {
             let plain: Arc<dyn LockService> = Arc::new(MemoryLockService::new(
-                MemoryConfig::new(Limits::default()),
+                MemoryStore::new(MemoryConfig::new(Limits::default())),
                 issuer.clone(),
             ));
             let (sorted, slow) = run(plain, seconds, tasks).await;
@@ -117,7 +117,9 @@ fn main() {
             let dir = tempfile::tempdir().unwrap();
             let state = StateFile::open(dir.path()).await.unwrap();
             let inner: Arc<dyn LockService> = Arc::new(MemoryLockService::new(
-                MemoryConfig::new(Limits::default()).with_fence_floor(state.fence_floor()),
+                MemoryStore::new(
+                    MemoryConfig::new(Limits::default()).with_fence_floor(state.fence_floor()),
+                ),
                 issuer.clone(),
             ));
             let guarded: Arc<dyn LockService> =

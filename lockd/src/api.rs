@@ -16,10 +16,13 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lockcore::{Fence, ListQuery, LockError, LockService, LockToken, ObjectId, OwnerId, RequestId};
+use lockcore::{
+    check_objects, Fence, Lease, ListQuery, LockError, LockService, LockToken, ObjectId,
+};
 use lockd_wire::{
-    argument_field, AcquireRequest, EventParams, EventsBody, InspectRequest, LeaseBody, ListBody,
-    ListParams, LockBody, ReleaseBody, RenewRequest, TokenRequest,
+    argument_field, AcquireRequest, EntryResult, EventParams, EventsBody, GrantBody,
+    InspectRequest, LeaseBody, ListBody, ListParams, LockBody, Named, ReleaseBody, ReleaseRequest,
+    RenewRequest, ResultsBody, TokenRequest,
 };
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -94,6 +97,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/locks/acquire", post(acquire))
         .route("/locks/release", post(release))
         .route("/locks/renew", post(renew))
+        .route("/locks/downgrade", post(downgrade))
         .route("/locks/validate", post(validate))
         .route("/locks/inspect", post(inspect))
         .route("/locks", get(list))
@@ -294,95 +298,258 @@ fn record(state: &AppState, event: NewEvent) {
 async fn acquire(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<AcquireRequest>,
-) -> Result<Json<LeaseBody>, ApiError> {
+) -> Result<Response, ApiError> {
     timed(&state, "acquire", async {
-        let object = ObjectId::new(&request.object)?;
-        let owner = OwnerId::new(&request.owner)?;
-        let ttl = Duration::from_millis(request.ttl_ms);
-        let wait = Duration::from_millis(request.wait_ms);
-        let mut acquire = lockcore::AcquireRequest::new(object, owner, ttl).with_wait(wait);
-        if let Some(id) = &request.request_id {
-            acquire = acquire.with_request_id(RequestId::new(id)?);
-        }
+        let several = request.is_many();
+        let acquire = request.to_request()?;
         // A blocking acquire over --max-waiters is refused before the backend sees it.
-        let _waiting = if wait.is_zero() {
+        let _waiting = if acquire.wait.is_zero() {
             None
         } else {
             Some(state.usage.take(Limit::Waiters)?)
         };
-        let lease = state.service.acquire_with(&acquire).await?;
-        state.tracker.granted(&lease);
-        record(&state, NewEvent::of_lease(EventKind::Grant, &lease));
-        Ok(Json(LeaseBody::from(&lease)))
+        let grant = state.service.acquire_with(&acquire).await?;
+        state
+            .metrics
+            .granted(grant.leases.iter().map(|lease| lease.mode));
+        for lease in &grant.leases {
+            state.tracker.granted(lease);
+            record(&state, NewEvent::of_lease(EventKind::Grant, lease));
+        }
+        if several {
+            return Ok(Json(GrantBody::from(&grant)).into_response());
+        }
+        match grant.leases.first() {
+            Some(lease) => Ok(Json(LeaseBody::from(lease)).into_response()),
+            None => Err(LockError::Internal("a grant without a lease".into()).into()),
+        }
     })
     .await
 }
 
+/// Whether a refused release is a possible attack (recorded as `release_refused`): a token that
+/// is not the holder's, or that lockd never issued (forged, altered, another object's, or not
+/// even well-formed).
+fn is_refused_release(error: &LockError) -> bool {
+    matches!(
+        error,
+        LockError::NotHeld { .. }
+            | LockError::TokenMismatch { .. }
+            | LockError::InvalidToken { .. }
+    )
+}
+
+/// Counts and records a refused release of `object` with `token` (`None`: malformed).
+fn refused_release(state: &AppState, object: ObjectId, token: Option<&LockToken>, e: &LockError) {
+    if token.is_none() {
+        tracing::warn!(target: "lockd::audit", object = %object, reason = e.code(),
+            "refused release: the token is malformed; possible misuse or attack");
+    }
+    state.metrics.refused_release(e.code());
+    record(
+        state,
+        NewEvent {
+            kind: EventKind::ReleaseRefused,
+            object,
+            owner: None,
+            mode: None,
+            fence: token.map_or(Fence(0), LockToken::fence),
+            reason: Some(e.code()),
+        },
+    );
+}
+
+/// One lock of a batched release or renew: its object, and its token or why it is not one.
+type BatchEntry = (ObjectId, Result<LockToken, LockError>);
+
+/// The locks of a batched release or renew, checked as a whole (names, count, duplicates:
+/// `invalid_argument` for the request), each with its token or why it is not one.
+fn batch_locks(locks: Vec<TokenRequest>) -> Result<Vec<BatchEntry>, ApiError> {
+    let objects = locks
+        .iter()
+        .map(|lock| ObjectId::new(&lock.object))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_objects(objects.iter())?;
+    Ok(objects
+        .into_iter()
+        .zip(locks)
+        .map(|(object, lock)| (object, LockToken::parse(&lock.token)))
+        .collect())
+}
+
+/// Runs `call` on the entries whose token parsed, and puts every entry's outcome back in
+/// request order (a malformed token is its entry's `invalid_token`).
+async fn each_lock<T, F, Fut>(
+    entries: &[BatchEntry],
+    call: F,
+) -> Result<Vec<Result<T, LockError>>, ApiError>
+where
+    F: FnOnce(Vec<(ObjectId, LockToken)>) -> Fut,
+    Fut: Future<Output = Result<Vec<Result<T, LockError>>, LockError>>,
+{
+    let parsed: Vec<(ObjectId, LockToken)> = entries
+        .iter()
+        .filter_map(|(object, token)| Some((object.clone(), token.as_ref().ok()?.clone())))
+        .collect();
+    let mut answered = if parsed.is_empty() {
+        Vec::new()
+    } else {
+        call(parsed).await?
+    }
+    .into_iter();
+    Ok(entries
+        .iter()
+        .map(|(_, token)| match token {
+            Err(e) => Err(e.clone()),
+            Ok(_) => answered
+                .next()
+                .unwrap_or_else(|| Err(LockError::Internal("no outcome for a lock".into()))),
+        })
+        .collect())
+}
+
 async fn release(
     State(state): State<AppState>,
-    ApiJson(request): ApiJson<TokenRequest>,
-) -> Result<Json<ReleaseBody>, ApiError> {
+    ApiJson(request): ApiJson<ReleaseRequest>,
+) -> Result<Response, ApiError> {
     timed(&state, "release", async {
-        let object = ObjectId::new(&request.object)?;
-        let result = match LockToken::parse(&request.token) {
-            Ok(token) => state
-                .service
-                .release(&object, &token)
+        match request.named()? {
+            Named::One(one) => release_one(&state, one)
                 .await
-                .map_err(|e| (e, Some(token))),
-            Err(e) => Err((e, None)),
-        };
-        match result {
-            Ok(fence) => {
-                // Records the release event (or the backend already did).
-                state.tracker.released(&object, fence);
-                Ok(Json(ReleaseBody {
-                    object: object.to_string(),
-                    fence: fence.get(),
-                }))
-            }
-            // A token that is not the holder's, or that lockd never issued (forged, altered,
-            // another object's, or not even well-formed): refused, counted and recorded alike.
-            Err((
-                e @ (LockError::NotHeld { .. }
-                | LockError::TokenMismatch { .. }
-                | LockError::InvalidToken { .. }),
-                token,
-            )) => {
-                if token.is_none() {
-                    tracing::warn!(target: "lockd::audit", object = %object, reason = e.code(),
-                        "refused release: the token is malformed; possible misuse or attack");
-                }
-                state.metrics.refused_release(e.code());
-                record(
-                    &state,
-                    NewEvent {
-                        kind: EventKind::ReleaseRefused,
-                        object,
-                        owner: None,
-                        fence: token.map_or(Fence(0), |t| t.fence()),
-                        reason: Some(e.code()),
-                    },
-                );
-                Err(e.into())
-            }
-            Err((e, _)) => Err(e.into()),
+                .map(|body| Json(body).into_response()),
+            Named::Several(locks) => release_several(&state, locks)
+                .await
+                .map(|body| Json(body).into_response()),
         }
     })
     .await
+}
+
+async fn release_one(state: &AppState, request: TokenRequest) -> Result<ReleaseBody, ApiError> {
+    let object = ObjectId::new(&request.object)?;
+    let result = match LockToken::parse(&request.token) {
+        Ok(token) => state
+            .service
+            .release(&object, &token)
+            .await
+            .map_err(|e| (e, Some(token))),
+        Err(e) => Err((e, None)),
+    };
+    match result {
+        Ok(fence) => {
+            // Records the release event (or the backend already did).
+            state.tracker.released(&object, fence);
+            Ok(ReleaseBody {
+                object: object.to_string(),
+                fence: fence.get(),
+            })
+        }
+        Err((e, token)) if is_refused_release(&e) => {
+            refused_release(state, object, token.as_ref(), &e);
+            Err(e.into())
+        }
+        Err((e, _)) => Err(e.into()),
+    }
+}
+
+/// `"locks": [...]`: one outcome per lock, each refused one counted and recorded like a
+/// refused one-lock release.
+async fn release_several(
+    state: &AppState,
+    locks: Vec<TokenRequest>,
+) -> Result<ResultsBody<ReleaseBody>, ApiError> {
+    let entries = batch_locks(locks)?;
+    let outcomes = each_lock(&entries, |parsed| async move {
+        state.service.release_many(&parsed).await
+    })
+    .await?;
+    let mut results = Vec::with_capacity(entries.len());
+    for ((object, token), outcome) in entries.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(fence) => {
+                state.metrics.batch_entry("release", "ok");
+                state.tracker.released(&object, fence);
+                results.push(EntryResult::Done(ReleaseBody {
+                    object: object.to_string(),
+                    fence: fence.get(),
+                }));
+            }
+            Err(e) => {
+                state.metrics.batch_entry("release", e.code());
+                results.push(EntryResult::failed(object.as_str(), &e));
+                if is_refused_release(&e) {
+                    refused_release(state, object, token.as_ref().ok(), &e);
+                }
+            }
+        }
+    }
+    Ok(ResultsBody { results })
 }
 
 async fn renew(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RenewRequest>,
-) -> Result<Json<LeaseBody>, ApiError> {
+) -> Result<Response, ApiError> {
     timed(&state, "renew", async {
+        let ttl = Duration::from_millis(request.ttl_ms);
+        match request.named()? {
+            Named::One(one) => {
+                let object = ObjectId::new(&one.object)?;
+                let token = LockToken::parse(&one.token)?;
+                let lease = state.service.renew(&object, &token, ttl).await?;
+                renewed(&state, &lease);
+                Ok(Json(LeaseBody::from(&lease)).into_response())
+            }
+            Named::Several(locks) => {
+                let state = &state;
+                let entries = batch_locks(locks)?;
+                let outcomes = each_lock(&entries, |parsed| async move {
+                    state.service.renew_many(&parsed, ttl).await
+                })
+                .await?;
+                let results: Vec<EntryResult<LeaseBody>> = entries
+                    .iter()
+                    .zip(outcomes)
+                    .map(|((object, token), outcome)| match outcome {
+                        Ok(lease) => {
+                            state.metrics.batch_entry("renew", "ok");
+                            renewed(state, &lease);
+                            EntryResult::Done(LeaseBody::from(&lease))
+                        }
+                        Err(e) => {
+                            // lockcore logs refused tokens it could read; these it never saw.
+                            if token.is_err() {
+                                tracing::warn!(target: "lockd::audit", object = %object,
+                                    reason = e.code(),
+                                    "refused renew: the token is malformed; possible misuse or attack");
+                            }
+                            state.metrics.batch_entry("renew", e.code());
+                            EntryResult::failed(object.as_str(), &e)
+                        }
+                    })
+                    .collect();
+                Ok(Json(ResultsBody { results }).into_response())
+            }
+        }
+    })
+    .await
+}
+
+fn renewed(state: &AppState, lease: &Lease) {
+    state.tracker.renewed(lease);
+    record(state, NewEvent::of_lease(EventKind::Renew, lease));
+}
+
+async fn downgrade(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<TokenRequest>,
+) -> Result<Json<LeaseBody>, ApiError> {
+    timed(&state, "downgrade", async {
         let object = ObjectId::new(&request.object)?;
         let token = LockToken::parse(&request.token)?;
-        let ttl = Duration::from_millis(request.ttl_ms);
-        let lease = state.service.renew(&object, &token, ttl).await?;
+        let lease = state.service.downgrade(&object, &token).await?;
         state.tracker.renewed(&lease);
-        record(&state, NewEvent::of_lease(EventKind::Renew, &lease));
+        record(&state, NewEvent::of_lease(EventKind::Downgrade, &lease));
         Ok(Json(LeaseBody::from(&lease)))
     })
     .await

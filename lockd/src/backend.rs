@@ -168,7 +168,10 @@ async fn connect_memory(
     let new_memory = |fence_floor: Fence| {
         let config =
             backend_memory::MemoryConfig::new(options.limits).with_fence_floor(fence_floor);
-        backend_memory::MemoryLockService::new(config, options.issuer.clone())
+        backend_memory::MemoryLockService::new(
+            backend_memory::MemoryStore::new(config),
+            options.issuer.clone(),
+        )
     };
     match &options.data_dir {
         None => Ok(Arc::new(new_memory(Fence(0)))),
@@ -177,7 +180,7 @@ async fn connect_memory(
             let inner = Arc::new(new_memory(state.fence_floor()));
             let probe = Arc::clone(&inner);
             let guard = RestartGuard::new(inner, state, options.limits)
-                .with_idle_probe(Box::new(move || probe.held() == 0));
+                .with_idle_probe(Box::new(move || probe.store().held() == 0));
             Ok(Arc::new(guard))
         }
     }
@@ -214,7 +217,8 @@ async fn connect_redis(
     if let Some(timeout) = options.connect_timeout {
         config.connect_timeout = timeout;
     }
-    let service = backend_redis::RedisLockService::connect(config, options.issuer.clone()).await?;
+    let store = backend_redis::RedisStore::connect(config).await?;
+    let service = backend_redis::RedisLockService::new(store, options.issuer.clone());
     Ok(Arc::new(service))
 }
 
@@ -240,8 +244,8 @@ async fn connect_postgres(
     if let Some(timeout) = options.connect_timeout {
         config.connect_timeout = timeout;
     }
-    let service =
-        backend_postgres::PostgresLockService::connect(config, options.issuer.clone()).await?;
+    let store = backend_postgres::PostgresStore::connect(config).await?;
+    let service = backend_postgres::PostgresLockService::new(store, options.issuer.clone());
     Ok(Arc::new(service))
 }
 

@@ -1,14 +1,21 @@
-//! `lockd acquire | release | renew | list | events`: talk to a running lockd from the shell.
+//! `lockd acquire | release | renew | downgrade | list | events`: talk to a running lockd from
+//! the shell.
 //!
 //! Each command prints a readable table by default and JSON with `--json` (`events` prints one
-//! JSON object per line, so `--follow --json` is a stream of JSON lines).
+//! JSON object per line, so `--follow --json` is a stream of JSON lines). With one object,
+//! `--json` prints the API's one-object answer; with several, the several-object one
+//! (`{"owner", "ttl_ms", "locks": [...]}` for acquire, `{"results": [...]}` for release and
+//! renew).
 
 use std::io::Write as _;
 use std::time::Duration;
 
-use lockcore::{Lease, ListQuery, LockError, LockService, LockToken, ObjectId, OwnerId};
+use lockcore::{
+    AcquireRequest, Grant, Lease, ListQuery, LockError, LockMode, LockService, LockSpec, LockToken,
+    ObjectId, OwnerId,
+};
 use lockd_client::{ClientConfig, Event, LockdClient};
-use lockd_wire::{LeaseBody, LockBody, ReleaseBody};
+use lockd_wire::{EntryResult, GrantBody, LeaseBody, LockBody, ReleaseBody, ResultsBody};
 use serde::Serialize;
 
 /// Where the server is and how to print.
@@ -30,8 +37,12 @@ pub(crate) struct ClientArgs {
 /// `lockd acquire`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct AcquireArgs {
-    /// The object to lock.
-    object: String,
+    /// The objects to lock: one, or several (1 to 64) granted all together or not at all.
+    #[arg(required = true, num_args = 1..)]
+    objects: Vec<String>,
+    /// Lock them shared (readers) instead of exclusively.
+    #[arg(long)]
+    shared: bool,
     /// Who holds it.
     #[arg(long)]
     owner: String,
@@ -48,11 +59,12 @@ pub(crate) struct AcquireArgs {
 /// `lockd release`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ReleaseArgs {
-    /// The locked object.
-    object: String,
-    /// The token acquire printed.
-    #[arg(long)]
-    token: String,
+    /// The locked objects (several are released in one request, each on its own).
+    #[arg(required = true, num_args = 1..)]
+    objects: Vec<String>,
+    /// The token acquire printed; once per object, in the objects' order.
+    #[arg(long = "token", required = true)]
+    tokens: Vec<String>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -60,14 +72,27 @@ pub(crate) struct ReleaseArgs {
 /// `lockd renew`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RenewArgs {
-    /// The locked object.
+    /// The locked objects (several are renewed in one request, each on its own).
+    #[arg(required = true, num_args = 1..)]
+    objects: Vec<String>,
+    /// The token acquire printed; once per object, in the objects' order.
+    #[arg(long = "token", required = true)]
+    tokens: Vec<String>,
+    /// New lease length from now, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// `lockd downgrade`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DowngradeArgs {
+    /// The object locked exclusively.
     object: String,
     /// The token acquire printed.
     #[arg(long)]
     token: String,
-    /// New lease length from now, e.g. 30s.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    ttl: Duration,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -128,44 +153,185 @@ fn print_lease(lease: &Lease, as_json: bool) -> Result<(), LockError> {
         return out_json(&LeaseBody::from(lease));
     }
     out(&format!(
-        "object  {}\nowner   {}\nfence   {}\nttl     {}\ntoken   {}",
+        "object  {}\nowner   {}\nmode    {}\nfence   {}\nttl     {}\ntoken   {}",
         lease.object,
         lease.owner,
+        lease.mode,
         lease.fence,
         humantime::format_duration(lease.ttl),
         lease.token.expose()
     ))
 }
 
+fn print_grant(grant: &Grant, as_json: bool) -> Result<(), LockError> {
+    if let [lease] = grant.leases.as_slice() {
+        return print_lease(lease, as_json);
+    }
+    if as_json {
+        return out_json(&GrantBody::from(grant));
+    }
+    let rows: Vec<Vec<String>> = grant
+        .leases
+        .iter()
+        .map(|lease| {
+            vec![
+                lease.object.to_string(),
+                lease.mode.to_string(),
+                lease.fence.to_string(),
+                lease.token.expose().to_owned(),
+            ]
+        })
+        .collect();
+    out(&format!(
+        "owner   {}\nttl     {}\n{}",
+        grant.owner,
+        humantime::format_duration(grant.ttl),
+        table(&["OBJECT", "MODE", "FENCE", "TOKEN"], &rows)
+    ))
+}
+
 pub(crate) async fn acquire(args: AcquireArgs) -> Result<(), LockError> {
     let client = connect(&args.client)?;
-    let object = ObjectId::new(&args.object)?;
+    let mode = if args.shared {
+        LockMode::Shared
+    } else {
+        LockMode::Exclusive
+    };
+    let specs = args
+        .objects
+        .iter()
+        .map(|object| Ok(LockSpec::new(ObjectId::new(object)?, mode)))
+        .collect::<Result<Vec<_>, LockError>>()?;
     let owner = OwnerId::new(&args.owner)?;
-    let lease = client.acquire(&object, &owner, args.ttl, args.wait).await?;
-    print_lease(&lease, args.client.json)
+    let request = AcquireRequest::many(specs, owner, args.ttl).with_wait(args.wait);
+    let grant = client.acquire_with(&request).await?;
+    print_grant(&grant, args.client.json)
+}
+
+/// Pairs each object with its token, in order; the counts must match.
+fn locks_of(
+    objects: &[String],
+    tokens: &[String],
+) -> Result<Vec<(ObjectId, LockToken)>, LockError> {
+    if objects.len() != tokens.len() {
+        return Err(LockError::invalid_argument(
+            "token",
+            format!(
+                "give one --token per object, in the same order ({} objects, {} tokens)",
+                objects.len(),
+                tokens.len()
+            ),
+        ));
+    }
+    objects
+        .iter()
+        .zip(tokens)
+        .map(|(object, token)| Ok((ObjectId::new(object)?, LockToken::parse(token)?)))
+        .collect()
+}
+
+/// Prints one line per lock of a batch (or the API's `{"results": [...]}`), then fails with
+/// the first failed lock's error, if any.
+fn print_results<T: Serialize + Clone>(
+    verb: &str,
+    locks: &[(ObjectId, LockToken)],
+    outcomes: Vec<Result<T, LockError>>,
+    as_json: bool,
+    line: impl Fn(&ObjectId, &T) -> String,
+) -> Result<(), LockError> {
+    if as_json {
+        let results = locks
+            .iter()
+            .zip(&outcomes)
+            .map(|((object, _), outcome)| match outcome {
+                Ok(done) => EntryResult::Done(done.clone()),
+                Err(e) => EntryResult::failed(object.as_str(), e),
+            })
+            .collect();
+        out_json(&ResultsBody { results })?;
+    } else {
+        for ((object, _), outcome) in locks.iter().zip(&outcomes) {
+            match outcome {
+                Ok(done) => out(&line(object, done))?,
+                Err(e) => out(&format!("{object}: not {verb}: {e}"))?,
+            }
+        }
+    }
+    match outcomes.into_iter().find_map(Result::err) {
+        Some(first) => Err(first),
+        None => Ok(()),
+    }
 }
 
 pub(crate) async fn renew(args: RenewArgs) -> Result<(), LockError> {
     let client = connect(&args.client)?;
-    let object = ObjectId::new(&args.object)?;
-    let token = LockToken::parse(&args.token)?;
-    let lease = client.renew(&object, &token, args.ttl).await?;
-    print_lease(&lease, args.client.json)
+    let locks = locks_of(&args.objects, &args.tokens)?;
+    if let [(object, token)] = locks.as_slice() {
+        let lease = client.renew(object, token, args.ttl).await?;
+        return print_lease(&lease, args.client.json);
+    }
+    let outcomes: Vec<Result<LeaseBody, LockError>> = client
+        .renew_many(&locks, args.ttl)
+        .await?
+        .into_iter()
+        .map(|outcome| outcome.map(|lease| LeaseBody::from(&lease)))
+        .collect();
+    print_results(
+        "renewed",
+        &locks,
+        outcomes,
+        args.client.json,
+        |object, lease| {
+            format!(
+                "renewed {object} (fence {}, ttl {})",
+                lease.fence,
+                humantime::format_duration(Duration::from_millis(lease.ttl_ms))
+            )
+        },
+    )
 }
 
 pub(crate) async fn release(args: ReleaseArgs) -> Result<(), LockError> {
     let client = connect(&args.client)?;
+    let locks = locks_of(&args.objects, &args.tokens)?;
+    if let [(object, token)] = locks.as_slice() {
+        let fence = client.release(object, token).await?;
+        return if args.client.json {
+            out_json(&ReleaseBody {
+                object: object.to_string(),
+                fence: fence.get(),
+            })
+        } else {
+            out(&format!("released {object} (fence {fence})"))
+        };
+    }
+    let outcomes: Vec<Result<ReleaseBody, LockError>> = client
+        .release_many(&locks)
+        .await?
+        .into_iter()
+        .zip(&locks)
+        .map(|(outcome, (object, _))| {
+            outcome.map(|fence| ReleaseBody {
+                object: object.to_string(),
+                fence: fence.get(),
+            })
+        })
+        .collect();
+    print_results(
+        "released",
+        &locks,
+        outcomes,
+        args.client.json,
+        |object, released| format!("released {object} (fence {})", released.fence),
+    )
+}
+
+pub(crate) async fn downgrade(args: DowngradeArgs) -> Result<(), LockError> {
+    let client = connect(&args.client)?;
     let object = ObjectId::new(&args.object)?;
     let token = LockToken::parse(&args.token)?;
-    let fence = client.release(&object, &token).await?;
-    if args.client.json {
-        out_json(&ReleaseBody {
-            object: object.to_string(),
-            fence: fence.get(),
-        })
-    } else {
-        out(&format!("released {object} (fence {fence})"))
-    }
+    let lease = client.downgrade(&object, &token).await?;
+    print_lease(&lease, args.client.json)
 }
 
 /// Lays out rows under a header, columns padded to their widest cell.
@@ -215,13 +381,18 @@ pub(crate) async fn list(args: ListArgs) -> Result<(), LockError> {
         .map(|l| {
             vec![
                 l.object.to_string(),
+                l.mode.to_string(),
+                l.holders.len().to_string(),
                 l.owner.to_string(),
                 l.fence.to_string(),
                 humantime::format_duration(Duration::from_millis(ms(l.ttl))).to_string(),
             ]
         })
         .collect();
-    out(&table(&["OBJECT", "OWNER", "FENCE", "TTL LEFT"], &rows))
+    out(&table(
+        &["OBJECT", "MODE", "HOLDERS", "OWNER", "FENCE", "TTL LEFT"],
+        &rows,
+    ))
 }
 
 fn event_row(event: &Event) -> Vec<String> {
@@ -235,6 +406,10 @@ fn event_row(event: &Event) -> Vec<String> {
         event.object.clone(),
         event.owner.clone().unwrap_or_else(|| "-".into()),
         event
+            .mode
+            .map(|mode| mode.to_string())
+            .unwrap_or_else(|| "-".into()),
+        event
             .fence
             .map(|f| f.to_string())
             .unwrap_or_else(|| "-".into()),
@@ -242,7 +417,9 @@ fn event_row(event: &Event) -> Vec<String> {
     ]
 }
 
-const EVENT_HEADER: [&str; 7] = ["SEQ", "TIME", "KIND", "OBJECT", "OWNER", "FENCE", "REASON"];
+const EVENT_HEADER: [&str; 8] = [
+    "SEQ", "TIME", "KIND", "OBJECT", "OWNER", "MODE", "FENCE", "REASON",
+];
 
 pub(crate) async fn events(args: EventsArgs) -> Result<(), LockError> {
     let client = connect(&args.client)?;

@@ -1,6 +1,12 @@
 //! The event log: every grant, release, renew, expiry and refused release, in a bounded ring,
 //! with a broadcast channel for live subscribers (`GET /v1/events/stream`).
 //!
+//! One event per lease: a multi-object grant records one `grant` per object, a batched
+//! release or renew one event per lock (a refused entry of a batched release is a
+//! `release_refused`), and each shared holder's lease ends with its own `release` or `expiry`.
+//! Every event names the lease's mode when this process knows it (`null` for refused releases,
+//! and for leases this process only hears about without having granted them).
+//!
 //! Events never carry a token. Sequence numbers increase by one per event. The server's log
 //! starts at the wall-clock time of its start in microseconds since 1970
 //! ([`EventLog::starting_now`]), so they keep increasing across restarts: a consumer resuming
@@ -12,7 +18,7 @@ use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
-use lockcore::{Fence, Lease, ObjectId, OwnerId};
+use lockcore::{Fence, Lease, LockMode, ObjectId, OwnerId};
 pub use lockd_wire::{Event, EventKind};
 use tokio::sync::broadcast;
 
@@ -25,6 +31,8 @@ pub struct NewEvent {
     pub object: ObjectId,
     /// The holder, when known.
     pub owner: Option<OwnerId>,
+    /// The lease's mode, when known.
+    pub mode: Option<LockMode>,
     /// The fence concerned.
     pub fence: Fence,
     /// Refusal reason code.
@@ -38,6 +46,7 @@ impl NewEvent {
             kind,
             object: lease.object.clone(),
             owner: Some(lease.owner.clone()),
+            mode: Some(lease.mode),
             fence: lease.fence,
             reason: None,
         }
@@ -99,6 +108,7 @@ impl EventLog {
         let mut event = Event::new(ring.next_seq, time, new.kind, new.object.as_str())
             .with_fence(new.fence.get());
         event.owner = new.owner.map(|owner| owner.as_str().to_owned());
+        event.mode = new.mode;
         event.reason = new.reason.map(str::to_owned);
         ring.next_seq += 1;
         if ring.events.len() == self.capacity {
@@ -137,6 +147,7 @@ mod tests {
             kind: EventKind::Grant,
             object: ObjectId::new(object).expect("valid"),
             owner: Some(OwnerId::new("o").expect("valid")),
+            mode: Some(LockMode::Shared),
             fence: Fence(fence),
             reason: None,
         }
@@ -165,6 +176,7 @@ mod tests {
         log.record(grant("after", 2));
         let got = rx.recv().await.expect("an event");
         assert_eq!(got.object.as_str(), "after");
+        assert_eq!(got.mode, Some(LockMode::Shared));
         assert_eq!(got.seq, 2);
     }
 
@@ -175,6 +187,7 @@ mod tests {
             kind: EventKind::ReleaseRefused,
             object: ObjectId::new("x").expect("valid"),
             owner: None,
+            mode: None,
             fence: Fence(9),
             reason: Some("not_held"),
         });

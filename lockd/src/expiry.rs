@@ -13,6 +13,11 @@
 //! released through another process is reported as an expiry. Leases granted by other processes
 //! produce no events here.
 //!
+//! Leases are keyed by object and fence: every grant has its own fence, so the shared holders
+//! of one object are separate leases, each checked, renewed, released and expired on its own.
+//! The check asks whether the object still has a holder with the lease's fence, not whether
+//! the lease is the object's newest (another reader may have joined since).
+//!
 //! Memory: one map entry per lease this process granted, and at most one heap entry per lease
 //! plus stale entries of released leases, which are dropped once they outnumber the live ones.
 //! A renew moves the lease's deadline in place; the heap entry is re-armed when it comes due.
@@ -25,7 +30,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use lockcore::{Fence, Lease, LeaseEnd, LockService, ObjectId, OwnerId};
+use lockcore::{Fence, Lease, LeaseEnd, LockMode, LockService, ObjectId, OwnerId};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -45,6 +50,7 @@ type Grant = (ObjectId, Fence);
 #[derive(Debug)]
 struct Tracked {
     owner: OwnerId,
+    mode: LockMode,
     /// When the lease's check is due (its expiry plus [`SLACK`]).
     deadline: Instant,
     /// The deadline of this lease's entry in the heap; earlier than `deadline` after a renew.
@@ -62,10 +68,12 @@ struct State {
 
 impl State {
     /// Tracks a grant (or a renew of a lease granted elsewhere) due `after` from now.
-    fn schedule(&mut self, grant: Grant, owner: OwnerId, after: Duration) {
+    fn schedule(&mut self, grant: Grant, owner: OwnerId, mode: LockMode, after: Duration) {
         let deadline = Instant::now() + after + SLACK;
         if let Some(tracked) = self.leases.get_mut(&grant) {
             tracked.deadline = deadline;
+            // A downgrade keeps the lease (and its fence) and changes its mode.
+            tracked.mode = mode;
             if deadline >= tracked.scheduled {
                 // Its heap entry re-arms itself when it comes due: nothing is pushed, so the
                 // heap does not grow with the renew rate.
@@ -80,6 +88,7 @@ impl State {
             grant,
             Tracked {
                 owner,
+                mode,
                 deadline,
                 scheduled: deadline,
                 generation,
@@ -139,7 +148,8 @@ impl ExpiryTracker {
         self.reported.load(Ordering::Acquire)
     }
 
-    /// A lease end reported by the backend.
+    /// A lease end reported by the backend. [`LeaseEnd`] does not say the lease's mode, so
+    /// these events carry none.
     fn ended(&self, end: LeaseEnd) {
         let held = self.reported_held.fetch_sub(1, Ordering::AcqRel) - 1;
         self.metrics
@@ -152,6 +162,7 @@ impl ExpiryTracker {
             },
             object: end.object,
             owner: Some(end.owner),
+            mode: Some(end.mode),
             fence: end.fence,
             reason: None,
         });
@@ -172,6 +183,7 @@ impl ExpiryTracker {
         state.schedule(
             (lease.object.clone(), lease.fence),
             lease.owner.clone(),
+            lease.mode,
             lease.ttl,
         );
         self.metrics.set_locks_held(state.leases.len());
@@ -190,7 +202,7 @@ impl ExpiryTracker {
         }
     }
 
-    /// A lease was renewed: its deadline moves.
+    /// A lease was renewed (or downgraded): its deadline (or mode) moves.
     pub(crate) fn renewed(&self, lease: &Lease) {
         if !self.is_reported() {
             self.track(lease);
@@ -204,16 +216,14 @@ impl ExpiryTracker {
             return;
         }
         let mut state = self.state();
-        let owner = state
-            .leases
-            .remove(&(object.clone(), fence))
-            .map(|t| t.owner);
+        let tracked = state.leases.remove(&(object.clone(), fence));
         self.metrics.set_locks_held(state.leases.len());
         drop(state);
         self.record(NewEvent {
             kind: EventKind::Release,
             object: object.clone(),
-            owner,
+            owner: tracked.as_ref().map(|t| t.owner.clone()),
+            mode: tracked.map(|t| t.mode),
             fence,
             reason: None,
         });
@@ -267,8 +277,16 @@ impl ExpiryTracker {
             return; // released or rescheduled meanwhile
         };
         let retry_in = match outcome {
-            Ok(Some(info)) if info.fence == grant.1 => Some(info.ttl),
-            Ok(_) => None,
+            // Still held: this lease is one of the holders (shared holders are several). Its
+            // mode is the object's, which a downgrade through another process may have changed.
+            Ok(Some(info)) => {
+                let held = info.holders.iter().find(|holder| holder.fence == grant.1);
+                if held.is_some() {
+                    tracked.mode = info.mode;
+                }
+                held.map(|holder| holder.ttl)
+            }
+            Ok(None) => None,
             Err(e) => {
                 tracing::debug!(object = %grant.0, error = %e, "expiry check failed; retrying");
                 Some(RETRY)
@@ -291,6 +309,7 @@ impl ExpiryTracker {
                         kind: EventKind::Expiry,
                         object,
                         owner: Some(tracked.owner),
+                        mode: Some(tracked.mode),
                         fence,
                         reason: None,
                     });
@@ -348,6 +367,7 @@ mod tests {
             token: issuer.seal(issuer.prepare(), object, Fence(fence)),
             object: object.clone(),
             owner,
+            mode: LockMode::Exclusive,
             fence: Fence(fence),
             ttl: Duration::from_millis(ttl_ms),
         }
@@ -405,7 +425,7 @@ mod tests {
         let (tracker, events) = tracker();
         let config = backend_memory::MemoryConfig::new(Limits::default());
         let service: Arc<dyn LockService> = Arc::new(backend_memory::MemoryLockService::new(
-            config,
+            backend_memory::MemoryStore::new(config),
             TokenIssuer::random(),
         ));
         assert!(tracker.use_reports_of(service.as_ref()));
@@ -451,7 +471,7 @@ mod tests {
         let issuer = TokenIssuer::random();
         let config = backend_memory::MemoryConfig::new(Limits::default());
         let service: Arc<dyn LockService> = Arc::new(backend_memory::MemoryLockService::new(
-            config,
+            backend_memory::MemoryStore::new(config),
             issuer.clone(),
         ));
         let object = ObjectId::new("short").expect("valid");
@@ -472,5 +492,60 @@ mod tests {
         assert_eq!(log[0].kind, EventKind::Expiry);
         assert_eq!(log[0].fence, Some(granted.fence.get()));
         assert_eq!(log[0].owner.as_deref(), Some("alice"));
+    }
+
+    /// Two shared holders of one object are two leases: the one that runs out is reported
+    /// expired, with its mode, while the other (with the higher fence) is still held.
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn one_shared_holder_expiring_is_reported_while_another_still_holds() {
+        let (tracker, events) = tracker();
+        let config = backend_memory::MemoryConfig::new(Limits::default());
+        let service: Arc<dyn LockService> = Arc::new(backend_memory::MemoryLockService::new(
+            backend_memory::MemoryStore::new(config),
+            TokenIssuer::random(),
+        ));
+        let object = ObjectId::new("read-mostly").expect("valid");
+        let (alice, bob) = (
+            OwnerId::new("alice").expect("valid"),
+            OwnerId::new("bob").expect("valid"),
+        );
+        let short = service
+            .acquire_in(
+                &object,
+                LockMode::Shared,
+                &alice,
+                Duration::from_millis(50),
+                Duration::ZERO,
+            )
+            .await
+            .expect("granted");
+        let long = service
+            .acquire_in(
+                &object,
+                LockMode::Shared,
+                &bob,
+                Duration::from_secs(60),
+                Duration::ZERO,
+            )
+            .await
+            .expect("shared holders coexist");
+        assert!(long.fence > short.fence);
+        tracker.granted(&short);
+        tracker.granted(&long);
+        let runner = tokio::spawn(tracker.clone().run(service.clone()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while events.since(0, 10).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        runner.abort();
+        let log = events.since(0, 10);
+        assert_eq!(log.len(), 1, "only alice's lease ended: {log:?}");
+        assert_eq!(log[0].kind, EventKind::Expiry);
+        assert_eq!(log[0].fence, Some(short.fence.get()));
+        assert_eq!(log[0].mode, Some(LockMode::Shared));
+        assert_eq!(tracker.sizes().1, 1, "bob's lease is still tracked");
+        service.release(&object, &long.token).await.expect("held");
     }
 }

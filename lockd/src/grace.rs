@@ -43,8 +43,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockcore::{
-    async_trait, AcquireRequest, Fence, Lease, LeaseEndSink, Limits, ListQuery, LockError,
-    LockInfo, LockPage, LockResult, LockService, LockToken, ObjectId,
+    async_trait, check_objects, AcquireRequest, Fence, Grant, Lease, LeaseEndSink, Limits,
+    ListQuery, LockError, LockInfo, LockPage, LockResult, LockService, LockToken, ObjectId,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -463,10 +463,12 @@ impl RestartGuard {
         ))
     }
 
-    fn saw(&self, lease: &Lease) {
-        self.shared
-            .highest_fence
-            .fetch_max(lease.fence.get(), Ordering::AcqRel);
+    fn saw(&self, grant: &Grant) {
+        if let Some(highest) = grant.leases.iter().map(|lease| lease.fence.get()).max() {
+            self.shared
+                .highest_fence
+                .fetch_max(highest, Ordering::AcqRel);
+        }
     }
 }
 
@@ -504,21 +506,28 @@ impl LockService for RestartGuard {
         self.inner.backend()
     }
 
-    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease> {
+    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Grant> {
         // Checked here too so that an out-of-range request never moves the stored deadline.
-        self.limits.check_acquire(request.ttl, request.wait)?;
+        request.check(&self.limits)?;
         self.check_grace()?;
         let needed = now_unix_ms()
             .saturating_add(millis(request.wait))
             .saturating_add(millis(request.ttl));
         self.shared.cover(needed).await?;
-        let lease = self.inner.acquire_with(request).await?;
-        self.saw(&lease);
-        Ok(lease)
+        let grant = self.inner.acquire_with(request).await?;
+        self.saw(&grant);
+        Ok(grant)
     }
 
     async fn release(&self, object: &ObjectId, token: &LockToken) -> LockResult<Fence> {
         self.inner.release(object, token).await
+    }
+
+    async fn release_many(
+        &self,
+        locks: &[(ObjectId, LockToken)],
+    ) -> LockResult<Vec<LockResult<Fence>>> {
+        self.inner.release_many(locks).await
     }
 
     async fn renew(
@@ -537,6 +546,54 @@ impl LockService for RestartGuard {
         let needed = now_unix_ms().saturating_add(millis(ttl));
         self.shared.cover(needed).await?;
         self.inner.renew(object, token, ttl).await
+    }
+
+    async fn renew_many(
+        &self,
+        locks: &[(ObjectId, LockToken)],
+        ttl: Duration,
+    ) -> LockResult<Vec<LockResult<Lease>>> {
+        self.limits.check_ttl(ttl)?;
+        check_objects(locks.iter().map(|(object, _)| object))?;
+        // As for one renew: only holders may move the stored deadline. Strangers' entries are
+        // refused here; the holders' are renewed together once the deadline covers them.
+        let mut outcomes: Vec<Option<LockResult<Lease>>> = Vec::with_capacity(locks.len());
+        let mut held = Vec::with_capacity(locks.len());
+        for (object, token) in locks {
+            match self.inner.validate(object, token).await {
+                Ok(_) => {
+                    held.push((object.clone(), token.clone()));
+                    outcomes.push(None);
+                }
+                Err(e) => {
+                    lockcore::audit::log_refusal("renew", object, token, &e);
+                    outcomes.push(Some(Err(e)));
+                }
+            }
+        }
+        let mut renewed = if held.is_empty() {
+            Vec::new()
+        } else {
+            let needed = now_unix_ms().saturating_add(millis(ttl));
+            self.shared.cover(needed).await?;
+            self.inner.renew_many(&held, ttl).await?
+        }
+        .into_iter();
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| {
+                    renewed
+                        .next()
+                        .unwrap_or_else(|| Err(LockError::Internal("no renew outcome".into())))
+                })
+            })
+            .collect())
+    }
+
+    async fn downgrade(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
+        // Keeps the lease's expiry: the stored deadline already covers it.
+        self.inner.downgrade(object, token).await
     }
 
     async fn validate(&self, object: &ObjectId, token: &LockToken) -> LockResult<Lease> {
@@ -694,5 +751,59 @@ mod tests {
             grant.await.expect("grant task");
         }
         writer.abort();
+    }
+
+    /// A batched renew moves the stored deadline only when it renews a holder's lease: the
+    /// strangers' entries are refused in place and a batch of strangers only writes nothing.
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn a_batched_renew_moves_the_deadline_only_for_holders() {
+        use lockcore::{OwnerId, TokenIssuer};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = StateFile::open(dir.path()).await.expect("opens");
+        let config = backend_memory::MemoryConfig::new(Limits::default())
+            .with_fence_floor(state.fence_floor());
+        let inner: Arc<dyn LockService> = Arc::new(backend_memory::MemoryLockService::new(
+            backend_memory::MemoryStore::new(config),
+            TokenIssuer::random(),
+        ));
+        let guard = RestartGuard::new(inner, state, Limits::default());
+        let owner = OwnerId::new("holder").expect("valid");
+        let (a, b) = (
+            ObjectId::new("a").expect("valid"),
+            ObjectId::new("b").expect("valid"),
+        );
+        let second = Duration::from_secs(1);
+        let held = guard
+            .acquire(&a, &owner, second, Duration::ZERO)
+            .await
+            .expect("granted");
+        let gone = guard
+            .acquire(&b, &owner, second, Duration::ZERO)
+            .await
+            .expect("granted");
+        guard.release(&b, &gone.token).await.expect("released");
+        let requested = || guard.shared.requested.load(Ordering::Acquire);
+        let before = requested();
+
+        let minute = Duration::from_secs(60);
+        let strangers = guard
+            .renew_many(&[(b.clone(), gone.token.clone())], minute)
+            .await
+            .expect("answered");
+        assert!(matches!(strangers[0], Err(LockError::NotHeld { .. })));
+        assert_eq!(requested(), before, "a stranger moved the stored deadline");
+
+        let mixed = guard
+            .renew_many(&[(b, gone.token), (a, held.token)], minute)
+            .await
+            .expect("answered");
+        assert!(matches!(mixed[0], Err(LockError::NotHeld { .. })));
+        let renewed = mixed[1].as_ref().expect("the holder's lease is renewed");
+        assert_eq!(renewed.ttl, minute);
+        assert!(
+            requested() >= now_unix_ms() + 59_000,
+            "the holder's renewal is covered"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! The `lockd` binary: `lockd serve` runs the server; `acquire`, `renew`, `release`, `list` and
-//! `events` talk to a running one.
+//! The `lockd` binary: `lockd serve` runs the server; `acquire`, `renew`, `release`,
+//! `downgrade`, `list` and `events` talk to a running one.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
@@ -27,15 +27,19 @@ struct Cli {
 enum Command {
     /// Run the server (prints `lockd listening on http://ADDR` once it accepts connections).
     Serve(Box<ServeArgs>),
-    /// Acquire a lock and print its token and fence.
+    /// Acquire one lock, or several all together (--shared for readers), and print tokens and
+    /// fences.
     #[cfg(feature = "http")]
     Acquire(cli::AcquireArgs),
-    /// Renew a lease.
+    /// Renew one lease, or several in one request.
     #[cfg(feature = "http")]
     Renew(cli::RenewArgs),
-    /// Release a lock.
+    /// Release one lock, or several in one request.
     #[cfg(feature = "http")]
     Release(cli::ReleaseArgs),
+    /// Turn an exclusive lock into a shared one (same token, fence and expiry).
+    #[cfg(feature = "http")]
+    Downgrade(cli::DowngradeArgs),
     /// List current locks.
     #[cfg(feature = "http")]
     List(cli::ListArgs),
@@ -117,6 +121,8 @@ fn main() -> ExitCode {
             Command::Renew(args) => cli::renew(args).await.map_err(|e| e.to_string()),
             #[cfg(feature = "http")]
             Command::Release(args) => cli::release(args).await.map_err(|e| e.to_string()),
+            #[cfg(feature = "http")]
+            Command::Downgrade(args) => cli::downgrade(args).await.map_err(|e| e.to_string()),
             #[cfg(feature = "http")]
             Command::List(args) => cli::list(args).await.map_err(|e| e.to_string()),
             #[cfg(feature = "http")]

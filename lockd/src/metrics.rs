@@ -19,6 +19,11 @@ struct RequestLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
 }
@@ -51,6 +56,9 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
+    grants: Family<ModeLabels, Counter>,
+    acquired_objects: Histogram,
+    batch_entries: Family<RequestLabels, Counter>,
     refused_releases: Family<ReasonLabels, Counter>,
     locks_held: Gauge<i64, AtomicI64>,
     waiters: Gauge<i64, AtomicI64>,
@@ -84,6 +92,25 @@ impl Metrics {
             "request_duration_seconds",
             "Lock API request latency by operation",
             latency.clone(),
+        );
+        let grants = Family::<ModeLabels, Counter>::default();
+        registry.register(
+            "grants",
+            "Leases granted by this process, by mode (a multi-object acquire counts one per object)",
+            grants.clone(),
+        );
+        let acquired_objects = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
+        registry.register(
+            "acquire_objects",
+            "Objects named by each granted acquire (1 for the one-object form)",
+            acquired_objects.clone(),
+        );
+        let batch_entries = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "batch_entries",
+            "Entries of batched releases and renewals (\"locks\": [...]) by operation and \
+             outcome (ok or the entry's error code)",
+            batch_entries.clone(),
         );
         let refused_releases = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -152,6 +179,9 @@ impl Metrics {
             registry,
             requests,
             latency,
+            grants,
+            acquired_objects,
+            batch_entries,
             refused_releases,
             locks_held,
             waiters,
@@ -168,6 +198,25 @@ impl Metrics {
         self.latency
             .get_or_create(&OperationLabels { operation })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one granted acquire and its leases' modes.
+    pub fn granted(&self, modes: impl ExactSizeIterator<Item = lockcore::LockMode>) {
+        self.acquired_objects.observe(modes.len() as f64);
+        for mode in modes {
+            self.grants
+                .get_or_create(&ModeLabels {
+                    mode: mode.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts one entry of a batched release or renew.
+    pub fn batch_entry(&self, operation: &'static str, outcome: &'static str) {
+        self.batch_entries
+            .get_or_create(&RequestLabels { operation, outcome })
+            .inc();
     }
 
     /// Counts a refused release.
@@ -251,8 +300,26 @@ mod tests {
         assert!(text.contains(r#"lockd_refused_releases_total{reason="token_mismatch"} 1"#));
         assert!(text.contains("lockd_locks_held 3"));
         assert!(text.contains("lockd_waiters 1"));
+        metrics.granted(
+            [
+                lockcore::LockMode::Shared,
+                lockcore::LockMode::Shared,
+                lockcore::LockMode::Exclusive,
+            ]
+            .into_iter(),
+        );
+        metrics.batch_entry("release", "not_held");
         metrics.unauthenticated();
         let text = metrics.encode().expect("encodes");
+        assert!(
+            text.contains(r#"lockd_grants_total{mode="shared"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"lockd_grants_total{mode="exclusive"} 1"#));
+        assert!(text.contains("lockd_acquire_objects_count 1"));
+        assert!(
+            text.contains(r#"lockd_batch_entries_total{operation="release",outcome="not_held"} 1"#)
+        );
         assert!(text.contains("lockd_unauthenticated_requests_total 1"));
         assert!(text.contains("lockd_request_duration_seconds_bucket"));
     }

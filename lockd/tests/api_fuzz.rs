@@ -69,15 +69,19 @@ impl std::fmt::Debug for Request {
     }
 }
 
-const POST_PATHS: [&str; 5] = [
+const POST_PATHS: [&str; 6] = [
     "/v1/locks/acquire",
     "/v1/locks/release",
     "/v1/locks/renew",
+    "/v1/locks/downgrade",
     "/v1/locks/validate",
     "/v1/locks/inspect",
 ];
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 10] = [
     "object",
+    "mode",
+    "objects",
+    "locks",
     "owner",
     "ttl_ms",
     "wait_ms",
@@ -85,6 +89,19 @@ const KEYS: [&str; 7] = [
     "request_id",
     "unexpected",
 ];
+
+/// Modes: the two real ones, near-misses and wrong types.
+fn mode() -> BoxedStrategy<Value> {
+    prop_oneof![
+        3 => Just(json!("shared")),
+        2 => Just(json!("exclusive")),
+        1 => Just(json!("Shared")),
+        1 => Just(json!("read")),
+        1 => Just(json!("")),
+        1 => any_json(),
+    ]
+    .boxed()
+}
 
 /// Object names: held ones, fresh ones, and invalid ones.
 fn object_name(material: &Material) -> BoxedStrategy<Value> {
@@ -132,24 +149,37 @@ fn mutated_token(tokens: Vec<String>) -> BoxedStrategy<Value> {
 }
 
 /// Requests aimed at one held lock with a mutated version of its own token: the closest an
-/// attacker holding a token of an earlier grant, or a corrupted copy, can get.
+/// attacker holding a token of an earlier grant, or a corrupted copy, can get. Release and
+/// renew also come batched (`locks`), beside a decoy's genuine lock.
 fn targeted(material: &Material) -> BoxedStrategy<Request> {
     let held = material.held.clone();
+    let decoys = material.decoy_tokens.clone();
     (
         proptest::sample::select(held),
         proptest::sample::select(vec![
             "/v1/locks/release",
             "/v1/locks/renew",
+            "/v1/locks/downgrade",
             "/v1/locks/validate",
         ]),
+        any::<bool>(),
+        proptest::sample::select(decoys),
     )
-        .prop_flat_map(|(held, path)| {
-            mutated_token(vec![held.token.clone()]).prop_map(move |token| Request::Post {
-                path,
-                content_type: Some("application/json"),
-                body: json!({"object": held.object, "token": token, "ttl_ms": 60_000})
-                    .to_string()
-                    .into_bytes(),
+        .prop_flat_map(|(held, path, batched, decoy)| {
+            mutated_token(vec![held.token.clone()]).prop_map(move |token| {
+                let several = batched && (path.ends_with("/release") || path.ends_with("/renew"));
+                let body = if several {
+                    json!({"locks": [{"object": "/decoy/0", "token": decoy},
+                                     {"object": held.object, "token": token}],
+                           "ttl_ms": 60_000})
+                } else {
+                    json!({"object": held.object, "token": token, "ttl_ms": 60_000})
+                };
+                Request::Post {
+                    path,
+                    content_type: Some("application/json"),
+                    body: body.to_string().into_bytes(),
+                }
             })
         })
         .boxed()
@@ -232,6 +262,34 @@ fn json_body(material: &Material) -> BoxedStrategy<Value> {
                 .boxed(),
                 "token" => prop_oneof![4 => token(&material), 1 => any_json()].boxed(),
                 "ttl_ms" | "wait_ms" => number(),
+                "mode" => mode(),
+                "objects" => prop_oneof![
+                    4 => proptest::collection::vec(
+                        (object_name(&material), proptest::option::of(mode())).prop_map(
+                            |(object, mode)| match mode {
+                                Some(mode) => json!({"object": object, "mode": mode}),
+                                None => json!({"object": object}),
+                            },
+                        ),
+                        0..5,
+                    )
+                    .prop_map(Value::from),
+                    1 => Just(Value::from(
+                        (0..65).map(|i| json!({"object": format!("/fuzz/many/{i}")})).collect::<Vec<_>>(),
+                    )),
+                    1 => any_json(),
+                ]
+                .boxed(),
+                "locks" => prop_oneof![
+                    4 => proptest::collection::vec(
+                        (object_name(&material), token(&material))
+                            .prop_map(|(object, token)| json!({"object": object, "token": token})),
+                        0..5,
+                    )
+                    .prop_map(Value::from),
+                    1 => any_json(),
+                ]
+                .boxed(),
                 _ => any_json(),
             }
         }
@@ -378,13 +436,26 @@ async fn send_and_check(
     }
     if status.is_success() {
         if let Request::Post { path, .. } = request {
-            // Only a held lock's own token (never generated) may release, renew or validate it.
+            // Only a held lock's own token (never generated) may release, renew, downgrade or
+            // validate it, and nobody else can be granted it: it is held exclusively. Batched
+            // answers list their successes as entries without `error`.
             let answered: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let mut succeeded: Vec<&Value> = vec![&answered["object"]];
+            for list in ["results", "locks"] {
+                if let Some(entries) = answered[list].as_array() {
+                    succeeded.extend(
+                        entries
+                            .iter()
+                            .filter(|entry| entry.get("error").is_none())
+                            .map(|entry| &entry["object"]),
+                    );
+                }
+            }
             let touched = material
                 .held
                 .iter()
-                .find(|h| answered["object"] == h.object.as_str());
-            let needs_token = ["/release", "/renew", "/validate"]
+                .find(|h| succeeded.iter().any(|object| **object == h.object.as_str()));
+            let needs_token = ["/release", "/renew", "/downgrade", "/validate", "/acquire"]
                 .iter()
                 .any(|op| path.ends_with(op));
             prop_assert!(
@@ -441,6 +512,8 @@ async fn assert_unchanged(http: &reqwest::Client, base: &str, held: &Held) {
     assert_eq!(status, 200, "{} is no longer held: {info}", held.object);
     assert_eq!(info["owner"], held.owner.as_str(), "{info}");
     assert_eq!(info["fence"], held.fence, "{info}");
+    assert_eq!(info["mode"], "exclusive", "{info}");
+    assert_eq!(info["holders"].as_array().map(Vec::len), Some(1), "{info}");
     assert_eq!(
         info["expires_at"],
         held.expires_at.as_str(),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockcore::{
-    async_trait, AcquireRequest, Fence, Lease, ListQuery, LockError, LockInfo, LockPage,
+    async_trait, AcquireRequest, Fence, Grant, Lease, ListQuery, LockError, LockInfo, LockPage,
     LockResult, LockService, LockToken, ObjectId,
 };
 use lockd::{Server, ServerConfig};
@@ -27,7 +27,23 @@ impl LockService for Failing {
     fn backend(&self) -> &'static str {
         "failing"
     }
-    async fn acquire_with(&self, _: &AcquireRequest) -> LockResult<Lease> {
+    async fn acquire_with(&self, _: &AcquireRequest) -> LockResult<Grant> {
+        Err(self.fail())
+    }
+    async fn release_many(
+        &self,
+        _: &[(ObjectId, LockToken)],
+    ) -> LockResult<Vec<LockResult<Fence>>> {
+        Err(self.fail())
+    }
+    async fn renew_many(
+        &self,
+        _: &[(ObjectId, LockToken)],
+        _: Duration,
+    ) -> LockResult<Vec<LockResult<Lease>>> {
+        Err(self.fail())
+    }
+    async fn downgrade(&self, _: &ObjectId, _: &LockToken) -> LockResult<Lease> {
         Err(self.fail())
     }
     async fn release(&self, _: &ObjectId, _: &LockToken) -> LockResult<Fence> {
@@ -97,6 +113,25 @@ fn requests() -> Vec<(&'static str, Option<Value>)> {
         ),
         (
             "/v1/locks/validate",
+            Some(json!({"object": "o", "token": token})),
+        ),
+        (
+            "/v1/locks/acquire",
+            Some(
+                json!({"objects": [{"object": "o"}, {"object": "p", "mode": "shared"}],
+                        "owner": "w", "ttl_ms": 1000}),
+            ),
+        ),
+        (
+            "/v1/locks/release",
+            Some(json!({"locks": [{"object": "o", "token": token}]})),
+        ),
+        (
+            "/v1/locks/renew",
+            Some(json!({"locks": [{"object": "o", "token": token}], "ttl_ms": 1000})),
+        ),
+        (
+            "/v1/locks/downgrade",
             Some(json!({"object": "o", "token": token})),
         ),
         ("/v1/locks/inspect", Some(json!({"object": "o"}))),

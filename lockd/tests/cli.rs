@@ -155,3 +155,114 @@ async fn the_api_key_comes_from_lockd_api_key() {
     let with = lockd_cli(&lockd.url, &["list", "--json"], Some(key));
     assert!(json_of(&with)["locks"].is_array());
 }
+
+/// `lockd acquire A B --shared` takes both objects together in shared mode; `release` and
+/// `renew` take several objects with one `--token` each, in order; `downgrade` turns an
+/// exclusive lock shared.
+#[tokio::test]
+async fn several_objects_shared_mode_batches_and_downgrade_from_the_shell() {
+    let lockd = Lockd::start(&[]).await;
+    let url = lockd.url.clone();
+    let (a, b) = (unique("cli-a"), unique("cli-b"));
+
+    let grant = json_of(&lockd_cli(
+        &url,
+        &[
+            "acquire", &a, &b, "--shared", "--owner", "reader", "--ttl", "30s", "--json",
+        ],
+        None,
+    ));
+    assert_eq!(grant["owner"], "reader");
+    let locks = grant["locks"].as_array().expect("locks");
+    assert_eq!(locks.len(), 2);
+    assert!(locks.iter().all(|l| l["mode"] == "shared"));
+    assert_eq!(locks[0]["object"], a.as_str());
+    let tokens: Vec<String> = locks
+        .iter()
+        .map(|l| l["token"].as_str().expect("token").to_owned())
+        .collect();
+
+    // Another reader joins; a writer is refused.
+    let second = json_of(&lockd_cli(
+        &url,
+        &[
+            "acquire", &a, "--shared", "--owner", "r2", "--ttl", "30s", "--json",
+        ],
+        None,
+    ));
+    assert_eq!(second["mode"], "shared");
+    let refused = lockd_cli(&url, &["acquire", &a, "--owner", "w", "--ttl", "1s"], None);
+    assert_eq!(refused.status.code(), Some(1));
+
+    let table = text_of(&lockd_cli(
+        &url,
+        &[
+            "acquire",
+            &unique("cli-c"),
+            &unique("cli-d"),
+            "--owner",
+            "x",
+            "--ttl",
+            "5s",
+        ],
+        None,
+    ));
+    assert!(
+        table.contains("OBJECT") && table.contains("exclusive"),
+        "{table}"
+    );
+
+    let renewed = json_of(&lockd_cli(
+        &url,
+        &[
+            "renew", &a, &b, "--token", &tokens[0], "--token", &tokens[1], "--ttl", "1m", "--json",
+        ],
+        None,
+    ));
+    let results = renewed["results"].as_array().expect("results");
+    assert!(results.iter().all(|r| r["ttl_ms"] == 60_000), "{renewed}");
+
+    let mismatched = lockd_cli(&url, &["release", &a, &b, "--token", &tokens[0]], None);
+    assert_eq!(mismatched.status.code(), Some(1));
+
+    let released = text_of(&lockd_cli(
+        &url,
+        &[
+            "release", &a, &b, "--token", &tokens[0], "--token", &tokens[1],
+        ],
+        None,
+    ));
+    assert_eq!(released.lines().count(), 2, "{released}");
+    assert!(
+        released.lines().all(|l| l.starts_with("released")),
+        "{released}"
+    );
+    let again = lockd_cli(
+        &url,
+        &[
+            "release", &a, &b, "--token", &tokens[0], "--token", &tokens[1], "--json",
+        ],
+        None,
+    );
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "every lock was already released"
+    );
+    let answer: Value = serde_json::from_slice(&again.stdout).expect("JSON on stdout");
+    assert_eq!(answer["results"][1]["error"]["code"], "not_held");
+
+    let writer = json_of(&lockd_cli(
+        &url,
+        &["acquire", &b, "--owner", "w", "--ttl", "30s", "--json"],
+        None,
+    ));
+    let token = writer["token"].as_str().expect("token");
+    let down = json_of(&lockd_cli(
+        &url,
+        &["downgrade", &b, "--token", token, "--json"],
+        None,
+    ));
+    assert_eq!(down["mode"], "shared");
+    assert_eq!(down["fence"], writer["fence"]);
+}

@@ -355,3 +355,58 @@ async fn a_guard_reports_loss_when_lockd_goes_away() {
     let err = guard.release().await.unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
 }
+
+/// Over HTTP, one guard keeps a multi-object grant of mixed modes alive beyond its TTL with
+/// batched renewals, while other readers join its shared object, and releases it in one request.
+#[tokio::test]
+async fn a_guard_over_http_keeps_a_multi_object_grant_of_mixed_modes() {
+    use lockcore::{AcquireRequest, LockMode, LockSpec};
+    let lockd = Lockd::start(&[]).await;
+    let client: Arc<dyn LockService> = Arc::new(lockd.client());
+    let (dir, file) = (object("guard-dir"), object("guard-file"));
+    let ttl = Duration::from_millis(400);
+    let request = AcquireRequest::many(
+        vec![
+            LockSpec::shared(dir.clone()),
+            LockSpec::exclusive(file.clone()),
+        ],
+        owner("renamer"),
+        ttl,
+    );
+    let guard = LeaseGuard::acquire_request(client.clone(), &request, Default::default())
+        .await
+        .unwrap();
+    let reader = client
+        .acquire_in(
+            &dir,
+            LockMode::Shared,
+            &owner("reader"),
+            ttl * 10,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(ttl * 3).await;
+    assert!(guard.is_held(), "{:?}", guard.state());
+    let modes: Vec<LockMode> = guard.leases().iter().map(|l| l.mode).collect();
+    assert_eq!(modes, [LockMode::Shared, LockMode::Exclusive]);
+    let info = client.inspect(&dir).await.unwrap().unwrap();
+    assert_eq!(info.holders.len(), 2);
+    assert!(matches!(
+        client
+            .acquire(&file, &owner("intruder"), ttl, Duration::ZERO)
+            .await,
+        Err(LockError::Locked { .. })
+    ));
+
+    let released = guard.release_all().await.unwrap();
+    assert!(released.iter().all(Result::is_ok), "{released:?}");
+    assert_eq!(client.inspect(&file).await.unwrap(), None);
+    let info = client.inspect(&dir).await.unwrap().unwrap();
+    assert_eq!(
+        info.owner.as_str(),
+        "reader",
+        "the other reader keeps its lease"
+    );
+    client.release(&dir, &reader.token).await.unwrap();
+}

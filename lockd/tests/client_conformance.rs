@@ -66,7 +66,10 @@ mod through_lockd_on_postgres {
     static SERVER: OnceLock<Result<SharedServer, String>> = OnceLock::new();
 
     async fn factory() -> Option<Arc<dyn LockService>> {
-        let backend = backend_from_env("LOCKD_TEST_POSTGRES_URL", "lockd-client -> lockd -> postgres")?;
+        let backend = backend_from_env(
+            "LOCKD_TEST_POSTGRES_URL",
+            "lockd-client -> lockd -> postgres",
+        )?;
         Some(client_of(&SERVER, &backend, None))
     }
 

@@ -76,7 +76,7 @@ async fn acquire(
     let request = AcquireRequest::new(object.clone(), owner.clone(), ttl)
         .with_wait(wait)
         .with_request_id(RequestId::random());
-    service.acquire_with(&request).await
+    Ok(service.acquire_with(&request).await?.into_first())
 }
 
 /// Bounds any call even if the client's own deadline failed: an endless call is unknown.
@@ -916,7 +916,7 @@ async fn a_split_brain_is_caught() {
     let brain = || -> Arc<dyn LockService> {
         let config = backend_memory::MemoryConfig::new(lockcore::Limits::default());
         Arc::new(backend_memory::MemoryLockService::new(
-            config,
+            backend_memory::MemoryStore::new(config),
             issuer.clone(),
         ))
     };
@@ -949,7 +949,10 @@ impl Broken {
     fn service(bug: Bug) -> Arc<dyn LockService> {
         let config = backend_memory::MemoryConfig::new(lockcore::Limits::default());
         Arc::new(Self {
-            inner: backend_memory::MemoryLockService::new(config, lockcore::TokenIssuer::random()),
+            inner: backend_memory::MemoryLockService::new(
+                backend_memory::MemoryStore::new(config),
+                lockcore::TokenIssuer::random(),
+            ),
             bug,
             granted: std::sync::Mutex::default(),
         })
@@ -962,16 +965,37 @@ impl LockService for Broken {
         "broken"
     }
 
-    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Lease> {
-        let mut lease = self.inner.acquire_with(request).await?;
-        self.granted
-            .lock()
-            .expect("granted")
-            .insert(lease.token.fingerprint(), lease.clone());
-        if self.bug == Bug::FencesRunBackwards {
-            lease.fence = lockcore::Fence(u64::MAX - lease.fence.get());
+    async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<lockcore::Grant> {
+        let mut grant = self.inner.acquire_with(request).await?;
+        for lease in &mut grant.leases {
+            self.granted
+                .lock()
+                .expect("granted")
+                .insert(lease.token.fingerprint(), lease.clone());
+            if self.bug == Bug::FencesRunBackwards {
+                lease.fence = lockcore::Fence(u64::MAX - lease.fence.get());
+            }
         }
-        Ok(lease)
+        Ok(grant)
+    }
+
+    async fn release_many(
+        &self,
+        locks: &[(ObjectId, lockcore::LockToken)],
+    ) -> LockResult<Vec<LockResult<lockcore::Fence>>> {
+        self.inner.release_many(locks).await
+    }
+
+    async fn renew_many(
+        &self,
+        locks: &[(ObjectId, lockcore::LockToken)],
+        ttl: Duration,
+    ) -> LockResult<Vec<LockResult<Lease>>> {
+        self.inner.renew_many(locks, ttl).await
+    }
+
+    async fn downgrade(&self, object: &ObjectId, token: &lockcore::LockToken) -> LockResult<Lease> {
+        self.inner.downgrade(object, token).await
     }
 
     async fn release(

@@ -613,3 +613,409 @@ async fn hostile_inputs_never_get_a_5xx_and_leave_other_locks_alone() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+// ---- Lock modes, several objects, batches and downgrade (issue 11) ----------------------
+
+/// A one-object exclusive acquire answers exactly the fields it always did, plus `mode`.
+#[tokio::test]
+async fn a_one_object_exclusive_acquire_answers_as_before_plus_its_mode() {
+    let lockd = Lockd::start(&[]).await;
+    let object = unique("plain");
+    let lease = lockd.acquire(&object, "alice", 30_000).await;
+    let mut keys: Vec<&str> = lease
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["fence", "mode", "object", "owner", "token", "ttl_ms"]
+    );
+    assert_eq!(lease["mode"], "exclusive");
+}
+
+/// Shared holders coexist, each with its own token and fence; an exclusive request is refused
+/// while they hold; inspect lists every holder (never a token), the top level describing the
+/// holder with the highest fence; releasing one leaves the other.
+#[tokio::test]
+async fn shared_holders_coexist_and_inspect_lists_them_without_tokens() {
+    let lockd = Lockd::start(&[]).await;
+    let object = unique("shared");
+    let mut readers = Vec::new();
+    for owner in ["r1", "r2"] {
+        let (status, lease) = lockd
+            .post(
+                "/v1/locks/acquire",
+                json!({"object": object, "mode": "shared", "owner": owner, "ttl_ms": 30_000}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{lease}");
+        assert_eq!(lease["mode"], "shared");
+        readers.push(lease);
+    }
+    assert_ne!(readers[0]["token"], readers[1]["token"]);
+    assert!(readers[1]["fence"].as_u64() > readers[0]["fence"].as_u64());
+
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/acquire",
+            json!({"object": object, "owner": "writer", "ttl_ms": 1000}),
+        )
+        .await;
+    let error = assert_error(status, &body, StatusCode::CONFLICT, "locked");
+    assert_eq!(error["conflicts"][0]["object"], object.as_str());
+
+    let (status, info) = lockd
+        .post("/v1/locks/inspect", json!({"object": object}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!(info["mode"], "shared");
+    assert_eq!(info["owner"], "r2");
+    assert_eq!(info["fence"], readers[1]["fence"]);
+    let holders = info["holders"].as_array().expect("holders");
+    assert_eq!(holders.len(), 2, "{info}");
+    assert_eq!(holders[0]["owner"], "r1");
+    assert_eq!(holders[0]["fence"], readers[0]["fence"]);
+    for holder in holders {
+        for key in ["owner", "fence", "ttl_ms", "acquired_at", "expires_at"] {
+            assert!(holder.get(key).is_some(), "{key} missing: {holder}");
+        }
+    }
+    for reader in &readers {
+        assert!(!info
+            .to_string()
+            .contains(reader["token"].as_str().expect("token")));
+    }
+    let (status, page) = lockd
+        .get(&format!("/v1/locks?prefix={}", object.replace('/', "%2F")))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let fences = |holders: &serde_json::Value| -> Vec<serde_json::Value> {
+        holders
+            .as_array()
+            .map(|h| h.iter().map(|h| h["fence"].clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        fences(&page["locks"][0]["holders"]),
+        fences(&info["holders"])
+    );
+    assert_eq!(page["locks"][0]["mode"], "shared");
+
+    let (status, _) = lockd
+        .post(
+            "/v1/locks/release",
+            json!({"object": object, "token": readers[1]["token"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, info) = lockd
+        .post("/v1/locks/inspect", json!({"object": object}))
+        .await;
+    assert_eq!(info["owner"], "r1", "the other reader still holds: {info}");
+    let (status, valid) = lockd
+        .post(
+            "/v1/locks/validate",
+            json!({"object": object, "token": readers[0]["token"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{valid}");
+    assert_eq!(valid["mode"], "shared");
+}
+
+/// `objects` is granted all together, answered in request order with a token and fence per
+/// object; when one object is held nothing is granted, and the 409 lists every conflict.
+#[tokio::test]
+async fn several_objects_are_granted_all_or_nothing_in_request_order() {
+    let lockd = Lockd::start(&[]).await;
+    let (a, b, c) = (unique("multi-a"), unique("multi-b"), unique("multi-c"));
+    let (status, grant) = lockd
+        .post(
+            "/v1/locks/acquire",
+            json!({"objects": [{"object": b}, {"object": a, "mode": "shared"}],
+                   "owner": "mover", "ttl_ms": 30_000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{grant}");
+    assert_eq!(grant["owner"], "mover");
+    assert_eq!(grant["ttl_ms"], 30_000);
+    let locks = grant["locks"].as_array().expect("locks");
+    assert_eq!(locks.len(), 2);
+    assert_eq!(locks[0]["object"], b.as_str());
+    assert_eq!(locks[0]["mode"], "exclusive");
+    assert_eq!(locks[1]["object"], a.as_str());
+    assert_eq!(locks[1]["mode"], "shared");
+    assert!(locks
+        .iter()
+        .all(|l| l["token"].is_string() && l["fence"].is_u64()));
+
+    // b is held exclusively by "mover": a request for c and b gets nothing, not even c.
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/acquire",
+            json!({"objects": [{"object": c}, {"object": b}, {"object": a}],
+                   "owner": "other", "ttl_ms": 1000}),
+        )
+        .await;
+    let error = assert_error(status, &body, StatusCode::CONFLICT, "locked");
+    assert_eq!(error["holder"], "mover");
+    assert!(error["retry_after_ms"].as_u64().is_some());
+    let conflicts = error["conflicts"].as_array().expect("conflicts");
+    assert_eq!(conflicts[0]["object"], b.as_str(), "{error}");
+    assert!(conflicts.iter().all(|c| c["holder"] == "mover"));
+    let (status, _) = lockd.post("/v1/locks/inspect", json!({"object": c})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was left held");
+}
+
+/// Duplicates, more than 64 objects, an unknown mode, both or neither of `object` and
+/// `objects`: all `invalid_argument`, naming the field.
+#[tokio::test]
+async fn malformed_multi_object_requests_are_invalid_arguments() {
+    let lockd = Lockd::start(&[]).await;
+    let a = unique("bad");
+    let many: Vec<_> = (0..65)
+        .map(|i| json!({"object": format!("{a}/{i}")}))
+        .collect();
+    for (body, field) in [
+        (
+            json!({"objects": [{"object": a}, {"object": a}], "owner": "o", "ttl_ms": 1000}),
+            "objects",
+        ),
+        (
+            json!({"objects": many, "owner": "o", "ttl_ms": 1000}),
+            "objects",
+        ),
+        (
+            json!({"objects": [], "owner": "o", "ttl_ms": 1000}),
+            "objects",
+        ),
+        (
+            json!({"object": a, "mode": "read", "owner": "o", "ttl_ms": 1000}),
+            "mode",
+        ),
+        (
+            json!({"objects": [{"object": a, "mode": "writer"}], "owner": "o", "ttl_ms": 1000}),
+            "mode",
+        ),
+        (
+            json!({"object": a, "objects": [{"object": a}], "owner": "o", "ttl_ms": 1000}),
+            "objects",
+        ),
+        (json!({"owner": "o", "ttl_ms": 1000}), "object"),
+    ] {
+        let (status, reply) = lockd.post("/v1/locks/acquire", body.clone()).await;
+        let error = assert_error(status, &reply, StatusCode::BAD_REQUEST, "invalid_argument");
+        assert_eq!(error["field"], field, "{body} -> {reply}");
+    }
+}
+
+/// Batched release and renew answer 200 with one result per lock in request order, even when
+/// some fail: the lease (renew) or the fence (release), or the entry's error.
+#[tokio::test]
+async fn batched_release_and_renew_report_each_lock_in_order() {
+    let lockd = Lockd::start(&[]).await;
+    let (a, b, gone) = (unique("batch-a"), unique("batch-b"), unique("batch-gone"));
+    let la = lockd.acquire(&a, "alice", 30_000).await;
+    let lb = lockd.acquire(&b, "alice", 30_000).await;
+    let lg = lockd.acquire(&gone, "alice", 30_000).await;
+    lockd
+        .post(
+            "/v1/locks/release",
+            json!({"object": gone, "token": lg["token"]}),
+        )
+        .await;
+    let locks = json!([{"object": a, "token": la["token"]},
+                       {"object": gone, "token": lg["token"]},
+                       {"object": b, "token": lb["token"]}]);
+
+    let (status, renewed) = lockd
+        .post("/v1/locks/renew", json!({"locks": locks, "ttl_ms": 60_000}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    let results = renewed["results"].as_array().expect("results");
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["object"], a.as_str());
+    assert_eq!(results[0]["ttl_ms"], 60_000);
+    assert_eq!(results[0]["token"], la["token"]);
+    assert_eq!(results[0]["mode"], "exclusive");
+    assert_eq!(results[1]["object"], gone.as_str());
+    assert_eq!(results[1]["error"]["code"], "not_held");
+    assert!(results[1]["error"]["message"].is_string());
+    assert_eq!(results[2]["fence"], lb["fence"]);
+
+    let (status, released) = lockd
+        .post("/v1/locks/release", json!({"locks": locks}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{released}");
+    assert_eq!(
+        released["results"],
+        json!([{"object": a, "fence": la["fence"]},
+               {"object": gone, "error": released["results"][1]["error"]},
+               {"object": b, "fence": lb["fence"]}])
+    );
+    assert_eq!(released["results"][1]["error"]["code"], "not_held");
+
+    // A malformed token is its own entry's invalid_token; a duplicate object the request's.
+    let (status, mixed) = lockd
+        .post(
+            "/v1/locks/release",
+            json!({"locks": [{"object": a, "token": "nope"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{mixed}");
+    assert_eq!(mixed["results"][0]["error"]["code"], "invalid_token");
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/release",
+            json!({"locks": [{"object": a, "token": la["token"]}, {"object": a, "token": la["token"]}]}),
+        )
+        .await;
+    let error = assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+    assert_eq!(error["field"], "objects");
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/release",
+            json!({"object": a, "token": la["token"], "locks": []}),
+        )
+        .await;
+    let error = assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+    assert_eq!(error["field"], "locks");
+}
+
+/// A downgrade keeps token, fence and expiry, answers the lease as shared, and lets readers
+/// join; downgrading with another token is refused.
+#[tokio::test]
+async fn downgrade_turns_an_exclusive_lease_shared_and_readers_join() {
+    let lockd = Lockd::start(&[]).await;
+    let object = unique("down");
+    let lease = lockd.acquire(&object, "writer", 30_000).await;
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/acquire",
+            json!({"object": object, "mode": "shared", "owner": "reader", "ttl_ms": 1000}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "locked");
+
+    let (status, down) = lockd
+        .post(
+            "/v1/locks/downgrade",
+            json!({"object": object, "token": lease["token"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{down}");
+    assert_eq!(down["mode"], "shared");
+    assert_eq!(down["token"], lease["token"]);
+    assert_eq!(down["fence"], lease["fence"]);
+    assert_eq!(down["owner"], "writer");
+
+    let (status, reader) = lockd
+        .post(
+            "/v1/locks/acquire",
+            json!({"object": object, "mode": "shared", "owner": "reader", "ttl_ms": 1000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reader}");
+
+    let other = unique("down-other");
+    let not_mine = lockd.acquire(&other, "x", 30_000).await;
+    let (status, body) = lockd
+        .post(
+            "/v1/locks/downgrade",
+            json!({"object": object, "token": not_mine["token"]}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_token");
+}
+
+/// Every grant, release and downgrade event carries its lease's mode; a multi-object grant is
+/// one event per object.
+#[tokio::test]
+async fn events_carry_the_mode_of_each_lease() {
+    let lockd = Lockd::start(&[]).await;
+    let (a, b) = (unique("ev-a"), unique("ev-b"));
+    let (status, grant) = lockd
+        .post(
+            "/v1/locks/acquire",
+            json!({"objects": [{"object": a, "mode": "shared"}, {"object": b}],
+                   "owner": "o", "ttl_ms": 30_000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{grant}");
+    let (status, _) = lockd
+        .post(
+            "/v1/locks/downgrade",
+            json!({"object": b, "token": grant["locks"][1]["token"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, events) = lockd.get("/v1/events").await;
+    assert_eq!(status, StatusCode::OK, "{events}");
+    let seen: Vec<(String, String, String)> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["object"] == a.as_str() || e["object"] == b.as_str())
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or_default().to_owned(),
+                e["object"].as_str().unwrap_or_default().to_owned(),
+                e["mode"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("grant".into(), a.clone(), "shared".into()),
+            ("grant".into(), b.clone(), "exclusive".into()),
+            ("downgrade".into(), b.clone(), "shared".into()),
+        ]
+    );
+
+    // A batched release records one event per lock: a release for each lease it ended and a
+    // release_refused for each refused entry.
+    let (status, released) = lockd
+        .post(
+            "/v1/locks/release",
+            json!({"locks": [{"object": a, "token": grant["locks"][0]["token"]},
+                             {"object": b, "token": grant["locks"][1]["token"]},
+                             {"object": a.clone() + "/x", "token": grant["locks"][0]["token"]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{released}");
+    let mut kinds = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while kinds.len() < 3 && std::time::Instant::now() < deadline {
+        let (_, events) = lockd.get("/v1/events").await;
+        kinds = events["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["kind"] != "grant" && e["kind"] != "downgrade")
+            .filter(|e| {
+                e["object"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with(a.as_str()) || o == b)
+            })
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap_or_default().to_owned(),
+                    e["reason"].clone(),
+                )
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kinds.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        kinds,
+        [
+            ("release".into(), serde_json::Value::Null),
+            ("release".into(), serde_json::Value::Null),
+            ("release_refused".into(), json!("invalid_token")),
+        ]
+    );
+}

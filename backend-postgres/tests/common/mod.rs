@@ -13,7 +13,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backend_postgres::{PostgresConfig, PostgresLockService};
+use backend_postgres::{PostgresConfig, PostgresLockService, PostgresStore};
 use lockcore::{LockService, TokenIssuer};
 use rand::Rng;
 
@@ -87,9 +87,10 @@ pub async fn service() -> Option<PostgresLockService> {
 /// Connects with `config`, panicking with the cause when the database refuses.
 pub async fn connect(config: PostgresConfig) -> PostgresLockService {
     drop_old_schemas(&config.url).await;
-    PostgresLockService::connect(config, issuer())
+    let store = PostgresStore::connect(config)
         .await
-        .unwrap_or_else(|e| panic!("connecting to the test database failed: {e}"))
+        .unwrap_or_else(|e| panic!("connecting to the test database failed: {e}"));
+    PostgresLockService::new(store, issuer())
 }
 
 /// The factory the conformance suite calls once per test.

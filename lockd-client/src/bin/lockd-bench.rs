@@ -4,7 +4,15 @@
 //! ```text
 //! lockd-bench --concurrency 50 --duration 10s                 # random objects, rarely contended
 //! lockd-bench --concurrency 50 --contended 4 --pairs 20000    # 50 clients fighting over 4 objects
+//! lockd-bench --mode shared --contended 1                     # 50 readers sharing one object
+//! lockd-bench --mode mixed --contended 8 --objects-per-request 2   # readers and writers, pairs of objects
+//! lockd-bench --objects-per-request 64 --concurrency 1        # the cost of one 64-object acquire
 //! ```
+//!
+//! `--mode` sets the mode of every request: `exclusive` (the default), `shared`, or `mixed`
+//! (each request shared or exclusive at random, half and half). `--objects-per-request N`
+//! makes each acquire name N distinct random objects (1 to 64), granted all or nothing, and
+//! each release one batched release of all N: a pair is still two requests.
 //!
 //! Each client has its own connection pool (so N clients hold N keep-alive connections, as
 //! `redis-benchmark -c N` does). A pair is one acquire followed, once granted, by its release;
@@ -24,7 +32,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use lockcore::{LockError, LockService, ObjectId, OwnerId};
+use lockcore::{
+    AcquireRequest, LockError, LockMode, LockService, LockSpec, LockToken, ObjectId, OwnerId,
+    MAX_OBJECTS_PER_REQUEST,
+};
 use lockd_client::{ClientConfig, LockdClient};
 use rand::Rng;
 
@@ -69,9 +80,86 @@ struct Args {
     /// the server when both share a machine).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// The mode of each request: exclusive, shared, or mixed (each request shared or
+    /// exclusive at random, half and half).
+    #[arg(long, value_enum, default_value_t = ModeArg::Exclusive)]
+    mode: ModeArg,
+    /// Objects named by each acquire (1 to 64, distinct, granted all or nothing) and released
+    /// together by one batched release.
+    #[arg(long, default_value_t = 1)]
+    objects_per_request: usize,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    /// Every request exclusive.
+    Exclusive,
+    /// Every request shared.
+    Shared,
+    /// Each request shared or exclusive at random, half and half.
+    Mixed,
+}
+
+impl ModeArg {
+    fn pick(self) -> LockMode {
+        match self {
+            ModeArg::Exclusive => LockMode::Exclusive,
+            ModeArg::Shared => LockMode::Shared,
+            ModeArg::Mixed => {
+                if rand::rng().random_bool(0.5) {
+                    LockMode::Shared
+                } else {
+                    LockMode::Exclusive
+                }
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ModeArg::Exclusive => "exclusive",
+            ModeArg::Shared => "shared",
+            ModeArg::Mixed => "mixed",
+        }
+    }
+}
+
+/// What each client's requests look like.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    space: usize,
+    per_request: usize,
+    mode: ModeArg,
+    ttl: Duration,
+    wait: Duration,
+}
+
+impl Shape {
+    /// `per_request` distinct random objects of the run's space, each in this request's mode.
+    fn request(&self, run: &str, owner: &OwnerId) -> Result<AcquireRequest, String> {
+        let mode = self.mode.pick();
+        let mut picked: Vec<usize> = Vec::with_capacity(self.per_request);
+        let mut rng = rand::rng();
+        while picked.len() < self.per_request {
+            let n = rng.random_range(0..self.space);
+            if !picked.contains(&n) {
+                picked.push(n);
+            }
+        }
+        let specs = picked
+            .into_iter()
+            .map(|n| {
+                ObjectId::new(format!("bench/{run}/{n}"))
+                    .map(|object| LockSpec::new(object, mode))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(AcquireRequest::many(specs, owner.clone(), self.ttl).with_wait(self.wait))
+    }
 }
 
 /// What one client measured.
@@ -163,14 +251,11 @@ fn is_loopback(url: &str) -> Result<bool, String> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn client_loop(
     client: LockdClient,
     worker: usize,
     run: String,
-    space: usize,
-    ttl: Duration,
-    wait: Duration,
+    shape: Shape,
     plan: Arc<Plan>,
     tally: Arc<Mutex<Option<Tally>>>,
 ) -> Result<(), String> {
@@ -184,11 +269,10 @@ async fn client_loop(
             mine = Tally::new()?;
             measured_once = true;
         }
-        let n = rand::rng().random_range(0..space);
-        let object = ObjectId::new(format!("bench/{run}/{n}")).map_err(|e| e.to_string())?;
+        let request = shape.request(&run, &owner)?;
         let started = Instant::now();
-        let lease = match client.acquire(&object, &owner, ttl, wait).await {
-            Ok(lease) => lease,
+        let grant = match client.acquire_with(&request).await {
+            Ok(grant) => grant,
             Err(LockError::Locked { .. }) => {
                 mine.locked += 1;
                 continue;
@@ -199,8 +283,23 @@ async fn client_loop(
             }
         };
         let acquired = Instant::now();
-        match client.release(&object, &lease.token).await {
-            Ok(_) => {
+        let locks: Vec<(ObjectId, LockToken)> = grant
+            .leases
+            .into_iter()
+            .map(|lease| (lease.object, lease.token))
+            .collect();
+        let released = match locks.as_slice() {
+            [(object, token)] => client.release(object, token).await.map(|_| ()),
+            _ => match client.release_many(&locks).await {
+                Ok(outcomes) => outcomes
+                    .into_iter()
+                    .find_map(Result::err)
+                    .map_or(Ok(()), Err),
+                Err(e) => Err(e),
+            },
+        };
+        match released {
+            Ok(()) => {
                 let finished = Instant::now();
                 let _ = mine.acquires.record(micros(acquired - started));
                 let _ = mine.releases.record(micros(finished - acquired));
@@ -239,6 +338,17 @@ async fn run(args: Args) -> Result<bool, String> {
         Some(k) => k,
         None => args.objects.max(1),
     };
+    let per_request = args.objects_per_request;
+    if per_request == 0 || per_request > MAX_OBJECTS_PER_REQUEST {
+        return Err(format!(
+            "--objects-per-request must be between 1 and {MAX_OBJECTS_PER_REQUEST}"
+        ));
+    }
+    if per_request > space {
+        return Err(format!(
+            "--objects-per-request {per_request} needs at least that many objects, not {space}"
+        ));
+    }
     let wait = args.wait.unwrap_or(if args.contended.is_some() {
         Duration::from_secs(5)
     } else {
@@ -269,13 +379,18 @@ async fn run(args: Args) -> Result<bool, String> {
     let mut clients = Vec::with_capacity(args.concurrency);
     for worker in 0..args.concurrency {
         let client = LockdClient::new(config.clone()).map_err(|e| e.to_string())?;
+        let shape = Shape {
+            space,
+            per_request,
+            mode: args.mode,
+            ttl: args.ttl,
+            wait,
+        };
         clients.push(tokio::spawn(client_loop(
             client,
             worker,
             run_id.clone(),
-            space,
-            args.ttl,
-            wait,
+            shape,
             plan.clone(),
             tally.clone(),
         )));
@@ -340,13 +455,17 @@ async fn run(args: Args) -> Result<bool, String> {
     let pairs = total.pairs.len();
     let rate = pairs as f64 / elapsed.as_secs_f64();
     let errors: u64 = total.errors.values().sum();
-    let mode = match args.contended {
+    let mut mode = match args.contended {
         Some(k) => format!(
             "contended on {k} objects, wait {}",
             humantime::format_duration(wait)
         ),
         None => format!("random over {space} objects"),
     };
+    mode.push_str(&format!(
+        ", {} locks, {per_request} object(s) per request",
+        args.mode.name()
+    ));
     if args.json {
         let summary = serde_json::json!({
             "url": args.url,
@@ -355,6 +474,9 @@ async fn run(args: Args) -> Result<bool, String> {
             "seconds": elapsed.as_secs_f64(),
             "pairs": pairs,
             "pairs_per_sec": rate,
+            "lock_mode": args.mode.name(),
+            "objects_per_request": per_request,
+            "locks_per_sec": rate * per_request as f64,
             "locked": total.locked,
             "errors": total.errors,
             "pair_ms": {"p50": percentile(&total.pairs, 0.5), "p99": percentile(&total.pairs, 0.99), "p999": percentile(&total.pairs, 0.999), "max": total.pairs.max() as f64 / 1000.0},
@@ -372,6 +494,12 @@ async fn run(args: Args) -> Result<bool, String> {
             elapsed.as_secs_f64(),
             rate * 2.0
         );
+        if per_request > 1 {
+            println!(
+                "  {:.0} locks/s ({per_request} objects per request)",
+                rate * per_request as f64
+            );
+        }
         for (name, h) in [
             ("pair", &total.pairs),
             ("acquire", &total.acquires),
@@ -463,5 +591,40 @@ mod tests {
         assert_eq!(args.pairs, Some(100));
         assert_eq!(args.ttl, Duration::from_secs(5));
         assert!(Args::try_parse_from(["lockd-bench", "--pairs", "1", "--duration", "1s"]).is_err());
+        assert_eq!(args.mode, ModeArg::Exclusive);
+        assert_eq!(args.objects_per_request, 1);
+        let args = Args::try_parse_from([
+            "lockd-bench",
+            "--mode",
+            "mixed",
+            "--objects-per-request",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!((args.mode, args.objects_per_request), (ModeArg::Mixed, 3));
+        assert!(Args::try_parse_from(["lockd-bench", "--mode", "read"]).is_err());
+    }
+
+    /// Each request names distinct objects of the run, all in one mode.
+    #[test]
+    fn requests_name_distinct_objects_in_one_mode() {
+        let owner = OwnerId::new("o").unwrap();
+        for mode in [ModeArg::Exclusive, ModeArg::Shared, ModeArg::Mixed] {
+            let shape = Shape {
+                space: 5,
+                per_request: 5,
+                mode,
+                ttl: Duration::from_secs(1),
+                wait: Duration::ZERO,
+            };
+            let request = shape.request("run", &owner).unwrap();
+            assert_eq!(request.objects.len(), 5);
+            assert!(request.check(&lockcore::Limits::default()).is_ok());
+            let first = request.objects[0].mode;
+            assert!(request.objects.iter().all(|spec| spec.mode == first));
+            if mode == ModeArg::Shared {
+                assert_eq!(first, LockMode::Shared);
+            }
+        }
     }
 }
