@@ -20,6 +20,7 @@ pub const SCHEMES: &[&str] = &[
     "postgresql://",
     "http://",
     "https://",
+    "grpc://",
 ];
 
 /// Everything besides the URL that a backend needs.
@@ -89,6 +90,7 @@ impl BackendOptions {
 /// | `redis://host:6379/0`, `rediss://...` | `backend-redis` |
 /// | `postgres://user@host/db`, `postgresql://...` | `backend-postgres` |
 /// | `http://host:7070`, `https://...` | a remote lockd via `lockd-client` |
+/// | `grpc://host:7071` | a remote lockd over its gRPC API, via `lockd-grpc` |
 ///
 /// An unknown scheme or a malformed URL is [`LockError::InvalidArgument`] (field `backend`); a
 /// backend that cannot be reached is [`LockError::Unavailable`].
@@ -125,6 +127,7 @@ pub async fn connect_backend(
         "redis" | "rediss" => connect_redis(url, options).await,
         "postgres" | "postgresql" => connect_postgres(url, options).await,
         "http" | "https" => connect_http(url, options),
+        "grpc" => connect_grpc(url, options),
         other => Err(LockError::invalid_argument(
             "backend",
             format!(
@@ -140,7 +143,8 @@ pub async fn connect_backend(
         feature = "memory",
         feature = "redis",
         feature = "postgres",
-        feature = "http"
+        feature = "http",
+        feature = "grpc"
     ),
     allow(dead_code)
 )]
@@ -267,6 +271,23 @@ fn connect_http(url: &str, options: &BackendOptions) -> Result<Arc<dyn LockServi
         config.connect_timeout = timeout;
     }
     Ok(Arc::new(lockd_client::LockdClient::new(config)?))
+}
+
+#[cfg(feature = "grpc")]
+fn connect_grpc(url: &str, options: &BackendOptions) -> Result<Arc<dyn LockService>, LockError> {
+    let mut config = lockd_grpc::GrpcConfig::from_url(url);
+    if let Some(key) = &options.api_key {
+        config = config.with_api_key(key.clone());
+    }
+    if let Some(timeout) = options.connect_timeout {
+        config = config.with_connect_timeout(timeout);
+    }
+    Ok(Arc::new(lockd_grpc::GrpcClient::new(config)?))
+}
+
+#[cfg(not(feature = "grpc"))]
+fn connect_grpc(_url: &str, _options: &BackendOptions) -> Result<Arc<dyn LockService>, LockError> {
+    Err(not_built("grpc", "grpc"))
 }
 
 #[cfg(not(feature = "http"))]

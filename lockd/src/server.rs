@@ -17,6 +17,7 @@ use crate::config::ServerConfig;
 use crate::connection::{self, Shared};
 use crate::events::EventLog;
 use crate::expiry::ExpiryTracker;
+use crate::grpc::GrpcHooks;
 use crate::limits::{Limit, Usage};
 use crate::metrics::Metrics;
 
@@ -85,22 +86,47 @@ pub struct Server {
     tracker: Arc<ExpiryTracker>,
     shutdown: watch::Sender<bool>,
     config: ServerConfig,
+    /// The gRPC listener and how its service is set up, when `grpc_listen` is on.
+    grpc: Option<GrpcListener>,
 }
 
-fn check_auth_policy(config: &ServerConfig) -> Result<(), ServerError> {
-    if config.api_keys.is_empty() && !config.listen.ip().is_loopback() {
+/// The gRPC API's listener, its actual address and its service's options.
+#[derive(Debug)]
+struct GrpcListener {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    options: lockd_grpc::GrpcOptions,
+}
+
+/// Refuses `addr` without API keys unless it is loopback or `--insecure-no-auth` is set: the
+/// rule both listeners follow.
+fn check_listener_auth(
+    config: &ServerConfig,
+    addr: SocketAddr,
+    what: &str,
+    flag: &str,
+) -> Result<(), ServerError> {
+    if config.api_keys.is_empty() && !addr.ip().is_loopback() {
         if config.insecure_no_auth {
             tracing::warn!(
-                listen = %config.listen,
-                "listening on a non-loopback address WITHOUT authentication (--insecure-no-auth)"
+                listen = %addr,
+                "{what} listening on a non-loopback address WITHOUT authentication \
+                 (--insecure-no-auth)"
             );
         } else {
             return Err(ServerError::Config(format!(
-                "refusing to listen on non-loopback address {} without API keys: set --api-key \
-                 (or LOCKD_API_KEYS), or pass --insecure-no-auth",
-                config.listen
+                "refusing to listen ({flag}) on non-loopback address {addr} without API keys: \
+                 set --api-key (or LOCKD_API_KEYS), or pass --insecure-no-auth"
             )));
         }
+    }
+    Ok(())
+}
+
+fn check_auth_policy(config: &ServerConfig) -> Result<(), ServerError> {
+    check_listener_auth(config, config.listen, "HTTP", "--listen")?;
+    if let Some(addr) = config.grpc_listen {
+        check_listener_auth(config, addr, "gRPC", "--grpc-listen")?;
     }
     Ok(())
 }
@@ -169,6 +195,16 @@ impl Server {
                     source,
                 })?;
         let local_addr = listener.local_addr()?;
+        let grpc_listener = match config.grpc_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                let local_addr = listener.local_addr()?;
+                Some((listener, local_addr))
+            }
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let events = Arc::new(EventLog::starting_now(config.events_capacity));
         let tracker = Arc::new(ExpiryTracker::new(events.clone(), metrics.clone()));
@@ -187,6 +223,18 @@ impl Server {
             max_body_bytes: config.max_body_bytes,
             usage: usage.clone(),
         };
+        let grpc = grpc_listener.map(|(listener, local_addr)| GrpcListener {
+            listener,
+            local_addr,
+            options: lockd_grpc::GrpcOptions::default()
+                // The same keys, kept as the same digests, as HTTP's.
+                .with_auth(lockd_grpc::Auth::api_keys(&config.api_keys))
+                .with_hooks(Arc::new(GrpcHooks {
+                    state: state.clone(),
+                }))
+                .with_max_message_bytes(config.max_body_bytes)
+                .with_shutdown(state.shutdown.clone()),
+        });
         let metrics = state.metrics.clone();
         let shared = Arc::new(Shared {
             router: api::router(state),
@@ -204,6 +252,7 @@ impl Server {
             tracker,
             shutdown,
             config,
+            grpc,
         })
     }
 
@@ -215,6 +264,17 @@ impl Server {
     /// The server's base URL, `http://IP:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.local_addr)
+    }
+
+    /// The address the gRPC API actually bound, when [`ServerConfig::grpc_listen`] is set.
+    pub fn grpc_local_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|grpc| grpc.local_addr)
+    }
+
+    /// The gRPC API's URL, `grpc://IP:PORT` (what lockd-client and `connect_backend` take),
+    /// when [`ServerConfig::grpc_listen`] is set.
+    pub fn grpc_url(&self) -> Option<String> {
+        self.grpc_local_addr().map(|addr| format!("grpc://{addr}"))
     }
 
     /// Serves until `shutdown` completes, then stops accepting connections, ends event streams,
@@ -237,6 +297,7 @@ impl Server {
             tracker,
             shutdown: stop,
             config,
+            grpc,
         } = self;
         tracing::info!(
             listen = %local_addr,
@@ -252,6 +313,20 @@ impl Server {
             stop.send_replace(true);
             // Kept until the server is done, so connections see `true`, not a closed channel.
             stop
+        });
+        // The gRPC API: the same backend, caps, metrics and event log; it stops accepting calls
+        // when `stop` flips and waits for those in flight, as the HTTP side does below.
+        let mut grpc_task = grpc.map(|grpc| {
+            tracing::info!(listen = %grpc.local_addr, "lockd serving gRPC");
+            let mut stopped = stopping.clone();
+            tokio::spawn(lockd_grpc::serve(
+                grpc.listener,
+                service.clone(),
+                grpc.options,
+                async move {
+                    drop(stopped.wait_for(|stopped| *stopped).await);
+                },
+            ))
         });
         let mut connections = JoinSet::new();
         let mut accepting = stopping.clone();
@@ -287,7 +362,12 @@ impl Server {
             }
         }
         drop(listener);
-        let drained = async { while connections.join_next().await.is_some() {} };
+        let drained = async {
+            while connections.join_next().await.is_some() {}
+            if let Some(task) = grpc_task.as_mut() {
+                log_grpc_end(task.await);
+            }
+        };
         let result = match tokio::time::timeout(config.shutdown_timeout, drained).await {
             Ok(()) => Ok(()),
             Err(_) => {
@@ -295,6 +375,10 @@ impl Server {
                 // takes back (below). Wait until every connection task has really ended.
                 connections.abort_all();
                 while connections.join_next().await.is_some() {}
+                if let Some(task) = grpc_task.take() {
+                    task.abort();
+                    log_grpc_end(task.await);
+                }
                 Err(ServerError::ShutdownCutOff {
                     timeout: config.shutdown_timeout,
                 })
@@ -314,5 +398,15 @@ impl Server {
         drop(service);
         tracing::info!("lockd stopped");
         result
+    }
+}
+
+/// Logs how the gRPC server task ended, if not cleanly.
+fn log_grpc_end(ended: Result<Result<(), lockd_grpc::ServeError>, tokio::task::JoinError>) {
+    match ended {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the gRPC server failed"),
+        Err(e) if e.is_cancelled() => {}
+        Err(e) => tracing::error!(error = %e, "the gRPC server task panicked"),
     }
 }
