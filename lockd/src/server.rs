@@ -319,8 +319,9 @@ impl Server {
         let mut grpc_task = grpc.map(|grpc| {
             tracing::info!(listen = %grpc.local_addr, "lockd serving gRPC");
             let mut stopped = stopping.clone();
-            tokio::spawn(lockd_grpc::serve(
-                grpc.listener,
+            let incoming = accept_grpc(grpc.listener, Arc::clone(&shared), stopping.clone());
+            tokio::spawn(lockd_grpc::serve_incoming(
+                incoming,
                 service.clone(),
                 grpc.options,
                 async move {
@@ -408,5 +409,109 @@ fn log_grpc_end(ended: Result<Result<(), lockd_grpc::ServeError>, tokio::task::J
         Ok(Err(e)) => tracing::error!(error = %e, "the gRPC server failed"),
         Err(e) if e.is_cancelled() => {}
         Err(e) => tracing::error!(error = %e, "the gRPC server task panicked"),
+    }
+}
+
+/// Accepts gRPC connections on `listener` until the server stops, each holding a unit of
+/// `--max-connections` (shared with HTTP) for as long as it is open: a connection over the cap
+/// is closed at once (counted in `lockd_limit_refusals_total{limit="connections"}`).
+fn accept_grpc(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stopping: watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<CountedStream, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = async { drop(stopping.wait_for(|stopped| *stopped).await) } => return,
+                () = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                        }
+                        match shared.usage.take(Limit::Connections) {
+                            Ok(slot) => {
+                                let counted = CountedStream { stream, _slot: slot };
+                                if tx.send(Ok(counted)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(refused) => {
+                                tracing::debug!(%refused, "closed a gRPC connection over the cap");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot accept a gRPC connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// An accepted gRPC connection and its unit of `--max-connections`, given back when tonic
+/// drops the connection.
+#[derive(Debug)]
+struct CountedStream {
+    stream: tokio::net::TcpStream,
+    _slot: crate::limits::Slot,
+}
+
+impl tokio::io::AsyncRead for CountedStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for CountedStream {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
     }
 }

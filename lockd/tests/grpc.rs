@@ -355,3 +355,43 @@ impl RefusedRelease for LockError {
         )
     }
 }
+
+#[tokio::test]
+async fn grpc_connections_count_in_max_connections() {
+    let lockd = Lockd::start(&["--max-connections", "1"]).await;
+    let object = unique("connections");
+    let first = grpc(&lockd, None);
+    first
+        .acquire_with(&request(&object, "first", Duration::from_secs(30)))
+        .await
+        .expect("the one connection allowed");
+    // A second client opens a second connection: closed at once, the call unavailable.
+    let refused = grpc(&lockd, None)
+        .inspect(&ObjectId::new(&object).unwrap())
+        .await
+        .expect_err("over --max-connections");
+    assert!(
+        matches!(refused, LockError::Unavailable { .. }),
+        "{refused:?}"
+    );
+    // Closing the first connection gives its unit back.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match grpc(&lockd, None)
+            .inspect(&ObjectId::new(&object).unwrap())
+            .await
+        {
+            Ok(info) => {
+                assert!(info.is_some());
+                break;
+            }
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the unit never came back: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lockd.kill().await;
+}
