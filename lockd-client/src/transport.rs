@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use lockcore::{LockError, LockResult, LockService};
+#[cfg(feature = "grpc")]
 use lockd_grpc::{GrpcClient, GrpcConfig};
 
 use crate::{ClientConfig, LockdClient};
@@ -13,8 +14,8 @@ use crate::{ClientConfig, LockdClient};
 pub enum Transport {
     /// `http://` or `https://`: lockd's HTTP/JSON API ([`LockdClient`]).
     Http,
-    /// `grpc://host[:port]` (port 7071 when omitted): lockd's gRPC API
-    /// ([`GrpcClient`](lockd_grpc::GrpcClient)).
+    /// `grpc://host[:port]` (port 7071 when omitted): lockd's gRPC API (lockd-grpc's
+    /// `GrpcClient`; needs this crate's `grpc` feature, on by default).
     Grpc,
 }
 
@@ -42,7 +43,8 @@ impl Transport {
 }
 
 /// A [`LockService`] talking to the lockd `config.url` names: a [`LockdClient`] for
-/// `http(s)://`, a [`GrpcClient`] for `grpc://host:port`. Both behave alike (same typed
+/// `http(s)://`, lockd-grpc's `GrpcClient` for `grpc://host:port` (with the `grpc` feature;
+/// without it, `grpc://` is refused as [`LockError::InvalidArgument`]). Both behave alike (same typed
 /// errors, same take-back of acquires whose answer was lost); the API key and timeouts apply to
 /// both, `ca_file` only to `https://`.
 ///
@@ -50,6 +52,7 @@ impl Transport {
 /// [`LockError::InvalidArgument`].
 ///
 /// ```
+/// # #[cfg(feature = "grpc")]
 /// # fn demo() -> Result<(), lockcore::LockError> {
 /// let over_grpc = lockd_client::connect(lockd_client::ClientConfig::from_url("grpc://127.0.0.1:7071"))?;
 /// assert_eq!(over_grpc.backend(), "grpc");
@@ -58,11 +61,18 @@ impl Transport {
 pub fn connect(config: ClientConfig) -> LockResult<Arc<dyn LockService>> {
     match Transport::of_url(&config.url)? {
         Transport::Http => Ok(Arc::new(LockdClient::new(config)?)),
+        #[cfg(feature = "grpc")]
         Transport::Grpc => Ok(Arc::new(grpc_client(&config)?)),
+        #[cfg(not(feature = "grpc"))]
+        Transport::Grpc => Err(LockError::invalid_argument(
+            "url",
+            "grpc:// support is not built into this lockd-client (cargo feature `grpc` is off)",
+        )),
     }
 }
 
 /// The [`GrpcClient`] for a `grpc://` `config`.
+#[cfg(feature = "grpc")]
 pub fn grpc_client(config: &ClientConfig) -> LockResult<GrpcClient> {
     let mut grpc = GrpcConfig::from_url(config.url.trim())
         .with_connect_timeout(config.connect_timeout)
@@ -102,6 +112,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "grpc")]
     #[tokio::test]
     async fn each_transport_reports_its_backend_name() {
         let http = connect(ClientConfig::from_url("http://127.0.0.1:7070")).expect("http");
