@@ -285,6 +285,10 @@ impl Server {
     /// Each connection is served over HTTP/1.1 with the read and idle timeouts and the caps of
     /// the configuration (see the `connection` module); a connection over
     /// `--max-connections` gets one `503` and is closed.
+    ///
+    /// With [`ServerConfig::grpc_listen`], the gRPC API is served beside it over the same
+    /// backend, caps, metrics and event log, and stopped the same way: no new calls, `Events`
+    /// streams ended, calls in flight finished within the same shutdown timeout.
     pub async fn run_until<F>(self, shutdown: F) -> Result<(), ServerError>
     where
         F: Future<Output = ()> + Send + 'static,
