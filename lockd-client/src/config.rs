@@ -31,7 +31,8 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
 #[non_exhaustive]
 pub struct ClientConfig {
     /// Base URL of the lockd server, `http://` or `https://` (a path prefix is kept, so lockd
-    /// may sit behind a proxy at `https://proxy/lockd`). Default `http://127.0.0.1:7070`.
+    /// may sit behind a proxy at `https://proxy/lockd`), or `grpc://host:port` for its gRPC API
+    /// (through [`connect`](crate::connect)). Default `http://127.0.0.1:7070`.
     pub url: String,
     /// Sent as `Authorization: Bearer KEY` on every request when set.
     pub api_key: Option<String>,

@@ -64,7 +64,15 @@ async fn backend_alone(n: usize) -> f64 {
 
 async fn through_lockd(n: usize) -> f64 {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lockd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "off",
+            "--log",
+            "warn",
+        ])
         .env_remove("LOCKD_BACKEND")
         .env_remove("LOCKD_DATA_DIR")
         .stdout(Stdio::piped())

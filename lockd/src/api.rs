@@ -290,7 +290,8 @@ where
     result
 }
 
-fn record(state: &AppState, event: NewEvent) {
+/// Appends `event` to the event log and counts it.
+pub(crate) fn record(state: &AppState, event: NewEvent) {
     state.events.record(event);
     state.metrics.event();
 }
@@ -345,6 +346,17 @@ fn refused_release(state: &AppState, object: ObjectId, token: Option<&LockToken>
         tracing::warn!(target: "lockd::audit", object = %object, reason = e.code(),
             "refused release: the token is malformed; possible misuse or attack");
     }
+    count_refused_release(state, object, token, e);
+}
+
+/// Counts a refused release in the metrics and records its `release_refused` event (the
+/// audit log line of a malformed token is the caller's: each transport writes its own).
+pub(crate) fn count_refused_release(
+    state: &AppState,
+    object: ObjectId,
+    token: Option<&LockToken>,
+    e: &LockError,
+) {
     state.metrics.refused_release(e.code());
     record(
         state,
@@ -535,7 +547,8 @@ async fn renew(
     .await
 }
 
-fn renewed(state: &AppState, lease: &Lease) {
+/// Tells the tracker and the event log that `lease` was renewed.
+pub(crate) fn renewed(state: &AppState, lease: &Lease) {
     state.tracker.renewed(lease);
     record(state, NewEvent::of_lease(EventKind::Renew, lease));
 }

@@ -22,6 +22,7 @@ pub const SCHEMES: &[&str] = &[
     "etcds://",
     "http://",
     "https://",
+    "grpc://",
 ];
 
 /// Everything besides the URL that a backend needs.
@@ -91,6 +92,7 @@ impl BackendOptions {
 /// | `redis://host:6379/0`, `rediss://...` | `backend-redis` |
 /// | `postgres://user@host/db`, `postgresql://...` | `backend-postgres` |
 /// | `http://host:7070`, `https://...` | a remote lockd via `lockd-client` |
+/// | `grpc://host:7071` | a remote lockd over its gRPC API, via `lockd-grpc` |
 ///
 /// An unknown scheme or a malformed URL is [`LockError::InvalidArgument`] (field `backend`); a
 /// backend that cannot be reached is [`LockError::Unavailable`].
@@ -128,6 +130,7 @@ pub async fn connect_backend(
         "postgres" | "postgresql" => connect_postgres(url, options).await,
         "etcd" | "etcds" => connect_etcd(url, options).await,
         "http" | "https" => connect_http(url, options),
+        "grpc" => connect_grpc(url, options),
         other => Err(LockError::invalid_argument(
             "backend",
             format!(
@@ -144,7 +147,8 @@ pub async fn connect_backend(
         feature = "redis",
         feature = "postgres",
         feature = "etcd",
-        feature = "http"
+        feature = "http",
+        feature = "grpc"
     ),
     allow(dead_code)
 )]
@@ -306,6 +310,23 @@ fn connect_http(url: &str, options: &BackendOptions) -> Result<Arc<dyn LockServi
         config.connect_timeout = timeout;
     }
     Ok(Arc::new(lockd_client::LockdClient::new(config)?))
+}
+
+#[cfg(feature = "grpc")]
+fn connect_grpc(url: &str, options: &BackendOptions) -> Result<Arc<dyn LockService>, LockError> {
+    let mut config = lockd_grpc::GrpcConfig::from_url(url);
+    if let Some(key) = &options.api_key {
+        config = config.with_api_key(key.clone());
+    }
+    if let Some(timeout) = options.connect_timeout {
+        config = config.with_connect_timeout(timeout);
+    }
+    Ok(Arc::new(lockd_grpc::GrpcClient::new(config)?))
+}
+
+#[cfg(not(feature = "grpc"))]
+fn connect_grpc(_url: &str, _options: &BackendOptions) -> Result<Arc<dyn LockService>, LockError> {
+    Err(not_built("grpc", "grpc"))
 }
 
 #[cfg(not(feature = "http"))]

@@ -8,6 +8,7 @@
 //! renew).
 
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lockcore::{
@@ -21,7 +22,8 @@ use serde::Serialize;
 /// Where the server is and how to print.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ClientArgs {
-    /// The lockd server (API key from env LOCKD_API_KEY).
+    /// The lockd server: http(s)://, or grpc://HOST:PORT for its gRPC API (API key from env
+    /// LOCKD_API_KEY).
     #[arg(
         long,
         env = "LOCKD_SERVER",
@@ -120,14 +122,31 @@ pub(crate) struct EventsArgs {
     client: ClientArgs,
 }
 
-fn connect(args: &ClientArgs) -> Result<LockdClient, LockError> {
+fn client_config(args: &ClientArgs) -> ClientConfig {
     let mut config = ClientConfig::from_url(args.server.clone());
     if let Ok(key) = std::env::var("LOCKD_API_KEY") {
         if !key.is_empty() {
             config.api_key = Some(key);
         }
     }
-    LockdClient::new(config)
+    config
+}
+
+/// The server as a [`LockService`], over HTTP or gRPC as its URL says.
+fn connect(args: &ClientArgs) -> Result<Arc<dyn LockService>, LockError> {
+    lockd_client::connect(client_config(args))
+}
+
+/// The server over HTTP, for what only the HTTP API has (the paged event log).
+fn connect_http(args: &ClientArgs) -> Result<LockdClient, LockError> {
+    if lockd_client::Transport::of_url(&args.server)? != lockd_client::Transport::Http {
+        return Err(LockError::invalid_argument(
+            "server",
+            "`lockd events` reads the paged event log over HTTP: give the HTTP URL \
+             (http://HOST:7070)",
+        ));
+    }
+    LockdClient::new(client_config(args))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -422,7 +441,7 @@ const EVENT_HEADER: [&str; 8] = [
 ];
 
 pub(crate) async fn events(args: EventsArgs) -> Result<(), LockError> {
-    let client = connect(&args.client)?;
+    let client = connect_http(&args.client)?;
     let as_json = args.client.json;
     let mut last = args.after;
     let mut rows = Vec::new();

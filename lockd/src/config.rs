@@ -17,6 +17,8 @@ use crate::limits::Caps;
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default gRPC listen address (`lockd serve`): loopback only.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7071";
 /// Default backend.
 pub const DEFAULT_BACKEND: &str = "memory://";
 /// Default request body limit in bytes.
@@ -57,6 +59,11 @@ impl ConfigError {
 pub struct ServerConfig {
     /// Address to listen on (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
+    /// Address of the gRPC API (`lockd.v1.Locks`), served by the same process over the same
+    /// backend; `None`: no gRPC listener. `lockd serve` defaults to `127.0.0.1:7071`
+    /// ([`DEFAULT_GRPC_LISTEN`]); [`ServerConfig::default`] leaves it off, so a program that
+    /// embeds the server does not take a second fixed port unless it asks for one.
+    pub grpc_listen: Option<SocketAddr>,
     /// Backend URL, see [`connect_backend`](crate::connect_backend).
     pub backend: String,
     /// Accepted API keys; empty means no authentication (refused on non-loopback addresses
@@ -90,6 +97,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            grpc_listen: None,
             backend: DEFAULT_BACKEND.to_owned(),
             api_keys: Vec::new(),
             token_secret: None,
@@ -110,6 +118,7 @@ impl fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerConfig")
             .field("listen", &self.listen)
+            .field("grpc_listen", &self.grpc_listen)
             .field("backend", &crate::backend::redact_url(&self.backend))
             .field(
                 "api_keys",
@@ -136,6 +145,7 @@ impl fmt::Debug for ServerConfig {
 ///
 /// ```toml
 /// listen = "127.0.0.1:7070"
+/// grpc_listen = "127.0.0.1:7071"   # or "off"
 /// backend = "memory://"
 /// api_keys = ["change-me"]
 /// token_secret_file = "/etc/lockd/token-secret"
@@ -160,6 +170,8 @@ impl fmt::Debug for ServerConfig {
 pub struct FileConfig {
     /// `--listen`.
     pub listen: Option<String>,
+    /// `--grpc-listen` (`"off"`: no gRPC listener).
+    pub grpc_listen: Option<String>,
     /// `--backend`.
     pub backend: Option<String>,
     /// `--api-key` (all of them).
@@ -223,6 +235,9 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7070].
     #[arg(long, env = "LOCKD_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Address of the gRPC API, or `off` [default: 127.0.0.1:7071].
+    #[arg(long, env = "LOCKD_GRPC_LISTEN", value_name = "ADDR|off")]
+    pub grpc_listen: Option<String>,
     /// Backend URL: memory://, redis://..., rediss://..., postgres://... [default: memory://].
     #[arg(
         long,
@@ -375,6 +390,28 @@ impl ServeArgs {
             ))
         })?;
 
+        let grpc_listen = self
+            .grpc_listen
+            .clone()
+            .or(file.grpc_listen)
+            .unwrap_or_else(|| DEFAULT_GRPC_LISTEN.to_owned());
+        server.grpc_listen = if grpc_listen.trim().eq_ignore_ascii_case("off") {
+            None
+        } else {
+            Some(grpc_listen.trim().parse().map_err(|_| {
+                ConfigError::new(format!(
+                    "gRPC listen address `{grpc_listen}` is not IP:PORT (e.g. 127.0.0.1:7071) \
+                     or `off`"
+                ))
+            })?)
+        };
+        if server.grpc_listen == Some(server.listen) && server.listen.port() != 0 {
+            return Err(ConfigError::new(format!(
+                "listen and grpc_listen are both {}: give the gRPC API its own port",
+                server.listen
+            )));
+        }
+
         server.backend = self
             .backend
             .clone()
@@ -509,6 +546,14 @@ mod tests {
     fn defaults_listen_on_loopback_7070_with_memory() {
         let resolved = ServeArgs::default().resolve(None).expect("valid");
         assert_eq!(resolved.server.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(
+            resolved
+                .server
+                .grpc_listen
+                .map(|a| a.to_string())
+                .as_deref(),
+            Some("127.0.0.1:7071")
+        );
         assert_eq!(resolved.server.backend, "memory://");
         assert!(resolved.server.api_keys.is_empty());
         assert!(resolved.server.token_secret.is_none());
@@ -564,6 +609,38 @@ mod tests {
         };
         let err = args.resolve(None).expect_err("missing file").to_string();
         assert!(err.contains("/nonexistent/lockd.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_grpc_listener_comes_from_file_or_flag_and_can_be_turned_off() {
+        let f = file("grpc_listen = \"127.0.0.1:9100\"\n");
+        let from_file = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let resolved = from_file.resolve(None).expect("valid").server;
+        assert_eq!(resolved.grpc_listen.map(|a| a.port()), Some(9100));
+
+        let off = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            grpc_listen: Some("off".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(off.resolve(None).expect("valid").server.grpc_listen, None);
+
+        let bad = ServeArgs {
+            grpc_listen: Some("nowhere".into()),
+            ..ServeArgs::default()
+        };
+        let err = bad.resolve(None).expect_err("refused").to_string();
+        assert!(err.contains("gRPC listen address"), "{err}");
+
+        let same = ServeArgs {
+            listen: Some("127.0.0.1:9200".into()),
+            grpc_listen: Some("127.0.0.1:9200".into()),
+            ..ServeArgs::default()
+        };
+        assert!(same.resolve(None).is_err());
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub mod events;
 mod expiry;
 pub mod grace;
 #[cfg(feature = "server")]
+mod grpc;
+#[cfg(feature = "server")]
 mod limits;
 #[cfg(feature = "server")]
 mod metrics;

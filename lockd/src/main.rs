@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server (prints `lockd listening on http://ADDR` once it accepts connections).
+    /// Run the server (prints `lockd listening on http://ADDR` once it accepts connections, then
+    /// `lockd grpc listening on grpc://ADDR` unless --grpc-listen is off).
     Serve(Box<ServeArgs>),
     /// Acquire one lock, or several all together (--shared for readers), and print tokens and
     /// fences.
@@ -90,7 +91,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let mut stdout = std::io::stdout().lock();
+    // Tests and scripts read the first line; the gRPC address, when on, comes second.
     writeln!(stdout, "lockd listening on {}", server.url())
+        .and_then(|()| match server.grpc_url() {
+            Some(url) => writeln!(stdout, "lockd grpc listening on {url}"),
+            None => Ok(()),
+        })
         .and_then(|()| stdout.flush())
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(stdout);

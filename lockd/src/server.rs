@@ -17,6 +17,7 @@ use crate::config::ServerConfig;
 use crate::connection::{self, Shared};
 use crate::events::EventLog;
 use crate::expiry::ExpiryTracker;
+use crate::grpc::GrpcHooks;
 use crate::limits::{Limit, Usage};
 use crate::metrics::Metrics;
 
@@ -85,22 +86,47 @@ pub struct Server {
     tracker: Arc<ExpiryTracker>,
     shutdown: watch::Sender<bool>,
     config: ServerConfig,
+    /// The gRPC listener and how its service is set up, when `grpc_listen` is on.
+    grpc: Option<GrpcListener>,
 }
 
-fn check_auth_policy(config: &ServerConfig) -> Result<(), ServerError> {
-    if config.api_keys.is_empty() && !config.listen.ip().is_loopback() {
+/// The gRPC API's listener, its actual address and its service's options.
+#[derive(Debug)]
+struct GrpcListener {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    options: lockd_grpc::GrpcOptions,
+}
+
+/// Refuses `addr` without API keys unless it is loopback or `--insecure-no-auth` is set: the
+/// rule both listeners follow.
+fn check_listener_auth(
+    config: &ServerConfig,
+    addr: SocketAddr,
+    what: &str,
+    flag: &str,
+) -> Result<(), ServerError> {
+    if config.api_keys.is_empty() && !addr.ip().is_loopback() {
         if config.insecure_no_auth {
             tracing::warn!(
-                listen = %config.listen,
-                "listening on a non-loopback address WITHOUT authentication (--insecure-no-auth)"
+                listen = %addr,
+                "{what} listening on a non-loopback address WITHOUT authentication \
+                 (--insecure-no-auth)"
             );
         } else {
             return Err(ServerError::Config(format!(
-                "refusing to listen on non-loopback address {} without API keys: set --api-key \
-                 (or LOCKD_API_KEYS), or pass --insecure-no-auth",
-                config.listen
+                "refusing to listen ({flag}) on non-loopback address {addr} without API keys: \
+                 set --api-key (or LOCKD_API_KEYS), or pass --insecure-no-auth"
             )));
         }
+    }
+    Ok(())
+}
+
+fn check_auth_policy(config: &ServerConfig) -> Result<(), ServerError> {
+    check_listener_auth(config, config.listen, "HTTP", "--listen")?;
+    if let Some(addr) = config.grpc_listen {
+        check_listener_auth(config, addr, "gRPC", "--grpc-listen")?;
     }
     Ok(())
 }
@@ -169,6 +195,16 @@ impl Server {
                     source,
                 })?;
         let local_addr = listener.local_addr()?;
+        let grpc_listener = match config.grpc_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                let local_addr = listener.local_addr()?;
+                Some((listener, local_addr))
+            }
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let events = Arc::new(EventLog::starting_now(config.events_capacity));
         let tracker = Arc::new(ExpiryTracker::new(events.clone(), metrics.clone()));
@@ -187,6 +223,18 @@ impl Server {
             max_body_bytes: config.max_body_bytes,
             usage: usage.clone(),
         };
+        let grpc = grpc_listener.map(|(listener, local_addr)| GrpcListener {
+            listener,
+            local_addr,
+            options: lockd_grpc::GrpcOptions::default()
+                // The same keys, kept as the same digests, as HTTP's.
+                .with_auth(lockd_grpc::Auth::api_keys(&config.api_keys))
+                .with_hooks(Arc::new(GrpcHooks {
+                    state: state.clone(),
+                }))
+                .with_max_message_bytes(config.max_body_bytes)
+                .with_shutdown(state.shutdown.clone()),
+        });
         let metrics = state.metrics.clone();
         let shared = Arc::new(Shared {
             router: api::router(state),
@@ -204,6 +252,7 @@ impl Server {
             tracker,
             shutdown,
             config,
+            grpc,
         })
     }
 
@@ -217,6 +266,17 @@ impl Server {
         format!("http://{}", self.local_addr)
     }
 
+    /// The address the gRPC API actually bound, when [`ServerConfig::grpc_listen`] is set.
+    pub fn grpc_local_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|grpc| grpc.local_addr)
+    }
+
+    /// The gRPC API's URL, `grpc://IP:PORT` (what lockd-client and `connect_backend` take),
+    /// when [`ServerConfig::grpc_listen`] is set.
+    pub fn grpc_url(&self) -> Option<String> {
+        self.grpc_local_addr().map(|addr| format!("grpc://{addr}"))
+    }
+
     /// Serves until `shutdown` completes, then stops accepting connections, ends event streams,
     /// closes connections with nothing in progress, and waits up to
     /// [`ServerConfig::shutdown_timeout`] for requests in flight to finish. Fails with
@@ -225,6 +285,10 @@ impl Server {
     /// Each connection is served over HTTP/1.1 with the read and idle timeouts and the caps of
     /// the configuration (see the `connection` module); a connection over
     /// `--max-connections` gets one `503` and is closed.
+    ///
+    /// With [`ServerConfig::grpc_listen`], the gRPC API is served beside it over the same
+    /// backend, caps, metrics and event log, and stopped the same way: no new calls, `Events`
+    /// streams ended, calls in flight finished within the same shutdown timeout.
     pub async fn run_until<F>(self, shutdown: F) -> Result<(), ServerError>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -237,6 +301,7 @@ impl Server {
             tracker,
             shutdown: stop,
             config,
+            grpc,
         } = self;
         tracing::info!(
             listen = %local_addr,
@@ -252,6 +317,21 @@ impl Server {
             stop.send_replace(true);
             // Kept until the server is done, so connections see `true`, not a closed channel.
             stop
+        });
+        // The gRPC API: the same backend, caps, metrics and event log; it stops accepting calls
+        // when `stop` flips and waits for those in flight, as the HTTP side does below.
+        let mut grpc_task = grpc.map(|grpc| {
+            tracing::info!(listen = %grpc.local_addr, "lockd serving gRPC");
+            let mut stopped = stopping.clone();
+            let incoming = accept_grpc(grpc.listener, Arc::clone(&shared), stopping.clone());
+            tokio::spawn(lockd_grpc::serve_incoming(
+                incoming,
+                service.clone(),
+                grpc.options,
+                async move {
+                    drop(stopped.wait_for(|stopped| *stopped).await);
+                },
+            ))
         });
         let mut connections = JoinSet::new();
         let mut accepting = stopping.clone();
@@ -287,7 +367,12 @@ impl Server {
             }
         }
         drop(listener);
-        let drained = async { while connections.join_next().await.is_some() {} };
+        let drained = async {
+            while connections.join_next().await.is_some() {}
+            if let Some(task) = grpc_task.as_mut() {
+                log_grpc_end(task.await);
+            }
+        };
         let result = match tokio::time::timeout(config.shutdown_timeout, drained).await {
             Ok(()) => Ok(()),
             Err(_) => {
@@ -295,6 +380,10 @@ impl Server {
                 // takes back (below). Wait until every connection task has really ended.
                 connections.abort_all();
                 while connections.join_next().await.is_some() {}
+                if let Some(task) = grpc_task.take() {
+                    task.abort();
+                    log_grpc_end(task.await);
+                }
                 Err(ServerError::ShutdownCutOff {
                     timeout: config.shutdown_timeout,
                 })
@@ -314,5 +403,119 @@ impl Server {
         drop(service);
         tracing::info!("lockd stopped");
         result
+    }
+}
+
+/// Logs how the gRPC server task ended, if not cleanly.
+fn log_grpc_end(ended: Result<Result<(), lockd_grpc::ServeError>, tokio::task::JoinError>) {
+    match ended {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the gRPC server failed"),
+        Err(e) if e.is_cancelled() => {}
+        Err(e) => tracing::error!(error = %e, "the gRPC server task panicked"),
+    }
+}
+
+/// Accepts gRPC connections on `listener` until the server stops, each holding a unit of
+/// `--max-connections` (shared with HTTP) for as long as it is open: a connection over the cap
+/// is closed at once (counted in `lockd_limit_refusals_total{limit="connections"}`).
+fn accept_grpc(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stopping: watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<CountedStream, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = async { drop(stopping.wait_for(|stopped| *stopped).await) } => return,
+                () = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                        }
+                        match shared.usage.take(Limit::Connections) {
+                            Ok(slot) => {
+                                let counted = CountedStream { stream, _slot: slot };
+                                if tx.send(Ok(counted)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(refused) => {
+                                tracing::debug!(%refused, "closed a gRPC connection over the cap");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot accept a gRPC connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// An accepted gRPC connection and its unit of `--max-connections`, given back when tonic
+/// drops the connection.
+#[derive(Debug)]
+struct CountedStream {
+    stream: tokio::net::TcpStream,
+    _slot: crate::limits::Slot,
+}
+
+impl tokio::io::AsyncRead for CountedStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for CountedStream {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
     }
 }

@@ -28,6 +28,7 @@ impl Lockd {
         if !extra.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
+        command.args(["--grpc-listen", "off"]);
         for var in support::LOCKD_ENV {
             command.env_remove(var);
         }

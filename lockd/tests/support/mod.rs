@@ -17,6 +17,9 @@ pub struct Lockd {
     child: Child,
     /// `http://127.0.0.1:PORT`, from the first line of stdout.
     pub url: String,
+    /// `grpc://127.0.0.1:PORT`, from the second line of stdout (`None` with
+    /// `--grpc-listen off`).
+    pub grpc_url: Option<String>,
     stderr: Arc<Mutex<String>>,
     http: reqwest::Client,
     api_key: Option<String>,
@@ -26,6 +29,7 @@ pub struct Lockd {
 pub const LOCKD_ENV: &[&str] = &[
     "LOCKD_CONFIG",
     "LOCKD_LISTEN",
+    "LOCKD_GRPC_LISTEN",
     "LOCKD_BACKEND",
     "LOCKD_API_KEYS",
     "LOCKD_TOKEN_SECRET",
@@ -51,6 +55,10 @@ fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
     cmd.arg("serve");
     if !args.contains(&"--listen") {
         cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    // Never the fixed default port 7071: tests run many servers at once.
+    if !args.contains(&"--grpc-listen") {
+        cmd.args(["--grpc-listen", "127.0.0.1:0"]);
     }
     cmd.args(args);
     for var in LOCKD_ENV {
@@ -126,6 +134,24 @@ impl Lockd {
             .unwrap_or_else(|| panic!("unexpected first stdout line: {first:?}"))
             .to_owned();
         assert!(url.starts_with("http://"), "{url}");
+        let grpc_off = args
+            .windows(2)
+            .any(|pair| pair[0] == "--grpc-listen" && pair[1].eq_ignore_ascii_case("off"));
+        let grpc_url = if grpc_off {
+            None
+        } else {
+            let second = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("lockd printed its gRPC address within 30 s")
+                .expect("read stdout")
+                .expect("lockd printed its gRPC address");
+            let grpc_url = second
+                .strip_prefix("lockd grpc listening on ")
+                .unwrap_or_else(|| panic!("unexpected second stdout line: {second:?}"))
+                .to_owned();
+            assert!(grpc_url.starts_with("grpc://"), "{grpc_url}");
+            Some(grpc_url)
+        };
         // Any further stdout would be a bug; drain it so the child never blocks.
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
@@ -135,6 +161,7 @@ impl Lockd {
         Ok(Lockd {
             child,
             url,
+            grpc_url,
             stderr: collected,
             http: reqwest::Client::new(),
             api_key: None,

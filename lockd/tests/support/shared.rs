@@ -12,6 +12,8 @@ use std::time::Duration;
 pub struct SharedServer {
     /// `http://127.0.0.1:PORT`, from lockd's first line of stdout.
     pub url: String,
+    /// `grpc://127.0.0.1:PORT`, from lockd's second line of stdout.
+    pub grpc_url: String,
     _shell: Child,
     /// Closing this (at process exit) tells the shell to stop lockd.
     _lifeline: ChildStdin,
@@ -31,6 +33,7 @@ impl SharedServer {
             .arg(r#""$0" "$@" & pid=$!; read -r _line; kill -TERM "$pid" 2>/dev/null; wait "$pid""#)
             .arg(env!("CARGO_BIN_EXE_lockd"))
             .args(["serve", "--listen", "127.0.0.1:0", "--backend", backend])
+            .args(["--grpc-listen", "127.0.0.1:0"])
             .args(["--log", "error", "--shutdown-timeout", "1s"]);
         if let Some(key) = api_key {
             command.args(["--api-key", key]);
@@ -53,13 +56,15 @@ impl SharedServer {
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             let first = lines.next();
-            let _ = tx.send(first);
+            let second = lines.next();
+            let _ = tx.send((first, second));
             // Keep draining so lockd never blocks on a full pipe.
             for _ in lines {}
         });
-        let first = rx
+        let (first, second) = rx
             .recv_timeout(Duration::from_secs(60))
-            .map_err(|_| format!("lockd --backend {backend} printed nothing within 60 s"))?
+            .map_err(|_| format!("lockd --backend {backend} printed nothing within 60 s"))?;
+        let first = first
             .ok_or_else(|| {
                 format!("lockd --backend {backend} exited before listening (see stderr)")
             })?
@@ -69,8 +74,17 @@ impl SharedServer {
             .ok_or_else(|| format!("unexpected first line from lockd: {first:?}"))?
             .trim()
             .to_owned();
+        let second = second
+            .ok_or_else(|| format!("lockd --backend {backend} printed no gRPC address"))?
+            .map_err(|e| format!("cannot read lockd's stdout: {e}"))?;
+        let grpc_url = second
+            .strip_prefix("lockd grpc listening on ")
+            .ok_or_else(|| format!("unexpected second line from lockd: {second:?}"))?
+            .trim()
+            .to_owned();
         Ok(SharedServer {
             url,
+            grpc_url,
             _shell: shell,
             _lifeline: lifeline,
         })

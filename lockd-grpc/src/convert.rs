@@ -1,0 +1,453 @@
+//! Conversions between the proto messages and lockcore's types, for both sides.
+//!
+//! The server reads requests with lockcore's parsers, so a bad name or token is refused naming
+//! the argument (`invalid_argument` with `field`), as on HTTP. The client reads answers the
+//! same way, and treats a malformed answer as the server's fault ([`LockError::Internal`]).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lockcore::{
+    Fence, Grant, HolderInfo, Lease, LockError, LockInfo, LockMode, LockSpec, LockToken, ObjectId,
+    OwnerId, RequestId,
+};
+
+use crate::pb;
+use crate::status::millis;
+
+/// The proto value of a mode.
+pub fn mode_to_pb(mode: LockMode) -> pb::LockMode {
+    match mode {
+        LockMode::Exclusive => pb::LockMode::Exclusive,
+        LockMode::Shared => pb::LockMode::Shared,
+    }
+}
+
+/// The mode a request's raw enum value asks for: unspecified is exclusive; an unknown value
+/// is [`LockError::InvalidArgument`] on `mode`.
+pub fn mode_from_pb(raw: i32) -> Result<LockMode, LockError> {
+    match pb::LockMode::try_from(raw) {
+        Ok(pb::LockMode::Unspecified | pb::LockMode::Exclusive) => Ok(LockMode::Exclusive),
+        Ok(pb::LockMode::Shared) => Ok(LockMode::Shared),
+        Err(_) => Err(LockError::invalid_argument(
+            "mode",
+            "must be LOCK_MODE_EXCLUSIVE or LOCK_MODE_SHARED",
+        )),
+    }
+}
+
+/// A protobuf timestamp of a system time (times before 1970 are clamped to it).
+pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// The system time of a protobuf timestamp, if it is a valid one after 1970.
+pub fn system_time(timestamp: &prost_types::Timestamp) -> Option<SystemTime> {
+    let seconds = u64::try_from(timestamp.seconds).ok()?;
+    let nanos = u32::try_from(timestamp.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
+    UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
+}
+
+/// The proto kind of an event kind named as lockd's event log and HTTP API name it (`grant`,
+/// `release`, `renew`, `downgrade`, `expiry`, `release_refused`); unspecified for any other
+/// name.
+pub fn event_kind(name: &str) -> pb::EventKind {
+    match name {
+        "grant" => pb::EventKind::Grant,
+        "release" => pb::EventKind::Release,
+        "renew" => pb::EventKind::Renew,
+        "downgrade" => pb::EventKind::Downgrade,
+        "expiry" => pb::EventKind::Expiry,
+        "release_refused" => pb::EventKind::ReleaseRefused,
+        _ => pb::EventKind::Unspecified,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server side: requests in, answers out.
+
+/// The lockcore request an [`pb::AcquireRequest`] asks for. Refuses a request naming both or
+/// neither of `object` and `objects`, a `mode` beside `objects`, and any name lockcore refuses,
+/// as [`LockError::InvalidArgument`]; limits are the lock service's to check.
+pub fn acquire_request(
+    request: &pb::AcquireRequest,
+) -> Result<lockcore::AcquireRequest, LockError> {
+    let specs = match (request.object.is_empty(), request.objects.is_empty()) {
+        (false, true) => vec![LockSpec::new(
+            ObjectId::new(&request.object)?,
+            mode_from_pb(request.mode)?,
+        )],
+        (true, false) => {
+            if request.mode != pb::LockMode::Unspecified as i32 {
+                return Err(LockError::invalid_argument(
+                    "mode",
+                    "goes with `object`; give each entry of `objects` its own mode",
+                ));
+            }
+            request
+                .objects
+                .iter()
+                .map(|spec| {
+                    Ok(LockSpec::new(
+                        ObjectId::new(&spec.object)?,
+                        mode_from_pb(spec.mode)?,
+                    ))
+                })
+                .collect::<Result<_, LockError>>()?
+        }
+        (true, true) => {
+            return Err(LockError::invalid_argument(
+                "object",
+                "missing field `object` (or `objects`)",
+            ))
+        }
+        (false, false) => {
+            return Err(LockError::invalid_argument(
+                "objects",
+                "name either `object` or `objects`, not both",
+            ))
+        }
+    };
+    let mut acquire = lockcore::AcquireRequest::many(
+        specs,
+        OwnerId::new(&request.owner)?,
+        Duration::from_millis(request.ttl_ms),
+    )
+    .with_wait(Duration::from_millis(request.wait_ms));
+    if !request.request_id.is_empty() {
+        acquire = acquire.with_request_id(RequestId::new(&request.request_id)?);
+    }
+    Ok(acquire)
+}
+
+/// What a release or renew names: one lock, or several.
+#[derive(Debug)]
+pub(crate) enum Named<'a> {
+    /// `object` and `token`: answered with one lease, or a status.
+    One(&'a str, &'a str),
+    /// `locks`: answered with one result per lock.
+    Several(&'a [pb::LockRef]),
+}
+
+/// Which of the two forms a release or renew uses; both or neither is `invalid_argument`.
+pub(crate) fn named<'a>(
+    object: &'a str,
+    token: &'a str,
+    locks: &'a [pb::LockRef],
+) -> Result<Named<'a>, LockError> {
+    match (object.is_empty(), token.is_empty(), locks.is_empty()) {
+        (false, false, true) => Ok(Named::One(object, token)),
+        (true, true, false) => Ok(Named::Several(locks)),
+        (true, _, true) => Err(LockError::invalid_argument(
+            "object",
+            "missing field `object` (or `locks`)",
+        )),
+        (false, true, true) => Err(LockError::invalid_argument(
+            "token",
+            "missing field `token`",
+        )),
+        (_, _, false) => Err(LockError::invalid_argument(
+            "locks",
+            "name either `object` and `token`, or `locks`, not both",
+        )),
+    }
+}
+
+/// The proto lease of a lease.
+pub fn lease_to_pb(lease: &Lease) -> pb::Lease {
+    pb::Lease {
+        object: lease.object.to_string(),
+        owner: lease.owner.to_string(),
+        mode: mode_to_pb(lease.mode) as i32,
+        token: lease.token.expose().to_owned(),
+        fence: lease.fence.get(),
+        ttl_ms: millis(lease.ttl),
+    }
+}
+
+/// The proto answer to an acquire granted `grant`.
+pub fn grant_to_pb(grant: &Grant) -> pb::AcquireResponse {
+    pb::AcquireResponse {
+        owner: grant.owner.to_string(),
+        ttl_ms: millis(grant.ttl),
+        locks: grant.leases.iter().map(lease_to_pb).collect(),
+    }
+}
+
+/// The proto holder of a holder.
+pub fn holder_to_pb(holder: &HolderInfo) -> pb::Holder {
+    pb::Holder {
+        owner: holder.owner.to_string(),
+        fence: holder.fence.get(),
+        ttl_ms: millis(holder.ttl),
+        acquired_at: Some(timestamp(holder.acquired_at)),
+        expires_at: Some(timestamp(holder.expires_at)),
+    }
+}
+
+/// The proto lock of a lock description.
+pub fn lock_to_pb(info: &LockInfo) -> pb::Lock {
+    pb::Lock {
+        object: info.object.to_string(),
+        owner: info.owner.to_string(),
+        mode: mode_to_pb(info.mode) as i32,
+        fence: info.fence.get(),
+        ttl_ms: millis(info.ttl),
+        acquired_at: Some(timestamp(info.acquired_at)),
+        expires_at: Some(timestamp(info.expires_at)),
+        holders: info.holders.iter().map(holder_to_pb).collect(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side: answers in.
+
+/// A name in a server's answer that lockcore refuses: the server misbehaves.
+fn answered_name<T>(id: Result<T, LockError>) -> Result<T, LockError> {
+    id.map_err(|e| LockError::Internal(format!("lockd answered with an invalid name: {e}")))
+}
+
+/// A mode in a server's answer: unspecified reads as exclusive (an older server).
+fn answered_mode(raw: i32) -> Result<LockMode, LockError> {
+    mode_from_pb(raw)
+        .map_err(|_| LockError::Internal(format!("lockd answered with an unknown mode {raw}")))
+}
+
+/// A token in a server's answer that lockcore cannot read: the server misbehaves.
+fn answered_token(token: &str) -> Result<LockToken, LockError> {
+    LockToken::parse(token)
+        .map_err(|e| LockError::Internal(format!("lockd answered with a malformed token: {e}")))
+}
+
+/// The lease a proto lease describes.
+pub fn lease_from_pb(lease: pb::Lease) -> Result<Lease, LockError> {
+    Ok(Lease {
+        object: answered_name(ObjectId::new(&lease.object))?,
+        owner: answered_name(OwnerId::new(&lease.owner))?,
+        mode: answered_mode(lease.mode)?,
+        token: answered_token(&lease.token)?,
+        fence: Fence(lease.fence),
+        ttl: Duration::from_millis(lease.ttl_ms),
+    })
+}
+
+/// The grant an acquire answer describes; no lock at all is [`LockError::Internal`].
+pub fn grant_from_pb(answer: pb::AcquireResponse) -> Result<Grant, LockError> {
+    if answer.locks.is_empty() {
+        return Err(LockError::Internal(
+            "lockd answered a grant of no lock".into(),
+        ));
+    }
+    let owner = answered_name(OwnerId::new(&answer.owner))?;
+    let ttl = Duration::from_millis(answer.ttl_ms);
+    let leases = answer
+        .locks
+        .into_iter()
+        .map(lease_from_pb)
+        .collect::<Result<_, _>>()?;
+    Ok(Grant { owner, ttl, leases })
+}
+
+fn holder_from_pb(holder: pb::Holder, now: SystemTime) -> Result<HolderInfo, LockError> {
+    let ttl = Duration::from_millis(holder.ttl_ms);
+    Ok(HolderInfo {
+        owner: answered_name(OwnerId::new(&holder.owner))?,
+        fence: Fence(holder.fence),
+        acquired_at: holder
+            .acquired_at
+            .as_ref()
+            .and_then(system_time)
+            .unwrap_or(now),
+        expires_at: holder
+            .expires_at
+            .as_ref()
+            .and_then(system_time)
+            .unwrap_or_else(|| now + ttl),
+        ttl,
+    })
+}
+
+/// The lock a proto lock describes. Missing times are derived from the reader's clock and the
+/// TTL; missing `holders` as the one top-level holder.
+pub fn lock_from_pb(lock: pb::Lock) -> Result<LockInfo, LockError> {
+    let now = SystemTime::now();
+    let top = holder_from_pb(
+        pb::Holder {
+            owner: lock.owner,
+            fence: lock.fence,
+            ttl_ms: lock.ttl_ms,
+            acquired_at: lock.acquired_at,
+            expires_at: lock.expires_at,
+        },
+        now,
+    )?;
+    let mut holders = lock
+        .holders
+        .into_iter()
+        .map(|holder| holder_from_pb(holder, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    if holders.is_empty() {
+        holders.push(top.clone());
+    }
+    holders.sort_by_key(|holder| holder.fence);
+    Ok(LockInfo {
+        object: answered_name(ObjectId::new(&lock.object))?,
+        mode: answered_mode(lock.mode)?,
+        owner: top.owner,
+        fence: top.fence,
+        acquired_at: top.acquired_at,
+        expires_at: top.expires_at,
+        ttl: top.ttl,
+        holders,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(request: pb::AcquireRequest) -> &'static str {
+        match acquire_request(&request) {
+            Err(LockError::InvalidArgument { field, .. }) => field,
+            other => panic!("{request:?}: {other:?}"),
+        }
+    }
+
+    fn base() -> pb::AcquireRequest {
+        pb::AcquireRequest {
+            owner: "o".into(),
+            ttl_ms: 5,
+            ..pb::AcquireRequest::default()
+        }
+    }
+
+    /// An acquire names `object` or `objects`; a mode beside `objects`, an unknown mode and a
+    /// bad name or request id are refused naming the field at fault.
+    #[test]
+    fn acquire_requests_name_one_form() {
+        assert_eq!(field(base()), "object");
+        let both = pb::AcquireRequest {
+            object: "a".into(),
+            objects: vec![pb::ObjectSpec {
+                object: "b".into(),
+                mode: 0,
+            }],
+            ..base()
+        };
+        assert_eq!(field(both), "objects");
+        let mode_beside_objects = pb::AcquireRequest {
+            objects: vec![pb::ObjectSpec {
+                object: "b".into(),
+                mode: 0,
+            }],
+            mode: pb::LockMode::Shared as i32,
+            ..base()
+        };
+        assert_eq!(field(mode_beside_objects), "mode");
+        let unknown_mode = pb::AcquireRequest {
+            object: "a".into(),
+            mode: 7,
+            ..base()
+        };
+        assert_eq!(field(unknown_mode), "mode");
+        let bad_owner = pb::AcquireRequest {
+            object: "a".into(),
+            owner: "a\nb".into(),
+            ..base()
+        };
+        assert_eq!(field(bad_owner), "owner");
+        let short_id = pb::AcquireRequest {
+            object: "a".into(),
+            request_id: "short".into(),
+            ..base()
+        };
+        assert_eq!(field(short_id), "request_id");
+        let good = acquire_request(&pb::AcquireRequest {
+            objects: vec![
+                pb::ObjectSpec {
+                    object: "b".into(),
+                    mode: pb::LockMode::Shared as i32,
+                },
+                pb::ObjectSpec {
+                    object: "a".into(),
+                    mode: 0,
+                },
+            ],
+            wait_ms: 30,
+            ..base()
+        })
+        .expect("valid");
+        assert_eq!(good.objects[0].mode, LockMode::Shared);
+        assert_eq!(good.objects[1].mode, LockMode::Exclusive);
+        assert_eq!(good.wait, Duration::from_millis(30));
+    }
+
+    #[test]
+    fn releases_name_one_lock_or_several() {
+        let lock = [pb::LockRef {
+            object: "a".into(),
+            token: "t".into(),
+        }];
+        assert!(matches!(named("a", "t", &[]), Ok(Named::One("a", "t"))));
+        assert!(matches!(named("", "", &lock), Ok(Named::Several(_))));
+        let field = |r: Result<Named<'_>, LockError>| match r {
+            Err(LockError::InvalidArgument { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(named("", "", &[])), "object");
+        assert_eq!(field(named("a", "", &[])), "token");
+        assert_eq!(field(named("a", "t", &lock)), "locks");
+    }
+
+    #[test]
+    fn event_kinds_are_named_as_on_http() {
+        assert_eq!(event_kind("release_refused"), pb::EventKind::ReleaseRefused);
+        assert_eq!(event_kind("grant"), pb::EventKind::Grant);
+        assert_eq!(event_kind("exploded"), pb::EventKind::Unspecified);
+    }
+
+    #[test]
+    fn timestamps_round_trip_and_refuse_nonsense() {
+        let at = UNIX_EPOCH + Duration::new(1_767_225_600, 123_000_000);
+        assert_eq!(system_time(&timestamp(at)), Some(at));
+        let negative = prost_types::Timestamp {
+            seconds: -1,
+            nanos: 0,
+        };
+        assert_eq!(system_time(&negative), None);
+        let bad_nanos = prost_types::Timestamp {
+            seconds: 1,
+            nanos: 2_000_000_000,
+        };
+        assert_eq!(system_time(&bad_nanos), None);
+    }
+
+    #[test]
+    fn malformed_answers_are_internal() {
+        let lease = pb::Lease {
+            object: "a".into(),
+            owner: "o".into(),
+            mode: 0,
+            token: "nope".into(),
+            fence: 1,
+            ttl_ms: 10,
+        };
+        assert!(matches!(lease_from_pb(lease), Err(LockError::Internal(_))));
+        let empty = pb::AcquireResponse {
+            owner: "o".into(),
+            ttl_ms: 1,
+            locks: Vec::new(),
+        };
+        assert!(matches!(grant_from_pb(empty), Err(LockError::Internal(_))));
+        let nameless = pb::Lock::default();
+        assert!(matches!(
+            lock_from_pb(nameless),
+            Err(LockError::Internal(_))
+        ));
+    }
+}
