@@ -501,6 +501,7 @@ impl EtcdStore {
                     // An upper bound: the holder's TTL when granted. The watch wakes waiters
                     // when it really goes.
                     retry_after: Duration::from_millis(h.record.ttl_ms),
+                    cause: lockcore::ConflictCause::Held,
                 });
                 continue;
             }
@@ -515,6 +516,7 @@ impl EtcdStore {
                     object: claim.object.clone(),
                     holder: e.record.owner.clone(),
                     retry_after: Duration::from_secs(QUEUE_LEASE_TTL.unsigned_abs()),
+                    cause: lockcore::ConflictCause::Held,
                 });
             }
         }
@@ -524,6 +526,7 @@ impl EtcdStore {
                 return Ok(Some(Attempted::Refused {
                     conflicts,
                     ticket: None,
+                    blockers: Vec::new(),
                 }));
             };
             // A waiter whose entries are all in place on the current queue lease writes
@@ -540,6 +543,7 @@ impl EtcdStore {
                     return Ok(Some(Attempted::Refused {
                         conflicts,
                         ticket: queueing.ticket,
+                        blockers: Vec::new(),
                     }));
                 }
             }
@@ -579,7 +583,11 @@ impl EtcdStore {
                 place = place.max(put.prev_key().map_or(written_at, KeyValue::create_revision));
             }
             let ticket = u64::try_from(place).ok().map(Ticket);
-            return Ok(Some(Attempted::Refused { conflicts, ticket }));
+            return Ok(Some(Attempted::Refused {
+                conflicts,
+                ticket,
+                blockers: Vec::new(),
+            }));
         }
 
         let fresh = match *lease {
@@ -758,6 +766,7 @@ impl EtcdStore {
                     acquired_at: UNIX_EPOCH + Duration::from_millis(h.record.acquired_ms),
                     expires_at: now + ttl,
                     ttl,
+                    scope: lockcore::LockScope::Object,
                 });
             }
             if let Some(info) = LockInfo::from_holders(object, mode, infos) {

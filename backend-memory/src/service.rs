@@ -80,6 +80,7 @@ impl Holder {
             acquired_at: UNIX_EPOCH + Duration::from_micros(self.acquired_micros),
             expires_at: wall_now + ttl,
             ttl,
+            scope: lockcore::LockScope::Object,
         }
     }
 }
@@ -143,6 +144,7 @@ impl Slot {
                     object: claim.object.clone(),
                     holder: holder.owner.clone(),
                     retry_after: holder.remaining(now),
+                    cause: lockcore::ConflictCause::Held,
                 });
             }
         }
@@ -155,6 +157,7 @@ impl Slot {
                 object: claim.object.clone(),
                 holder: entry.owner.clone(),
                 retry_after: Duration::from_nanos(entry.expires.saturating_sub(now)),
+                cause: lockcore::ConflictCause::Held,
             })
     }
 
@@ -526,7 +529,11 @@ impl Inner {
                 }
                 ticket
             });
-            Attempted::Refused { conflicts, ticket }
+            Attempted::Refused {
+                conflicts,
+                ticket,
+                blockers: Vec::new(),
+            }
         };
         drop(locked);
         for object in &freed {

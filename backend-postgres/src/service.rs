@@ -497,10 +497,15 @@ fn attempted(claims: &[Claim], rows: &[PgRow]) -> LockResult<Attempted> {
                 object: claim_of(row)?.object.clone(),
                 holder: stored_owner(&get::<String>(row, 5)?)?,
                 retry_after: micros_to_duration(get(row, 6)?),
+                cause: lockcore::ConflictCause::Held,
             })
         })
         .collect::<LockResult<Vec<_>>>()?;
-    Ok(Attempted::Refused { conflicts, ticket })
+    Ok(Attempted::Refused {
+        conflicts,
+        ticket,
+        blockers: Vec::new(),
+    })
 }
 
 /// One verdict per row of a release or renew, checking the rows come one per holder, in order.
@@ -567,6 +572,7 @@ impl HolderRow {
                 acquired_at: micros_to_time(get(row, 3)?),
                 expires_at: micros_to_time(get(row, 4)?),
                 ttl: micros_to_duration(get(row, 5)?),
+                scope: lockcore::LockScope::Object,
             },
             object: get(row, 6)?,
         })

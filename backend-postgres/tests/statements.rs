@@ -371,6 +371,7 @@ async fn every_operation_is_one_statement_in_one_round_trip() {
             mode: LockMode::Exclusive,
             digest: TokenDigest::from_bytes(&[u8::try_from(i).expect("small"); 32])
                 .expect("32 bytes"),
+            scope: lockcore::LockScope::Object,
         })
         .collect();
     let queueing = Some(Queueing {
@@ -382,6 +383,7 @@ async fn every_operation_is_one_statement_in_one_round_trip() {
         claims: &claims,
         ttl,
         queueing,
+        lock_delay: std::time::Duration::ZERO,
     };
     // Warm-up: each primitive once.
     let warm = store.try_acquire(attempt(queueing)).await.expect("refused");

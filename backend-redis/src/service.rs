@@ -231,6 +231,7 @@ impl RedisStore {
                     acquired_at: reply::unix_millis(reply::millis_text(acquired)?),
                     expires_at: reply::unix_millis(expires_ms),
                     ttl: Duration::from_millis(expires_ms.saturating_sub(now_ms)),
+                    scope: lockcore::LockScope::Object,
                 });
             }
             if let Some(info) = LockInfo::from_holders(object.clone(), mode, holders) {
@@ -381,13 +382,18 @@ impl LockStore for RedisStore {
                             object: claim.object.clone(),
                             holder: reply::owner(holder)?,
                             retry_after: reply::pttl(retry, self.limits.max_ttl)?,
+                            cause: lockcore::ConflictCause::Held,
                         })
                     })
                     .collect::<LockResult<Vec<_>>>()?;
                 if conflicts.is_empty() {
                     return Err(reply::malformed("refusal without conflicts"));
                 }
-                Ok(Attempted::Refused { conflicts, ticket })
+                Ok(Attempted::Refused {
+                    conflicts,
+                    ticket,
+                    blockers: Vec::new(),
+                })
             }
             _ => Err(reply::malformed("acquire status")),
         }

@@ -71,6 +71,7 @@ async fn queue_attempt(
             claims,
             ttl: TTL,
             queueing: Some(Queueing { ticket, keep_for }),
+            lock_delay: std::time::Duration::ZERO,
         })
         .await
 }
@@ -80,6 +81,7 @@ fn claim(name: &str, mode: LockMode, digest_byte: u8) -> Claim {
         object: object(name),
         mode,
         digest: TokenDigest::from_bytes(&[digest_byte; 32]).expect("32 bytes"),
+        scope: lockcore::LockScope::Object,
     }
 }
 
@@ -339,7 +341,9 @@ async fn queue_entries_that_expired_block_nobody_and_are_dropped() {
     .await
     .expect("attempt")
     {
-        Attempted::Refused { conflicts, ticket } => {
+        Attempted::Refused {
+            conflicts, ticket, ..
+        } => {
             assert_eq!(ticket, Some(eve_ticket));
             assert_eq!(conflicts[0].holder, owner("bob"));
             assert!(conflicts[0].retry_after <= Duration::from_millis(300));

@@ -17,7 +17,7 @@ pub type LockResult<T> = Result<T, LockError>;
 pub enum LockError {
     /// An object asked for is held by a conflicting, unexpired lease (or reserved by an
     /// earlier waiter in a conflicting mode). Nothing was granted.
-    #[error("object {object} is locked by {holder} for another {retry_after:?}")]
+    #[error("{}", locked_message(object, holder, retry_after, conflicts))]
     Locked {
         /// The first object asked for that is in conflict.
         object: ObjectId,
@@ -67,15 +67,73 @@ pub enum LockError {
     Internal(String),
 }
 
+/// The message of [`LockError::Locked`]: it names a lock-delay or a queue when one is the cause.
+fn locked_message(
+    object: &ObjectId,
+    holder: &OwnerId,
+    retry_after: &Duration,
+    conflicts: &[Conflict],
+) -> String {
+    match conflicts.first().map(|c| c.cause).unwrap_or_default() {
+        ConflictCause::Held => {
+            format!("object {object} is locked by {holder} for another {retry_after:?}")
+        }
+        ConflictCause::Queued => format!(
+            "object {object} is wanted by {holder}, who waits ahead of this request (for up to another {retry_after:?})"
+        ),
+        ConflictCause::LockDelay => format!(
+            "object {object} is in its lock-delay after the lease of {holder} expired: free in {retry_after:?}"
+        ),
+    }
+}
+
 /// One object of a refused acquire and what blocks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
     /// The object asked for.
     pub object: ObjectId,
-    /// Who holds it, or waits for it ahead of the request.
+    /// Who holds it, or waits for it ahead of the request, or held it until its lease expired
+    /// (a lock-delay).
     pub holder: OwnerId,
-    /// How long until that lease (or that waiter's wait) ends at the latest, unless renewed.
+    /// How long until that lease (or that waiter's wait, or that lock-delay) ends at the
+    /// latest, unless renewed.
     pub retry_after: Duration,
+    /// Which of the three blocks it.
+    pub cause: ConflictCause,
+}
+
+/// What kind of thing blocks a [`Conflict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ConflictCause {
+    /// A holder in a conflicting mode, on the object or covering it.
+    #[default]
+    Held,
+    /// An earlier waiter in a conflicting mode.
+    Queued,
+    /// The lock-delay of a lease that expired (see
+    /// [`AcquireRequest::lock_delay`](crate::AcquireRequest::lock_delay)).
+    LockDelay,
+}
+
+impl ConflictCause {
+    /// The cause's name on the wire: `held`, `queued` or `lock_delay`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictCause::Held => "held",
+            ConflictCause::Queued => "queued",
+            ConflictCause::LockDelay => "lock_delay",
+        }
+    }
+
+    /// Parses a name of [`ConflictCause::as_str`]; anything else reads as `held`, so that an
+    /// older peer's answers still parse.
+    pub fn from_wire(text: &str) -> Self {
+        match text {
+            "queued" => ConflictCause::Queued,
+            "lock_delay" => ConflictCause::LockDelay,
+            _ => ConflictCause::Held,
+        }
+    }
 }
 
 impl LockError {
@@ -149,7 +207,8 @@ mod tests {
         assert!(LockError::locked(vec![Conflict {
             object: object.clone(),
             holder,
-            retry_after: Duration::from_secs(1)
+            retry_after: Duration::from_secs(1),
+            cause: ConflictCause::Held,
         }])
         .is_retryable());
         assert!(LockError::unavailable("redis", "connection refused").is_retryable());

@@ -32,7 +32,7 @@ fn validate(field: &'static str, value: &str, max: usize) -> Result<(), LockErro
 }
 
 macro_rules! validated_id {
-    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $extra:path) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(Arc<str>);
@@ -42,6 +42,7 @@ macro_rules! validated_id {
             pub fn new(value: impl AsRef<str>) -> Result<Self, LockError> {
                 let value = value.as_ref();
                 validate($field, value, $max)?;
+                $extra($field, value)?;
                 Ok(Self(Arc::from(value)))
             }
 
@@ -107,17 +108,23 @@ macro_rules! validated_id {
 
 validated_id!(
     /// The name of a lockable object (a file, a directory, a chunk): non-empty, at most
-    /// [`MAX_OBJECT_LEN`] bytes of UTF-8, no NUL or control characters.
+    /// [`MAX_OBJECT_LEN`] bytes of UTF-8, no NUL or control characters, and a path with one
+    /// spelling: no empty, `.` or `..` segment, at most
+    /// [`MAX_OBJECT_DEPTH`](crate::path::MAX_OBJECT_DEPTH) segments (see [`crate::path`]).
     ///
     /// ```
     /// use lockcore::ObjectId;
     /// assert!(ObjectId::new("/volumes/a/file.txt").is_ok());
+    /// assert!(ObjectId::new("chunk-7").is_ok());
     /// assert!(ObjectId::new("").is_err());
     /// assert!(ObjectId::new("bad\0name").is_err());
+    /// assert!(ObjectId::new("/volumes/a/").is_err());
+    /// assert!(ObjectId::new("/volumes/a/../b").is_err());
     /// ```
     ObjectId,
     "object",
-    MAX_OBJECT_LEN
+    MAX_OBJECT_LEN,
+    crate::path::check_path
 );
 
 validated_id!(
@@ -125,8 +132,13 @@ validated_id!(
     /// no NUL or control characters.
     OwnerId,
     "owner",
-    MAX_OWNER_LEN
+    MAX_OWNER_LEN,
+    no_more_checks
 );
+
+fn no_more_checks(_field: &'static str, _value: &str) -> Result<(), LockError> {
+    Ok(())
+}
 
 /// Shortest request id accepted, in bytes.
 pub const MIN_REQUEST_ID_LEN: usize = 16;
@@ -254,6 +266,7 @@ mod tests {
         assert!(ObjectId::new("a").is_ok());
         assert!(ObjectId::new("x".repeat(MAX_OBJECT_LEN)).is_ok());
         assert!(ObjectId::new("x".repeat(MAX_OBJECT_LEN + 1)).is_err());
+        assert!(ObjectId::new("/a//b").is_err());
         assert!(ObjectId::new("").is_err());
         assert!(ObjectId::new("a\nb").is_err());
         assert!(ObjectId::new("a\u{7f}b").is_err());

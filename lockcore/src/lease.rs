@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use crate::error::LockError;
 use crate::fence::Fence;
 use crate::id::{ObjectId, OwnerId};
-use crate::mode::LockMode;
+use crate::mode::{LockMode, LockScope};
 use crate::token::LockToken;
 
 /// A granted lock, as its holder sees it.
@@ -56,6 +56,10 @@ impl Grant {
 /// An object has one exclusive holder or any number of shared ones. The top-level `owner`,
 /// `fence`, `acquired_at`, `expires_at` and `ttl` describe the holder with the highest fence;
 /// `holders` lists every holder, ordered by fence.
+///
+/// [`LockService::inspect`](crate::LockService::inspect) also answers for an object that has no
+/// holder but is in a lock-delay: `holders` is then empty, `delay` is set, and the top-level
+/// fields describe the lease that expired (its `ttl` is zero).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LockInfo {
     /// The locked object.
@@ -74,6 +78,28 @@ pub struct LockInfo {
     pub ttl: Duration,
     /// Every holder, by increasing fence: one for an exclusive lock, one or more when shared.
     pub holders: Vec<HolderInfo>,
+    /// How many requests wait in the object's queue (those waiting for a subtree lock on it
+    /// included; those waiting for objects under it not).
+    pub waiters: u32,
+    /// The lock-delay in force on the object, if an expired lease's delay has not run out.
+    pub delay: Option<LockDelayInfo>,
+}
+
+/// A lock-delay in force: no conflicting grant until it ends.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LockDelayInfo {
+    /// Who held the lease that expired.
+    pub owner: OwnerId,
+    /// That lease's fence.
+    pub fence: Fence,
+    /// That lease's mode: an expired shared lease delays exclusive requests only.
+    pub mode: LockMode,
+    /// That lease's scope: an expired subtree lease delays its whole subtree.
+    pub scope: LockScope,
+    /// When the delay ends (the backend's clock).
+    pub until: SystemTime,
+    /// Time left on the delay when the backend answered.
+    pub remaining: Duration,
 }
 
 impl LockInfo {
@@ -95,7 +121,37 @@ impl LockInfo {
             expires_at: top.expires_at,
             ttl: top.ttl,
             holders,
+            waiters: 0,
+            delay: None,
         })
+    }
+
+    /// The description of an object without holders in the lock-delay `delay`.
+    pub fn delayed(object: ObjectId, delay: LockDelayInfo, expired_at: SystemTime) -> Self {
+        Self {
+            object,
+            mode: delay.mode,
+            owner: delay.owner.clone(),
+            fence: delay.fence,
+            acquired_at: expired_at,
+            expires_at: expired_at,
+            ttl: Duration::ZERO,
+            holders: Vec::new(),
+            waiters: 0,
+            delay: Some(delay),
+        }
+    }
+
+    /// The same description with `waiters` waiting requests.
+    pub fn with_waiters(mut self, waiters: u32) -> Self {
+        self.waiters = waiters;
+        self
+    }
+
+    /// The same description with the lock-delay `delay` in force.
+    pub fn with_delay(mut self, delay: Option<LockDelayInfo>) -> Self {
+        self.delay = delay;
+        self
     }
 }
 
@@ -104,6 +160,8 @@ impl LockInfo {
 pub struct HolderInfo {
     /// Who holds it.
     pub owner: OwnerId,
+    /// What the grant covers: the object, or its subtree.
+    pub scope: LockScope,
     /// This grant's fence.
     pub fence: Fence,
     /// When this grant was made (the backend's clock).

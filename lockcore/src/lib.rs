@@ -9,7 +9,8 @@
 //!
 //! 1. **Mutual exclusion.** At any instant an object has at most one unexpired exclusive holder,
 //!    or only shared holders, under any concurrency, including several processes sharing one
-//!    Redis or Postgres. A request for several objects is granted all together or not at all.
+//!    Redis or Postgres; a subtree lock counts as a holder of every object it covers (see
+//!    [`path`]). A request for several objects is granted all together or not at all.
 //! 2. **Fencing.** Every grant carries a [`Fence`] that strictly increases per object across
 //!    releases, expiries and restarts (see [`fence`] for the scheme and its limits).
 //! 3. **Unforgeable tokens.** Tokens carry a 128-bit nonce and an HMAC-SHA256 under a secret,
@@ -72,6 +73,7 @@ mod lease;
 mod limits;
 mod locks;
 mod mode;
+pub mod path;
 pub mod reclaim;
 mod redact;
 mod request;
@@ -81,20 +83,23 @@ pub mod store;
 pub mod token;
 mod wait;
 
-pub use error::{Conflict, LockError, LockResult};
+pub use error::{Conflict, ConflictCause, LockError, LockResult};
 pub use fence::{wall_clock_micros, Fence};
 pub use id::{
     LockData, ObjectId, OwnerId, RequestId, MAX_OBJECT_LEN, MAX_OWNER_LEN, MAX_REQUEST_ID_LEN,
     MIN_REQUEST_ID_LEN,
 };
-pub use lease::{Grant, HolderInfo, Lease, ListQuery, LockInfo, LockPage, MAX_LIST_LIMIT};
+pub use lease::{
+    Grant, HolderInfo, Lease, ListQuery, LockDelayInfo, LockInfo, LockPage, MAX_LIST_LIMIT,
+};
 pub use limits::{Limits, MIN_TTL};
 pub use locks::{Locks, QUEUE_ENTRY_LIFETIME, QUEUE_KEEPALIVE};
-pub use mode::{LockMode, LockSpec};
+pub use mode::{LockMode, LockScope, LockSpec};
+pub use path::MAX_OBJECT_DEPTH;
 pub use reclaim::{ReclaimGuard, ReclaimPolicy, Reclaimer, Undo};
 pub use redact::redact_url;
-pub use request::{check_objects, AcquireRequest, MAX_OBJECTS_PER_REQUEST};
-pub use service::{LeaseEnd, LeaseEndSink, LockService};
+pub use request::{check_objects, AcquireRequest, MAX_LOCK_DELAY, MAX_OBJECTS_PER_REQUEST};
+pub use service::{LeaseEnd, LeaseEndSink, LockService, WaitNotice, WaitSink};
 pub use store::LockStore;
 pub use token::{LockToken, PendingToken, TokenDigest, TokenIssuer, TokenSecret, TokenVerifier};
 pub use wait::{Registration, WaitQueue};

@@ -1,6 +1,6 @@
 //! [`Locks`]: the [`LockService`] every backend gets by implementing [`LockStore`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,13 +12,13 @@ use crate::fence::Fence;
 use crate::id::ObjectId;
 use crate::lease::{Grant, Lease, ListQuery, LockInfo, LockPage};
 use crate::limits::Limits;
-use crate::mode::LockMode;
+use crate::mode::{LockMode, LockScope};
 use crate::reclaim::{Reclaimer, UndoFuture};
 use crate::request::{check_objects, AcquireRequest};
-use crate::service::{LeaseEndSink, LockService};
+use crate::service::{LeaseEndSink, LockService, WaitNotice, WaitSink};
 use crate::store::{
-    Attempt, Attempted, Claim, Granted, HolderRef, HolderState, LockStore, Queueing, Ticket,
-    Verdict,
+    Attempt, Attempted, Claim, Granted, HolderRef, HolderState, LockStore, Queueing, StoreFeatures,
+    Ticket, Verdict,
 };
 use crate::token::{LockToken, PendingToken, TokenIssuer};
 
@@ -43,6 +43,7 @@ pub struct Locks<S> {
     issuer: TokenIssuer,
     limits: Limits,
     reclaimer: Option<Reclaimer>,
+    wait_sink: OnceLock<WaitSink>,
 }
 
 impl<S: LockStore> Locks<S> {
@@ -60,7 +61,49 @@ impl<S: LockStore> Locks<S> {
             issuer,
             limits,
             reclaimer,
+            wait_sink: OnceLock::new(),
         }
+    }
+
+    fn notify(&self, notice: impl FnOnce() -> WaitNotice) {
+        if let Some(sink) = self.wait_sink.get() {
+            sink(notice());
+        }
+    }
+
+    /// Refuses what the store does not implement (see [`LockStore::features`]).
+    fn check_features(&self, request: &AcquireRequest) -> LockResult<()> {
+        let StoreFeatures {
+            subtree,
+            lock_delay,
+        } = self.store.features();
+        if !subtree
+            && request
+                .objects
+                .iter()
+                .any(|s| s.scope == LockScope::Subtree)
+        {
+            return Err(LockError::invalid_argument(
+                "scope",
+                format!("the {} backend has no subtree locks", self.store.backend()),
+            ));
+        }
+        if !lock_delay && !request.lock_delay.is_zero() {
+            return Err(LockError::invalid_argument(
+                "lock_delay_ms",
+                format!("the {} backend has no lock-delay", self.store.backend()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reports a request that was refused at least once and has now ended.
+    fn contended(&self, request: &AcquireRequest, started: Instant, granted: bool) {
+        self.notify(|| WaitNotice::Contended {
+            objects: request.objects.iter().map(|s| s.object.clone()).collect(),
+            waited: started.elapsed(),
+            granted,
+        });
     }
 
     /// The store, for what only its backend offers (metrics, configuration).
@@ -253,6 +296,7 @@ impl<S: LockStore> LockService for Locks<S> {
 
     async fn acquire_with(&self, request: &AcquireRequest) -> LockResult<Grant> {
         request.check(&self.limits)?;
+        self.check_features(request)?;
         let request_id = request.request_id.as_ref();
         let pending: Vec<PendingToken> = request
             .objects
@@ -266,6 +310,7 @@ impl<S: LockStore> LockService for Locks<S> {
             .map(|(spec, pending)| Claim {
                 object: spec.object.clone(),
                 mode: spec.mode,
+                scope: spec.scope,
                 digest: pending.digest(),
             })
             .collect();
@@ -273,16 +318,21 @@ impl<S: LockStore> LockService for Locks<S> {
             owner: &request.owner,
             claims: &claims,
             ttl: request.ttl,
+            lock_delay: request.lock_delay,
             queueing: None,
         };
+        let started = Instant::now();
         if request.wait.is_zero() {
             return match self.attempt(attempt).await? {
                 Attempted::Granted(granted) => self.sealed(request, pending, granted),
-                Attempted::Refused { conflicts, .. } => Err(LockError::locked(conflicts)),
+                Attempted::Refused { conflicts, .. } => {
+                    self.contended(request, started, false);
+                    Err(LockError::locked(conflicts))
+                }
             };
         }
 
-        let deadline = Instant::now() + request.wait;
+        let deadline = started + request.wait;
         let interest: Vec<(ObjectId, LockMode)> =
             claims.iter().map(|c| (c.object.clone(), c.mode)).collect();
         let registration = self.store.waits().register(&interest);
@@ -304,19 +354,35 @@ impl<S: LockStore> LockService for Locks<S> {
             match self.attempt(attempt).await? {
                 Attempted::Granted(granted) => {
                     // The store removed the ticket with the grant.
-                    place.ticket = None;
+                    if place.ticket.take().is_some() {
+                        self.contended(request, started, true);
+                    }
                     return self.sealed(request, pending, granted);
                 }
-                Attempted::Refused { conflicts, ticket } => {
+                Attempted::Refused {
+                    conflicts,
+                    ticket,
+                    blockers,
+                } => {
                     if let Some(ticket) = ticket {
                         if place.ticket.is_none() {
                             registration.queued(ticket);
+                            for blocker in blockers {
+                                self.notify(|| WaitNotice::Wanted {
+                                    object: blocker.object,
+                                    owner: blocker.owner,
+                                    fence: blocker.fence,
+                                    waiter: request.owner.clone(),
+                                    mode: blocker.wanted,
+                                });
+                            }
                         }
                         place.ticket = Some(ticket);
                     }
                     let now = Instant::now();
                     if now >= deadline {
                         place.leave().await;
+                        self.contended(request, started, false);
                         return Err(LockError::locked(conflicts));
                     }
                     let soonest = conflicts
@@ -436,6 +502,10 @@ impl<S: LockStore> LockService for Locks<S> {
 
     fn report_lease_ends(&self, sink: LeaseEndSink) -> bool {
         self.store.report_lease_ends(sink)
+    }
+
+    fn report_waits(&self, sink: WaitSink) -> bool {
+        self.wait_sink.set(sink).is_ok()
     }
 }
 

@@ -6,10 +6,14 @@ use std::time::Duration;
 use crate::error::LockError;
 use crate::id::{ObjectId, OwnerId, RequestId};
 use crate::limits::Limits;
-use crate::mode::{LockMode, LockSpec};
+use crate::mode::{LockMode, LockScope, LockSpec};
+use crate::path;
 
 /// The most objects one acquire may name.
 pub const MAX_OBJECTS_PER_REQUEST: usize = 64;
+
+/// The longest lock-delay an acquire may ask for.
+pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 
 /// One acquire: which objects to lock in which modes, for whom, for how long, how long to
 /// wait, and an optional [`RequestId`] that makes retrying it safe.
@@ -49,6 +53,11 @@ pub struct AcquireRequest {
     /// Makes the request idempotent: a retry with the same id, objects, modes and owner returns
     /// the leases the first attempt was granted, while they are held (see [`RequestId`]).
     pub request_id: Option<RequestId>,
+    /// Lock-delay (0 to [`MAX_LOCK_DELAY`]): when one of these leases ends by expiry rather
+    /// than by release, nothing that conflicts with it is granted for this long after the
+    /// expiry (as in Chubby and Consul), so the vanished holder's last writes cannot race the
+    /// next holder's. Zero, the default, frees the object at expiry.
+    pub lock_delay: Duration,
 }
 
 impl AcquireRequest {
@@ -66,6 +75,7 @@ impl AcquireRequest {
             ttl,
             wait: Duration::ZERO,
             request_id: None,
+            lock_delay: Duration::ZERO,
         }
     }
 
@@ -74,6 +84,20 @@ impl AcquireRequest {
         for spec in &mut self.objects {
             spec.mode = mode;
         }
+        self
+    }
+
+    /// Asks for every object in `scope`.
+    pub fn with_scope(mut self, scope: LockScope) -> Self {
+        for spec in &mut self.objects {
+            spec.scope = scope;
+        }
+        self
+    }
+
+    /// Sets the leases' lock-delay (see [`AcquireRequest::lock_delay`]).
+    pub fn with_lock_delay(mut self, lock_delay: Duration) -> Self {
+        self.lock_delay = lock_delay;
         self
     }
 
@@ -99,11 +123,38 @@ impl AcquireRequest {
     }
 
     /// Refuses a request outside `limits` or naming no object, more than
-    /// [`MAX_OBJECTS_PER_REQUEST`] objects, or one object twice, as
-    /// [`LockError::InvalidArgument`].
+    /// [`MAX_OBJECTS_PER_REQUEST`] objects, one object twice, two objects one of whose locks
+    /// would cover the other (a subtree and something under it), or a lock-delay above
+    /// [`MAX_LOCK_DELAY`], as [`LockError::InvalidArgument`].
     pub fn check(&self, limits: &Limits) -> Result<(), LockError> {
         limits.check_acquire(self.ttl, self.wait)?;
-        check_objects(self.objects.iter().map(|spec| &spec.object))
+        if self.lock_delay > MAX_LOCK_DELAY {
+            return Err(LockError::invalid_argument(
+                "lock_delay_ms",
+                format!("must be at most {} ms", MAX_LOCK_DELAY.as_millis()),
+            ));
+        }
+        check_objects(self.objects.iter().map(|spec| &spec.object))?;
+        if self
+            .objects
+            .iter()
+            .any(|spec| spec.scope == LockScope::Subtree)
+        {
+            for (i, a) in self.objects.iter().enumerate() {
+                for b in &self.objects[i + 1..] {
+                    if path::overlaps(a.object.as_str(), a.scope, b.object.as_str(), b.scope) {
+                        return Err(LockError::invalid_argument(
+                            "objects",
+                            format!(
+                                "{} and {} overlap: one covers the other",
+                                a.object, b.object
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -137,6 +188,52 @@ pub fn check_objects<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_may_not_cover_one_object_twice() {
+        let limits = Limits::default();
+        let owner = OwnerId::new("o").expect("valid");
+        let ttl = Duration::from_secs(1);
+        let rename = AcquireRequest::many(
+            vec![
+                LockSpec::subtree(object("/v/a"), LockMode::Exclusive),
+                LockSpec::subtree(object("/v/b"), LockMode::Exclusive),
+            ],
+            owner.clone(),
+            ttl,
+        );
+        assert!(rename.check(&limits).is_ok());
+        let nested = AcquireRequest::many(
+            vec![
+                LockSpec::exclusive(object("/v/a/x")),
+                LockSpec::subtree(object("/v/a"), LockMode::Shared),
+            ],
+            owner,
+            ttl,
+        );
+        assert!(matches!(
+            nested.check(&limits),
+            Err(LockError::InvalidArgument {
+                field: "objects",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn lock_delay_is_at_most_a_minute() {
+        let limits = Limits::default();
+        let at_most = request(&["a"]).with_lock_delay(MAX_LOCK_DELAY);
+        assert!(at_most.check(&limits).is_ok());
+        let above = request(&["a"]).with_lock_delay(MAX_LOCK_DELAY + Duration::from_millis(1));
+        assert!(matches!(
+            above.check(&limits),
+            Err(LockError::InvalidArgument {
+                field: "lock_delay_ms",
+                ..
+            })
+        ));
+    }
 
     fn object(name: &str) -> ObjectId {
         ObjectId::new(name).expect("valid")

@@ -132,7 +132,49 @@ pub trait LockService: Send + Sync + Debug + 'static {
         let _ = sink;
         false
     }
+
+    /// Asks the service to report what its waiting requests see to `sink` ([`WaitNotice`]:
+    /// `wanted` notices for holders, contention for metrics), and returns whether it will. The
+    /// service that does the waiting ([`crate::Locks`]) reports; a client of a remote server
+    /// does not (`false`, the default). Same calling rules as
+    /// [`LockService::report_lease_ends`].
+    fn report_waits(&self, sink: WaitSink) -> bool {
+        let _ = sink;
+        false
+    }
 }
+
+/// What a waiting request saw, as reported through [`LockService::report_waits`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WaitNotice {
+    /// A request started waiting behind a holder: once per waiting request and holder.
+    Wanted {
+        /// The holder's object.
+        object: ObjectId,
+        /// The holder's owner.
+        owner: OwnerId,
+        /// The holder's fence.
+        fence: Fence,
+        /// Who waits.
+        waiter: OwnerId,
+        /// The mode the waiter asks for.
+        mode: LockMode,
+    },
+    /// A request that was refused at least once ended: granted after waiting, or not granted
+    /// (refused at once, or its wait ran out).
+    Contended {
+        /// The objects it named.
+        objects: Vec<ObjectId>,
+        /// From the request's start to its end.
+        waited: Duration,
+        /// Whether it was granted in the end.
+        granted: bool,
+    },
+}
+
+/// Where a service sends [`WaitNotice`]s.
+pub type WaitSink = Arc<dyn Fn(WaitNotice) + Send + Sync>;
 
 /// One lease that ended, as reported through [`LockService::report_lease_ends`].
 #[derive(Debug, Clone, PartialEq, Eq)]

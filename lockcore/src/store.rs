@@ -9,8 +9,23 @@
 //! ## The rules every store implements (in Rust, Lua or SQL alike)
 //!
 //! **Holders.** An object has no holder, one exclusive holder, or any number of shared holders.
-//! Each holder is one grant: owner, mode, token digest, fence, expiry. A holder whose expiry has
-//! passed (on the store's clock) does not exist.
+//! Each holder is one grant: owner, mode, scope ([`LockScope`]), token digest, fence, expiry and
+//! lock-delay. A holder whose expiry has passed (on the store's clock) does not exist.
+//!
+//! **Coverage.** A holder on `P` with scope `subtree` covers `P` and every id under it; with scope
+//! `object`, `P` alone. Two grants *conflict* when their modes conflict and what they cover
+//! intersects ([`crate::path::conflicts`]). Below, "a holder (or queue entry) in conflict with a
+//! claim" means one anywhere in the tree, not only on the claim's object: on the claim's object,
+//! a subtree holder on one of its [`ancestors`](crate::path::ancestors), or, for a subtree
+//! claim, one under the claim's object. A store finds them through an index of its own (an
+//! ordered key range, per-ancestor sets or counts), never by scanning unrelated locks.
+//!
+//! **Lock-delay.** A holder granted with a lock-delay `d` that *expires* (is not released) keeps
+//! blocking, for `d` after its expiry, every claim it would conflict with, as if it still held
+//! (refusals name it with [`ConflictCause::LockDelay`](crate::ConflictCause::LockDelay)); but it is no holder: release, renew,
+//! validate and downgrade answer [`Verdict::NotHeld`] for it, and no replay returns it. A
+//! release ends a holder at once, with no delay. [`LockStore::inspect`] reports a delay in
+//! force ([`LockInfo::delay`](crate::LockInfo)).
 //!
 //! **Queue.** Every waiting request has a [`Ticket`]: a number the store draws from one
 //! counter when the request is first refused with [`Queueing`], so tickets order all waiters
@@ -22,9 +37,9 @@
 //! every claim:
 //! 1. the object is already held by the claim's digest (a retry of the request that was
 //!    granted: the store answers with that grant, `replayed`, and marks it claimed), or
-//! 2. every holder is compatible with the claim's mode (shared with shared), and every queue
-//!    entry of the object with a smaller ticket than the request's (all entries, for a request
-//!    without a ticket) is compatible with the claim's mode.
+//! 2. no holder (nor lock-delay of an expired holder) is in conflict with the claim, and no
+//!    queue entry with a smaller ticket than the request's (every entry, for a request without
+//!    a ticket) is in conflict with it.
 //!
 //! Rule 2 serves waiters in arrival order, lets consecutive shared waiters go together, and
 //! makes a waiting exclusive request hold back every later request, so a stream of shared
@@ -38,9 +53,12 @@
 //! this happens in one atomic step: all claims or none.
 //!
 //! When refused, nothing changes, except with [`Queueing`]: the request enters (or stays in)
-//! the queues under its ticket, with its entries' expiry renewed. The answer lists, for each
-//! claim in conflict, a holder or queue entry that blocks it and how long until that one
-//! expires.
+//! the queues under its ticket (the queue of each claim's object, with the claim's mode and
+//! scope), with its entries' expiry renewed. The answer lists, for each claim in conflict, a
+//! holder, lock-delay or queue entry that blocks it, its [`ConflictCause`](crate::ConflictCause), and how long until
+//! that one ends. When the attempt draws a new ticket (the request starts waiting), the answer
+//! also lists the live holders in conflict with its claims ([`Blocker`]s, at most
+//! [`MAX_BLOCKERS`]), so that they can be told someone wants what they hold.
 //!
 //! **Release, renew, validate, downgrade** address one holder by `(object, digest, fence)`: a
 //! holder with that digest and fence, or [`Verdict::NotHeld`] when the object has no holder,
@@ -60,7 +78,7 @@ use crate::fence::Fence;
 use crate::id::{ObjectId, OwnerId};
 use crate::lease::{ListQuery, LockInfo, LockPage};
 use crate::limits::Limits;
-use crate::mode::LockMode;
+use crate::mode::{LockMode, LockScope};
 use crate::reclaim::{ReclaimPolicy, Undo};
 use crate::service::LeaseEndSink;
 use crate::token::TokenDigest;
@@ -73,6 +91,8 @@ pub struct Claim {
     pub object: ObjectId,
     /// The mode asked for.
     pub mode: LockMode,
+    /// What the grant covers.
+    pub scope: LockScope,
     /// The digest of the token the grant will carry (see [`crate::TokenIssuer::prepare_for`]).
     pub digest: TokenDigest,
 }
@@ -99,6 +119,8 @@ pub struct Attempt<'a> {
     pub claims: &'a [Claim],
     /// The leases' TTL.
     pub ttl: Duration,
+    /// The leases' lock-delay (zero for none; see the [module docs](self)).
+    pub lock_delay: Duration,
     /// `Some` for a request that waits when refused; `None` for one that tries once.
     pub queueing: Option<Queueing>,
 }
@@ -114,7 +136,44 @@ pub enum Attempted {
         conflicts: Vec<Conflict>,
         /// The request's ticket, when it asked to queue.
         ticket: Option<Ticket>,
+        /// When this attempt drew the ticket: the live holders in conflict with the claims
+        /// (at most [`MAX_BLOCKERS`]); otherwise may be empty.
+        blockers: Vec<Blocker>,
     },
+}
+
+/// What a store implements beyond exclusive and shared object locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreFeatures {
+    /// [`LockScope::Subtree`] claims.
+    pub subtree: bool,
+    /// A non-zero [`Attempt::lock_delay`].
+    pub lock_delay: bool,
+}
+
+impl StoreFeatures {
+    /// Everything: subtrees and lock-delay.
+    pub const ALL: StoreFeatures = StoreFeatures {
+        subtree: true,
+        lock_delay: true,
+    };
+}
+
+/// The most [`Blocker`]s a refusal reports.
+pub const MAX_BLOCKERS: usize = 64;
+
+/// A live holder a request starts waiting behind: it gets a `wanted` notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    /// The holder's object (the claim's, an ancestor holding its subtree, or one under a
+    /// subtree claim).
+    pub object: ObjectId,
+    /// The holder's owner.
+    pub owner: OwnerId,
+    /// The holder's fence.
+    pub fence: Fence,
+    /// The mode the waiting claim asks for.
+    pub wanted: LockMode,
 }
 
 /// One granted claim.
@@ -176,6 +235,13 @@ pub trait LockStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// The limits requests are checked against before they reach the store.
     fn limits(&self) -> Limits;
+
+    /// Whether the store implements subtree scopes and lock-delay. [`crate::Locks`] refuses
+    /// requests that use what a store does not implement, as `invalid_argument`, rather than
+    /// let it grant them as plain object locks.
+    fn features(&self) -> StoreFeatures {
+        StoreFeatures::default()
+    }
 
     /// How [`crate::Locks`] takes back grants whose reply was lost, for a store across a
     /// network; `None` for an in-process store, whose answers cannot be lost.

@@ -43,7 +43,7 @@ use subtle::ConstantTimeEq;
 use crate::error::LockError;
 use crate::fence::Fence;
 use crate::id::{ObjectId, OwnerId, RequestId};
-use crate::mode::LockSpec;
+use crate::mode::{LockScope, LockSpec};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -321,12 +321,22 @@ impl TokenIssuer {
         };
         let mut mac = self.secret.mac();
         mac.update(b"lockd/request-nonce/v2");
+        // The scope is bound only when it is not the default, so that object-scope requests
+        // derive the nonces they derived before scopes existed.
+        let scope: &[u8] = match spec.scope {
+            LockScope::Object => b"",
+            LockScope::Subtree => b"subtree",
+        };
         for part in [
             spec.object.as_str().as_bytes(),
             spec.mode.as_str().as_bytes(),
             owner.as_str().as_bytes(),
             request_id.as_str().as_bytes(),
+            scope,
         ] {
+            if part.is_empty() {
+                continue;
+            }
             mac.update(&(part.len() as u32).to_be_bytes());
             mac.update(part);
         }

@@ -13,10 +13,22 @@ use lockcore::{
 };
 use proptest::prelude::*;
 
-/// Valid object ids: printable text, including the characters that are special elsewhere
-/// (`{`, `}`, `%`, `.`, `/`, spaces, non-ASCII).
+/// Valid object ids: paths of printable segments, including the characters that are special
+/// elsewhere (`{`, `}`, `%`, `.`, spaces, non-ASCII).
 fn object_id() -> impl Strategy<Value = ObjectId> {
-    "[a-zA-Z0-9/{}%._ üß-]{1,40}".prop_map(|s| ObjectId::new(s).expect("printable"))
+    "/?[a-zA-Z0-9{}%_ üß-][a-zA-Z0-9{}%._ üß-]{0,8}(/[a-zA-Z0-9{}%_ üß-][a-zA-Z0-9{}%._ üß-]{0,8}){0,3}"
+        .prop_map(|s| ObjectId::new(s).expect("printable path"))
+}
+
+/// The path rule of `lockcore::path`, written out again: no empty, `.` or `..` segment after an
+/// optional leading `/`, at most 32 segments.
+fn is_one_spelling(raw: &str) -> bool {
+    let relative = raw.strip_prefix('/').unwrap_or(raw);
+    let segments: Vec<&str> = relative.split('/').collect();
+    segments.len() <= 32
+        && segments
+            .iter()
+            .all(|s| !s.is_empty() && *s != "." && *s != "..")
 }
 
 fn owner_id() -> impl Strategy<Value = OwnerId> {
@@ -176,15 +188,21 @@ proptest! {
     }
 
     /// Object ids accept exactly the non-empty strings of at most 1024 bytes without control
-    /// characters, keep them unchanged, and refuse the rest as `InvalidArgument("object")`.
+    /// characters that are paths of one spelling, keep them unchanged, and refuse the rest as
+    /// `InvalidArgument("object")`.
     #[test]
     fn object_ids_accept_exactly_bounded_printable_strings(raw in prop_oneof![
         any::<String>(),
         "\\PC{0,8}",
         proptest::collection::vec(any::<char>(), 1000..1100).prop_map(String::from_iter),
         "x{1020,1030}",
+        "/?[a./]{1,12}",
+        "(/d){30,34}",
     ]) {
-        let valid = !raw.is_empty() && raw.len() <= MAX_OBJECT_LEN && !raw.chars().any(char::is_control);
+        let valid = !raw.is_empty()
+            && raw.len() <= MAX_OBJECT_LEN
+            && !raw.chars().any(char::is_control)
+            && is_one_spelling(&raw);
         match ObjectId::new(&raw) {
             Ok(id) => {
                 prop_assert!(valid, "accepted {raw:?}");

@@ -74,6 +74,7 @@ pub(crate) fn lock_error(error: ErrorBody, status: u16, object: Option<&ObjectId
                     object: object.clone(),
                     holder,
                     retry_after: Duration::from_millis(retry_after_ms.unwrap_or(0)),
+                    cause: lockcore::ConflictCause::Held,
                 }]),
                 _ => LockError::Internal(format!(
                     "lockd answered `locked` without a valid holder: {message}"
@@ -160,6 +161,7 @@ mod tests {
                 object: object(),
                 holder: OwnerId::new("node-2").unwrap(),
                 retry_after: Duration::from_millis(1500),
+                cause: lockcore::ConflictCause::Held,
             }])
         );
     }

@@ -137,6 +137,7 @@ async fn refusals_come_back_as_lock_errors() {
             object,
             holder: OwnerId::new("node-2").unwrap(),
             retry_after: Duration::from_millis(1234),
+            cause: lockcore::ConflictCause::Held,
         }])
     );
 }

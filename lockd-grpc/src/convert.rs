@@ -269,6 +269,7 @@ fn holder_from_pb(holder: pb::Holder, now: SystemTime) -> Result<HolderInfo, Loc
             .and_then(system_time)
             .unwrap_or_else(|| now + ttl),
         ttl,
+        scope: lockcore::LockScope::Object,
     })
 }
 
@@ -304,6 +305,8 @@ pub fn lock_from_pb(lock: pb::Lock) -> Result<LockInfo, LockError> {
         expires_at: top.expires_at,
         ttl: top.ttl,
         holders,
+        delay: None,
+        waiters: 0,
     })
 }
 

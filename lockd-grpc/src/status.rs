@@ -282,6 +282,7 @@ pub fn lock_error_of_detail(
                         object: ObjectId::new(&c.object).ok()?,
                         holder: OwnerId::new(&c.holder).ok()?,
                         retry_after: Duration::from_millis(c.retry_after_ms),
+                        cause: lockcore::ConflictCause::Held,
                     })
                 })
                 .collect();
@@ -293,6 +294,7 @@ pub fn lock_error_of_detail(
                     object: object.clone(),
                     holder,
                     retry_after: Duration::from_millis(retry_after_ms),
+                    cause: lockcore::ConflictCause::Held,
                 }]),
                 _ => LockError::Internal(format!(
                     "lockd answered `locked` without a valid holder: {message}"
@@ -396,6 +398,7 @@ mod tests {
             object: object(name),
             holder: OwnerId::new(holder).expect("valid"),
             retry_after: Duration::from_millis(ms),
+            cause: lockcore::ConflictCause::Held,
         };
         let error = LockError::locked(vec![conflict("/a", "n2", 1500), conflict("/c", "n3", 20)]);
         let (status, back) = round_trip(&error, &object("/a"));

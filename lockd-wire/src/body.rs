@@ -673,6 +673,7 @@ impl HolderBody {
             acquired_at: self.acquired_at.unwrap_or(now),
             expires_at: self.expires_at.unwrap_or_else(|| now + ttl),
             ttl,
+            scope: lockcore::LockScope::Object,
         })
     }
 }
@@ -721,6 +722,8 @@ impl LockBody {
             expires_at: top.expires_at,
             ttl: top.ttl,
             holders,
+            delay: None,
+            waiters: 0,
         })
     }
 }
@@ -951,6 +954,7 @@ mod tests {
             acquired_at: at,
             expires_at: at + Duration::from_secs(fence),
             ttl: Duration::from_secs(fence),
+            scope: lockcore::LockScope::Object,
         };
         let info = LockInfo::from_holders(
             ObjectId::new("a").unwrap(),

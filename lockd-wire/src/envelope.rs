@@ -135,6 +135,7 @@ impl ConflictBody {
             object: ObjectId::new(&self.object).ok()?,
             holder: OwnerId::new(&self.holder).ok()?,
             retry_after: Duration::from_millis(self.retry_after_ms),
+            cause: lockcore::ConflictCause::Held,
         })
     }
 }
@@ -191,6 +192,7 @@ mod tests {
             object: ObjectId::new(object).unwrap(),
             holder: OwnerId::new(holder).unwrap(),
             retry_after: Duration::from_millis(ms),
+            cause: lockcore::ConflictCause::Held,
         };
         let conflicts = vec![
             conflict("/vol/a", "node-2", 1500),
