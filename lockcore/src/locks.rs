@@ -333,8 +333,10 @@ impl<S: LockStore> LockService for Locks<S> {
         }
 
         let deadline = started + request.wait;
-        let interest: Vec<(ObjectId, LockMode)> =
-            claims.iter().map(|c| (c.object.clone(), c.mode)).collect();
+        let interest: Vec<(ObjectId, LockMode, LockScope)> = claims
+            .iter()
+            .map(|c| (c.object.clone(), c.mode, c.scope))
+            .collect();
         let registration = self.store.waits().register(&interest);
         let objects: Vec<ObjectId> = claims.iter().map(|c| c.object.clone()).collect();
         let mut place = QueuePlace {
