@@ -645,6 +645,8 @@ impl Inner {
                     slot.leave(t);
                 }
                 slot.mode = claim.mode;
+                // Most objects have one holder: a first push would reserve room for four.
+                slot.holders.reserve_exact(1);
                 slot.holders.push(holder);
                 if claim.scope == LockScope::Subtree {
                     self.root(&locked, &claim.object);
