@@ -225,6 +225,7 @@ macro_rules! conformance_suite {
             a_waiting_subtree_request_holds_back_later_requests_under_it,
             waiters_are_counted_by_inspect_and_list,
             a_waiter_tells_each_holder_it_waits_behind_once,
+            subtree_holders_never_overlap,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

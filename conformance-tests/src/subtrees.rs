@@ -667,3 +667,89 @@ pub async fn a_waiter_tells_each_holder_it_waits_behind_once(
         .count();
     assert_eq!(contended, 1, "the contended grant is reported once");
 }
+
+/// Sixteen tasks lock a small tree at random, in both modes and both scopes, each waiting for
+/// its turn; from the holders' own records (taken after each grant returns and before each
+/// release is sent), no two conflicting holders ever overlap, and every grant's fence is above
+/// the fence of every grant of its object that was released before it was asked for.
+pub async fn subtree_holders_never_overlap(svc: Arc<dyn LockService>, _caps: &Capabilities) {
+    const TASKS: usize = 16;
+    const CYCLES: usize = 40;
+    const TREE: [&str; 7] = ["t", "t/a", "t/a/1", "t/a/2", "t/b", "t/b/1", "tb"];
+    let scope = Scope::new("subtree_stress");
+    let ids: Vec<String> = TREE.iter().map(|n| scope.object(n).to_string()).collect();
+    let universe: Arc<Vec<String>> = Arc::new(ids);
+    /// Who holds what right now: (task, object index, mode, scope).
+    type Held = Vec<(usize, usize, LockMode, LockScope)>;
+    #[derive(Default)]
+    struct Records {
+        held: Held,
+        /// Per object, the highest fence of a grant whose holder has let go of it.
+        retired: HashMap<usize, lockcore::Fence>,
+        grants: usize,
+    }
+    let records = Arc::new(Mutex::new(Records::default()));
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let (svc, universe, records) = (svc.clone(), universe.clone(), records.clone());
+        let owner = scope.owner(&format!("task-{task}"));
+        tasks.push(tokio::spawn(async move {
+            for cycle in 0..CYCLES {
+                let draw = (task * 31 + cycle * 17 + task * cycle) % 97;
+                let at = draw % TREE.len();
+                let mode = if draw % 5 < 2 { Shared } else { Exclusive };
+                let lock_scope = if draw % 3 == 0 { Subtree } else { Object };
+                let object = ObjectId::new(&universe[at]).expect("valid");
+                let request = AcquireRequest::many(
+                    vec![spec(&object, mode, lock_scope)],
+                    owner.clone(),
+                    LONG,
+                )
+                .with_wait(Duration::from_secs(60));
+                let floor = records.lock().expect("records").retired.get(&at).copied();
+                let grant = svc
+                    .acquire_with(&request)
+                    .await
+                    .unwrap_or_else(|e| panic!("task {task} cycle {cycle}: {e}"));
+                let fence = grant.leases[0].fence;
+                {
+                    let mut r = records.lock().expect("records");
+                    let all: Vec<&str> = universe.iter().map(String::as_str).collect();
+                    for &(other, other_at, other_mode, other_scope) in &r.held {
+                        let overlap = covered(&universe[at], lock_scope, &all)
+                            .iter()
+                            .any(|id| covered(&universe[other_at], other_scope, &all).contains(id));
+                        assert!(
+                            !(overlap && (mode == Exclusive || other_mode == Exclusive)),
+                            "task {task} was granted {mode} {lock_scope} {} while task {other} \
+                             holds {other_mode} {other_scope} {}",
+                            TREE[at],
+                            TREE[other_at]
+                        );
+                    }
+                    if let Some(floor) = floor {
+                        assert!(
+                            fence > floor,
+                            "fence {fence} of {} is not above {floor}, released before",
+                            TREE[at]
+                        );
+                    }
+                    r.held.push((task, at, mode, lock_scope));
+                    r.grants += 1;
+                }
+                tokio::task::yield_now().await;
+                {
+                    let mut r = records.lock().expect("records");
+                    r.held.retain(|&(t, _, _, _)| t != task);
+                    let retired = r.retired.entry(at).or_insert(fence);
+                    *retired = (*retired).max(fence);
+                }
+                release_all(&*svc, &grant).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("stress task panicked");
+    }
+    assert_eq!(records.lock().expect("records").grants, TASKS * CYCLES);
+}
