@@ -225,11 +225,11 @@ pub(crate) fn judge<'v>(
 }
 
 /// At most `budget` key ranges covering every range of `ranges` (half-open `[start, end)`):
-/// overlapping and touching ranges are joined, then, while too many remain, the two
-/// neighbours closest in the tree (longest common prefix) are replaced by the range spanning
-/// both. A spanning range also covers keys between the two, which no decision read: comparing
-/// them can only fail a write that would have been right (it is then retried), never let a
-/// wrong one through.
+/// overlapping and touching ranges are joined, then, while too many remain, neighbours are
+/// joined across the narrowest gaps between them (the longest common prefix of the gap's
+/// ends: the closest in the tree). A joined range also covers the keys in the gaps, which no
+/// decision read: comparing them can only fail a write that would have been right (it is then
+/// retried), never let a wrong one through.
 pub(crate) fn bound_ranges(
     mut ranges: Vec<(Vec<u8>, Vec<u8>)>,
     budget: usize,
@@ -247,16 +247,34 @@ pub(crate) fn bound_ranges(
         }
     }
     let budget = budget.max(1);
-    while joined.len() > budget {
-        let closest = (0..joined.len() - 1)
-            .max_by_key(|&i| common_prefix(&joined[i].0, &joined[i + 1].0))
-            .unwrap_or(0);
-        let next = joined.remove(closest + 1);
-        if next.1 > joined[closest].1 {
-            joined[closest].1 = next.1;
-        }
+    if joined.len() <= budget {
+        return joined;
     }
-    joined
+    // Gap `i` lies between range `i` and range `i + 1`; close the narrowest ones.
+    let mut gaps: Vec<(usize, usize)> = joined
+        .windows(2)
+        .enumerate()
+        .map(|(i, pair)| (common_prefix(&pair[0].1, &pair[1].0), i))
+        .collect();
+    gaps.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut closed = vec![false; joined.len()];
+    for &(_, gap) in gaps.iter().take(joined.len() - budget) {
+        closed[gap] = true;
+    }
+    let mut merged: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(budget);
+    let mut close_previous = false;
+    for ((start, end), close_next) in joined.into_iter().zip(closed) {
+        match merged.last_mut() {
+            Some(last) if close_previous => {
+                if end > last.1 {
+                    last.1 = end;
+                }
+            }
+            _ => merged.push((start, end)),
+        }
+        close_previous = close_next;
+    }
+    merged
 }
 
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
@@ -508,5 +526,35 @@ mod tests {
         assert_eq!(merged, [r("/v/a1", "/v/a4"), r("/w", "/x")]);
         let all = bound_ranges(vec![r("a", "b"), r("c", "d"), r("e", "f")], 0);
         assert_eq!(all, [r("a", "f")]);
+    }
+
+    #[test]
+    fn bounded_ranges_cover_every_range_within_the_budget() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for budget in [1, 3, 10, 120] {
+            let ranges: Vec<(Vec<u8>, Vec<u8>)> = (0..300)
+                .map(|_| {
+                    let start = format!("/{}/{}", next() % 7, next() % 1000).into_bytes();
+                    let mut end = start.clone();
+                    end.push(b'0' + (next() % 3) as u8);
+                    (start, end)
+                })
+                .collect();
+            let bounded = bound_ranges(ranges.clone(), budget);
+            assert!(bounded.len() <= budget);
+            assert!(bounded.windows(2).all(|w| w[0].1 < w[1].0), "sorted, apart");
+            for (start, end) in &ranges {
+                assert!(
+                    bounded.iter().any(|(s, e)| s <= start && end <= e),
+                    "{start:?}..{end:?} is not covered"
+                );
+            }
+        }
     }
 }
