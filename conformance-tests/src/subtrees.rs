@@ -340,32 +340,31 @@ pub async fn a_waiting_subtree_request_holds_back_later_requests_under_it(
             svc.acquire_with(&request).await
         })
     };
-    // The renamer has drawn its ticket once its waiter count shows.
+    // The renamer has drawn its ticket once a later request for a free object under its root
+    // is refused as queued behind it (until then such a request is granted, and let go).
     let deadline = Instant::now() + PROMPTLY;
     loop {
-        let waiting = svc
-            .inspect(&dir)
-            .await
-            .expect("inspect")
-            .map_or(0, |i| i.waiters);
-        if waiting == 1 {
-            break;
+        match try_one(&*svc, spec(&free, Shared, Object), &late, LONG).await {
+            Err(LockError::Locked { conflicts, .. }) => {
+                assert_eq!(conflicts[0].holder, renamer, "refused behind the renamer");
+                assert_eq!(conflicts[0].cause, ConflictCause::Queued);
+                break;
+            }
+            Ok(early) => release_all(&*svc, &early).await,
+            Err(e) => panic!("a request under the root should be granted or locked: {e}"),
         }
         assert!(
             Instant::now() < deadline,
-            "the rename should be counted as a waiter of {dir}"
+            "the rename should queue on {dir}"
         );
         sleep(Duration::from_millis(20)).await;
     }
-    for later in [spec(&free, Shared, Object), spec(&held, Shared, Object)] {
-        let what = later.object.clone();
-        let conflicts = assert_locked(try_one(&*svc, later, &late, LONG).await);
-        assert_eq!(
-            conflicts[0].holder, renamer,
-            "{what} is refused behind the renamer"
-        );
-        assert_eq!(conflicts[0].cause, ConflictCause::Queued, "{what}");
-    }
+    let conflicts = assert_locked(try_one(&*svc, spec(&held, Shared, Object), &late, LONG).await);
+    assert_eq!(
+        (conflicts[0].holder.clone(), conflicts[0].cause),
+        (renamer.clone(), ConflictCause::Queued),
+        "a shared request that the holder alone would admit is refused behind the renamer"
+    );
     let beside = granted(
         &*svc,
         spec(&scope.object("e/x"), Exclusive, Object),
