@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::config::EtcdConfig;
 use crate::error::{self, malformed, BACKEND};
 use crate::keys::{prefix_end, HolderRecord, KeyLayout, Kind, QueueRecord};
-use crate::view::{bound_ranges, judge, Block, EntryKv, HolderKv, View};
+use crate::view::{bound_ranges, judge, Block, HolderKv, View};
 use crate::watcher::WakeWatch;
 
 /// The [`lockcore::LockService`] on etcd, built as
@@ -246,8 +246,6 @@ struct Described {
     holders: Vec<HolderKv>,
     markers: Vec<HolderKv>,
     waiters: u32,
-    /// The earliest waiter (inspect only).
-    first_waiter: Option<EntryKv>,
 }
 
 impl EtcdStore {
@@ -932,15 +930,15 @@ impl EtcdStore {
         Ok(found)
     }
 
-    /// The holders, lock-delays and waiters of each object (two range reads each, in one
-    /// transaction).
+    /// The holders, lock-delays and waiter count of each object (a range read and a count
+    /// each, in one transaction).
     async fn describe(&self, objects: &[ObjectId]) -> LockResult<Vec<Described>> {
         let ops: Vec<TxnOp> = objects
             .iter()
             .flat_map(|o| {
                 [
                     get_prefix(self.keys.on_object(Kind::Holder, o)),
-                    get_prefix(self.keys.on_object(Kind::Queue, o)),
+                    count_prefix(self.keys.on_object(Kind::Queue, o)),
                 ]
             })
             .collect();
@@ -952,29 +950,24 @@ impl EtcdStore {
             };
             let mut view = View::default();
             view.absorb(&self.keys, held.kvs())?;
-            view.absorb(&self.keys, queued.kvs())?;
             found.push(Described {
                 object: object.clone(),
                 holders: view.holders,
                 markers: view.markers,
-                waiters: u32::try_from(view.entries.len()).unwrap_or(u32::MAX),
-                first_waiter: view.entries.into_iter().min_by_key(|e| e.create_revision),
+                waiters: u32::try_from(queued.count()).unwrap_or(u32::MAX),
             });
         }
         Ok(found)
     }
 
     /// Lock descriptions from holder and lock-delay keys, with their leases' time left. An
-    /// object without a live holder is described, when `unheld_too` (inspect), by its
-    /// lock-delay in force or else by its earliest waiter (its owner and mode, fence zero: there
-    /// is no grant to show), and not at all otherwise (list).
-    async fn infos(&self, found: Vec<Described>, unheld_too: bool) -> LockResult<Vec<LockInfo>> {
+    /// object without a live holder is described by its lock-delay in force when
+    /// `delayed_too` (inspect), and not at all otherwise (list): an object with only waiters
+    /// is free.
+    async fn infos(&self, found: Vec<Described>, delayed_too: bool) -> LockResult<Vec<LockInfo>> {
         let leases: Vec<i64> = found
             .iter()
-            .flat_map(|d| {
-                let keys = d.holders.iter().chain(&d.markers).map(|h| h.lease);
-                keys.chain(d.first_waiter.as_ref().map(|e| e.lease))
-            })
+            .flat_map(|d| d.holders.iter().chain(&d.markers).map(|h| h.lease))
             .collect();
         let ttls = self.lease_ttls(&leases).await?;
         let now = SystemTime::now();
@@ -1027,26 +1020,12 @@ impl EtcdStore {
                     info.with_waiters(described.waiters)
                         .with_delay(delay.map(|(d, _)| d)),
                 ),
-                None if unheld_too => {
+                None if delayed_too => {
                     if let Some((delay, expired_at)) = delay {
                         out.push(
                             LockInfo::delayed(described.object, delay, expired_at)
                                 .with_waiters(described.waiters),
                         );
-                    } else if let Some(first) = described.first_waiter {
-                        let left = ttls.get(&first.lease).copied().flatten();
-                        out.push(LockInfo {
-                            object: described.object,
-                            mode: first.record.mode,
-                            owner: first.record.owner,
-                            fence: Fence(0),
-                            acquired_at: now,
-                            expires_at: now + left.unwrap_or_default(),
-                            ttl: Duration::ZERO,
-                            holders: Vec::new(),
-                            waiters: described.waiters,
-                            delay: None,
-                        });
                     }
                 }
                 None => {}
@@ -1624,7 +1603,6 @@ impl LockStore for EtcdStore {
                         holders: Vec::new(),
                         markers: Vec::new(),
                         waiters: 0,
-                        first_waiter: None,
                     });
                 }
                 let held = crate::view::holder_kv(&self.keys, kv)?;
