@@ -181,6 +181,27 @@ impl KeyLayout {
         self.fenced_key(Kind::Holder, object, scope, digest, fence)
     }
 
+    /// The key of the lock-delay marker of the holder `digest_hex` (its digest in hex, as
+    /// [`Parsed::digest`]) of `object` with `fence`.
+    pub(crate) fn delay_key_hex(
+        &self,
+        object: &ObjectId,
+        scope: LockScope,
+        digest_hex: &str,
+        fence: Fence,
+    ) -> Vec<u8> {
+        self.with(&[
+            Kind::Delay.space(),
+            object.as_str().as_bytes(),
+            b"\0",
+            scope_tag(scope),
+            Kind::Delay.tag(),
+            digest_hex.as_bytes(),
+            b"\0",
+            fence.get().to_string().as_bytes(),
+        ])
+    }
+
     /// The key of one holder's lock-delay marker.
     pub(crate) fn delay_key(
         &self,
@@ -461,6 +482,10 @@ mod tests {
                 })
             );
             let delay = layout.delay_key(&o, scope, &digest(3), Fence(42));
+            assert_eq!(
+                layout.delay_key_hex(&o, scope, &digest(3).to_hex(), Fence(42)),
+                delay
+            );
             assert!(delay.starts_with(&layout.on_object(Kind::Delay, &o)));
             assert!(!delay.starts_with(&layout.holders_in(&o, scope)));
             assert_eq!(

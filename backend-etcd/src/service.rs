@@ -1195,12 +1195,12 @@ impl LockStore for EtcdStore {
             // Taking a grant back is a release: its lock-delay goes with it.
             let deletes: Vec<TxnOp> = found
                 .iter()
-                .zip(claims)
-                .flat_map(|(h, c)| {
+                .flat_map(|h| {
                     [
                         TxnOp::delete(h.key.clone(), None),
                         TxnOp::delete(
-                            self.keys.delay_key(&h.object, h.scope, &c.digest, h.fence),
+                            self.keys
+                                .delay_key_hex(&h.object, h.scope, &h.digest, h.fence),
                             None,
                         ),
                     ]

@@ -420,3 +420,65 @@ async fn the_deepest_largest_request_fits_etcds_transaction_limits() {
     let released = service.release_many(&locks).await.expect("release");
     assert!(released.iter().all(Result::is_ok), "{released:?}");
 }
+
+/// Taking back a grant whose answer was lost is a release: each subtree holder still there and
+/// its lock-delay marker go together (here, after one of the grant's two holders was already
+/// released), so nothing delays the next claim under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taking_back_a_lost_grant_leaves_no_lock_delay() {
+    use lockcore::store::{Attempt, Attempted, Claim, HolderRef, LockStore as _, Verdict};
+    use lockcore::{TokenDigest, Undo};
+    let Some([service, _]) = two_services().await else {
+        return;
+    };
+    let store = service.store();
+    let run = rand::random::<u64>();
+    let (gone, dir) = (
+        object(&format!("/take-back-{run:x}/gone")),
+        object(&format!("/take-back-{run:x}/dir")),
+    );
+    let claim = |object: &ObjectId, scope| Claim {
+        object: object.clone(),
+        mode: LockMode::Exclusive,
+        scope,
+        digest: TokenDigest::from_bytes(&rand::random::<[u8; 32]>()).expect("32 bytes"),
+    };
+    let claims = [
+        claim(&gone, LockScope::Object),
+        claim(&dir, LockScope::Subtree),
+    ];
+    let lost = owner("lost-reply");
+    let attempted = store
+        .try_acquire(Attempt {
+            owner: &lost,
+            claims: &claims,
+            ttl: LONG,
+            lock_delay: Duration::from_secs(30),
+            queueing: None,
+        })
+        .await
+        .expect("attempt");
+    let Attempted::Granted(granted) = attempted else {
+        panic!("{attempted:?}");
+    };
+    let released = store
+        .release(&[HolderRef {
+            object: gone.clone(),
+            digest: claims[0].digest,
+            fence: granted[0].fence,
+        }])
+        .await
+        .expect("release");
+    assert_eq!(released, [Verdict::Done(())]);
+    assert_eq!(
+        store.abandon(&claims).await.expect("abandon"),
+        Undo::TookBack
+    );
+    assert_eq!(service.inspect(&dir).await.expect("inspect"), None);
+    let file = object(&format!("{dir}/f"));
+    let next = service
+        .acquire(&file, &owner("next"), LONG, Duration::ZERO)
+        .await
+        .expect("no lock-delay after a take-back");
+    service.release(&file, &next.token).await.expect("release");
+}
