@@ -548,7 +548,7 @@ async fn subtree_and_lock_delay_operations_are_one_statement_each() {
         panic!("expected a queued refusal");
     };
     store
-        .leave_queue(ticket, &[dir.clone()])
+        .leave_queue(ticket, std::slice::from_ref(&dir))
         .await
         .expect("left");
 
@@ -591,7 +591,7 @@ async fn subtree_and_lock_delay_operations_are_one_statement_each() {
     assert!(matches!(again, Attempted::Refused { .. }), "{again:?}");
     let done = measured("leave_queue of a subtree entry");
     store
-        .leave_queue(ticket, &[dir.clone()])
+        .leave_queue(ticket, std::slice::from_ref(&dir))
         .await
         .expect("left");
     done();

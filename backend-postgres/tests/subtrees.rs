@@ -93,6 +93,9 @@ struct Kind {
     mode: LockMode,
 }
 
+/// A racing task's grant while it holds it: its number, object, scope and mode.
+type HeldRecord = (usize, String, LockScope, LockMode);
+
 /// What the tasks of [`race`] saw.
 #[derive(Debug, Default)]
 struct RaceOutcome {
@@ -153,7 +156,7 @@ async fn race(services: &[Arc<PostgresLockService>], root: &str) -> Arc<RaceOutc
         },
     ];
     let outcome = Arc::new(RaceOutcome::default());
-    let held: Arc<Mutex<Vec<(usize, String, LockScope, LockMode)>>> = Arc::default();
+    let held: Arc<Mutex<Vec<HeldRecord>>> = Arc::default();
     let mut tasks = Vec::new();
     for worker in 0..16 {
         let service = services[worker % services.len()].clone();
