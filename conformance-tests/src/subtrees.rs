@@ -27,6 +27,40 @@ const CLOCK_TOLERANCE: Duration = Duration::from_millis(30);
 use LockMode::{Exclusive, Shared};
 use LockScope::{Object, Subtree};
 
+/// For a backend declared without subtree locks and lock-delay
+/// ([`Capabilities::without_subtrees`]): checks that it refuses both as `invalid_argument`
+/// rather than grant them as plain locks, says so on stderr, and returns `true` (the caller then
+/// skips its check). `false` for a backend that has them.
+pub async fn unsupported(svc: &dyn LockService, caps: &Capabilities) -> bool {
+    if caps.subtrees {
+        return false;
+    }
+    let scope = Scope::new("no_subtrees");
+    let owner = scope.owner("o");
+    let subtree = AcquireRequest::many(
+        vec![spec(&scope.object("d"), Exclusive, Subtree)],
+        owner.clone(),
+        LONG,
+    );
+    let delayed = AcquireRequest::new(scope.object("f"), owner, LONG).with_lock_delay(SHORT);
+    for request in [subtree, delayed] {
+        assert!(
+            matches!(
+                svc.acquire_with(&request).await,
+                Err(LockError::InvalidArgument { .. })
+            ),
+            "a backend without subtrees must refuse {request:?}"
+        );
+    }
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIP: {} has no subtree locks or lock-delay; checked that it refuses them",
+        svc.backend()
+    );
+    true
+}
+
 fn spec(object: &ObjectId, mode: LockMode, scope: LockScope) -> LockSpec {
     LockSpec::new(object.clone(), mode).with_scope(scope)
 }
