@@ -6,9 +6,8 @@
 //! [`WaitQueue::wake`] for the key's object, or [`WaitQueue::wake_subtree`] when the key was a
 //! subtree lock's or a subtree waiter's (the scope is part of the key; a wake key's value
 //! names it). Puts of holder and queue keys (grants, renewals, waiters queueing) are filtered
-//! out by etcd itself:
-//! they never free anything, and sending them would cost etcd and this process work on every
-//! grant. When the watch stream fails or etcd cancels it
+//! out by etcd itself: they never free anything, and sending them would cost etcd and this
+//! process work on every grant. When the watch stream fails or etcd cancels it
 //! (compaction, a member going away), the task watches again with backoff and then calls
 //! [`WaitQueue::wake_all`], since changes made while it was away are not replayed.
 
