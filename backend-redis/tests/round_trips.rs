@@ -1,7 +1,9 @@
 //! Every operation is one command on the wire: `INFO commandstats` on a private
-//! `redis-server` counts exactly one `EVALSHA` per acquire, release, renew, validate, downgrade
-//! and inspect, whatever the number of objects (up to 64), and nothing else but the commands
-//! the scripts themselves run inside Redis, which do not grow with locks held elsewhere.
+//! `redis-server` counts exactly one `EVALSHA` per acquire (object or subtree), release, renew,
+//! validate, downgrade, inspect and list page, whatever the number of objects (up to 64), and
+//! nothing else but the commands the scripts themselves run inside Redis: those read the
+//! objects named, their ancestors, and what is under a subtree claim or in a listed prefix,
+//! and do not grow with locks held elsewhere.
 
 mod common;
 
@@ -11,8 +13,8 @@ use std::time::Duration;
 use backend_redis::RedisLockService;
 use common::PrivateRedis;
 use lockcore::{
-    AcquireRequest, LockError, LockMode, LockScope, LockService, LockSpec, ObjectId, OwnerId,
-    MAX_OBJECTS_PER_REQUEST,
+    AcquireRequest, ListQuery, LockError, LockMode, LockScope, LockService, LockSpec, ObjectId,
+    OwnerId, MAX_OBJECTS_PER_REQUEST,
 };
 
 /// Commands per name (`cmdstat_<name>:calls=N`).
@@ -482,6 +484,54 @@ async fn the_cost_of_an_operation_does_not_grow_with_locks_held_on_other_objects
         .release(&object("rt/dir/held"), &inside.token)
         .await
         .expect("released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_page_reads_only_the_objects_under_its_prefix() {
+    let Some((_redis, service, mut admin)) = setup().await else {
+        return;
+    };
+    let mut mine: Vec<LockSpec> = (0..5)
+        .map(|i| LockSpec::shared(object(&format!("rt/list/{i}"))))
+        .collect();
+    mine.push(LockSpec::subtree(object("rt/list/tree"), LockMode::Shared));
+    service
+        .acquire_with(&AcquireRequest::many(mine, owner("o"), TTL))
+        .await
+        .expect("granted");
+    let query = ListQuery::new("rt/list/", 10);
+    let (listed, alone) = counted(&mut admin, 0, service.list(&query)).await;
+    assert_eq!(listed.expect("list").locks.len(), 6);
+    assert_eq!(
+        alone,
+        expected(&[
+            ("evalsha", 1),
+            ("time", 1),
+            ("zcard", 2),
+            // One range read of the index: fewer members than asked for, so the last.
+            ("zrangebylex", 1),
+            // Holders and waiters of each listed object.
+            ("hgetall", 6),
+            ("zrange", 6),
+        ]),
+        "list page"
+    );
+    // Locks on either side of the prefix's range in the index's byte order, and elsewhere.
+    for neighbour in ["rt/lis", "rt/lisu", "rt/list0", "rt/list-", "rt/other"] {
+        let specs = (0..40)
+            .map(|i| LockSpec::shared(object(&format!("{neighbour}/{i}"))))
+            .collect();
+        service
+            .acquire_with(&AcquireRequest::many(specs, owner("others"), TTL))
+            .await
+            .expect("granted");
+    }
+    let (listed, crowded) = counted(&mut admin, 0, service.list(&query)).await;
+    assert_eq!(listed.expect("list").locks.len(), 6);
+    assert_eq!(
+        alone, crowded,
+        "200 locks held elsewhere changed the page's work"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
