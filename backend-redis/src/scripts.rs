@@ -192,7 +192,7 @@ local function forget_if_empty(index, deadlines, waiting, someone_waits, m, hk, 
 end
 -- An object's holders, its lock-delay in force and its live waiters, for inspect and list:
 -- {owner, mode, scope, fence, acquired, expires}, {owner, mode, scope, fence, expired, until}
--- or {}, the count, and the earliest live waiter {owner, mode, expires} or {}.
+-- or {}, and the count.
 local function describe(hk, qk, now)
   local found = holders_of(hk, now)
   local holders = {}
@@ -214,15 +214,11 @@ local function describe(hk, qk, now)
     delay = {last.owner, last.mode, last.scope, last.fence, num(last.expires),
              num(last.expires + last.delay)}
   end
-  local waiters, first = 0, {}
+  local waiters = 0
   for _, member in ipairs(redis.call('ZRANGE', qk, 0, -1)) do
-    local e = entry(qk, member)
-    if e.expires > now then
-      waiters = waiters + 1
-      if waiters == 1 then first = {e.owner, e.mode, num(e.expires)} end
-    end
+    if entry(qk, member).expires > now then waiters = waiters + 1 end
   end
-  return holders, delay, waiters, first
+  return holders, delay, waiters
 end
 "#
     };
@@ -697,17 +693,16 @@ return {0}
 "#
 );
 
-/// Inspect: KEYS: holders, queue. Returns `{now_ms, holders, delay, waiters, first}`: holders
+/// Inspect: KEYS: holders, queue. Returns `{now_ms, holders, delay, waiters}`: holders
 /// `{owner, mode, scope, fence, acquired_ms, expires_ms, ...}` (six items per live holder),
 /// delay `{owner, mode, scope, fence, expired_ms, until_ms}` for the lock-delay in force that
-/// ends last (empty without one), waiters the number of live queue entries, first the
-/// earliest of them `{owner, mode, expires_ms}` (empty without one).
+/// ends last (empty without one), waiters the number of live queue entries.
 const INSPECT: &str = concat!(
     prelude!(),
     r#"
 local now = now_ms()
-local holders, delay, waiters, first = describe(KEYS[1], KEYS[2], now)
-return {num(now), holders, delay, waiters, first}
+local holders, delay, waiters = describe(KEYS[1], KEYS[2], now)
+return {num(now), holders, delay, waiters}
 "#
 );
 

@@ -9,9 +9,9 @@ use lockcore::store::{
     Ticket, Verdict,
 };
 use lockcore::{
-    async_trait, Conflict, ConflictCause, Fence, HolderInfo, Limits, ListQuery, LockDelayInfo,
-    LockError, LockInfo, LockMode, LockPage, LockResult, LockScope, LockStore, Locks, ObjectId,
-    ReclaimPolicy, Undo, WaitQueue,
+    async_trait, Conflict, ConflictCause, HolderInfo, Limits, ListQuery, LockDelayInfo, LockError,
+    LockInfo, LockMode, LockPage, LockResult, LockScope, LockStore, Locks, ObjectId, ReclaimPolicy,
+    Undo, WaitQueue,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ScriptInvocation, Value};
@@ -264,18 +264,15 @@ fn object_of(member: &Value) -> LockResult<ObjectId> {
 }
 
 /// One object as the inspect and list scripts describe it (holders, the lock-delay in force,
-/// the number of waiters), or `None` when it has neither holder nor lock-delay.
-///
-/// With `first_waiter` (inspect), an object that has neither but has waiters is described by
-/// its earliest waiter, as every backend does: its owner and mode, fence 0 (there is no grant
-/// to show), and the time its queue entry lasts unless renewed as `expires_at`.
+/// the number of waiters), or `None` when it has neither holder nor lock-delay: it is free,
+/// even while requests wait for it (behind something elsewhere in the tree, or behind earlier
+/// waiters).
 fn description(
     object: ObjectId,
     now_ms: u64,
     holders: Value,
     delay: Value,
     waiters: &Value,
-    first_waiter: Option<Value>,
 ) -> LockResult<Option<LockInfo>> {
     let fields = reply::array(holders)?;
     let mut infos = Vec::with_capacity(fields.len() / 6);
@@ -315,28 +312,9 @@ fn description(
     };
     let waiters =
         u32::try_from(reply::int(waiters)?).map_err(|_| reply::malformed("waiter count"))?;
-    let info = match (LockInfo::from_holders(object.clone(), mode, infos), delay) {
-        (Some(info), delay) => Some(info.with_delay(delay.map(|(delay, _)| delay))),
-        (None, Some((delay, expired_at))) => Some(LockInfo::delayed(object, delay, expired_at)),
-        (None, None) => match first_waiter.map(reply::array).transpose()?.as_deref() {
-            None | Some([]) => None,
-            Some([owner, waiter_mode, expires]) => {
-                let now = reply::unix_millis(now_ms);
-                Some(LockInfo {
-                    object,
-                    mode: reply::mode(waiter_mode)?,
-                    owner: reply::owner(owner)?,
-                    fence: Fence(0),
-                    acquired_at: now,
-                    expires_at: reply::unix_millis(reply::millis_text(expires)?.max(now_ms)),
-                    ttl: Duration::ZERO,
-                    holders: Vec::new(),
-                    waiters,
-                    delay: None,
-                })
-            }
-            Some(_) => return Err(reply::malformed("described waiter")),
-        },
+    let info = match LockInfo::from_holders(object.clone(), mode, infos) {
+        Some(info) => Some(info.with_delay(delay.map(|(delay, _)| delay))),
+        None => delay.map(|(delay, expired_at)| LockInfo::delayed(object, delay, expired_at)),
     };
     Ok(info.map(|info| info.with_waiters(waiters)))
 }
@@ -602,15 +580,14 @@ impl LockStore for RedisStore {
             .key(self.keys.holders_key(object.as_str()));
         invocation.key(self.keys.queue_key(object.as_str()));
         let items = reply::array(self.eval("inspect", &invocation).await?)?;
-        let [now, holders, delay, waiters, first] =
-            <[Value; 5]>::try_from(items).map_err(|_| reply::malformed("inspect reply"))?;
+        let [now, holders, delay, waiters] =
+            <[Value; 4]>::try_from(items).map_err(|_| reply::malformed("inspect reply"))?;
         description(
             object.clone(),
             reply::millis_text(&now)?,
             holders,
             delay,
             &waiters,
-            Some(first),
         )
     }
 
@@ -651,7 +628,7 @@ impl LockStore for RedisStore {
                 <[Value; 4]>::try_from(reply::array(listed)?)
                     .map_err(|_| reply::malformed("listed object"))?;
             let object = object_of(&member)?;
-            if let Some(info) = description(object, now_ms, holders, delay, &waiters, None)? {
+            if let Some(info) = description(object, now_ms, holders, delay, &waiters)? {
                 locks.push(info);
             }
         }
