@@ -1,5 +1,5 @@
-//! The command-line helpers (`lockd acquire | renew | release | inspect | list | events`) against a
-//! server.
+//! The command-line helpers (`lockd acquire | renew | release | inspect | list | events`)
+//! against a real server.
 
 mod support;
 
