@@ -385,8 +385,9 @@ fn delay_from_pb(delay: pb::LockDelay, now: SystemTime) -> Result<LockDelayInfo,
 }
 
 /// The lock a proto lock describes. Missing times are derived from the reader's clock and the
-/// TTL; missing `holders` as the one top-level holder (an older server), unless a `delay` says
-/// the object has none.
+/// TTL. Missing `holders` are read as the one top-level holder only from an older server, one
+/// that sends neither `waiters` nor `delay`: a newer one lists every holder, none when the
+/// object only has a lock-delay in force or requests waiting for it.
 pub fn lock_from_pb(lock: pb::Lock) -> Result<LockInfo, LockError> {
     let now = SystemTime::now();
     let top = holder_from_pb(
@@ -409,7 +410,8 @@ pub fn lock_from_pb(lock: pb::Lock) -> Result<LockInfo, LockError> {
         .delay
         .map(|delay| delay_from_pb(delay, now))
         .transpose()?;
-    if holders.is_empty() && delay.is_none() {
+    let older_server = lock.waiters == 0 && delay.is_none();
+    if holders.is_empty() && older_server {
         holders.push(top.clone());
     }
     holders.sort_by_key(|holder| holder.fence);
@@ -634,6 +636,17 @@ mod tests {
             .with_waiters(2)
             .with_delay(Some(delay));
         assert_eq!(lock_from_pb(lock_to_pb(&held)).expect("valid"), held);
+
+        let only_waiters = LockInfo {
+            holders: Vec::new(),
+            delay: None,
+            fence: Fence(0),
+            ..held
+        };
+        assert_eq!(
+            lock_from_pb(lock_to_pb(&only_waiters)).expect("valid"),
+            only_waiters
+        );
     }
 
     #[test]

@@ -863,9 +863,10 @@ impl LockBody {
     }
 
     /// The lock this inspect or list answer describes. Missing times are derived from the
-    /// reader's clock: `acquired_at` as now, `expires_at` as now + `ttl_ms`; missing `holders`
-    /// as the one top-level holder (an older server), unless a `delay` says the object has
-    /// none; missing `waiters` as 0.
+    /// reader's clock: `acquired_at` as now, `expires_at` as now + `ttl_ms`; missing `waiters`
+    /// as 0. Missing `holders` are read as the one top-level holder only from an older server,
+    /// one that sends neither `waiters` nor `delay`: a newer one lists every holder, none when
+    /// the object only has a lock-delay in force or requests waiting for it.
     pub fn into_info(self) -> Result<LockInfo, LockError> {
         let now = SystemTime::now();
         let top = HolderBody {
@@ -883,7 +884,8 @@ impl LockBody {
             .map(|holder| holder.into_holder(now))
             .collect::<Result<Vec<_>, LockError>>()?;
         let delay = self.delay.map(|delay| delay.into_delay(now)).transpose()?;
-        if holders.is_empty() && delay.is_none() {
+        let older_server = self.waiters.is_none() && delay.is_none();
+        if holders.is_empty() && older_server {
             holders.push(top.clone());
         }
         holders.sort_by_key(|holder| holder.fence);
@@ -1342,7 +1344,8 @@ mod tests {
     }
 
     /// Times missing from a lock body are derived from the reader's clock and the TTL, and a
-    /// body without holders has its one top-level holder.
+    /// body without holders from an older server (no `waiters`, no `delay`) has its one
+    /// top-level holder; a newer server's body without holders has none (only waiters).
     #[test]
     fn missing_lock_times_are_derived_from_the_ttl() {
         let before = SystemTime::now();
@@ -1356,6 +1359,13 @@ mod tests {
         assert!(info.acquired_at >= before);
         assert!(info.expires_at >= before + Duration::from_secs(5));
         assert!(info.expires_at <= SystemTime::now() + Duration::from_secs(5));
+
+        let only_waiters: LockBody =
+            serde_json::from_str(r#"{"object":"a","owner":"w","fence":0,"ttl_ms":0,"waiters":1}"#)
+                .unwrap();
+        let info = only_waiters.into_info().unwrap();
+        assert!(info.holders.is_empty(), "{info:?}");
+        assert_eq!(info.waiters, 1);
     }
 
     /// A lease body with a malformed token or name is the server's fault: `Internal`.
