@@ -56,6 +56,10 @@ pub struct Capabilities {
     /// How long after a lease's TTL the backend may still show it (default 400 ms; etcd
     /// revokes expired leases on a 500 ms tick, through Raft).
     pub expiry_slack: std::time::Duration,
+    /// Whether the backend has subtree locks and lock-delay (default: yes). A backend without
+    /// them refuses them as `invalid_argument`; the subtree and lock-delay checks then check
+    /// only that refusal, loudly, and the model draws neither.
+    pub subtrees: bool,
 }
 
 impl Default for Capabilities {
@@ -65,6 +69,7 @@ impl Default for Capabilities {
             fifo_waiters: true,
             min_ttl: lockcore::MIN_TTL,
             expiry_slack: std::time::Duration::from_millis(400),
+            subtrees: true,
         }
     }
 }
@@ -114,6 +119,12 @@ impl Capabilities {
     /// How long to sleep for a lease of `ttl` granted just before to be gone.
     pub fn past(&self, ttl: std::time::Duration) -> std::time::Duration {
         ttl + self.expiry_slack
+    }
+
+    /// Capabilities of a backend without subtree locks and lock-delay.
+    pub fn without_subtrees(mut self) -> Self {
+        self.subtrees = false;
+        self
     }
 
     /// Capabilities with or without FIFO waiters.
@@ -255,6 +266,9 @@ macro_rules! conformance_suite {
                     return;
                 };
                 let caps: $crate::Capabilities = $caps;
+                if $crate::subtrees::unsupported(&*service, &caps).await {
+                    return;
+                }
                 $crate::subtrees::$check(&*service, &caps).await;
             }
         )+
@@ -267,6 +281,9 @@ macro_rules! conformance_suite {
                     return;
                 };
                 let caps: $crate::Capabilities = $caps;
+                if $crate::subtrees::unsupported(&*service, &caps).await {
+                    return;
+                }
                 $crate::subtrees::$check(service, &caps).await;
             }
         )+

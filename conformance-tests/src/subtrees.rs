@@ -27,6 +27,40 @@ const CLOCK_TOLERANCE: Duration = Duration::from_millis(30);
 use LockMode::{Exclusive, Shared};
 use LockScope::{Object, Subtree};
 
+/// For a backend declared without subtree locks and lock-delay
+/// ([`Capabilities::without_subtrees`]): checks that it refuses both as `invalid_argument`
+/// rather than grant them as plain locks, says so on stderr, and returns `true` (the caller then
+/// skips its check). `false` for a backend that has them.
+pub async fn unsupported(svc: &dyn LockService, caps: &Capabilities) -> bool {
+    if caps.subtrees {
+        return false;
+    }
+    let scope = Scope::new("no_subtrees");
+    let owner = scope.owner("o");
+    let subtree = AcquireRequest::many(
+        vec![spec(&scope.object("d"), Exclusive, Subtree)],
+        owner.clone(),
+        LONG,
+    );
+    let delayed = AcquireRequest::new(scope.object("f"), owner, LONG).with_lock_delay(SHORT);
+    for request in [subtree, delayed] {
+        assert!(
+            matches!(
+                svc.acquire_with(&request).await,
+                Err(LockError::InvalidArgument { .. })
+            ),
+            "a backend without subtrees must refuse {request:?}"
+        );
+    }
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIP: {} has no subtree locks or lock-delay; checked that it refuses them",
+        svc.backend()
+    );
+    true
+}
+
 fn spec(object: &ObjectId, mode: LockMode, scope: LockScope) -> LockSpec {
     LockSpec::new(object.clone(), mode).with_scope(scope)
 }
@@ -340,32 +374,31 @@ pub async fn a_waiting_subtree_request_holds_back_later_requests_under_it(
             svc.acquire_with(&request).await
         })
     };
-    // The renamer has drawn its ticket once its waiter count shows.
+    // The renamer has drawn its ticket once a later request for a free object under its root
+    // is refused as queued behind it (until then such a request is granted, and let go).
     let deadline = Instant::now() + PROMPTLY;
     loop {
-        let waiting = svc
-            .inspect(&dir)
-            .await
-            .expect("inspect")
-            .map_or(0, |i| i.waiters);
-        if waiting == 1 {
-            break;
+        match try_one(&*svc, spec(&free, Shared, Object), &late, LONG).await {
+            Err(LockError::Locked { conflicts, .. }) => {
+                assert_eq!(conflicts[0].holder, renamer, "refused behind the renamer");
+                assert_eq!(conflicts[0].cause, ConflictCause::Queued);
+                break;
+            }
+            Ok(early) => release_all(&*svc, &early).await,
+            Err(e) => panic!("a request under the root should be granted or locked: {e}"),
         }
         assert!(
             Instant::now() < deadline,
-            "the rename should be counted as a waiter of {dir}"
+            "the rename should queue on {dir}"
         );
         sleep(Duration::from_millis(20)).await;
     }
-    for later in [spec(&free, Shared, Object), spec(&held, Shared, Object)] {
-        let what = later.object.clone();
-        let conflicts = assert_locked(try_one(&*svc, later, &late, LONG).await);
-        assert_eq!(
-            conflicts[0].holder, renamer,
-            "{what} is refused behind the renamer"
-        );
-        assert_eq!(conflicts[0].cause, ConflictCause::Queued, "{what}");
-    }
+    let conflicts = assert_locked(try_one(&*svc, spec(&held, Shared, Object), &late, LONG).await);
+    assert_eq!(
+        (conflicts[0].holder.clone(), conflicts[0].cause),
+        (renamer.clone(), ConflictCause::Queued),
+        "a shared request that the holder alone would admit is refused behind the renamer"
+    );
     let beside = granted(
         &*svc,
         spec(&scope.object("e/x"), Exclusive, Object),

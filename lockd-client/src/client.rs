@@ -189,6 +189,9 @@ impl LockdClient {
                 builder = builder.add_root_certificate(certificate);
             }
         }
+        if let Some(identity) = read_identity(&config)? {
+            builder = builder.identity(identity);
+        }
         let http = builder
             .default_headers(headers)
             .user_agent(concat!("lockd-client/", env!("CARGO_PKG_VERSION")))
@@ -614,6 +617,48 @@ fn read_ca_file(path: &std::path::Path) -> LockResult<Vec<reqwest::Certificate>>
     Ok(certificates)
 }
 
+/// The client certificate and key of `config`, for TLS: both or neither, each a readable PEM
+/// file of its kind.
+fn read_identity(config: &ClientConfig) -> LockResult<Option<reqwest::Identity>> {
+    let (cert_path, key_path) = match (&config.client_cert, &config.client_key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(LockError::invalid_argument(
+                "client_key",
+                "a client certificate needs its private key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(LockError::invalid_argument(
+                "client_cert",
+                "a client key needs its certificate",
+            ))
+        }
+    };
+    let read = |field: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            LockError::invalid_argument(field, format!("cannot read {}: {e}", path.display()))
+        })
+    };
+    let mut pem = read("client_cert", cert_path)?;
+    if !pem.ends_with(b"\n") {
+        pem.push(b'\n');
+    }
+    pem.extend(read("client_key", key_path)?);
+    let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+        LockError::invalid_argument(
+            "client_cert",
+            format!(
+                "{} and {} are not a PEM certificate and its private key: {e}",
+                cert_path.display(),
+                key_path.display()
+            ),
+        )
+    })?;
+    Ok(Some(identity))
+}
+
 /// Whether the URL's host is a loopback address (or `localhost`).
 pub(crate) fn is_loopback_host(url: &Url) -> bool {
     let Some(host) = url.host_str() else {
@@ -713,6 +758,38 @@ mod tests {
         let client = LockdClient::new(config).unwrap();
         assert!(!format!("{client:?}").contains("k-123456"));
         assert_eq!(client.backend(), "http");
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_both_must_be_pem() {
+        let base = || ClientConfig::from_url("https://locks.example");
+        let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+        let cert = format!("{data}/test-server.pem");
+        let key = format!("{data}/test-server-key.pem");
+        assert!(LockdClient::new(base().with_client_cert(&cert, &key)).is_ok());
+        let field = |config: ClientConfig| match LockdClient::new(config) {
+            Err(LockError::InvalidArgument { field, .. }) => Some(field),
+            _ => None,
+        };
+        let mut half = base();
+        half.client_cert = Some(cert.clone().into());
+        assert_eq!(field(half), Some("client_key"));
+        let mut half = base();
+        half.client_key = Some(key.clone().into());
+        assert_eq!(field(half), Some("client_cert"));
+        assert_eq!(
+            field(base().with_client_cert("/nonexistent/c.pem", &key)),
+            Some("client_cert")
+        );
+        assert_eq!(
+            field(base().with_client_cert(&cert, "/nonexistent/k.pem")),
+            Some("client_key")
+        );
+        // A certificate where the key should be.
+        assert_eq!(
+            field(base().with_client_cert(&cert, &cert)),
+            Some("client_cert")
+        );
     }
 
     #[test]

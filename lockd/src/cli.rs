@@ -22,7 +22,7 @@ use serde::Serialize;
 /// Where the server is and how to print.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ClientArgs {
-    /// The lockd server: http(s)://, or grpc://HOST:PORT for its gRPC API (API key from env
+    /// The lockd server: http(s)://, or grpc(s)://HOST:PORT for its gRPC API (API key from env
     /// LOCKD_API_KEY).
     #[arg(
         long,
@@ -31,6 +31,16 @@ pub(crate) struct ClientArgs {
         global = true
     )]
     server: String,
+    /// PEM file of CA certificates to trust for https:// and grpcs:// (a private CA).
+    #[arg(long, env = "LOCKD_CA_FILE", value_name = "FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate to present over TLS, for a lockd with --tls-client-ca (needs
+    /// --client-key).
+    #[arg(long, env = "LOCKD_CLIENT_CERT", value_name = "FILE", global = true)]
+    client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, env = "LOCKD_CLIENT_KEY", value_name = "FILE", global = true)]
+    client_key: Option<std::path::PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -142,6 +152,9 @@ pub(crate) struct EventsArgs {
 
 fn client_config(args: &ClientArgs) -> ClientConfig {
     let mut config = ClientConfig::from_url(args.server.clone());
+    config.ca_file.clone_from(&args.ca_file);
+    config.client_cert.clone_from(&args.client_cert);
+    config.client_key.clone_from(&args.client_key);
     if let Ok(key) = std::env::var("LOCKD_API_KEY") {
         if !key.is_empty() {
             config.api_key = Some(key);

@@ -14,6 +14,7 @@ use lockcore::{Limits, TokenSecret, MAX_LOCK_DELAY};
 use serde::Deserialize;
 
 use crate::limits::Caps;
+use crate::tls::TlsConfig;
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -82,6 +83,10 @@ pub struct ServerConfig {
     pub data_dir: Option<PathBuf>,
     /// Allows listening on a non-loopback address without API keys.
     pub insecure_no_auth: bool,
+    /// TLS on both listeners (`https://`, `grpcs://`); `None`: plaintext. With a client CA,
+    /// clients must present a certificate it issued, which counts as authentication for the
+    /// non-loopback rule.
+    pub tls: Option<TlsConfig>,
     /// How long shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
     /// Time a client has, from the first byte of a request, to send its headers, and, from the
@@ -110,6 +115,7 @@ impl Default for ServerConfig {
             events_capacity: DEFAULT_EVENTS_CAPACITY,
             data_dir: None,
             insecure_no_auth: false,
+            tls: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             request_read_timeout: DEFAULT_REQUEST_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -138,6 +144,7 @@ impl fmt::Debug for ServerConfig {
             .field("events_capacity", &self.events_capacity)
             .field("data_dir", &self.data_dir)
             .field("insecure_no_auth", &self.insecure_no_auth)
+            .field("tls", &self.tls)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("request_read_timeout", &self.request_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
@@ -161,6 +168,9 @@ impl fmt::Debug for ServerConfig {
 /// events_capacity = 10000
 /// data_dir = "/var/lib/lockd"
 /// insecure_no_auth = false
+/// tls_cert = "/etc/lockd/tls/cert.pem"
+/// tls_key = "/etc/lockd/tls/key.pem"
+/// tls_client_ca = "/etc/lockd/tls/clients-ca.pem"
 /// shutdown_timeout = "10s"
 /// request_read_timeout = "10s"
 /// idle_timeout = "60s"
@@ -197,6 +207,12 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// `--insecure-no-auth`.
     pub insecure_no_auth: Option<bool>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-client-ca`.
+    pub tls_client_ca: Option<PathBuf>,
     /// `--shutdown-timeout`, e.g. `"10s"`.
     pub shutdown_timeout: Option<String>,
     /// `--request-read-timeout`, e.g. `"10s"`.
@@ -286,6 +302,17 @@ pub struct ServeArgs {
     /// Allow a non-loopback listen address without API keys.
     #[arg(long, env = "LOCKD_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Serve TLS on both listeners with this PEM certificate chain (reloaded on SIGHUP; needs
+    /// --tls-key).
+    #[arg(long, env = "LOCKD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "LOCKD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates issued by the CAs in this PEM file (mutual TLS; needs
+    /// --tls-cert). A verified certificate counts as authentication on non-loopback addresses.
+    #[arg(long, env = "LOCKD_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Time allowed to finish requests in flight at shutdown [default: 10s].
     #[arg(long, env = "LOCKD_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
@@ -347,6 +374,30 @@ fn cap(
         return Err(ConfigError::new(format!("{name} must be at least 1")));
     }
     Ok(value)
+}
+
+/// TLS from its three settings: a certificate and its key together, a client CA only with
+/// them. The files are read when the server starts.
+fn tls_config(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<TlsConfig>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let tls = TlsConfig::new(cert, key);
+            Ok(Some(match client_ca {
+                Some(ca) => tls.with_client_ca(ca),
+                None => tls,
+            }))
+        }
+        (None, None) if client_ca.is_some() => Err(ConfigError::new(
+            "tls_client_ca needs tls_cert and tls_key: client certificates are checked over TLS",
+        )),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::new("tls_cert needs tls_key (its private key)")),
+        (None, Some(_)) => Err(ConfigError::new("tls_key needs tls_cert (its certificate)")),
+    }
 }
 
 fn read_secret_file(path: &Path) -> Result<TokenSecret, ConfigError> {
@@ -488,6 +539,11 @@ impl ServeArgs {
         }
         server.data_dir = self.data_dir.clone().or(file.data_dir);
         server.insecure_no_auth = self.insecure_no_auth || file.insecure_no_auth.unwrap_or(false);
+        server.tls = tls_config(
+            self.tls_cert.clone().or(file.tls_cert),
+            self.tls_key.clone().or(file.tls_key),
+            self.tls_client_ca.clone().or(file.tls_client_ca),
+        )?;
         if let Some(text) = self
             .shutdown_timeout
             .as_deref()
@@ -763,6 +819,61 @@ mod tests {
             };
             let err = args.resolve(None).expect_err(bad).to_string();
             assert!(err.contains("default_lock_delay"), "{err}");
+        }
+    }
+
+    #[test]
+    fn tls_takes_a_certificate_and_key_together_and_a_client_ca_only_with_them() {
+        assert_eq!(
+            ServeArgs::default()
+                .resolve(None)
+                .expect("valid")
+                .server
+                .tls,
+            None
+        );
+        let f = file("tls_cert = \"/etc/lockd/cert.pem\"\ntls_key = \"/etc/lockd/key.pem\"\n");
+        let args = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            tls_client_ca: Some("/etc/lockd/ca.pem".into()),
+            ..ServeArgs::default()
+        };
+        let tls = args
+            .resolve(None)
+            .expect("valid")
+            .server
+            .tls
+            .expect("tls on");
+        assert_eq!(tls.cert, PathBuf::from("/etc/lockd/cert.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/lockd/key.pem"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/lockd/ca.pem")));
+        assert!(tls.requires_client_certificates());
+
+        for (args, named) in [
+            (
+                ServeArgs {
+                    tls_cert: Some("c.pem".into()),
+                    ..ServeArgs::default()
+                },
+                "tls_key",
+            ),
+            (
+                ServeArgs {
+                    tls_key: Some("k.pem".into()),
+                    ..ServeArgs::default()
+                },
+                "tls_cert",
+            ),
+            (
+                ServeArgs {
+                    tls_client_ca: Some("ca.pem".into()),
+                    ..ServeArgs::default()
+                },
+                "tls_client_ca",
+            ),
+        ] {
+            let err = args.resolve(None).expect_err("incomplete TLS").to_string();
+            assert!(err.contains(named), "{err}");
         }
     }
 

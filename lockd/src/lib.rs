@@ -22,6 +22,8 @@ mod limits;
 mod metrics;
 #[cfg(feature = "server")]
 mod server;
+#[cfg(feature = "server")]
+mod tls;
 
 pub use backend::{connect_backend, redact_url, BackendOptions, SCHEMES};
 #[cfg(feature = "server")]
@@ -36,3 +38,5 @@ pub use limits::{Caps, Limit, LimitExceeded};
 pub use metrics::Metrics;
 #[cfg(feature = "server")]
 pub use server::{Server, ServerError};
+#[cfg(feature = "server")]
+pub use tls::{TlsConfig, TlsError, TlsReloader};
