@@ -16,7 +16,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
-use crate::convert::{self, mode_to_pb};
+use crate::convert::{self, mode_to_pb, scope_to_pb};
 use crate::pb;
 use crate::pb::locks_client::LocksClient;
 use crate::status::{detail_of, lock_error_of, lock_error_of_detail};
@@ -540,6 +540,9 @@ impl GrpcClient {
 }
 
 /// The acquire message of `request`: the one-object form for one object, `objects` otherwise.
+///
+/// A zero lock-delay is left out, so the server's default applies to it (lockcore's request
+/// cannot tell "zero" from "not given"); any other is sent in whole milliseconds, rounded up.
 fn acquire_message(request: &lockcore::AcquireRequest) -> LockResult<pb::AcquireRequest> {
     let mut message = pb::AcquireRequest {
         owner: request.owner.to_string(),
@@ -550,12 +553,14 @@ fn acquire_message(request: &lockcore::AcquireRequest) -> LockResult<pb::Acquire
             .as_ref()
             .map(|id| id.as_str().to_owned())
             .unwrap_or_default(),
+        lock_delay_ms: (!request.lock_delay.is_zero()).then(|| ceil_millis(request.lock_delay)),
         ..pb::AcquireRequest::default()
     };
     match request.objects.as_slice() {
         [one] => {
             message.object = one.object.to_string();
             message.mode = mode_to_pb(one.mode) as i32;
+            message.scope = scope_to_pb(one.scope) as i32;
         }
         specs => {
             message.objects = specs
@@ -563,6 +568,7 @@ fn acquire_message(request: &lockcore::AcquireRequest) -> LockResult<pb::Acquire
                 .map(|spec| pb::ObjectSpec {
                     object: spec.object.to_string(),
                     mode: mode_to_pb(spec.mode) as i32,
+                    scope: scope_to_pb(spec.scope) as i32,
                 })
                 .collect();
         }
@@ -688,6 +694,7 @@ impl LockService for GrpcClient {
             token: renewed.token,
             fence: renewed.fence,
             ttl_ms: renewed.ttl_ms,
+            scope: pb::LockScope::Unspecified as i32,
         })
     }
 
@@ -735,6 +742,7 @@ impl LockService for GrpcClient {
             token: downgraded.token,
             fence: downgraded.fence,
             ttl_ms: downgraded.ttl_ms,
+            scope: pb::LockScope::Unspecified as i32,
         })
     }
 
@@ -757,6 +765,7 @@ impl LockService for GrpcClient {
             token: token.expose().to_owned(),
             fence: valid.fence,
             ttl_ms: valid.ttl_ms,
+            scope: pb::LockScope::Unspecified as i32,
         })
     }
 

@@ -149,6 +149,9 @@ pub struct GrpcOptions {
     pub shutdown: Option<watch::Receiver<bool>>,
     /// Whether [`serve`] adds server reflection (`grpc.reflection.v1` and `v1alpha`).
     pub reflection: bool,
+    /// The lock-delay of an acquire without `lock_delay_ms` (zero by default), as lockd's
+    /// `--default-lock-delay`.
+    pub default_lock_delay: Duration,
 }
 
 impl Default for GrpcOptions {
@@ -159,6 +162,7 @@ impl Default for GrpcOptions {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             shutdown: None,
             reflection: true,
+            default_lock_delay: Duration::ZERO,
         }
     }
 }
@@ -169,6 +173,7 @@ impl fmt::Debug for GrpcOptions {
             .field("auth", &self.auth)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("reflection", &self.reflection)
+            .field("default_lock_delay", &self.default_lock_delay)
             .finish_non_exhaustive()
     }
 }
@@ -189,6 +194,12 @@ impl GrpcOptions {
     /// Options with a message limit of `bytes`.
     pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Options giving an acquire without `lock_delay_ms` the lock-delay `delay`.
+    pub fn with_default_lock_delay(mut self, delay: Duration) -> Self {
+        self.default_lock_delay = delay;
         self
     }
 
@@ -214,6 +225,7 @@ pub fn service_with(locks: Arc<dyn LockService>, options: GrpcOptions) -> LocksS
         locks,
         hooks: options.hooks.clone(),
         shutdown: options.shutdown,
+        default_lock_delay: options.default_lock_delay,
     };
     let server = LocksServer::new(handler).max_decoding_message_size(options.max_message_bytes);
     InterceptedService::new(server, Authenticator::new(options.auth, options.hooks))
@@ -359,6 +371,8 @@ pub struct LocksHandler {
     locks: Arc<dyn LockService>,
     hooks: Arc<dyn Hooks>,
     shutdown: Option<watch::Receiver<bool>>,
+    /// The lock-delay of an acquire without `lock_delay_ms`.
+    default_lock_delay: Duration,
 }
 
 impl fmt::Debug for LocksHandler {
@@ -675,11 +689,11 @@ impl Locks for LocksHandler {
     ) -> Result<Response<pb::AcquireResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            let acquire = convert::acquire_request(request.get_ref())?;
+            let acquire = convert::acquire_request(request.get_ref(), self.default_lock_delay)?;
             let _admission = self.hooks.admit("acquire", !acquire.wait.is_zero())?;
             let grant = self.locks.acquire_with(&acquire).await?;
             self.hooks.granted(&grant);
-            Ok(convert::grant_to_pb(&grant))
+            Ok(convert::grant_to_pb(&acquire, &grant))
         }
         .await;
         self.finish("acquire", started, result)

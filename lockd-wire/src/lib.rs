@@ -6,9 +6,9 @@ mod event;
 mod time;
 
 pub use body::{
-    AcquireRequest, EntryResult, EventParams, EventsBody, FailedEntry, GrantBody, GrantedLock,
-    HolderBody, InspectRequest, LeaseBody, ListBody, ListParams, LockBody, Named, ObjectSpec,
-    ReleaseBody, ReleaseRequest, RenewRequest, ResultsBody, TokenRequest,
+    AcquireRequest, DelayBody, EntryResult, EventParams, EventsBody, FailedEntry, GrantBody,
+    GrantedLock, HolderBody, InspectRequest, LeaseBody, ListBody, ListParams, LockBody, Named,
+    ObjectSpec, ReleaseBody, ReleaseRequest, RenewRequest, ResultsBody, TokenRequest,
 };
 pub use envelope::{argument_field, ConflictBody, ErrorBody, ErrorEnvelope, ARGUMENT_FIELDS};
 pub use event::{Event, EventKind};

@@ -87,6 +87,8 @@ pub(crate) struct AppState {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) max_body_bytes: usize,
     pub(crate) usage: Arc<Usage>,
+    /// The lock-delay of an acquire that does not give `lock_delay_ms` (`--default-lock-delay`).
+    pub(crate) default_lock_delay: Duration,
 }
 
 /// Builds the router: `/v1/...` (authenticated when keys are configured), `/metrics`,
@@ -302,7 +304,7 @@ async fn acquire(
 ) -> Result<Response, ApiError> {
     timed(&state, "acquire", async {
         let several = request.is_many();
-        let acquire = request.to_request()?;
+        let acquire = request.to_request_with_default(state.default_lock_delay)?;
         // A blocking acquire over --max-waiters is refused before the backend sees it.
         let _waiting = if acquire.wait.is_zero() {
             None
@@ -317,11 +319,12 @@ async fn acquire(
             state.tracker.granted(lease);
             record(&state, NewEvent::of_lease(EventKind::Grant, lease));
         }
+        // Leases answer with the scope they were asked in (lockcore's Lease has none).
         if several {
-            return Ok(Json(GrantBody::from(&grant)).into_response());
+            return Ok(Json(GrantBody::granted(&acquire, &grant)).into_response());
         }
         match grant.leases.first() {
-            Some(lease) => Ok(Json(LeaseBody::from(lease)).into_response()),
+            Some(lease) => Ok(Json(LeaseBody::granted(&acquire, lease)).into_response()),
             None => Err(LockError::Internal("a grant without a lease".into()).into()),
         }
     })

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lockcore::{Limits, TokenSecret};
+use lockcore::{Limits, TokenSecret, MAX_LOCK_DELAY};
 use serde::Deserialize;
 
 use crate::limits::Caps;
@@ -96,6 +96,10 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Caps on connections, requests in flight, blocking waiters and event streams.
     pub caps: Caps,
+    /// The lock-delay of an acquire that does not give one (`lock_delay_ms` on HTTP and gRPC),
+    /// at most [`MAX_LOCK_DELAY`]; zero (the default) frees an expired lease's objects at
+    /// once. A backend without lock-delay support refuses every acquire given a non-zero one.
+    pub default_lock_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -116,6 +120,7 @@ impl Default for ServerConfig {
             request_read_timeout: DEFAULT_REQUEST_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             caps: DEFAULT_CAPS,
+            default_lock_delay: Duration::ZERO,
         }
     }
 }
@@ -144,6 +149,7 @@ impl fmt::Debug for ServerConfig {
             .field("request_read_timeout", &self.request_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("caps", &self.caps)
+            .field("default_lock_delay", &self.default_lock_delay)
             .finish()
     }
 }
@@ -172,6 +178,7 @@ impl fmt::Debug for ServerConfig {
 /// max_in_flight = 4096
 /// max_waiters = 1024
 /// max_event_streams = 256
+/// default_lock_delay = "0s"
 /// log = "info"
 /// ```
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +227,8 @@ pub struct FileConfig {
     pub max_waiters: Option<usize>,
     /// `--max-event-streams`.
     pub max_event_streams: Option<usize>,
+    /// `--default-lock-delay`, e.g. `"5s"`.
+    pub default_lock_delay: Option<String>,
     /// `--log`, a tracing filter such as `info` or `lockd=debug`.
     pub log: Option<String>,
 }
@@ -327,6 +336,10 @@ pub struct ServeArgs {
     /// Event streams (GET /v1/events/stream) open at once; more get 503 [default: 256].
     #[arg(long, env = "LOCKD_MAX_EVENT_STREAMS", value_name = "N")]
     pub max_event_streams: Option<usize>,
+    /// Lock-delay of acquires that do not give `lock_delay_ms`: after a lease expires (its
+    /// holder vanished), nothing conflicting is granted for this long, 0 to 60s [default: 0s].
+    #[arg(long, env = "LOCKD_DEFAULT_LOCK_DELAY", value_name = "DURATION")]
+    pub default_lock_delay: Option<String>,
     /// Log filter (tracing syntax), e.g. info, lockd=debug [default: info].
     #[arg(long, env = "LOCKD_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -578,6 +591,19 @@ impl ServeArgs {
                 DEFAULT_CAPS.max_event_streams,
             )?,
         };
+        if let Some(text) = self
+            .default_lock_delay
+            .as_deref()
+            .or(file.default_lock_delay.as_deref())
+        {
+            server.default_lock_delay = duration("default_lock_delay", text)?;
+            if server.default_lock_delay > MAX_LOCK_DELAY {
+                return Err(ConfigError::new(format!(
+                    "default_lock_delay must be at most {}",
+                    humantime::format_duration(MAX_LOCK_DELAY)
+                )));
+            }
+        }
         let log = self
             .log
             .clone()
@@ -763,6 +789,36 @@ mod tests {
             },
         ] {
             assert!(args.resolve(None).is_err(), "{args:?}");
+        }
+    }
+
+    /// The default lock-delay comes from the file, then the flag, is zero without either, and
+    /// is refused above a minute or when it is not a duration.
+    #[test]
+    fn the_default_lock_delay_is_configurable_up_to_a_minute() {
+        let defaults = ServeArgs::default().resolve(None).expect("valid").server;
+        assert_eq!(defaults.default_lock_delay, Duration::ZERO);
+        let f = file("default_lock_delay = \"15s\"\n");
+        let from_file = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let resolved = from_file.resolve(None).expect("valid").server;
+        assert_eq!(resolved.default_lock_delay, Duration::from_secs(15));
+        let flag_wins = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            default_lock_delay: Some("250ms".into()),
+            ..ServeArgs::default()
+        };
+        let resolved = flag_wins.resolve(None).expect("valid").server;
+        assert_eq!(resolved.default_lock_delay, Duration::from_millis(250));
+        for bad in ["61s", "2m", "soon"] {
+            let args = ServeArgs {
+                default_lock_delay: Some(bad.into()),
+                ..ServeArgs::default()
+            };
+            let err = args.resolve(None).expect_err(bad).to_string();
+            assert!(err.contains("default_lock_delay"), "{err}");
         }
     }
 

@@ -1,5 +1,5 @@
 //! The `lockd` binary: `lockd serve` runs the server; `acquire`, `renew`, `release`,
-//! `downgrade`, `list` and `events` talk to a running one.
+//! `downgrade`, `inspect`, `list` and `events` talk to a running one.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
@@ -29,8 +29,8 @@ enum Command {
     /// `lockd grpc listening on grpc://ADDR` unless --grpc-listen is off; `https://` and
     /// `grpcs://` with --tls-cert, whose files are reloaded on SIGHUP).
     Serve(Box<ServeArgs>),
-    /// Acquire one lock, or several all together (--shared for readers), and print tokens and
-    /// fences.
+    /// Acquire one lock, or several all together (--shared for readers, --subtree for whole
+    /// subtrees, --lock-delay after an expiry), and print tokens and fences.
     #[cfg(feature = "http")]
     Acquire(cli::AcquireArgs),
     /// Renew one lease, or several in one request.
@@ -42,6 +42,9 @@ enum Command {
     /// Turn an exclusive lock into a shared one (same token, fence and expiry).
     #[cfg(feature = "http")]
     Downgrade(cli::DowngradeArgs),
+    /// Show who holds an object, how many wait for it, and any lock-delay in force.
+    #[cfg(feature = "http")]
+    Inspect(cli::InspectArgs),
     /// List current locks.
     #[cfg(feature = "http")]
     List(cli::ListArgs),
@@ -162,6 +165,8 @@ fn main() -> ExitCode {
             Command::Release(args) => cli::release(args).await.map_err(|e| e.to_string()),
             #[cfg(feature = "http")]
             Command::Downgrade(args) => cli::downgrade(args).await.map_err(|e| e.to_string()),
+            #[cfg(feature = "http")]
+            Command::Inspect(args) => cli::inspect(args).await.map_err(|e| e.to_string()),
             #[cfg(feature = "http")]
             Command::List(args) => cli::list(args).await.map_err(|e| e.to_string()),
             #[cfg(feature = "http")]

@@ -242,6 +242,7 @@ impl Server {
             shutdown: shutdown_rx,
             max_body_bytes: config.max_body_bytes,
             usage: usage.clone(),
+            default_lock_delay: config.default_lock_delay,
         };
         let grpc = grpc_listener.map(|(listener, local_addr)| GrpcListener {
             listener,
@@ -253,6 +254,7 @@ impl Server {
                     state: state.clone(),
                 }))
                 .with_max_message_bytes(config.max_body_bytes)
+                .with_default_lock_delay(config.default_lock_delay)
                 .with_shutdown(state.shutdown.clone()),
         });
         let metrics = state.metrics.clone();
