@@ -158,6 +158,8 @@ pub const ARGUMENT_FIELDS: &[&str] = &[
     "limit",
     "prefix",
     "after",
+    // Event filters (`object`, `prefix` and `owner` are above).
+    "kind",
     "request_id",
     "mode",
     "objects",
