@@ -35,6 +35,7 @@ pub mod checks;
 pub mod model;
 pub mod modes;
 mod scope;
+pub mod subtrees;
 
 pub use scope::Scope;
 
@@ -96,6 +97,17 @@ impl Capabilities {
             std::time::Duration::from_secs(ttl.as_secs() + 1)
         } else {
             ttl
+        }
+    }
+
+    /// The lock-delay a check asks for when it means `wanted`: `wanted` itself, or on a
+    /// backend that counts whole seconds (etcd's leases), `wanted` rounded up to whole seconds,
+    /// as such a backend rounds it.
+    pub fn lock_delay(&self, wanted: std::time::Duration) -> std::time::Duration {
+        if self.min_ttl >= std::time::Duration::from_secs(1) && wanted.subsec_nanos() != 0 {
+            std::time::Duration::from_secs(wanted.as_secs() + 1)
+        } else {
+            wanted
         }
     }
 
@@ -198,6 +210,23 @@ macro_rules! conformance_suite {
             a_blocking_multi_object_request_waits_holding_nothing,
             a_dropped_waiter_gives_up_its_place,
         );
+        $crate::conformance_suite!(@subtrees $factory, $caps;
+            every_conflict_pair_follows_the_coverage_rule,
+            a_shared_subtree_admits_shared_locks_below_but_no_exclusive,
+            a_rename_locks_source_and_target_subtrees_together,
+            a_request_covering_an_object_twice_is_refused,
+            lock_delay_follows_an_expiry,
+            a_released_lease_has_no_lock_delay,
+            lock_delay_covers_what_the_lease_covered,
+        );
+        $crate::conformance_suite!(@subtrees_shared $factory, $caps;
+            a_subtree_lock_waits_for_every_lock_under_it,
+            waiters_are_woken_across_the_tree,
+            a_waiting_subtree_request_holds_back_later_requests_under_it,
+            waiters_are_counted_by_inspect_and_list,
+            a_waiter_tells_each_holder_it_waits_behind_once,
+            subtree_holders_never_overlap,
+        );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn random_operations_agree_with_the_reference_model() {
@@ -217,6 +246,30 @@ macro_rules! conformance_suite {
             let caps: $crate::Capabilities = $caps;
             $crate::checks::stress_holders_never_overlap_and_fences_increase(service, &caps).await;
         }
+    };
+    (@subtrees $factory:path, $caps:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some(service) = $factory().await else {
+                    return;
+                };
+                let caps: $crate::Capabilities = $caps;
+                $crate::subtrees::$check(&*service, &caps).await;
+            }
+        )+
+    };
+    (@subtrees_shared $factory:path, $caps:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let Some(service) = $factory().await else {
+                    return;
+                };
+                let caps: $crate::Capabilities = $caps;
+                $crate::subtrees::$check(service, &caps).await;
+            }
+        )+
     };
     (@modes $factory:path, $caps:expr; $($check:ident),+ $(,)?) => {
         $(
