@@ -2,6 +2,7 @@
 
 mod config;
 mod service;
+mod slot;
 mod timers;
 
 pub use config::MemoryConfig;
@@ -9,3 +10,5 @@ pub use service::{MemoryLockService, MemoryStore, BACKEND};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tree_tests;

@@ -1,27 +1,63 @@
 //! [`MemoryStore`]: the holders, the queues, the fences and the sweeper, in this process.
+//!
+//! ## How a decision sees the tree, atomically
+//!
+//! Slots (one per object with holders, lock-delays or waiters) live in [`SHARDS`] hash-map
+//! shards, each behind a mutex. A claim conflicts with what is on its object, with what covers
+//! the subtree of one of its ancestors, and (a subtree claim) with everything under its object
+//! (see [`lockcore::path`]). Three structures let a decision find those without looking at
+//! anything else:
+//!
+//! * **Subtree roots** (`Inner::roots`): the objects whose slot holds anything of subtree
+//!   scope (holder, queue entry or lock-delay), a superset kept exact enough: an object enters
+//!   it only under *every* shard lock, and leaves it under its own shard's lock once its slot
+//!   has no subtree item left.
+//! * **The ordered index** (`Inner::ordered`): every object that has a slot, in id order, for
+//!   `list?prefix=` pages and for the range of ids under a subtree root
+//!   ([`lockcore::path::subtree_range`]). Slots enter and leave it under their shard's lock.
+//! * **Shard locks**, taken in increasing index order:
+//!   - an object-only request locks the shards of its objects, plus those of the subtree roots
+//!     among their ancestors (looked up in the root set, which cannot gain an entry while any
+//!     shard is held). The common case, no subtree anywhere near, locks one shard and reads one
+//!     atomic counter, as before subtrees existed;
+//!   - a request with a subtree claim locks every shard, so nothing can be granted, queued or
+//!     indexed anywhere while it looks at its ancestors and at the index range under its roots.
+//!
+//!   So a subtree claim and any claim it could conflict with always share a shard lock: an
+//!   object claim under a subtree root holds the root's shard whenever the root has subtree
+//!   items, and a subtree claim holds every shard.
+//!
+//! Operations that only remove or shorten (release, expiry, leave_queue, abandon, downgrade)
+//! and renew lock only their objects' shards: a decision that depends on those slots holds the
+//! same shard locks.
 
+use std::collections::btree_set::BTreeSet;
 use std::collections::hash_map::{Entry as MapEntry, HashMap};
+use std::collections::HashSet;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use lockcore::path;
 use lockcore::reclaim::ReclaimPolicy;
 use lockcore::store::{
-    Attempt, Attempted, Claim, Granted, HolderRef, HolderState, LockStore, Ticket, Verdict,
+    Attempt, Attempted, Blocker, Claim, Granted, HolderRef, HolderState, LockStore, StoreFeatures,
+    Ticket, Verdict,
 };
 use lockcore::{
-    async_trait, wall_clock_micros, Conflict, Fence, HolderInfo, LeaseEnd, LeaseEndSink, Limits,
-    ListQuery, LockError, LockInfo, LockMode, LockPage, LockResult, Locks, ObjectId, OwnerId,
-    TokenDigest, Undo, WaitQueue,
+    async_trait, wall_clock_micros, Fence, LeaseEnd, LeaseEndSink, Limits, ListQuery, LockError,
+    LockInfo, LockMode, LockPage, LockResult, LockScope, Locks, ObjectId, Undo, WaitQueue,
 };
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use smallvec::SmallVec;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::MemoryConfig;
+use crate::slot::{Delay, Holder, Key, Place, QueueEntry, Scan, Slot, Wake};
 use crate::timers::{TimerId, Timers, TimersFull};
 
 /// The name [`LockStore::backend`] reports.
@@ -38,143 +74,9 @@ const SWEEP_BATCH: usize = 1024;
 /// all current ones) free of cross-thread wake-ups.
 const SWEEPER_NAP_NANOS: u64 = 1_000_000_000;
 
-/// Shards of the object table. A request locks the shards of its objects in increasing order,
-/// so multi-object requests are atomic and never deadlock.
+/// Shards of the object table. A request locks the shards it needs in increasing order, so
+/// multi-object requests are atomic and never deadlock.
 const SHARDS: usize = 64;
-
-/// One grant on an object.
-#[derive(Debug)]
-struct Holder {
-    owner: OwnerId,
-    digest: TokenDigest,
-    fence: Fence,
-    /// Monotonic nanoseconds since the store's clock base: the only clock expiry uses.
-    expires: u64,
-    /// Wall-clock microseconds at the grant, for display only.
-    acquired_micros: u64,
-    /// A retry with the request id answered with this grant (see [`lockcore::reclaim`]).
-    claimed: bool,
-    timer: TimerId,
-}
-
-impl Holder {
-    fn is_live(&self, now: u64) -> bool {
-        self.expires > now
-    }
-
-    /// Whether this is the grant named by `holder`: the digest compared in constant time, and
-    /// the fence.
-    fn is(&self, holder: &HolderRef) -> bool {
-        holder.digest.ct_eq(&self.digest) & (holder.fence == self.fence)
-    }
-
-    fn remaining(&self, now: u64) -> Duration {
-        Duration::from_nanos(self.expires.saturating_sub(now))
-    }
-
-    fn info(&self, now: u64, wall_now: SystemTime) -> HolderInfo {
-        let ttl = self.remaining(now);
-        HolderInfo {
-            owner: self.owner.clone(),
-            fence: self.fence,
-            acquired_at: UNIX_EPOCH + Duration::from_micros(self.acquired_micros),
-            expires_at: wall_now + ttl,
-            ttl,
-            scope: lockcore::LockScope::Object,
-        }
-    }
-}
-
-/// A waiting request's place in one object's queue.
-#[derive(Debug, Clone)]
-struct QueueEntry {
-    ticket: Ticket,
-    mode: LockMode,
-    owner: OwnerId,
-    expires: u64,
-}
-
-/// Everything about one object: its holders (all of `mode`) and its queue (by ticket).
-#[derive(Debug)]
-struct Slot {
-    mode: LockMode,
-    holders: Vec<Holder>,
-    queue: Vec<QueueEntry>,
-}
-
-impl Slot {
-    fn is_empty(&self) -> bool {
-        self.holders.is_empty() && self.queue.is_empty()
-    }
-
-    /// The live holder `holder` names, if any, and whether the object has live holders at all.
-    fn find(&mut self, holder: &HolderRef, now: u64) -> (Option<usize>, bool) {
-        let mut any = false;
-        for (i, h) in self.holders.iter().enumerate() {
-            if h.is_live(now) {
-                any = true;
-                if h.is(holder) {
-                    return (Some(i), true);
-                }
-            }
-        }
-        (None, any)
-    }
-
-    fn state(&self, index: usize, now: u64) -> HolderState {
-        let holder = &self.holders[index];
-        HolderState {
-            owner: holder.owner.clone(),
-            mode: self.mode,
-            ttl: holder.remaining(now),
-        }
-    }
-
-    /// What blocks `claim` (asked with `ticket`), if anything: the conflicting live holder that
-    /// expires last, else the earliest conflicting live queue entry ahead of the ticket.
-    fn conflict(&self, claim: &Claim, ticket: Option<Ticket>, now: u64) -> Option<Conflict> {
-        if self.mode.conflicts_with(claim.mode) {
-            if let Some(holder) = self
-                .holders
-                .iter()
-                .filter(|h| h.is_live(now))
-                .max_by_key(|h| h.expires)
-            {
-                return Some(Conflict {
-                    object: claim.object.clone(),
-                    holder: holder.owner.clone(),
-                    retry_after: holder.remaining(now),
-                    cause: lockcore::ConflictCause::Held,
-                });
-            }
-        }
-        self.queue
-            .iter()
-            .filter(|entry| entry.expires > now)
-            .filter(|entry| ticket.is_none_or(|mine| entry.ticket < mine))
-            .find(|entry| entry.mode.conflicts_with(claim.mode))
-            .map(|entry| Conflict {
-                object: claim.object.clone(),
-                holder: entry.owner.clone(),
-                retry_after: Duration::from_nanos(entry.expires.saturating_sub(now)),
-                cause: lockcore::ConflictCause::Held,
-            })
-    }
-
-    /// Enters or renews `ticket` in the queue, keeping it ordered by ticket.
-    fn enqueue(&mut self, entry: QueueEntry) {
-        match self.queue.binary_search_by_key(&entry.ticket, |e| e.ticket) {
-            Ok(at) => self.queue[at] = entry,
-            Err(at) => self.queue.insert(at, entry),
-        }
-    }
-
-    fn leave(&mut self, ticket: Ticket) -> bool {
-        let before = self.queue.len();
-        self.queue.retain(|entry| entry.ticket != ticket);
-        self.queue.len() != before
-    }
-}
 
 /// The process's monotonic clock, as nanoseconds since the store started.
 #[derive(Debug)]
@@ -202,7 +104,20 @@ impl From<TimersFull> for LockError {
     }
 }
 
-type Shard = HashMap<ObjectId, Slot>;
+type Shard = HashMap<Key, Slot>;
+
+/// Objects to wake once the shard locks are released, and how.
+type Wakes = SmallVec<[(ObjectId, Wake); 2]>;
+
+fn note(wakes: &mut Wakes, object: &ObjectId, wake: Wake) {
+    if wake == Wake::No {
+        return;
+    }
+    match wakes.iter_mut().find(|(o, _)| o == object) {
+        Some((_, already)) => *already = (*already).max(wake),
+        None => wakes.push((object.clone(), wake)),
+    }
+}
 
 struct Inner {
     config: MemoryConfig,
@@ -210,6 +125,14 @@ struct Inner {
     hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
     timers: Mutex<Timers>,
+    /// Every object that has a slot, in id order (see the module docs). Taken after shard
+    /// locks, never before.
+    ordered: Mutex<BTreeSet<Key>>,
+    /// Objects whose slot may hold something of subtree scope (see the module docs). Taken
+    /// after shard locks; never held while waiting for another lock.
+    roots: RwLock<HashSet<Key>>,
+    /// `roots.len()`, readable without touching the lock: zero in the common case.
+    roots_len: AtomicUsize,
     /// The highest fence issued (or the configured floor): one counter for all objects.
     last_fence: AtomicU64,
     /// The last ticket drawn: one counter for all queues.
@@ -220,24 +143,47 @@ struct Inner {
     lease_ends: OnceLock<LeaseEndSink>,
 }
 
-/// The shards a request locked, in increasing order, and a way to reach an object's table.
+/// The shards a request locked, in increasing order, and a way to reach an object's slot.
 struct Locked<'a> {
     inner: &'a Inner,
-    guards: SmallVec<[(usize, MutexGuard<'a, Shard>); 2]>,
+    guards: SmallVec<[(usize, MutexGuard<'a, Shard>); 4]>,
 }
 
 impl Locked<'_> {
-    fn shard(&mut self, object: &ObjectId) -> &mut Shard {
-        let index = self.inner.shard_of(object);
-        let at = self
-            .guards
+    fn has(&self, index: usize) -> bool {
+        self.guards
             .binary_search_by_key(&index, |(i, _)| *i)
-            .unwrap_or_else(|_| unreachable!("every object's shard is locked"));
+            .is_ok()
+    }
+
+    fn every_shard(&self) -> bool {
+        self.guards.len() == SHARDS
+    }
+
+    fn at(&self, object: &str) -> usize {
+        let index = self.inner.shard_of(object);
+        self.guards
+            .binary_search_by_key(&index, |(i, _)| *i)
+            .unwrap_or_else(|_| unreachable!("every object's shard is locked"))
+    }
+
+    fn shard(&mut self, object: &str) -> &mut Shard {
+        let at = self.at(object);
         &mut self.guards[at].1
+    }
+
+    fn slot(&self, object: &str) -> Option<(&Key, &Slot)> {
+        self.guards[self.at(object)].1.get_key_value(object)
+    }
+
+    fn slot_mut(&mut self, object: &str) -> Option<&mut Slot> {
+        self.shard(object).get_mut(object)
     }
 }
 
-/// An in-process lock store: sharded tables with exact expiry and a deadline-heap sweeper.
+/// An in-process lock store: sharded tables with exact expiry and a deadline-heap sweeper,
+/// subtree locks and lock-delays (see the [module docs](self) for how a decision sees the
+/// tree).
 ///
 /// Locks live only as long as the store: they are lost when the process exits (fences are
 /// not: see [`MemoryConfig::fence_floor`]). Use it as [`MemoryLockService`].
@@ -267,6 +213,9 @@ impl MemoryStore {
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             timers: Mutex::new(Timers::default()),
+            ordered: Mutex::new(BTreeSet::new()),
+            roots: RwLock::new(HashSet::new()),
+            roots_len: AtomicUsize::new(0),
             last_fence: AtomicU64::new(config.fence_floor.get()),
             last_ticket: AtomicU64::new(0),
             waiters: WaitQueue::new(),
@@ -283,9 +232,9 @@ impl MemoryStore {
         Fence(self.inner.last_fence.load(Ordering::Acquire))
     }
 
-    /// Objects currently in the table, held or waited for (for metrics). Leases that expired in
-    /// the last moments but that the sweeper has not reclaimed yet are counted; they are free
-    /// to acquire all the same.
+    /// Objects currently in the table: held, waited for, or in a lock-delay (for metrics).
+    /// Leases that expired in the last moments but that the sweeper has not reclaimed yet are
+    /// counted; they are free to acquire all the same.
     pub fn held(&self) -> usize {
         self.inner
             .shards
@@ -315,6 +264,50 @@ impl MemoryStore {
         timers.assert_consistent();
         assert!(timers.scheduled() <= timers.live());
     }
+
+    /// Checks that the ordered index, the subtree roots and the timers agree with the slots
+    /// (tests only): the index holds exactly the objects with a slot, every object with a
+    /// subtree item is a root, and every holder and delay owns one live timer.
+    #[cfg(test)]
+    pub(crate) fn assert_index_consistent(&self) {
+        let inner = &*self.inner;
+        let locked = inner.lock_all();
+        let mut objects = BTreeSet::new();
+        let mut timed = 0;
+        for (_, shard) in &locked.guards {
+            for (key, slot) in shard.iter() {
+                assert!(!slot.is_empty(), "{:?}: an empty slot is removed", key.0);
+                objects.insert(key.clone());
+                if slot.has_subtree_items() {
+                    assert!(
+                        inner.roots.read().contains(key),
+                        "{:?} has subtree items but is no root",
+                        key.0
+                    );
+                }
+                timed += slot.holders.len() + slot.delays().len();
+            }
+        }
+        assert_eq!(
+            *inner.ordered.lock(),
+            objects,
+            "the index holds exactly the objects with a slot"
+        );
+        assert_eq!(
+            inner.roots.read().len(),
+            inner.roots_len.load(Ordering::Acquire),
+            "the root count matches the set"
+        );
+        let timers = inner.timers();
+        timers.assert_consistent();
+        assert_eq!(timers.live(), timed, "one timer per holder and delay");
+    }
+
+    /// How many objects are subtree roots right now (tests only).
+    #[cfg(test)]
+    pub(crate) fn roots(&self) -> usize {
+        self.inner.roots_len.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for MemoryStore {
@@ -340,14 +333,13 @@ impl Inner {
         self.timers.lock()
     }
 
-    fn shard_of(&self, object: &ObjectId) -> usize {
+    fn shard_of(&self, object: &str) -> usize {
         (self.hasher.hash_one(object) as usize) % SHARDS
     }
 
-    /// Locks the shards of `objects` in increasing order.
-    fn lock<'a>(&'a self, objects: impl Iterator<Item = &'a ObjectId>) -> Locked<'a> {
-        let mut indices: SmallVec<[usize; 4]> =
-            objects.map(|object| self.shard_of(object)).collect();
+    /// Locks the shards `indices` in increasing order.
+    fn lock_indices(&self, indices: impl Iterator<Item = usize>) -> Locked<'_> {
+        let mut indices: SmallVec<[usize; 4]> = indices.collect();
         indices.sort_unstable();
         indices.dedup();
         let guards = indices
@@ -357,6 +349,96 @@ impl Inner {
         Locked {
             inner: self,
             guards,
+        }
+    }
+
+    /// Locks the shards of `objects`: enough for operations that only remove, shorten or
+    /// renew what is there.
+    fn lock<'a>(&'a self, objects: impl Iterator<Item = &'a ObjectId>) -> Locked<'a> {
+        self.lock_indices(objects.map(|object| self.shard_of(object.as_str())))
+    }
+
+    /// Locks every shard: nothing can be granted, queued or indexed anywhere meanwhile.
+    fn lock_all(&self) -> Locked<'_> {
+        self.lock_indices(0..SHARDS)
+    }
+
+    /// Locks what deciding object-scoped `claims` needs: their shards and those of the subtree
+    /// roots among their ancestors. Returns the locks and those roots, each with the index of
+    /// the claim it is above.
+    fn lock_claims(&self, claims: &[Claim]) -> (Locked<'_>, SmallVec<[(usize, ObjectId); 2]>) {
+        let mut extra: SmallVec<[usize; 4]> = SmallVec::new();
+        loop {
+            let locked = self.lock_indices(
+                claims
+                    .iter()
+                    .map(|claim| self.shard_of(claim.object.as_str()))
+                    .chain(extra.iter().copied()),
+            );
+            let mut above = SmallVec::new();
+            // Roots are added only under every shard lock, so with one shard held the count
+            // cannot grow, and zero means no subtree item anywhere.
+            if self.roots_len.load(Ordering::Acquire) == 0 {
+                return (locked, above);
+            }
+            let mut missing = false;
+            {
+                let roots = self.roots.read();
+                for (at, claim) in claims.iter().enumerate() {
+                    for ancestor in path::ancestors(claim.object.as_str()) {
+                        if let Some(root) = roots.get(ancestor) {
+                            let index = self.shard_of(ancestor);
+                            if !locked.has(index) {
+                                extra.push(index);
+                                missing = true;
+                            }
+                            above.push((at, root.0.clone()));
+                        }
+                    }
+                }
+            }
+            if !missing {
+                return (locked, above);
+            }
+            // Lock again, in order, with the roots' shards; the roots may have changed in
+            // between, so look again.
+        }
+    }
+
+    /// Records that `object` (whose shard is locked) has a slot now.
+    fn index(&self, object: &ObjectId) {
+        self.ordered.lock().insert(Key(object.clone()));
+    }
+
+    /// Records that `object` has subtree items. The caller holds every shard lock.
+    fn root(&self, locked: &Locked<'_>, object: &ObjectId) {
+        debug_assert!(
+            locked.every_shard(),
+            "roots are added under every shard lock"
+        );
+        let mut roots = self.roots.write();
+        if roots.insert(Key(object.clone())) {
+            self.roots_len.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// After a change to the slot of `object` (whose shard is locked) that removed things
+    /// `wake` says: removes the slot if it is empty (and its index entry), and the object from
+    /// the roots if it has no subtree item left.
+    fn settle(&self, shard: &mut Shard, object: &str, wake: Wake) {
+        let Some(slot) = shard.get(object) else {
+            return;
+        };
+        let unroot = wake == Wake::Subtree && !slot.has_subtree_items();
+        if slot.is_empty() {
+            shard.remove(object);
+            self.ordered.lock().remove(object);
+        }
+        if unroot {
+            let mut roots = self.roots.write();
+            if roots.remove(object) {
+                self.roots_len.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
@@ -373,6 +455,16 @@ impl Inner {
     fn wake_sweeper(&self, needed: bool) {
         if needed {
             self.sweeper_wake.notify_one();
+        }
+    }
+
+    fn wake(&self, wakes: &[(ObjectId, Wake)]) {
+        for (object, wake) in wakes {
+            match wake {
+                Wake::No => {}
+                Wake::Object => self.waiters.wake(object),
+                Wake::Subtree => self.waiters.wake_subtree(object),
+            }
         }
     }
 
@@ -397,64 +489,133 @@ impl Inner {
         }
     }
 
-    /// Removes the holders of `slot` whose lease ran out, reporting them. Returns whether any
-    /// went.
-    fn drop_expired(&self, object: &ObjectId, slot: &mut Slot, now: u64) -> bool {
-        if slot.holders.iter().all(|h| h.is_live(now)) {
-            return false;
+    /// Ends the expired holder at `index`: reports it, and either keeps its lock-delay (as a
+    /// [`Delay`] that inherits its timer, now due when the delay ends) or frees its timer.
+    fn expire_holder(&self, object: &ObjectId, slot: &mut Slot, index: usize, now: u64) -> Wake {
+        let holder = slot.holders.swap_remove(index);
+        self.ended(object, slot.mode, &holder, true);
+        let until = holder.delay_ends();
+        if until > now {
+            let wake_sweeper = self.timers().reschedule(holder.timer, until);
+            self.wake_sweeper(wake_sweeper);
+            slot.push_delay(Delay {
+                owner: holder.owner,
+                fence: holder.fence,
+                mode: slot.mode,
+                scope: holder.scope,
+                expired: holder.expires,
+                until,
+                timer: holder.timer,
+            });
+            // It still blocks all it blocked: nobody to wake yet.
+            Wake::No
+        } else {
+            self.timers().cancel(holder.timer);
+            Wake::of(holder.scope)
         }
-        let mut timers = self.timers();
-        let mode = slot.mode;
-        slot.holders.retain(|holder| {
-            if holder.is_live(now) {
-                return true;
+    }
+
+    /// Removes from `slot` what ran out: expired holders (kept as lock-delays if they have
+    /// one), lock-delays that ended, lapsed queue entries. Returns what that wakes.
+    fn tidy(&self, object: &ObjectId, slot: &mut Slot, now: u64) -> Wake {
+        let mut wake = Wake::No;
+        let mut index = slot.holders.len();
+        while index > 0 {
+            index -= 1;
+            if !slot.holders[index].is_live(now) {
+                wake = wake.max(self.expire_holder(object, slot, index, now));
             }
-            timers.cancel(holder.timer);
-            self.ended(object, mode, holder, true);
-            false
-        });
-        true
+        }
+        if slot.delays().iter().any(|delay| delay.until <= now) {
+            let mut timers = self.timers();
+            wake = wake.max(slot.end_delays(now, |delay| timers.cancel(delay.timer)));
+        }
+        wake.max(slot.drop_lapsed_entries(now))
     }
 
     fn try_acquire(&self, attempt: Attempt<'_>) -> LockResult<Attempted> {
+        let claims = attempt.claims;
         let ticket = attempt.queueing.and_then(|q| q.ticket);
-        let mut locked = self.lock(attempt.claims.iter().map(|c| &c.object));
+        let draws_ticket = attempt.queueing.is_some_and(|q| q.ticket.is_none());
+        let subtree = claims.iter().any(|c| c.scope == LockScope::Subtree);
+        let (mut locked, roots_above) = if subtree {
+            (self.lock_all(), SmallVec::new())
+        } else {
+            self.lock_claims(claims)
+        };
         let now = self.clock.now();
-        let mut conflicts = Vec::new();
-        let mut replays: SmallVec<[bool; 8]> = SmallVec::from_elem(false, attempt.claims.len());
-        let mut freed: SmallVec<[ObjectId; 2]> = SmallVec::new();
-        for (claim, replay) in attempt.claims.iter().zip(&mut replays) {
-            let Some(slot) = locked.shard(&claim.object).get_mut(&claim.object) else {
-                continue;
-            };
-            if self.drop_expired(&claim.object, slot, now) {
-                freed.push(claim.object.clone());
+        let mut wakes = Wakes::new();
+        for claim in claims {
+            if let Some(slot) = locked.slot_mut(claim.object.as_str()) {
+                let wake = self.tidy(&claim.object, slot, now);
+                note(&mut wakes, &claim.object, wake);
             }
-            if slot.holders.iter().any(|h| h.digest.ct_eq(&claim.digest)) {
+        }
+
+        let mut conflicts = Vec::new();
+        let mut blockers: Vec<Blocker> = Vec::new();
+        let mut replays: SmallVec<[bool; 8]> = SmallVec::from_elem(false, claims.len());
+        for (at, (claim, replay)) in claims.iter().zip(&mut replays).enumerate() {
+            let own = locked.slot(claim.object.as_str()).map(|(_, slot)| slot);
+            if own.is_some_and(|slot| slot.held_by(&claim.digest, now).is_some()) {
                 *replay = true;
                 continue;
             }
-            conflicts.extend(slot.conflict(claim, ticket, now));
+            let mut scan = Scan::new(claim, ticket, now);
+            if let Some(slot) = own {
+                scan.slot(
+                    &claim.object,
+                    slot,
+                    Place::Covered,
+                    draws_ticket.then_some(&mut blockers),
+                );
+            }
+            if subtree {
+                for ancestor in path::ancestors(claim.object.as_str()) {
+                    if let Some((key, slot)) = locked.slot(ancestor) {
+                        scan.slot(
+                            &key.0,
+                            slot,
+                            Place::Ancestor,
+                            draws_ticket.then_some(&mut blockers),
+                        );
+                    }
+                }
+            } else {
+                for (_, root) in roots_above.iter().filter(|(above, _)| *above == at) {
+                    if let Some((_, slot)) = locked.slot(root.as_str()) {
+                        scan.slot(
+                            root,
+                            slot,
+                            Place::Ancestor,
+                            draws_ticket.then_some(&mut blockers),
+                        );
+                    }
+                }
+            }
+            if claim.scope == LockScope::Subtree {
+                self.scan_under(&locked, claim, &mut scan, draws_ticket, &mut blockers);
+            }
+            conflicts.extend(scan.conflict());
         }
 
         let outcome = if conflicts.is_empty() {
-            let mut granted = Vec::with_capacity(attempt.claims.len());
+            let mut granted = Vec::with_capacity(claims.len());
             let mut wake_sweeper = false;
             let expires = now.saturating_add(nanos(attempt.ttl));
-            for (claim, replay) in attempt.claims.iter().zip(replays) {
-                let shard = locked.shard(&claim.object);
+            let lock_delay = nanos(attempt.lock_delay);
+            for (claim, replay) in claims.iter().zip(replays) {
                 if replay {
-                    let slot = shard
-                        .get_mut(&claim.object)
+                    let slot = locked
+                        .slot_mut(claim.object.as_str())
                         .ok_or_else(|| LockError::Internal("replayed slot vanished".into()))?;
                     if let Some(t) = ticket {
                         slot.leave(t);
                     }
-                    let holder = slot
-                        .holders
-                        .iter_mut()
-                        .find(|h| h.digest.ct_eq(&claim.digest))
+                    let index = slot
+                        .held_by(&claim.digest, now)
                         .ok_or_else(|| LockError::Internal("replayed holder vanished".into()))?;
+                    let holder = &mut slot.holders[index];
                     holder.claimed = true;
                     granted.push(Granted {
                         fence: holder.fence,
@@ -473,26 +634,20 @@ impl Inner {
                     digest: claim.digest,
                     fence,
                     expires,
+                    lock_delay,
                     acquired_micros: micros,
-                    claimed: false,
                     timer,
+                    scope: claim.scope,
+                    claimed: false,
                 };
-                match shard.entry(claim.object.clone()) {
-                    MapEntry::Occupied(mut slot) => {
-                        let slot = slot.get_mut();
-                        if let Some(t) = ticket {
-                            slot.leave(t);
-                        }
-                        slot.mode = claim.mode;
-                        slot.holders.push(holder);
-                    }
-                    MapEntry::Vacant(free) => {
-                        free.insert(Slot {
-                            mode: claim.mode,
-                            holders: vec![holder],
-                            queue: Vec::new(),
-                        });
-                    }
+                let slot = self.slot_for(&mut locked, &claim.object, claim.mode);
+                if let Some(t) = ticket {
+                    slot.leave(t);
+                }
+                slot.mode = claim.mode;
+                slot.holders.push(holder);
+                if claim.scope == LockScope::Subtree {
+                    self.root(&locked, &claim.object);
                 }
                 granted.push(Granted {
                     fence,
@@ -509,111 +664,167 @@ impl Inner {
                     .ticket
                     .unwrap_or_else(|| Ticket(self.last_ticket.fetch_add(1, Ordering::AcqRel) + 1));
                 let expires = now.saturating_add(nanos(queueing.keep_for));
-                for claim in attempt.claims {
-                    let entry = QueueEntry {
+                for claim in claims {
+                    let slot = self.slot_for(&mut locked, &claim.object, claim.mode);
+                    let lapsed = slot.drop_lapsed_entries(now);
+                    slot.enqueue(QueueEntry {
                         ticket,
                         mode: claim.mode,
+                        scope: claim.scope,
                         owner: attempt.owner.clone(),
                         expires,
-                    };
-                    let slot = locked
-                        .shard(&claim.object)
-                        .entry(claim.object.clone())
-                        .or_insert_with(|| Slot {
-                            mode: claim.mode,
-                            holders: Vec::new(),
-                            queue: Vec::new(),
-                        });
-                    slot.queue.retain(|e| e.expires > now);
-                    slot.enqueue(entry);
+                    });
+                    note(&mut wakes, &claim.object, lapsed);
+                    if claim.scope == LockScope::Subtree {
+                        self.root(&locked, &claim.object);
+                    }
                 }
                 ticket
             });
+            if ticket.is_none() {
+                blockers.clear();
+            }
             Attempted::Refused {
                 conflicts,
                 ticket,
-                blockers: Vec::new(),
+                blockers,
             }
         };
-        drop(locked);
-        for object in &freed {
-            self.waiters.wake(object);
+        for claim in claims {
+            let wake = wakes
+                .iter()
+                .find(|(object, _)| *object == claim.object)
+                .map_or(Wake::No, |(_, wake)| *wake);
+            self.settle(
+                locked.shard(claim.object.as_str()),
+                claim.object.as_str(),
+                wake,
+            );
         }
+        drop(locked);
+        self.wake(&wakes);
         Ok(outcome)
     }
 
+    /// The slot of `object` (whose shard is locked), created (and indexed) if it has none.
+    fn slot_for<'l>(
+        &self,
+        locked: &'l mut Locked<'_>,
+        object: &ObjectId,
+        mode: LockMode,
+    ) -> &'l mut Slot {
+        match locked.shard(object.as_str()).entry(Key(object.clone())) {
+            MapEntry::Occupied(slot) => slot.into_mut(),
+            MapEntry::Vacant(free) => {
+                self.index(object);
+                free.insert(Slot::new(mode))
+            }
+        }
+    }
+
+    /// Scans what is held, delayed or queued under a subtree claim's object, through the
+    /// ordered index (every shard is locked, so the range cannot change meanwhile). Stops early
+    /// once the claim is blocked unless blockers are wanted.
+    fn scan_under(
+        &self,
+        locked: &Locked<'_>,
+        claim: &Claim,
+        scan: &mut Scan<'_>,
+        draws_ticket: bool,
+        blockers: &mut Vec<Blocker>,
+    ) {
+        debug_assert!(locked.every_shard());
+        let (low, high) = path::subtree_range(claim.object.as_str());
+        let ordered = self.ordered.lock();
+        let range = ordered.range::<str, _>((
+            Bound::Included(low.as_str()),
+            Bound::Excluded(high.as_str()),
+        ));
+        for key in range {
+            if scan.blocked() && (!draws_ticket || blockers.len() >= lockcore::store::MAX_BLOCKERS)
+            {
+                break;
+            }
+            if let Some((_, slot)) = locked.slot(key.0.as_str()) {
+                scan.slot(
+                    &key.0,
+                    slot,
+                    Place::Covered,
+                    draws_ticket.then_some(&mut *blockers),
+                );
+            }
+        }
+    }
+
     /// Runs `operation` on the live holder each reference names, all under the locks of their
-    /// shards; removes slots left empty. Returns the verdicts and the objects to wake.
+    /// shards; removes slots left empty. Returns the verdicts; wakes what was freed.
     fn with_holders<T>(
         &self,
         holders: &[HolderRef],
-        mut operation: impl FnMut(&ObjectId, &mut Slot, usize, u64) -> (T, bool),
+        mut operation: impl FnMut(&ObjectId, &mut Slot, usize, u64) -> (T, Wake),
     ) -> Vec<Verdict<T>> {
         let mut locked = self.lock(holders.iter().map(|h| &h.object));
         let now = self.clock.now();
         let mut verdicts = Vec::with_capacity(holders.len());
-        let mut wake: SmallVec<[ObjectId; 2]> = SmallVec::new();
+        let mut wakes = Wakes::new();
         for holder in holders {
-            let shard = locked.shard(&holder.object);
-            let MapEntry::Occupied(mut occupied) = shard.entry(holder.object.clone()) else {
+            let object = holder.object.as_str();
+            let Some(slot) = locked.slot_mut(object) else {
                 verdicts.push(Verdict::NotHeld);
                 continue;
             };
-            let slot = occupied.get_mut();
-            let mut woke = self.drop_expired(&holder.object, slot, now);
+            let mut wake = self.tidy(&holder.object, slot, now);
             let verdict = match slot.find(holder, now) {
                 (Some(index), _) => {
-                    let (value, changed) = operation(&holder.object, slot, index, now);
-                    woke |= changed;
+                    let (value, freed) = operation(&holder.object, slot, index, now);
+                    wake = wake.max(freed);
                     Verdict::Done(value)
                 }
                 (None, true) => Verdict::Mismatch,
                 (None, false) => Verdict::NotHeld,
             };
-            if slot.is_empty() {
-                occupied.remove();
-            }
-            if woke {
-                wake.push(holder.object.clone());
-            }
+            self.settle(locked.shard(object), object, wake);
+            note(&mut wakes, &holder.object, wake);
             verdicts.push(verdict);
         }
         drop(locked);
-        for object in &wake {
-            self.waiters.wake(object);
-        }
+        self.wake(&wakes);
         verdicts
     }
 
-    /// Reclaims due leases, at most one batch. Returns when to look again, or `None` if a full
-    /// batch was handled and more may be due.
+    /// Reclaims due leases and ended lock-delays, at most one batch. Returns when to look
+    /// again, or `None` if a full batch was handled and more may be due.
     fn sweep_once(&self, due: &mut Vec<(TimerId, ObjectId)>) -> Option<Instant> {
         let now = self.clock.now();
         self.timers().pop_due(now, SWEEP_BATCH, due);
         let full = due.len() == SWEEP_BATCH;
         for (timer, object) in due.drain(..) {
-            let mut shard = self.shards[self.shard_of(&object)].lock();
-            let MapEntry::Occupied(mut occupied) = shard.entry(object.clone()) else {
+            let mut shard = self.shards[self.shard_of(object.as_str())].lock();
+            let Some(slot) = shard.get_mut(object.as_str()) else {
                 // The lock this timer belonged to is gone; its remover freed the timer.
                 continue;
             };
-            let slot = occupied.get_mut();
-            let Some(index) = slot.holders.iter().position(|h| h.timer == timer) else {
+            let wake = if let Some(index) = slot.holders.iter().position(|h| h.timer == timer) {
+                let holder = &slot.holders[index];
+                if holder.is_live(now) {
+                    // Renewed since the timer was set: wait for the new expiry.
+                    self.timers().reschedule(timer, holder.expires);
+                    continue;
+                }
+                self.expire_holder(&object, slot, index, now)
+            } else if let Some(delay) = slot.delays().iter().find(|d| d.timer == timer) {
+                if delay.until > now {
+                    self.timers().reschedule(timer, delay.until);
+                    continue;
+                }
+                let mut timers = self.timers();
+                slot.end_delays(now, |delay| timers.cancel(delay.timer))
+            } else {
                 continue;
             };
-            if slot.holders[index].is_live(now) {
-                // Renewed since the timer was set: wait for the new expiry.
-                self.timers().reschedule(timer, slot.holders[index].expires);
-                continue;
-            }
-            let holder = slot.holders.swap_remove(index);
-            self.timers().cancel(holder.timer);
-            self.ended(&object, slot.mode, &holder, true);
-            if slot.is_empty() {
-                occupied.remove();
-            }
+            self.settle(&mut shard, object.as_str(), wake);
             drop(shard);
-            self.waiters.wake(&object);
+            self.wake(&[(object, wake)]);
         }
         if full {
             return None;
@@ -624,25 +835,59 @@ impl Inner {
         Some(self.clock.instant(until))
     }
 
-    fn describe(
-        &self,
-        object: &ObjectId,
-        slot: &Slot,
-        now: u64,
-        wall: SystemTime,
-    ) -> Option<LockInfo> {
-        let holders = slot
-            .holders
-            .iter()
-            .filter(|h| h.is_live(now))
-            .map(|h| h.info(now, wall))
-            .collect();
-        LockInfo::from_holders(object.clone(), slot.mode, holders)
+    /// One page of `query`: objects with live holders under the prefix, after the cursor, in
+    /// id order, found through the ordered index (so the cost is that of the page, whatever is
+    /// held elsewhere).
+    fn list(&self, query: &ListQuery) -> LockPage {
+        let prefix = query.prefix.as_str();
+        let wanted = query.limit.saturating_add(1);
+        let mut cursor: Option<ObjectId> = None;
+        let mut locks: Vec<LockInfo> = Vec::with_capacity(wanted.min(64));
+        loop {
+            let lower = match (&cursor, query.after.as_deref()) {
+                (Some(last), _) => Bound::Excluded(last.as_str()),
+                (None, Some(after)) if after >= prefix => Bound::Excluded(after),
+                (None, _) => Bound::Included(prefix),
+            };
+            let batch: Vec<ObjectId> = {
+                let ordered = self.ordered.lock();
+                ordered
+                    .range::<str, _>((lower, Bound::Unbounded))
+                    .take_while(|key| key.0.as_str().starts_with(prefix))
+                    .take(wanted - locks.len())
+                    .map(|key| key.0.clone())
+                    .collect()
+            };
+            let exhausted = batch.len() < wanted - locks.len();
+            let now = self.clock.now();
+            let wall = SystemTime::now();
+            for object in &batch {
+                let shard = self.shards[self.shard_of(object.as_str())].lock();
+                if let Some(info) = shard
+                    .get(object.as_str())
+                    .and_then(|slot| slot.describe(object, now, wall))
+                {
+                    locks.push(info);
+                }
+            }
+            cursor = batch.last().cloned().or(cursor);
+            if exhausted || locks.len() >= wanted {
+                break;
+            }
+        }
+        let next = if locks.len() > query.limit {
+            locks.truncate(query.limit);
+            locks.last().map(|info| info.object.to_string())
+        } else {
+            None
+        };
+        LockPage { locks, next }
     }
 }
 
-/// The sweeper task: reclaims expired leases as their deadlines pass, with work proportional
-/// to what expires. It holds the store only weakly and ends once the store is dropped.
+/// The sweeper task: reclaims expired leases and ended lock-delays as their deadlines pass,
+/// with work proportional to what expires. It holds the store only weakly and ends once the
+/// store is dropped.
 async fn sweep_forever(inner: Weak<Inner>, wake: Arc<Notify>) {
     let mut due = Vec::new();
     loop {
@@ -672,6 +917,11 @@ impl LockStore for MemoryStore {
         self.inner.config.limits
     }
 
+    /// Subtree locks and lock-delays, both.
+    fn features(&self) -> StoreFeatures {
+        StoreFeatures::ALL
+    }
+
     /// `None`: an answer in the same process cannot be lost.
     fn reclaim_policy(&self) -> Option<ReclaimPolicy> {
         None
@@ -688,18 +938,18 @@ impl LockStore for MemoryStore {
     async fn leave_queue(&self, ticket: Ticket, objects: &[ObjectId]) -> LockResult<()> {
         let inner = &*self.inner;
         let mut locked = inner.lock(objects.iter());
+        let mut wakes = Wakes::new();
         for object in objects {
-            if let MapEntry::Occupied(mut slot) = locked.shard(object).entry(object.clone()) {
-                slot.get_mut().leave(ticket);
-                if slot.get().is_empty() {
-                    slot.remove();
-                }
+            let name = object.as_str();
+            if let Some(slot) = locked.slot_mut(name) {
+                // Wake even if the entry had lapsed: cheap, and never wrong.
+                let wake = slot.leave(ticket).max(Wake::Object);
+                inner.settle(locked.shard(name), name, wake);
+                note(&mut wakes, object, wake);
             }
         }
         drop(locked);
-        for object in objects {
-            inner.waiters.wake(object);
-        }
+        inner.wake(&wakes);
         Ok(())
     }
 
@@ -707,50 +957,48 @@ impl LockStore for MemoryStore {
         let inner = &*self.inner;
         let mut locked = inner.lock(claims.iter().map(|c| &c.object));
         let mut undo = Undo::Absent;
-        let mut freed = Vec::new();
+        let mut wakes = Wakes::new();
         for claim in claims {
-            let MapEntry::Occupied(mut occupied) =
-                locked.shard(&claim.object).entry(claim.object.clone())
-            else {
+            let name = claim.object.as_str();
+            let Some(slot) = locked.slot_mut(name) else {
                 continue;
             };
-            let slot = occupied.get_mut();
-            if let Some(index) = slot
+            let Some(index) = slot
                 .holders
                 .iter()
                 .position(|h| h.digest.ct_eq(&claim.digest))
-            {
-                if slot.holders[index].claimed {
-                    undo = Undo::Claimed;
-                    continue;
-                }
-                let holder = slot.holders.swap_remove(index);
-                inner.timers().cancel(holder.timer);
-                inner.ended(&claim.object, slot.mode, &holder, false);
-                undo = Undo::TookBack;
-                freed.push(claim.object.clone());
+            else {
+                continue;
+            };
+            if slot.holders[index].claimed {
+                undo = Undo::Claimed;
+                continue;
             }
-            if slot.is_empty() {
-                occupied.remove();
-            }
+            let holder = slot.holders.swap_remove(index);
+            inner.timers().cancel(holder.timer);
+            inner.ended(&claim.object, slot.mode, &holder, false);
+            undo = Undo::TookBack;
+            let wake = Wake::of(holder.scope);
+            inner.settle(locked.shard(name), name, wake);
+            note(&mut wakes, &claim.object, wake);
         }
         drop(locked);
-        for object in &freed {
-            inner.waiters.wake(object);
-        }
+        inner.wake(&wakes);
         Ok(undo)
     }
 
+    /// Removes each holder at once: a release leaves no lock-delay.
     async fn release(&self, holders: &[HolderRef]) -> LockResult<Vec<Verdict<()>>> {
         let inner = &*self.inner;
         Ok(inner.with_holders(holders, |object, slot, index, _| {
             let holder = slot.holders.swap_remove(index);
             inner.timers().cancel(holder.timer);
             inner.ended(object, slot.mode, &holder, false);
-            ((), true)
+            ((), Wake::of(holder.scope))
         }))
     }
 
+    /// Extends each holder's lease, keeping the lock-delay it was granted with.
     async fn renew(
         &self,
         holders: &[HolderRef],
@@ -767,7 +1015,7 @@ impl LockStore for MemoryStore {
                 wake_sweeper |= inner.timers().reschedule(holder.timer, expires);
             }
             holder.expires = expires;
-            (slot.state(index, now), false)
+            (slot.state(index, now), Wake::No)
         });
         inner.wake_sweeper(wake_sweeper);
         Ok(verdicts)
@@ -777,7 +1025,7 @@ impl LockStore for MemoryStore {
         let inner = &*self.inner;
         let mut verdicts = inner
             .with_holders(std::slice::from_ref(holder), |_, slot, index, now| {
-                (slot.state(index, now), false)
+                (slot.state(index, now), Wake::No)
             });
         verdicts
             .pop()
@@ -788,61 +1036,35 @@ impl LockStore for MemoryStore {
         let inner = &*self.inner;
         let mut verdicts =
             inner.with_holders(std::slice::from_ref(holder), |_, slot, index, now| {
-                let changed = slot.mode == LockMode::Exclusive;
+                let wake = if slot.mode == LockMode::Exclusive {
+                    Wake::of(slot.holders[index].scope)
+                } else {
+                    Wake::No
+                };
                 slot.mode = LockMode::Shared;
-                (slot.state(index, now), changed)
+                (slot.state(index, now), wake)
             });
         verdicts
             .pop()
             .ok_or_else(|| LockError::Internal("no downgrade verdict".into()))
     }
 
+    /// The holders of `object`; without holders, the lock-delay in force on it; without
+    /// either, its waiters. Each with the count of live queue entries on the object.
     async fn inspect(&self, object: &ObjectId) -> LockResult<Option<LockInfo>> {
         let inner = &*self.inner;
         let now = inner.clock.now();
         let wall = SystemTime::now();
-        let shard = inner.shards[inner.shard_of(object)].lock();
+        let shard = inner.shards[inner.shard_of(object.as_str())].lock();
         Ok(shard
-            .get(object)
-            .and_then(|slot| inner.describe(object, slot, now, wall)))
+            .get(object.as_str())
+            .and_then(|slot| slot.inspect(object, now, wall)))
     }
 
-    /// Walks every held lock once per page (`O(held)`), keeping only the page's worth of matches
-    /// sorted; fine for operators' listings, not meant for a hot path.
+    /// One page through the ordered index: its cost depends on the page, not on what is held
+    /// elsewhere.
     async fn list(&self, query: &ListQuery) -> LockResult<LockPage> {
-        let inner = &*self.inner;
-        let now = inner.clock.now();
-        let wall = SystemTime::now();
-        let after = query.after.as_deref();
-        let mut matches: Vec<LockInfo> = Vec::new();
-        for shard in inner.shards.iter() {
-            let shard = shard.lock();
-            matches.extend(
-                shard
-                    .iter()
-                    .filter(|(object, _)| {
-                        let name = object.as_str();
-                        name.starts_with(query.prefix.as_str())
-                            && after.is_none_or(|after| name > after)
-                    })
-                    .filter_map(|(object, slot)| inner.describe(object, slot, now, wall)),
-            );
-        }
-        let more = matches.len() > query.limit;
-        if more {
-            matches.select_nth_unstable_by(query.limit, |a, b| a.object.cmp(&b.object));
-            matches.truncate(query.limit);
-        }
-        matches.sort_unstable_by(|a, b| a.object.cmp(&b.object));
-        let next = if more {
-            matches.last().map(|info| info.object.to_string())
-        } else {
-            None
-        };
-        Ok(LockPage {
-            locks: matches,
-            next,
-        })
+        Ok(self.inner.list(query))
     }
 
     async fn health(&self) -> LockResult<()> {
@@ -850,7 +1072,8 @@ impl LockStore for MemoryStore {
     }
 
     /// Reports every release and expiry to `sink`, exactly once per lease: expiries as the
-    /// sweeper (or a request that finds a lease run out) reclaims them.
+    /// sweeper (or a request that finds a lease run out) reclaims them. A lease that expires
+    /// into a lock-delay is reported when it expires, not when the delay ends.
     fn report_lease_ends(&self, sink: LeaseEndSink) -> bool {
         self.inner.lease_ends.set(sink).is_ok()
     }
