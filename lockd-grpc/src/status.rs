@@ -200,6 +200,8 @@ pub const ARGUMENT_FIELDS: &[&str] = &[
     "limit",
     "prefix",
     "after",
+    // Events filters (`object`, `prefix` and `owner` are above).
+    "kind",
     "request_id",
     "mode",
     "objects",
@@ -504,6 +506,7 @@ mod tests {
     fn argument_fields_are_static_names() {
         assert_eq!(argument_field("ttl_ms"), Some("ttl"));
         assert_eq!(argument_field("objects"), Some("objects"));
+        assert_eq!(argument_field("kind"), Some("kind"));
         assert_eq!(argument_field("nonsense"), None);
     }
 }
