@@ -6,9 +6,13 @@
 //! request to the notice's arrival. It then releases, the waiter gets in and lets go. Prints
 //! p50, p99 and the maximum over the rounds; the target is a p99 under 50 ms on memory://.
 //!
-//! Against a lockd started in this process, on memory:// (the default):
+//! Against a lockd it starts itself on memory:// (the default): the `lockd` binary of the same
+//! target directory (or `$LOCKD_BIN`), run as `lockd serve --listen 127.0.0.1:0`, stopped at the
+//! end. This crate depends on lockd like an embedder, without the server, so build the binary
+//! first:
 //!
 //! ```sh
+//! cargo build --release -p lockd
 //! cargo run --release -p lockd-examples --example wanted_latency
 //! ```
 //!
@@ -18,11 +22,15 @@
 //! cargo run --release -p lockd-examples --example wanted_latency -- --url http://127.0.0.1:7070 --rounds 1000
 //! ```
 
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockcore::{LockError, LockService, ObjectId, OwnerId};
 use lockd_client::{ClientConfig, EventFilter, EventKind, EventSource, LockdClient};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 
 /// Rounds by default.
 const ROUNDS: usize = 500;
@@ -66,16 +74,52 @@ fn args() -> Result<Args, String> {
     Ok(parsed)
 }
 
-/// Starts lockd on memory:// in this process, on a free loopback port; returns its URL.
-async fn start_lockd() -> Result<String, String> {
-    let mut config = lockd::ServerConfig::default();
-    config.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
-    let server = lockd::Server::bind(config)
+/// The `lockd` binary: `$LOCKD_BIN`, or `lockd` in the target directory this example runs from
+/// (`target/release/examples/wanted_latency` -> `target/release/lockd`).
+fn lockd_binary() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("LOCKD_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let me = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let binary = me
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("lockd"))
+        .filter(|path| path.exists())
+        .ok_or_else(|| {
+            "no lockd binary beside this example: build it (cargo build --release -p lockd), set \
+             LOCKD_BIN, or pass --url"
+                .to_owned()
+        })?;
+    Ok(binary)
+}
+
+/// Starts `lockd serve` on memory:// on a free loopback port; returns the process (killed when
+/// dropped) and its URL.
+async fn start_lockd() -> Result<(Child, String), String> {
+    let binary = lockd_binary()?;
+    let mut child = Command::new(&binary)
+        .args(["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "off"])
+        .args(["--backend", "memory://", "--log", "warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    let stdout = child.stdout.take().ok_or("lockd's stdout is not piped")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines
+        .next_line()
         .await
-        .map_err(|e| e.to_string())?;
-    let url = server.url();
-    tokio::spawn(server.run_until(std::future::pending::<()>()));
-    Ok(url)
+        .map_err(|e| format!("cannot read lockd's stdout: {e}"))?
+        .ok_or("lockd exited before listening")?;
+    let url = first
+        .strip_prefix("lockd listening on ")
+        .ok_or_else(|| format!("unexpected first line from lockd: {first:?}"))?
+        .to_owned();
+    // Anything lockd prints later is read and dropped, so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, url))
 }
 
 /// The `q`-quantile of sorted `samples` (nearest rank).
@@ -85,9 +129,13 @@ fn quantile(samples: &[Duration], q: f64) -> Duration {
 }
 
 async fn run(args: Args) -> Result<bool, LockError> {
-    let url = match args.url {
-        Some(url) => url,
-        None => start_lockd().await.map_err(LockError::Internal)?,
+    // Kept until the end: dropping it stops the lockd this program started.
+    let (_started, url) = match args.url {
+        Some(url) => (None, url),
+        None => {
+            let (child, url) = start_lockd().await.map_err(LockError::Internal)?;
+            (Some(child), url)
+        }
     };
     let client = LockdClient::new(ClientConfig::from_url(&url))?;
     let holder_client = client.clone();
