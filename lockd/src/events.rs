@@ -2,7 +2,8 @@
 //! bounded ring, with a broadcast channel for live subscribers (`GET /v1/events/stream`, gRPC
 //! `Events`).
 //!
-//! `wanted` notices come from the lock service's wait reports ([`follow_waits`]): when a request
+//! `wanted` notices come from the lock service's wait reports
+//! ([`LockService::report_waits`], which the server subscribes to at start): when a request
 //! starts waiting, one notice per holder it waits behind, naming the holder (`owner`, `fence`,
 //! `object`), the waiter and the mode it asks for. The same reports feed the contention metrics.
 //!
@@ -182,7 +183,7 @@ impl EventLog {
     }
 
     /// Up to `limit` events above `after` that pass `filter`, oldest first, examining at most
-    /// [`MAX_SCAN`] events (see [`Scan`] for where to go on from).
+    /// 4096 events (see [`Scan`] for where to go on from).
     pub fn scan(&self, after: u64, limit: usize, filter: &EventFilter) -> Scan {
         let ring = self.ring();
         let start = ring.events.partition_point(|e| e.seq <= after);
