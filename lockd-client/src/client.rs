@@ -18,7 +18,7 @@ use lockd_wire::{
     ResultsBody, TokenRequest,
 };
 
-use crate::events::{Event, EventStream};
+use crate::events::{Event, EventFilter, EventStream};
 use crate::wire::{lock_error, parse_error};
 use crate::{ClientConfig, BACKEND};
 
@@ -234,6 +234,20 @@ impl LockdClient {
     /// Up to `limit` events with a sequence number above `after` (all retained ones for `None`),
     /// oldest first.
     pub async fn events(&self, after: Option<u64>, limit: usize) -> LockResult<Vec<Event>> {
+        self.events_with(after, limit, &EventFilter::default())
+            .await
+    }
+
+    /// Like [`LockdClient::events`], only the events that pass `filter` (sent as the query
+    /// parameters `object`, `prefix`, `owner`, `kind`). Fewer than `limit` events means none
+    /// that passes is left; the events keep the log's sequence numbers, so pass the last one's as
+    /// `after` for the next page.
+    pub async fn events_with(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> LockResult<Vec<Event>> {
         if limit == 0 || limit > MAX_EVENTS_LIMIT {
             return Err(LockError::invalid_argument(
                 "limit",
@@ -244,7 +258,7 @@ impl LockdClient {
             after,
             limit: Some(limit),
         };
-        let url = with_query(&self.endpoints.events, &params)?;
+        let url = with_filter(with_query(&self.endpoints.events, &params)?, filter);
         let response: EventsBody = self
             .call(Method::GET, url, None::<&()>, self.request_timeout, None)
             .await?
@@ -255,8 +269,20 @@ impl LockdClient {
     /// Follows lockd's live event stream, starting after sequence number `after` when given
     /// (sent as `?after=` and `Last-Event-ID`). The stream has no overall deadline.
     pub async fn event_stream(&self, after: Option<u64>) -> LockResult<EventStream> {
+        self.event_stream_with(after, &EventFilter::default()).await
+    }
+
+    /// Like [`LockdClient::event_stream`], only the events that pass `filter`: for example a
+    /// holder's own `wanted` notices,
+    /// `EventFilter::default().owner("node-7").kind(EventKind::Wanted)`. The events keep the
+    /// log's sequence numbers, so resuming after the last one seen misses none that passes.
+    pub async fn event_stream_with(
+        &self,
+        after: Option<u64>,
+        filter: &EventFilter,
+    ) -> LockResult<EventStream> {
         let params = EventParams { after, limit: None };
-        let url = with_query(&self.endpoints.events_stream, &params)?;
+        let url = with_filter(with_query(&self.endpoints.events_stream, &params)?, filter);
         let mut request = self.http.get(url);
         if let Some(after) = after {
             request = request.header("Last-Event-ID", after.to_string());
@@ -567,6 +593,15 @@ fn with_query<Q: Serialize>(endpoint: &Url, params: &Q) -> LockResult<Url> {
             .map(String::as_str),
     );
     Ok(url)
+}
+
+/// `url` with `filter`'s query parameters appended.
+fn with_filter(mut url: Url, filter: &EventFilter) -> Url {
+    let pairs = filter.query_pairs();
+    if !pairs.is_empty() {
+        url.query_pairs_mut().extend_pairs(pairs);
+    }
+    url
 }
 
 /// Checks and normalizes the base URL so that joining `v1/...` keeps any path prefix.

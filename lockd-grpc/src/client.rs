@@ -430,7 +430,21 @@ impl GrpcClient {
         &self,
         after: Option<u64>,
     ) -> LockResult<impl tokio_stream::Stream<Item = LockResult<pb::EventsResponse>>> {
-        let mut request = Request::new(pb::EventsRequest { after });
+        self.events_with(pb::EventsRequest {
+            after,
+            ..pb::EventsRequest::default()
+        })
+        .await
+    }
+
+    /// Follows lockd's events as `request` asks: after `request.after` when given, passing its
+    /// filters (`objects`, `prefixes`, `owners`, `kinds`). A filter the server refuses (an
+    /// unspecified kind) is [`LockError::InvalidArgument`].
+    pub async fn events_with(
+        &self,
+        request: pb::EventsRequest,
+    ) -> LockResult<impl tokio_stream::Stream<Item = LockResult<pb::EventsResponse>>> {
+        let mut request = Request::new(request);
         if let Some(value) = &self.authorization {
             request
                 .metadata_mut()

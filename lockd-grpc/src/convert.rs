@@ -94,8 +94,8 @@ pub fn system_time(timestamp: &prost_types::Timestamp) -> Option<SystemTime> {
 }
 
 /// The proto kind of an event kind named as lockd's event log and HTTP API name it (`grant`,
-/// `release`, `renew`, `downgrade`, `expiry`, `release_refused`); unspecified for any other
-/// name.
+/// `release`, `renew`, `downgrade`, `expiry`, `release_refused`, `wanted`); unspecified for any
+/// other name.
 pub fn event_kind(name: &str) -> pb::EventKind {
     match name {
         "grant" => pb::EventKind::Grant,
@@ -104,8 +104,39 @@ pub fn event_kind(name: &str) -> pb::EventKind {
         "downgrade" => pb::EventKind::Downgrade,
         "expiry" => pb::EventKind::Expiry,
         "release_refused" => pb::EventKind::ReleaseRefused,
+        "wanted" => pb::EventKind::Wanted,
         _ => pb::EventKind::Unspecified,
     }
+}
+
+/// The name lockd's HTTP API gives a proto event kind's raw value (the reverse of
+/// [`event_kind`]); `None` for unspecified and for values this version does not know.
+pub fn event_kind_name(raw: i32) -> Option<&'static str> {
+    match pb::EventKind::try_from(raw).ok()? {
+        pb::EventKind::Unspecified => None,
+        pb::EventKind::Grant => Some("grant"),
+        pb::EventKind::Release => Some("release"),
+        pb::EventKind::Renew => Some("renew"),
+        pb::EventKind::Downgrade => Some("downgrade"),
+        pb::EventKind::Expiry => Some("expiry"),
+        pb::EventKind::ReleaseRefused => Some("release_refused"),
+        pb::EventKind::Wanted => Some("wanted"),
+    }
+}
+
+/// The names of the kinds an `Events` request's `kinds` filter selects; an unspecified or
+/// unknown value is [`LockError::InvalidArgument`] on `kind`, as an unknown `kind=` is on HTTP.
+pub fn event_kinds_from_pb(raw: &[i32]) -> Result<Vec<&'static str>, LockError> {
+    raw.iter()
+        .map(|&value| {
+            event_kind_name(value).ok_or_else(|| {
+                LockError::invalid_argument(
+                    "kind",
+                    format!("{value} is not an event kind this server knows"),
+                )
+            })
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -683,7 +714,36 @@ mod tests {
     fn event_kinds_are_named_as_on_http() {
         assert_eq!(event_kind("release_refused"), pb::EventKind::ReleaseRefused);
         assert_eq!(event_kind("grant"), pb::EventKind::Grant);
+        assert_eq!(event_kind("wanted"), pb::EventKind::Wanted);
         assert_eq!(event_kind("exploded"), pb::EventKind::Unspecified);
+        for name in [
+            "grant",
+            "release",
+            "renew",
+            "downgrade",
+            "expiry",
+            "release_refused",
+            "wanted",
+        ] {
+            assert_eq!(event_kind_name(event_kind(name) as i32), Some(name));
+        }
+        assert_eq!(event_kind_name(pb::EventKind::Unspecified as i32), None);
+        assert_eq!(event_kind_name(99), None);
+    }
+
+    /// A request's kinds filter is refused on `kind` for unspecified or unknown values.
+    #[test]
+    fn requested_event_kinds_must_be_known() {
+        assert_eq!(
+            event_kinds_from_pb(&[pb::EventKind::Wanted as i32, pb::EventKind::Grant as i32]),
+            Ok(vec!["wanted", "grant"])
+        );
+        for refused in [pb::EventKind::Unspecified as i32, 42] {
+            assert!(matches!(
+                event_kinds_from_pb(&[refused]),
+                Err(LockError::InvalidArgument { field: "kind", .. })
+            ));
+        }
     }
 
     #[test]

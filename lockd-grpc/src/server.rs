@@ -120,11 +120,14 @@ pub trait Hooks: Send + Sync + 'static {
     /// A call was refused for a missing or unknown API key.
     fn unauthenticated(&self) {}
 
-    /// The events after `after` still retained, then live ones (`after: None`: live ones
-    /// only). `None` (the default): this server keeps no event log, and `Events` answers
-    /// `UNIMPLEMENTED`. The stream is ended when the server shuts down.
-    fn events(&self, after: Option<u64>) -> Option<LockResult<EventStream>> {
-        let _ = after;
+    /// The events `request` asks for: those after `request.after` still retained, then live
+    /// ones (`after` absent: live ones only), passing its filters (`objects`, `prefixes`,
+    /// `owners`, `kinds`: see the proto; [`convert::event_kinds_from_pb`] reads the kinds).
+    /// `None` (the default): this server keeps no event log, and `Events` answers
+    /// `UNIMPLEMENTED`. A refusal (a bad filter: `InvalidArgument`) is sent as the call's
+    /// status. The stream is ended when the server shuts down.
+    fn events(&self, request: &pb::EventsRequest) -> Option<LockResult<EventStream>> {
+        let _ = request;
         None
     }
 }
@@ -839,14 +842,13 @@ impl Locks for LocksHandler {
         &self,
         request: Request<pb::EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        let after = request.get_ref().after;
         let started = Instant::now();
         // Over a cap on streams: refused before the event log is touched, as on HTTP.
         let admission = match self.hooks.admit("events", false) {
             Ok(admission) => admission,
             Err(e) => return self.finish("events", started, Err(e.into())),
         };
-        let Some(opened) = self.hooks.events(after) else {
+        let Some(opened) = self.hooks.events(request.get_ref()) else {
             return Err(Status::unimplemented(
                 "this lockd server keeps no event log for gRPC",
             ));

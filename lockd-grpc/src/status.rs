@@ -203,6 +203,8 @@ pub const ARGUMENT_FIELDS: &[&str] = &[
     "limit",
     "prefix",
     "after",
+    // Events filters (`object`, `prefix` and `owner` are above).
+    "kind",
     "request_id",
     "mode",
     "objects",
@@ -516,6 +518,7 @@ mod tests {
         assert_eq!(argument_field("objects"), Some("objects"));
         assert_eq!(argument_field("scope"), Some("scope"));
         assert_eq!(argument_field("lock_delay_ms"), Some("lock_delay_ms"));
+        assert_eq!(argument_field("kind"), Some("kind"));
         assert_eq!(argument_field("nonsense"), None);
     }
 

@@ -854,8 +854,8 @@ impl Hooks for Recorder {
     fn unauthenticated(&self) {
         self.note("unauthenticated".into());
     }
-    fn events(&self, after: Option<u64>) -> Option<LockResult<EventStream>> {
-        self.note(format!("events {after:?}"));
+    fn events(&self, request: &pb::EventsRequest) -> Option<LockResult<EventStream>> {
+        self.note(format!("events {:?}", request.after));
         let receiver = self.events.lock().unwrap().take()?;
         Some(Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
             receiver,
@@ -946,7 +946,7 @@ async fn events_stream_from_the_hooks_until_shutdown() {
     let bare = support::start().await;
     let status = raw(&bare)
         .await
-        .events(pb::EventsRequest { after: None })
+        .events(pb::EventsRequest::default())
         .await
         .expect_err("no event log");
     assert_eq!(status.code(), Code::Unimplemented);

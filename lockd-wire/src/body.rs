@@ -10,8 +10,8 @@
 //! | `POST /v1/locks/validate` | [`TokenRequest`] | [`LockBody`] (no times, no holders) |
 //! | `POST /v1/locks/inspect` | [`InspectRequest`] | [`LockBody`] |
 //! | `GET /v1/locks` | [`ListParams`] (query) | [`ListBody`] |
-//! | `GET /v1/events` | [`EventParams`] (query) | [`EventsBody`] |
-//! | `GET /v1/events/stream` | [`EventParams`] (query) | server-sent [`Event`]s |
+//! | `GET /v1/events` | [`EventParams`] and [`EventFilter`](crate::EventFilter) (query) | [`EventsBody`] |
+//! | `GET /v1/events/stream` | [`EventParams`] and [`EventFilter`](crate::EventFilter) (query) | server-sent [`Event`]s |
 //!
 //! Names and tokens travel as plain strings: the server checks them with lockcore's parsers, so
 //! a bad one is refused naming the argument (`invalid_argument` with `field`), not as unreadable
@@ -416,7 +416,8 @@ pub struct ListParams {
     pub after: Option<String>,
 }
 
-/// The query of `GET /v1/events` and `GET /v1/events/stream`.
+/// The query of `GET /v1/events` and `GET /v1/events/stream`, beside the filter parameters
+/// ([`EventFilter`](crate::EventFilter): repeatable, so not part of this struct).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EventParams {

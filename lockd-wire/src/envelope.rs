@@ -166,6 +166,8 @@ pub const ARGUMENT_FIELDS: &[&str] = &[
     "limit",
     "prefix",
     "after",
+    // Event filters (`object`, `prefix` and `owner` are above).
+    "kind",
     "request_id",
     "mode",
     "objects",

@@ -3,6 +3,7 @@
 mod body;
 mod envelope;
 mod event;
+mod filter;
 mod time;
 
 pub use body::{
@@ -12,4 +13,5 @@ pub use body::{
 };
 pub use envelope::{argument_field, ConflictBody, ErrorBody, ErrorEnvelope, ARGUMENT_FIELDS};
 pub use event::{Event, EventKind};
+pub use filter::{EventFilter, MAX_FILTER_VALUES};
 pub use time::rfc3339;

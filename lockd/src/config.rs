@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How many events the event ring keeps.
     pub events_capacity: usize,
+    /// Path segments of an object that name its prefix in the contention metrics (`/vol/a/x/y`
+    /// counts under `/vol/a` at 2, the default); 1 to [`lockcore::MAX_OBJECT_DEPTH`].
+    pub metrics_prefix_depth: usize,
     /// Where `memory://` keeps its restart state; `None`: no restart protection.
     pub data_dir: Option<PathBuf>,
     /// Allows listening on a non-loopback address without API keys.
@@ -113,6 +116,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             events_capacity: DEFAULT_EVENTS_CAPACITY,
+            metrics_prefix_depth: crate::metrics::DEFAULT_METRICS_PREFIX_DEPTH,
             data_dir: None,
             insecure_no_auth: false,
             tls: None,
@@ -142,6 +146,7 @@ impl fmt::Debug for ServerConfig {
             .field("limits", &self.limits)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("events_capacity", &self.events_capacity)
+            .field("metrics_prefix_depth", &self.metrics_prefix_depth)
             .field("data_dir", &self.data_dir)
             .field("insecure_no_auth", &self.insecure_no_auth)
             .field("tls", &self.tls)
@@ -166,6 +171,7 @@ impl fmt::Debug for ServerConfig {
 /// max_wait = "5m"
 /// max_body_bytes = 65536
 /// events_capacity = 10000
+/// metrics_prefix_depth = 2
 /// data_dir = "/var/lib/lockd"
 /// insecure_no_auth = false
 /// tls_cert = "/etc/lockd/tls/cert.pem"
@@ -203,6 +209,8 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     /// `--events-capacity`.
     pub events_capacity: Option<usize>,
+    /// `--metrics-prefix-depth`.
+    pub metrics_prefix_depth: Option<usize>,
     /// `--data-dir`.
     pub data_dir: Option<PathBuf>,
     /// `--insecure-no-auth`.
@@ -296,6 +304,10 @@ pub struct ServeArgs {
     /// Events kept for GET /v1/events [default: 10000].
     #[arg(long, env = "LOCKD_EVENTS_CAPACITY", value_name = "N")]
     pub events_capacity: Option<usize>,
+    /// Path segments naming an object's prefix in the contention metrics: at 2, /vol/a/x/y
+    /// counts under /vol/a [default: 2].
+    #[arg(long, env = "LOCKD_METRICS_PREFIX_DEPTH", value_name = "N")]
+    pub metrics_prefix_depth: Option<usize>,
     /// Directory for memory://'s restart state (no restart protection without it).
     #[arg(long, env = "LOCKD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -536,6 +548,16 @@ impl ServeArgs {
             .unwrap_or(DEFAULT_EVENTS_CAPACITY);
         if server.events_capacity == 0 {
             return Err(ConfigError::new("events_capacity must be at least 1"));
+        }
+        server.metrics_prefix_depth = self
+            .metrics_prefix_depth
+            .or(file.metrics_prefix_depth)
+            .unwrap_or(crate::metrics::DEFAULT_METRICS_PREFIX_DEPTH);
+        if !(1..=lockcore::MAX_OBJECT_DEPTH).contains(&server.metrics_prefix_depth) {
+            return Err(ConfigError::new(format!(
+                "metrics_prefix_depth must be between 1 and {}",
+                lockcore::MAX_OBJECT_DEPTH
+            )));
         }
         server.data_dir = self.data_dir.clone().or(file.data_dir);
         server.insecure_no_auth = self.insecure_no_auth || file.insecure_no_auth.unwrap_or(false);
@@ -789,6 +811,46 @@ mod tests {
             },
         ] {
             assert!(args.resolve(None).is_err(), "{args:?}");
+        }
+    }
+
+    /// The metrics prefix depth comes from the file or the flag, 2 by default, within 1..=32.
+    #[test]
+    fn the_metrics_prefix_depth_is_configurable_within_the_object_depth() {
+        let defaults = ServeArgs::default().resolve(None).expect("valid").server;
+        assert_eq!(defaults.metrics_prefix_depth, 2);
+        let f = file("metrics_prefix_depth = 3\n");
+        let from_file = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            from_file
+                .resolve(None)
+                .expect("valid")
+                .server
+                .metrics_prefix_depth,
+            3
+        );
+        let flag = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            metrics_prefix_depth: Some(1),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            flag.resolve(None)
+                .expect("valid")
+                .server
+                .metrics_prefix_depth,
+            1
+        );
+        for refused in [0, lockcore::MAX_OBJECT_DEPTH + 1] {
+            let args = ServeArgs {
+                metrics_prefix_depth: Some(refused),
+                ..ServeArgs::default()
+            };
+            let err = args.resolve(None).expect_err("refused").to_string();
+            assert!(err.contains("metrics_prefix_depth"), "{err}");
         }
     }
 

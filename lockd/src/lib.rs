@@ -31,11 +31,13 @@ pub use config::{ConfigError, ServeArgs, ServerConfig};
 #[cfg(feature = "server")]
 pub use error::ApiError;
 #[cfg(feature = "server")]
-pub use events::{Event, EventKind};
+pub use events::{Event, EventFilter, EventKind};
 #[cfg(feature = "server")]
 pub use limits::{Caps, Limit, LimitExceeded};
 #[cfg(feature = "server")]
-pub use metrics::Metrics;
+pub use metrics::{
+    prefix_of, Metrics, DEFAULT_METRICS_PREFIX_DEPTH, MAX_METRIC_PREFIXES, OTHER_PREFIX,
+};
 #[cfg(feature = "server")]
 pub use server::{Server, ServerError};
 #[cfg(feature = "server")]

@@ -225,11 +225,19 @@ impl Server {
             }
             None => None,
         };
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_prefix_depth(config.metrics_prefix_depth));
         let events = Arc::new(EventLog::starting_now(config.events_capacity));
         let tracker = Arc::new(ExpiryTracker::new(events.clone(), metrics.clone()));
         if tracker.use_reports_of(service.as_ref()) {
             tracing::debug!("the backend reports releases and expiries: no lease is tracked here");
+        }
+        // `wanted` notices and the contention metrics come from the service's wait reports.
+        if !crate::events::follow_waits(service.as_ref(), events.clone(), metrics.clone()) {
+            tracing::warn!(
+                backend = service.backend(),
+                "the lock service does not report waits to this server (a remote service, or \
+                 one already serving another server): no `wanted` events, no contention metrics"
+            );
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let usage = Usage::new(config.caps, metrics.clone());
