@@ -7,8 +7,9 @@
 //!
 //! Each task locks its own object in a loop (acquire with a 30 s TTL, then release), so the
 //! numbers measure round trips, not contention. The raw loop sends what the store sends for an
-//! uncontended pair: a read transaction (the object's range and fence key) in parallel with a
-//! lease grant, the conditional write (holder and fence keys), and the release transaction;
+//! uncontended pair: a read transaction (the object's holder and waiter ranges, its fence key,
+//! and its three ancestors' subtree ranges) in parallel with a lease grant, the conditional
+//! write (guarded on the holder ranges; holder and fence keys), and the release transaction;
 //! the store adds its decisions, token minting and checking. Target: the service at 0.9× the
 //! raw loop or better.
 
@@ -80,44 +81,86 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// The raw loop: the store's transactions for one uncontended pair, without its decisions.
+/// The raw loop: the store's transactions for one uncontended pair, without its decisions,
+/// for an object three segments deep like the service's (`bench/<run>/svc/<task>`).
 async fn raw_pairs(client: Client, prefix: String, done: Done) -> Result<()> {
-    let range = format!("{prefix}/o/");
+    let holders = format!("{prefix}/o/");
+    let queue = format!("{prefix}/q/");
     let fence_key = format!("{prefix}/f");
     let holder = format!("{prefix}/o/h");
+    let marker = format!("{prefix}/o/d");
+    let subtree_holder = format!("{prefix}/o/t/h");
+    let subtree_marker = format!("{prefix}/o/t/d");
+    // Each ancestor's subtree-scoped holders and waiters.
+    let ancestors: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("{prefix}/a{i}/o/t/"), format!("{prefix}/a{i}/q/t/")))
+        .collect();
     let mut fence: u64 = 0;
     while !done() {
         let mut kv = client.kv_client();
         let mut lease = client.lease_client();
-        let read = Txn::new().and_then([
-            TxnOp::get(range.clone(), Some(GetOptions::new().with_prefix())),
+        let mut reads = vec![
+            TxnOp::get(holders.clone(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(queue.clone(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(fence_key.clone(), None),
-        ]);
-        let (read, granted) = tokio::join!(kv.txn(read), lease.grant(30, None));
+        ];
+        for (held, queued) in &ancestors {
+            reads.push(TxnOp::get(
+                held.clone(),
+                Some(GetOptions::new().with_prefix()),
+            ));
+            reads.push(TxnOp::get(
+                queued.clone(),
+                Some(GetOptions::new().with_prefix()),
+            ));
+        }
+        let (read, granted) =
+            tokio::join!(kv.txn(Txn::new().and_then(reads)), lease.grant(30, None));
         let revision = read?.header().map_or(0, |h| h.revision());
         let granted = granted?;
         fence += 1;
+        let guards: Vec<Compare> = std::iter::once(&holders)
+            .chain(ancestors.iter().map(|(held, _)| held))
+            .map(|range| {
+                Compare::create_revision(range.clone(), CompareOp::Less, revision + 1).with_prefix()
+            })
+            .collect();
         let write = Txn::new()
-            .when([
-                Compare::mod_revision(range.clone(), CompareOp::Less, revision + 1).with_prefix(),
-            ])
+            .when(guards)
             .and_then([TxnOp::txn(Txn::new().and_then([
                 TxnOp::put(
                     holder.clone(),
-                    "x 0 0 30000 bench",
+                    "x 0 0 30000 0 bench",
                     Some(PutOptions::new().with_lease(granted.id())),
                 ),
                 TxnOp::put(fence_key.clone(), fence.to_string(), None),
             ]))]);
         kv.txn(write).await?;
+        let count = |range: &str| {
+            TxnOp::get(
+                range.to_string(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+        };
+        let subtree = Txn::new()
+            .when([Compare::version(
+                subtree_holder.clone(),
+                CompareOp::Greater,
+                0,
+            )])
+            .and_then([
+                TxnOp::delete(subtree_holder.clone(), None),
+                TxnOp::delete(subtree_marker.clone(), None),
+            ])
+            .or_else([count(&holder), count(&subtree_holder)]);
         let release = Txn::new().and_then([TxnOp::txn(
             Txn::new()
                 .when([Compare::version(holder.clone(), CompareOp::Greater, 0)])
-                .and_then([TxnOp::delete(holder.clone(), None)])
-                .or_else([TxnOp::get(
-                    range.clone(),
-                    Some(GetOptions::new().with_prefix().with_count_only()),
-                )]),
+                .and_then([
+                    TxnOp::delete(holder.clone(), None),
+                    TxnOp::delete(marker.clone(), None),
+                ])
+                .or_else([TxnOp::txn(subtree)]),
         )]);
         kv.txn(release).await?;
     }

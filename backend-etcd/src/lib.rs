@@ -4,6 +4,7 @@ mod config;
 mod error;
 mod keys;
 mod service;
+mod view;
 mod watcher;
 
 pub use config::{EtcdConfig, DEFAULT_MIN_TTL};

@@ -1,6 +1,6 @@
 //! [`EtcdStore`]: the [`LockStore`] on etcd, and [`EtcdLockService`], the service on it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -11,17 +11,19 @@ use etcd_client::{
     TxnOp, TxnOpResponse, TxnResponse,
 };
 use lockcore::store::{
-    Attempt, Attempted, Claim, Granted, HolderRef, HolderState, Ticket, Verdict,
+    Attempt, Attempted, Claim, Granted, HolderRef, HolderState, StoreFeatures, Ticket, Verdict,
 };
 use lockcore::{
-    async_trait, Conflict, Fence, HolderInfo, Limits, ListQuery, LockError, LockInfo, LockMode,
-    LockPage, LockResult, LockStore, Locks, ObjectId, ReclaimPolicy, Undo, WaitQueue,
+    async_trait, Conflict, ConflictCause, Fence, HolderInfo, Limits, ListQuery, LockDelayInfo,
+    LockError, LockInfo, LockMode, LockPage, LockResult, LockScope, LockStore, Locks, ObjectId,
+    ReclaimPolicy, Undo, WaitQueue,
 };
 use tokio::task::JoinHandle;
 
 use crate::config::EtcdConfig;
 use crate::error::{self, malformed, BACKEND};
-use crate::keys::{prefix_end, HolderRecord, KeyLayout, Parsed, QueueRecord};
+use crate::keys::{prefix_end, HolderRecord, KeyLayout, Kind, QueueRecord};
+use crate::view::{bound_ranges, judge, Block, HolderKv, View};
 use crate::watcher::WakeWatch;
 
 /// The [`lockcore::LockService`] on etcd, built as
@@ -50,6 +52,17 @@ const QUEUE_LEASE_REUSE: Duration = Duration::from_secs(2);
 const TTL_QUERY_BATCH: usize = 64;
 /// Keys one `list` range read asks for at a time.
 const LIST_BATCH: i64 = 256;
+/// etcd's default limit on the operations of one transaction level (`--max-txn-ops`): a
+/// nested transaction gets what its parent's compares or operations leave of it.
+const MAX_TXN_OPS: usize = 128;
+/// Range reads per nested transaction when one decision reads more ranges than
+/// [`MAX_TXN_OPS`] (deep ids, many objects): up to 64 × 64 reads in one transaction.
+const READ_CHUNK: usize = 64;
+/// The most compares one grant makes: etcd's limit less room for the nested transaction of
+/// each object's writes (at most 4 operations, at most 64 objects).
+const COMPARE_BUDGET: usize = MAX_TXN_OPS - 8;
+/// One second: etcd leases, and so lock-delays, count whole seconds.
+const ONE_SECOND: Duration = Duration::from_secs(1);
 
 /// The [`LockStore`] keeping holders, fences and the waiter queue in etcd; see the crate docs
 /// for the key layout, the round trips and the guarantees.
@@ -84,34 +97,6 @@ impl Drop for EtcdStore {
     }
 }
 
-/// One holder key as read.
-#[derive(Debug, Clone)]
-struct HolderKv {
-    key: Vec<u8>,
-    digest: String,
-    fence: Fence,
-    record: HolderRecord,
-    mod_revision: i64,
-    lease: i64,
-}
-
-/// One queue key as read.
-#[derive(Debug, Clone)]
-struct EntryKv {
-    key: Vec<u8>,
-    record: QueueRecord,
-    create_revision: i64,
-    lease: i64,
-}
-
-/// Everything one object's range held when read.
-#[derive(Debug, Default)]
-struct ObjectState {
-    holders: Vec<HolderKv>,
-    queue: Vec<EntryKv>,
-    last_fence: Option<Fence>,
-}
-
 /// A lease granted for grants or renewals: it expires `ttl` after etcd granted it, on etcd's
 /// clock, which is after `sent`.
 #[derive(Debug, Clone, Copy)]
@@ -138,8 +123,27 @@ impl FreshLease {
     }
 }
 
-fn compatible(a: LockMode, b: LockMode) -> bool {
-    a == LockMode::Shared && b == LockMode::Shared
+/// The leases one grant puts its keys on: the holders' lease of the TTL, and for a grant with
+/// a lock-delay, the markers' lease of the TTL plus the delay (in whole seconds, rounded up).
+#[derive(Debug, Clone, Copy)]
+struct GrantLeases {
+    holders: FreshLease,
+    markers: Option<FreshLease>,
+}
+
+impl GrantLeases {
+    fn ids(&self) -> impl Iterator<Item = i64> {
+        std::iter::once(self.holders.id).chain(self.markers.map(|m| m.id))
+    }
+}
+
+/// The lock-delay etcd enforces for `delay`: whole seconds, rounded up (1 ms is 1 s).
+fn delay_seconds(delay: Duration) -> u64 {
+    delay
+        .as_millis()
+        .div_ceil(1000)
+        .try_into()
+        .unwrap_or(u64::MAX)
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -176,6 +180,72 @@ fn revision(response: &TxnResponse) -> LockResult<i64> {
         .header()
         .map(|h| h.revision())
         .ok_or_else(|| LockError::Internal("etcd: response without a header".into()))
+}
+
+/// A range read of every key starting with `prefix`.
+fn get_prefix(prefix: Vec<u8>) -> TxnOp {
+    TxnOp::get(prefix, Some(GetOptions::new().with_prefix()))
+}
+
+/// A count of the keys starting with `prefix`.
+fn count_prefix(prefix: Vec<u8>) -> TxnOp {
+    TxnOp::get(
+        prefix,
+        Some(GetOptions::new().with_prefix().with_count_only()),
+    )
+}
+
+/// The ranges one attempt reads, and which of them its grant guards.
+#[derive(Debug, Default)]
+struct ReadPlan {
+    ops: Vec<TxnOp>,
+    /// Per claim, the index in `ops` of its fence key read.
+    fence_at: Vec<usize>,
+    /// The holder and lock-delay ranges read (`[start, end)`): a grant fails if a key was
+    /// created in one of them since the read.
+    guards: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ReadPlan {
+    fn prefix(&mut self, prefix: Vec<u8>, guarded: bool) {
+        if guarded {
+            self.guards.push((prefix.clone(), prefix_end(&prefix)));
+        }
+        self.ops.push(get_prefix(prefix));
+    }
+
+    fn range(&mut self, (start, end): (Vec<u8>, Vec<u8>), guarded: bool) {
+        if guarded {
+            self.guards.push((start.clone(), end.clone()));
+        }
+        self.ops
+            .push(TxnOp::get(start, Some(GetOptions::new().with_range(end))));
+    }
+}
+
+/// What one holder's keys said, read by [`EtcdStore::find_holders`].
+#[derive(Debug)]
+enum Found {
+    /// The holder, as read, and how many holders its object had then (itself included).
+    Holder(HolderKv, i64),
+    /// No such holder: [`Verdict::NotHeld`] or [`Verdict::Mismatch`].
+    Absent(Verdict<()>),
+}
+
+fn absent_verdict<T>(verdict: &Verdict<()>) -> Verdict<T> {
+    match verdict {
+        Verdict::Mismatch => Verdict::Mismatch,
+        _ => Verdict::NotHeld,
+    }
+}
+
+/// One object's keys gathered for a description (inspect or list).
+#[derive(Debug)]
+struct Described {
+    object: ObjectId,
+    holders: Vec<HolderKv>,
+    markers: Vec<HolderKv>,
+    waiters: u32,
 }
 
 impl EtcdStore {
@@ -397,131 +467,230 @@ impl EtcdStore {
         Ok(out)
     }
 
-    /// Parses the keys of one object's range.
-    fn object_state(&self, kvs: &[KeyValue], fence: Option<&KeyValue>) -> LockResult<ObjectState> {
-        let mut state = ObjectState {
-            last_fence: fence.map(|kv| parse_fence(kv.value())).transpose()?,
-            ..ObjectState::default()
+    /// Runs range reads (and counts) in as few transactions as etcd's limits allow, in
+    /// parallel: the answers in order, and the revision of the earliest read. A guard on that
+    /// revision covers every read (a key created after any read was created after it).
+    async fn read_all(
+        &self,
+        operation: &'static str,
+        ops: Vec<TxnOp>,
+    ) -> LockResult<(Vec<GetResponse>, i64)> {
+        let count = ops.len();
+        let txns: Vec<Txn> = if count <= MAX_TXN_OPS {
+            vec![Txn::new().and_then(ops)]
+        } else {
+            // Nested transactions of READ_CHUNK reads, READ_CHUNK of them per transaction.
+            let mut chunks = Vec::new();
+            let mut ops = ops.into_iter().peekable();
+            while ops.peek().is_some() {
+                let chunk: Vec<TxnOp> = ops.by_ref().take(READ_CHUNK).collect();
+                chunks.push(TxnOp::txn(Txn::new().and_then(chunk)));
+            }
+            let mut chunks = chunks.into_iter().peekable();
+            let mut txns = Vec::new();
+            while chunks.peek().is_some() {
+                let group: Vec<TxnOp> = chunks.by_ref().take(READ_CHUNK).collect();
+                txns.push(Txn::new().and_then(group));
+            }
+            txns
         };
-        for kv in kvs {
-            match self.keys.parse(kv.key()) {
-                Some(Parsed::Holder { digest, fence, .. }) => {
-                    let record =
-                        HolderRecord::parse(kv.value()).ok_or_else(|| malformed("holder"))?;
-                    state.holders.push(HolderKv {
-                        key: kv.key().to_vec(),
-                        digest,
-                        fence,
-                        record,
-                        mod_revision: kv.mod_revision(),
-                        lease: kv.lease(),
-                    });
+        let responses =
+            futures_util::future::join_all(txns.into_iter().map(|txn| self.txn(operation, txn)))
+                .await;
+        let mut out = Vec::with_capacity(count);
+        let mut read_at = i64::MAX;
+        for response in responses {
+            let response = response?;
+            read_at = read_at.min(revision(&response)?);
+            for op in response.op_responses() {
+                match op {
+                    TxnOpResponse::Txn(nested) => {
+                        for op in nested.op_responses() {
+                            out.push(get_response(Some(op), "a read")?);
+                        }
+                    }
+                    other => out.push(get_response(Some(other), "a read")?),
                 }
-                Some(Parsed::Queue { .. }) => {
-                    let record =
-                        QueueRecord::parse(kv.value()).ok_or_else(|| malformed("queue entry"))?;
-                    state.queue.push(EntryKv {
-                        key: kv.key().to_vec(),
-                        record,
-                        create_revision: kv.create_revision(),
-                        lease: kv.lease(),
-                    });
-                }
-                None => return Err(malformed("key")),
             }
         }
-        Ok(state)
+        if out.len() != count {
+            return Err(malformed("read answer"));
+        }
+        Ok((out, read_at))
     }
 
-    /// Reads every claimed object's range and fence key in one transaction: the states, in
-    /// claim order, and the revision they were read at.
-    async fn read_objects(&self, objects: &[&ObjectId]) -> LockResult<(Vec<ObjectState>, i64)> {
-        let mut ops = Vec::with_capacity(objects.len() * 2);
-        for object in objects {
-            ops.push(TxnOp::get(
-                self.keys.object_prefix(object),
-                Some(GetOptions::new().with_prefix()),
-            ));
-            ops.push(TxnOp::get(self.keys.fence_key(object), None));
+    /// What a decision on `claims` reads: per claim, its own holders, lock-delays, queue and
+    /// fence, and under a subtree claim everything below it; per ancestor of any claim, its
+    /// subtree-scoped holders, lock-delays and queue entries. Nothing else.
+    fn plan_reads(&self, claims: &[Claim]) -> LockResult<ReadPlan> {
+        let mut plan = ReadPlan::default();
+        let mut ancestors = BTreeSet::new();
+        for claim in claims {
+            plan.prefix(self.keys.on_object(Kind::Holder, &claim.object), true);
+            plan.prefix(self.keys.on_object(Kind::Queue, &claim.object), false);
+            plan.fence_at.push(plan.ops.len());
+            plan.ops
+                .push(TxnOp::get(self.keys.fence_key(&claim.object), None));
+            if claim.scope == LockScope::Subtree {
+                plan.range(self.keys.under(Kind::Holder, &claim.object), true);
+                plan.range(self.keys.under(Kind::Queue, &claim.object), false);
+            }
+            ancestors.extend(lockcore::path::ancestors(claim.object.as_str()));
         }
-        let response = self.txn("read", Txn::new().and_then(ops)).await?;
-        let read_at = revision(&response)?;
-        let mut responses = response.op_responses().into_iter();
-        let mut states = Vec::with_capacity(objects.len());
-        for _ in objects {
-            let range = get_response(responses.next(), "an object read")?;
-            let fence = get_response(responses.next(), "a fence read")?;
-            states.push(self.object_state(range.kvs(), fence.kvs().first())?);
+        for ancestor in ancestors {
+            let ancestor = ObjectId::new(ancestor)
+                .map_err(|e| LockError::Internal(format!("etcd: ancestor {ancestor}: {e}")))?;
+            plan.prefix(self.keys.subtree_scoped_on(Kind::Holder, &ancestor), true);
+            plan.prefix(self.keys.subtree_scoped_on(Kind::Queue, &ancestor), false);
         }
-        Ok((states, read_at))
+        Ok(plan)
+    }
+
+    /// Grants the leases of one grant, in parallel: the holders' and, with a lock-delay, the
+    /// markers' (`seconds` plus the delay in whole seconds, rounded up).
+    async fn grant_leases(&self, seconds: i64, lock_delay: Duration) -> LockResult<GrantLeases> {
+        if lock_delay.is_zero() {
+            return Ok(GrantLeases {
+                holders: self.grant(seconds).await?,
+                markers: None,
+            });
+        }
+        let delay = i64::try_from(delay_seconds(lock_delay))
+            .map_err(|_| LockError::invalid_argument("lock_delay_ms", "too long"))?;
+        let (holders, markers) = tokio::join!(
+            self.grant(seconds),
+            self.grant(seconds.saturating_add(delay))
+        );
+        match (holders, markers) {
+            (Ok(holders), Ok(markers)) => Ok(GrantLeases {
+                holders,
+                markers: Some(markers),
+            }),
+            (Ok(unused), Err(e)) | (Err(e), Ok(unused)) => {
+                self.revoke_later(unused.id);
+                Err(e)
+            }
+            (Err(e), Err(_)) => Err(e),
+        }
+    }
+
+    /// The conflicts of a refusal, one per blocked claim. A lock-delay's time left costs one
+    /// lease query (all of them in parallel); holders and queue entries report upper bounds.
+    async fn conflicts(
+        &self,
+        claims: &[Claim],
+        blocks: &[(usize, Block<'_>)],
+    ) -> LockResult<Vec<Conflict>> {
+        let marker_leases: Vec<i64> = blocks
+            .iter()
+            .flat_map(|(_, block)| match block {
+                Block::Delayed(markers) => markers.iter().map(|m| m.lease).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let ttls = if marker_leases.is_empty() {
+            HashMap::new()
+        } else {
+            self.lease_ttls(&marker_leases).await?
+        };
+        let mut conflicts = Vec::with_capacity(blocks.len());
+        for (index, block) in blocks {
+            let object = claims
+                .get(*index)
+                .map(|c| c.object.clone())
+                .ok_or_else(|| LockError::Internal("etcd: conflict of no claim".into()))?;
+            conflicts.push(match block {
+                Block::Held(h) => Conflict {
+                    object,
+                    holder: h.record.owner.clone(),
+                    // An upper bound: the holder's TTL when granted. The watch wakes waiters
+                    // when it really goes.
+                    retry_after: Duration::from_millis(h.record.ttl_ms),
+                    cause: ConflictCause::Held,
+                },
+                Block::Delayed(markers) => {
+                    let left = |m: &HolderKv| ttls.get(&m.lease).copied().flatten();
+                    let last = markers
+                        .iter()
+                        .max_by_key(|m| left(m))
+                        .ok_or_else(|| LockError::Internal("etcd: empty lock-delay".into()))?;
+                    Conflict {
+                        object,
+                        holder: last.record.owner.clone(),
+                        // etcd reports whole seconds left, rounded down: one more is an upper
+                        // bound. The watch wakes waiters when etcd deletes the marker.
+                        retry_after: left(last).unwrap_or_default() + ONE_SECOND,
+                        cause: ConflictCause::LockDelay,
+                    }
+                }
+                Block::Queued(entry) => Conflict {
+                    object,
+                    holder: entry.record.owner.clone(),
+                    retry_after: Duration::from_secs(QUEUE_LEASE_TTL.unsigned_abs()),
+                    cause: ConflictCause::Queued,
+                },
+            });
+        }
+        Ok(conflicts)
     }
 
     /// One decision: a grant committed, a refusal, or a lost race (read again).
     async fn attempt_once(
         &self,
         attempt: &Attempt<'_>,
-        lease: &mut Option<FreshLease>,
+        leases: &mut Option<GrantLeases>,
         seconds: i64,
     ) -> LockResult<Option<Attempted>> {
-        let objects: Vec<&ObjectId> = attempt.claims.iter().map(|c| &c.object).collect();
+        let claims = attempt.claims;
+        let plan = self.plan_reads(claims)?;
         let retry_of_waiter = attempt.queueing.is_some_and(|q| q.ticket.is_some());
-        let (states, read_at) = if lease.is_none() && !retry_of_waiter {
-            // The lease a grant needs is granted while the objects are read: a grant then
+        let reads = plan.ops.clone();
+        let (responses, read_at) = if leases.is_none() && !retry_of_waiter {
+            // The leases a grant needs are granted while the objects are read: a grant then
             // costs the read and the conditional write, two round trips. A waiter's retry,
-            // usually refused again, reads first and asks for the lease only to grant.
-            let (read, granted) = tokio::join!(self.read_objects(&objects), self.grant(seconds));
-            *lease = Some(granted?);
+            // usually refused again, reads first and asks for leases only to grant.
+            let (read, granted) = tokio::join!(
+                self.read_all("read", reads),
+                self.grant_leases(seconds, attempt.lock_delay)
+            );
+            *leases = Some(granted?);
             read?
         } else {
-            self.read_objects(&objects).await?
+            self.read_all("read", reads).await?
         };
+        let fence_of: HashMap<usize, usize> = plan
+            .fence_at
+            .iter()
+            .enumerate()
+            .map(|(claim, &at)| (at, claim))
+            .collect();
+        let mut view = View::default();
+        let mut fences: Vec<Option<Fence>> = vec![None; claims.len()];
+        for (at, response) in responses.iter().enumerate() {
+            match fence_of.get(&at) {
+                Some(&claim) => {
+                    fences[claim] = response
+                        .kvs()
+                        .first()
+                        .map(|kv| parse_fence(kv.value()))
+                        .transpose()?;
+                }
+                None => view.absorb(&self.keys, response.kvs())?,
+            }
+        }
         let ticket = attempt
             .queueing
             .and_then(|q| q.ticket)
             .and_then(|t| i64::try_from(t.0).ok());
+        let own_queue_keys: Vec<Vec<u8>> = claims
+            .iter()
+            .map(|c| self.keys.queue_key(&c.object, c.scope, &c.digest))
+            .collect();
+        let drawing = attempt.queueing.is_some_and(|q| q.ticket.is_none());
+        let judged = judge(&view, claims, &own_queue_keys, ticket, drawing);
 
-        let mut conflicts = Vec::new();
-        let mut replays = Vec::with_capacity(states.len());
-        for (claim, state) in attempt.claims.iter().zip(&states) {
-            let digest = claim.digest.to_hex();
-            let replay = state.holders.iter().find(|h| h.digest == digest);
-            replays.push(replay);
-            if replay.is_some() {
-                continue;
-            }
-            let holder = state
-                .holders
-                .iter()
-                .filter(|h| !compatible(h.record.mode, claim.mode))
-                .max_by_key(|h| h.record.ttl_ms);
-            if let Some(h) = holder {
-                conflicts.push(Conflict {
-                    object: claim.object.clone(),
-                    holder: h.record.owner.clone(),
-                    // An upper bound: the holder's TTL when granted. The watch wakes waiters
-                    // when it really goes.
-                    retry_after: Duration::from_millis(h.record.ttl_ms),
-                    cause: lockcore::ConflictCause::Held,
-                });
-                continue;
-            }
-            let own_key = self.keys.queue_key(&claim.object, &claim.digest);
-            let waiter = state.queue.iter().find(|e| {
-                e.key != own_key
-                    && ticket.is_none_or(|t| e.create_revision < t)
-                    && !compatible(e.record.mode, claim.mode)
-            });
-            if let Some(e) = waiter {
-                conflicts.push(Conflict {
-                    object: claim.object.clone(),
-                    holder: e.record.owner.clone(),
-                    retry_after: Duration::from_secs(QUEUE_LEASE_TTL.unsigned_abs()),
-                    cause: lockcore::ConflictCause::Held,
-                });
-            }
-        }
-
-        if !conflicts.is_empty() {
+        if !judged.blocks.is_empty() {
+            let conflicts = self.conflicts(claims, &judged.blocks).await?;
             let Some(queueing) = attempt.queueing else {
                 return Ok(Some(Attempted::Refused {
                     conflicts,
@@ -532,12 +701,10 @@ impl EtcdStore {
             // A waiter whose entries are all in place on the current queue lease writes
             // nothing: woken waiters that are refused again cost one read each.
             if let (Some(t), Some(current)) = (ticket, self.fresh_queue_lease().await) {
-                let in_place = attempt.claims.iter().zip(&states).all(|(claim, state)| {
-                    let own_key = self.keys.queue_key(&claim.object, &claim.digest);
-                    state
-                        .queue
+                let in_place = own_queue_keys.iter().all(|key| {
+                    view.entries
                         .iter()
-                        .any(|e| e.key == own_key && e.create_revision == t && e.lease == current)
+                        .any(|e| &e.key == key && e.create_revision == t && e.lease == current)
                 });
                 if in_place {
                     return Ok(Some(Attempted::Refused {
@@ -550,12 +717,12 @@ impl EtcdStore {
             let queue_lease = self.queue_lease().await?;
             // Entering the queue needs no compare: the refusal was true at `read_at`, and
             // anything that frees the objects since then is a delete the watch reports.
-            let ops: Vec<TxnOp> = attempt
-                .claims
+            let ops: Vec<TxnOp> = claims
                 .iter()
-                .map(|claim| {
+                .zip(&own_queue_keys)
+                .map(|(claim, key)| {
                     TxnOp::put(
-                        self.keys.queue_key(&claim.object, &claim.digest),
+                        key.clone(),
                         QueueRecord {
                             mode: claim.mode,
                             owner: attempt.owner.clone(),
@@ -582,46 +749,37 @@ impl EtcdStore {
                 };
                 place = place.max(put.prev_key().map_or(written_at, KeyValue::create_revision));
             }
-            let ticket = u64::try_from(place).ok().map(Ticket);
             return Ok(Some(Attempted::Refused {
                 conflicts,
-                ticket,
-                blockers: Vec::new(),
+                ticket: u64::try_from(place).ok().map(Ticket),
+                blockers: judged.blockers,
             }));
         }
 
-        let fresh = match *lease {
+        let fresh = match *leases {
             Some(fresh) => fresh,
             None => {
-                let fresh = self.grant(seconds).await?;
-                *lease = Some(fresh);
+                let fresh = self.grant_leases(seconds, attempt.lock_delay).await?;
+                *leases = Some(fresh);
                 fresh
             }
         };
         let now_ms = unix_millis_now();
-        let mut compares = Vec::with_capacity(attempt.claims.len() * 2);
-        let mut ops = Vec::with_capacity(attempt.claims.len());
-        let mut granted = Vec::with_capacity(attempt.claims.len());
+        let mut key_compares = Vec::new();
+        let mut ops = Vec::with_capacity(claims.len());
+        let mut granted = Vec::with_capacity(claims.len());
         let mut replayed_leases = Vec::new();
-        for ((claim, state), replay) in attempt.claims.iter().zip(&states).zip(&replays) {
-            compares.push(
-                Compare::mod_revision(
-                    self.keys.object_prefix(&claim.object),
-                    CompareOp::Less,
-                    read_at + 1,
-                )
-                .with_prefix(),
-            );
-            let mut object_ops = Vec::with_capacity(3);
+        for (index, claim) in claims.iter().enumerate() {
+            let mut object_ops = Vec::with_capacity(4);
             // The request leaves the queue with the grant (its entry may also be left over
             // from an attempt whose answer was lost).
-            let own_key = self.keys.queue_key(&claim.object, &claim.digest);
-            if ticket.is_some() || state.queue.iter().any(|e| e.key == own_key) {
-                object_ops.push(TxnOp::delete(own_key, None));
+            let own_key = &own_queue_keys[index];
+            if ticket.is_some() || view.entries.iter().any(|e| &e.key == own_key) {
+                object_ops.push(TxnOp::delete(own_key.clone(), None));
             }
-            match replay {
+            match judged.replays[index] {
                 Some(held) => {
-                    compares.push(Compare::mod_revision(
+                    key_compares.push(Compare::mod_revision(
                         held.key.clone(),
                         CompareOp::Equal,
                         held.mod_revision,
@@ -646,11 +804,12 @@ impl EtcdStore {
                     });
                 }
                 None => {
-                    let last = state
+                    let last = view
                         .holders
                         .iter()
+                        .filter(|h| h.object == claim.object)
                         .map(|h| h.fence)
-                        .chain(state.last_fence)
+                        .chain(fences[index])
                         .max();
                     let fence = Fence::next_after(last, lockcore::wall_clock_micros());
                     let record = HolderRecord {
@@ -658,12 +817,22 @@ impl EtcdStore {
                         claimed: false,
                         acquired_ms: now_ms,
                         ttl_ms: millis(attempt.ttl),
+                        delay_ms: millis(attempt.lock_delay),
                         owner: attempt.owner.clone(),
                     };
+                    if let Some(markers) = fresh.markers {
+                        object_ops.push(TxnOp::put(
+                            self.keys
+                                .delay_key(&claim.object, claim.scope, &claim.digest, fence),
+                            record.encode(),
+                            Some(PutOptions::new().with_lease(markers.id)),
+                        ));
+                    }
                     object_ops.push(TxnOp::put(
-                        self.keys.holder_key(&claim.object, &claim.digest, fence),
+                        self.keys
+                            .holder_key(&claim.object, claim.scope, &claim.digest, fence),
                         record.encode(),
-                        Some(PutOptions::new().with_lease(fresh.id)),
+                        Some(PutOptions::new().with_lease(fresh.holders.id)),
                     ));
                     object_ops.push(TxnOp::put(
                         self.keys.fence_key(&claim.object),
@@ -684,6 +853,18 @@ impl EtcdStore {
                 ops.push(TxnOp::txn(Txn::new().and_then(object_ops)));
             }
         }
+        // The guard: no holder or lock-delay key was created, since the read, in any range
+        // the decision read. Deletions and rewrites of existing keys (renewals, downgrades,
+        // replays claiming their grant) never turn a grant into a conflict, so they may
+        // happen meanwhile; waiters joining queues need no guard either (see the crate docs).
+        let budget = COMPARE_BUDGET.saturating_sub(key_compares.len());
+        let mut compares: Vec<Compare> = bound_ranges(plan.guards, budget)
+            .into_iter()
+            .map(|(start, end)| {
+                Compare::create_revision(start, CompareOp::Less, read_at + 1).with_range(end)
+            })
+            .collect();
+        compares.extend(key_compares);
         let response = self
             .txn("acquire", Txn::new().when(compares).and_then(ops))
             .await?;
@@ -696,7 +877,7 @@ impl EtcdStore {
             self.lease_ttls(&replayed_leases).await?
         };
         let mut fresh_used = false;
-        for (g, replay) in granted.iter_mut().zip(&replays) {
+        for (g, replay) in granted.iter_mut().zip(&judged.replays) {
             g.ttl = match replay {
                 Some(held) => replay_ttls
                     .get(&held.lease)
@@ -706,71 +887,148 @@ impl EtcdStore {
                     .max(Duration::from_millis(1)),
                 None => {
                     fresh_used = true;
-                    fresh.left()
+                    fresh.holders.left()
                 }
             };
         }
         if !fresh_used {
-            self.revoke_later(fresh.id);
+            fresh.ids().for_each(|id| self.revoke_later(id));
         }
-        *lease = None;
+        *leases = None;
         Ok(Some(Attempted::Granted(granted)))
     }
 
-    /// The holders of each object (one range read each, in one transaction).
-    async fn describe(&self, objects: &[ObjectId]) -> LockResult<Vec<LockInfo>> {
-        let mut found = Vec::with_capacity(objects.len());
-        for chunk in objects.chunks(128) {
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .map(|o| {
-                    TxnOp::get(
-                        self.keys.holders_prefix(o),
-                        Some(GetOptions::new().with_prefix()),
-                    )
-                })
-                .collect();
-            let response = self.txn("describe", Txn::new().and_then(ops)).await?;
-            let mut responses = response.op_responses().into_iter();
-            for object in chunk {
-                let range = get_response(responses.next(), "a holders read")?;
-                let state = self.object_state(range.kvs(), None)?;
-                found.push((object.clone(), state.holders));
+    /// Finds each holder (in either scope) in one read: the holder, or how many others hold
+    /// its object.
+    async fn find_holders(&self, holders: &[HolderRef]) -> LockResult<Vec<Found>> {
+        let mut ops = Vec::with_capacity(holders.len() * 4);
+        for h in holders {
+            for scope in [LockScope::Object, LockScope::Subtree] {
+                ops.push(TxnOp::get(
+                    self.keys.holder_key(&h.object, scope, &h.digest, h.fence),
+                    None,
+                ));
+            }
+            for scope in [LockScope::Object, LockScope::Subtree] {
+                ops.push(count_prefix(self.keys.holders_in(&h.object, scope)));
             }
         }
-        self.infos(found).await
+        let (responses, _) = self.read_all("find holder", ops).await?;
+        let mut found = Vec::with_capacity(holders.len());
+        for answer in responses.chunks(4) {
+            let [object_key, subtree_key, object_count, subtree_count] = answer else {
+                return Err(malformed("holder read answer"));
+            };
+            let kv = object_key.kvs().first().or(subtree_key.kvs().first());
+            let holders = object_count.count() + subtree_count.count();
+            found.push(match kv {
+                Some(kv) => Found::Holder(crate::view::holder_kv(&self.keys, kv)?, holders),
+                None if holders > 0 => Found::Absent(Verdict::Mismatch),
+                None => Found::Absent(Verdict::NotHeld),
+            });
+        }
+        Ok(found)
     }
 
-    /// Lock descriptions from holder keys, with their leases' time left.
-    async fn infos(&self, found: Vec<(ObjectId, Vec<HolderKv>)>) -> LockResult<Vec<LockInfo>> {
+    /// The holders, lock-delays and waiter count of each object (a range read and a count
+    /// each, in one transaction).
+    async fn describe(&self, objects: &[ObjectId]) -> LockResult<Vec<Described>> {
+        let ops: Vec<TxnOp> = objects
+            .iter()
+            .flat_map(|o| {
+                [
+                    get_prefix(self.keys.on_object(Kind::Holder, o)),
+                    count_prefix(self.keys.on_object(Kind::Queue, o)),
+                ]
+            })
+            .collect();
+        let (responses, _) = self.read_all("describe", ops).await?;
+        let mut found = Vec::with_capacity(objects.len());
+        for (object, answer) in objects.iter().zip(responses.chunks(2)) {
+            let [held, queued] = answer else {
+                return Err(malformed("describe answer"));
+            };
+            let mut view = View::default();
+            view.absorb(&self.keys, held.kvs())?;
+            found.push(Described {
+                object: object.clone(),
+                holders: view.holders,
+                markers: view.markers,
+                waiters: u32::try_from(queued.count()).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(found)
+    }
+
+    /// Lock descriptions from holder and lock-delay keys, with their leases' time left. An
+    /// object without a live holder is described by its lock-delay in force when
+    /// `delayed_too` (inspect), and not at all otherwise (list): an object with only waiters
+    /// is free.
+    async fn infos(&self, found: Vec<Described>, delayed_too: bool) -> LockResult<Vec<LockInfo>> {
         let leases: Vec<i64> = found
             .iter()
-            .flat_map(|(_, holders)| holders.iter().map(|h| h.lease))
+            .flat_map(|d| d.holders.iter().chain(&d.markers).map(|h| h.lease))
             .collect();
         let ttls = self.lease_ttls(&leases).await?;
         let now = SystemTime::now();
         let mut out = Vec::with_capacity(found.len());
-        for (object, holders) in found {
+        for described in found {
             let mut mode = LockMode::Shared;
-            let mut infos = Vec::with_capacity(holders.len());
-            for h in holders {
+            let mut infos = Vec::with_capacity(described.holders.len());
+            let mut live = std::collections::HashSet::new();
+            for h in &described.holders {
                 let Some(Some(ttl)) = ttls.get(&h.lease).copied() else {
                     continue; // expired: etcd is about to delete it
                 };
                 if h.record.mode == LockMode::Exclusive {
                     mode = LockMode::Exclusive;
                 }
+                live.insert(h.identity());
                 infos.push(HolderInfo {
-                    owner: h.record.owner,
+                    owner: h.record.owner.clone(),
                     fence: h.fence,
                     acquired_at: UNIX_EPOCH + Duration::from_millis(h.record.acquired_ms),
                     expires_at: now + ttl,
                     ttl,
-                    scope: lockcore::LockScope::Object,
+                    scope: h.scope,
                 });
             }
-            if let Some(info) = LockInfo::from_holders(object, mode, infos) {
-                out.push(info);
+            // A marker whose holder is gone (or expired) is a lock-delay in force.
+            let delay = described
+                .markers
+                .iter()
+                .filter(|m| !live.contains(&m.identity()))
+                .filter_map(|m| Some((m, ttls.get(&m.lease).copied().flatten()?)))
+                .max_by_key(|(_, left)| *left)
+                .map(|(m, left)| {
+                    let delay = LockDelayInfo {
+                        owner: m.record.owner.clone(),
+                        fence: m.fence,
+                        mode: m.record.mode,
+                        scope: m.scope,
+                        until: now + left,
+                        remaining: left,
+                    };
+                    let enforced = Duration::from_secs(delay_seconds(Duration::from_millis(
+                        m.record.delay_ms,
+                    )));
+                    let expired_at = delay.until.checked_sub(enforced).unwrap_or(now);
+                    (delay, expired_at)
+                });
+            match LockInfo::from_holders(described.object.clone(), mode, infos) {
+                Some(info) => out.push(
+                    info.with_waiters(described.waiters)
+                        .with_delay(delay.map(|(d, _)| d)),
+                ),
+                None if delayed_too => {
+                    if let Some((delay, expired_at)) = delay {
+                        out.push(
+                            LockInfo::delayed(described.object, delay, expired_at)
+                                .with_waiters(described.waiters),
+                        );
+                    }
+                }
+                None => {}
             }
         }
         Ok(out)
@@ -810,15 +1068,13 @@ fn parse_fence(value: &[u8]) -> LockResult<Fence> {
         .ok_or_else(|| malformed("fence key"))
 }
 
-/// The verdict of one nested "holder exists?" transaction: done, or by the count of the
-/// object's holders, not held or held by others.
-fn verdict_of(nested: &TxnResponse) -> LockResult<Verdict<Vec<TxnOpResponse>>> {
-    let responses = nested.op_responses();
-    if nested.succeeded() {
-        return Ok(Verdict::Done(responses));
+/// The verdict of holder counts read where the holder was not found.
+fn counted_verdict<T>(counts: &[TxnOpResponse]) -> LockResult<Verdict<T>> {
+    let mut held = 0;
+    for count in counts {
+        held += get_response(Some(count.clone()), "a holder count")?.count();
     }
-    let count = get_response(responses.into_iter().next(), "a holder count")?.count();
-    Ok(if count > 0 {
+    Ok(if held > 0 {
         Verdict::Mismatch
     } else {
         Verdict::NotHeld
@@ -835,6 +1091,10 @@ impl LockStore for EtcdStore {
         self.limits
     }
 
+    fn features(&self) -> StoreFeatures {
+        StoreFeatures::ALL
+    }
+
     fn reclaim_policy(&self) -> Option<ReclaimPolicy> {
         Some(RECLAIM)
     }
@@ -845,30 +1105,28 @@ impl LockStore for EtcdStore {
 
     async fn try_acquire(&self, attempt: Attempt<'_>) -> LockResult<Attempted> {
         let seconds = self.lease_seconds(attempt.ttl)?;
-        let mut lease = None;
+        let mut leases = None;
         let mut outcome = None;
         for _ in 0..MAX_CONFLICT_RETRIES {
-            match self.attempt_once(&attempt, &mut lease, seconds).await {
+            match self.attempt_once(&attempt, &mut leases, seconds).await {
                 Ok(Some(done)) => {
                     outcome = Some(done);
                     break;
                 }
                 Ok(None) => continue,
                 Err(e) => {
-                    if let Some(unused) = lease.take() {
-                        self.revoke_later(unused.id);
+                    if let Some(unused) = leases.take() {
+                        unused.ids().for_each(|id| self.revoke_later(id));
                     }
                     return Err(e);
                 }
             }
         }
-        if let (Some(Attempted::Refused { .. }), Some(unused)) = (&outcome, lease.take()) {
-            self.revoke_later(unused.id);
+        if let Some(unused) = leases.take() {
+            // A refusal, or every try lost its race.
+            unused.ids().for_each(|id| self.revoke_later(id));
         }
         outcome.ok_or_else(|| {
-            if let Some(unused) = lease.take() {
-                self.revoke_later(unused.id);
-            }
             LockError::unavailable(
                 BACKEND,
                 format!("acquire: lost the race to other writers {MAX_CONFLICT_RETRIES} times"),
@@ -883,11 +1141,18 @@ impl LockStore for EtcdStore {
         let Ok(ticket) = i64::try_from(ticket.0) else {
             return Ok(());
         };
-        let refs: Vec<&ObjectId> = objects.iter().collect();
-        let (states, _) = self.read_objects(&refs).await?;
-        let ops: Vec<TxnOp> = states
+        let reads: Vec<TxnOp> = objects
             .iter()
-            .flat_map(|s| s.queue.iter())
+            .map(|o| get_prefix(self.keys.on_object(Kind::Queue, o)))
+            .collect();
+        let (responses, _) = self.read_all("leave queue", reads).await?;
+        let mut view = View::default();
+        for response in &responses {
+            view.absorb(&self.keys, response.kvs())?;
+        }
+        let ops: Vec<TxnOp> = view
+            .entries
+            .iter()
             .filter(|e| e.create_revision == ticket)
             .map(|e| TxnOp::delete(e.key.clone(), None))
             .collect();
@@ -902,21 +1167,21 @@ impl LockStore for EtcdStore {
             return Ok(Undo::Absent);
         }
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let ops: Vec<TxnOp> = claims
+            let reads: Vec<TxnOp> = claims
                 .iter()
                 .map(|c| {
-                    TxnOp::get(
-                        self.keys.holder_digest_prefix(&c.object, &c.digest),
-                        Some(GetOptions::new().with_prefix()),
+                    get_prefix(
+                        self.keys
+                            .holder_digest_prefix(&c.object, c.scope, &c.digest),
                     )
                 })
                 .collect();
-            let response = self.txn("abandon", Txn::new().and_then(ops)).await?;
-            let mut found = Vec::new();
-            for response in response.op_responses() {
-                let range = get_response(Some(response), "a holder read")?;
-                found.extend(self.object_state(range.kvs(), None)?.holders);
+            let (responses, _) = self.read_all("abandon", reads).await?;
+            let mut view = View::default();
+            for response in &responses {
+                view.absorb(&self.keys, response.kvs())?;
             }
+            let found = view.holders;
             if found.is_empty() {
                 return Ok(Undo::Absent);
             }
@@ -927,9 +1192,19 @@ impl LockStore for EtcdStore {
                 .iter()
                 .map(|h| Compare::mod_revision(h.key.clone(), CompareOp::Equal, h.mod_revision))
                 .collect();
+            // Taking a grant back is a release: its lock-delay goes with it.
             let deletes: Vec<TxnOp> = found
                 .iter()
-                .map(|h| TxnOp::delete(h.key.clone(), None))
+                .flat_map(|h| {
+                    [
+                        TxnOp::delete(h.key.clone(), None),
+                        TxnOp::delete(
+                            self.keys
+                                .delay_key_hex(&h.object, h.scope, &h.digest, h.fence),
+                            None,
+                        ),
+                    ]
+                })
                 .collect();
             let response = self
                 .txn("abandon", Txn::new().when(compares).and_then(deletes))
@@ -948,18 +1223,34 @@ impl LockStore for EtcdStore {
         if holders.is_empty() {
             return Ok(Vec::new());
         }
+        // Per holder: its object-scope key, else its subtree-scope key, deleted with its
+        // lock-delay marker (a release ends a lease with no delay); else the object's holder
+        // count. A holder that already expired keeps its lock-delay.
         let ops: Vec<TxnOp> = holders
             .iter()
             .map(|h| {
-                let key = self.keys.holder_key(&h.object, &h.digest, h.fence);
+                let delete = |scope| {
+                    let key = self.keys.holder_key(&h.object, scope, &h.digest, h.fence);
+                    let marker = self.keys.delay_key(&h.object, scope, &h.digest, h.fence);
+                    (
+                        Compare::version(key.clone(), CompareOp::Greater, 0),
+                        [TxnOp::delete(key, None), TxnOp::delete(marker, None)],
+                    )
+                };
+                let (object_held, object_deletes) = delete(LockScope::Object);
+                let (subtree_held, subtree_deletes) = delete(LockScope::Subtree);
+                let subtree = Txn::new()
+                    .when([subtree_held])
+                    .and_then(subtree_deletes)
+                    .or_else([
+                        count_prefix(self.keys.holders_in(&h.object, LockScope::Object)),
+                        count_prefix(self.keys.holders_in(&h.object, LockScope::Subtree)),
+                    ]);
                 TxnOp::txn(
                     Txn::new()
-                        .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
-                        .and_then([TxnOp::delete(key, None)])
-                        .or_else([TxnOp::get(
-                            self.keys.holders_prefix(&h.object),
-                            Some(GetOptions::new().with_prefix().with_count_only()),
-                        )]),
+                        .when([object_held])
+                        .and_then(object_deletes)
+                        .or_else([TxnOp::txn(subtree)]),
                 )
             })
             .collect();
@@ -971,11 +1262,15 @@ impl LockStore for EtcdStore {
         responses
             .into_iter()
             .map(|r| {
-                Ok(match verdict_of(&txn_response(Some(r), "a release")?)? {
-                    Verdict::Done(_) => Verdict::Done(()),
-                    Verdict::NotHeld => Verdict::NotHeld,
-                    Verdict::Mismatch => Verdict::Mismatch,
-                })
+                let object = txn_response(Some(r), "a release")?;
+                if object.succeeded() {
+                    return Ok(Verdict::Done(()));
+                }
+                let subtree = txn_response(object.op_responses().into_iter().next(), "a release")?;
+                if subtree.succeeded() {
+                    return Ok(Verdict::Done(()));
+                }
+                counted_verdict(&subtree.op_responses())
             })
             .collect()
     }
@@ -989,186 +1284,260 @@ impl LockStore for EtcdStore {
             return Ok(Vec::new());
         }
         let seconds = self.lease_seconds(ttl)?;
-        let fresh = self.grant(seconds).await?;
-        let ops: Vec<TxnOp> = holders
-            .iter()
-            .map(|h| {
-                let key = self.keys.holder_key(&h.object, &h.digest, h.fence);
-                TxnOp::txn(
-                    Txn::new()
-                        .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
-                        .and_then([
-                            // The holder as it was: its record and the lease it leaves.
-                            TxnOp::get(key.clone(), None),
-                            TxnOp::put(
-                                key,
-                                Vec::new(),
-                                Some(PutOptions::new().with_ignore_value().with_lease(fresh.id)),
-                            ),
-                        ])
-                        .or_else([TxnOp::get(
-                            self.keys.holders_prefix(&h.object),
-                            Some(GetOptions::new().with_prefix().with_count_only()),
-                        )]),
-                )
-            })
-            .collect();
-        let response = match self.txn("renew", Txn::new().and_then(ops)).await {
-            Ok(response) => response,
+        let (found, fresh) = tokio::join!(self.find_holders(holders), self.grant(seconds));
+        let fresh = fresh?;
+        let found = match found {
+            Ok(found) => found,
             Err(e) => {
                 self.revoke_later(fresh.id);
                 return Err(e);
             }
         };
-        let responses = response.op_responses();
-        if responses.len() != holders.len() {
-            return Err(malformed("renew answer"));
+        // Holders with a lock-delay keep it: their markers move to leases of the new TTL
+        // plus the delay, one per distinct delay (a third round trip, only for them).
+        let delays: BTreeSet<u64> = found
+            .iter()
+            .filter_map(|f| match f {
+                Found::Holder(h, _) => {
+                    Some(delay_seconds(Duration::from_millis(h.record.delay_ms)))
+                }
+                Found::Absent(_) => None,
+            })
+            .filter(|&d| d > 0)
+            .collect();
+        let granted = futures_util::future::join_all(delays.iter().map(|&delay| async move {
+            let total = seconds.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+            (delay, self.grant(total).await)
+        }))
+        .await;
+        let mut marker_leases: BTreeMap<u64, FreshLease> = BTreeMap::new();
+        let mut failed = None;
+        for (delay, lease) in granted {
+            match lease {
+                Ok(lease) => {
+                    marker_leases.insert(delay, lease);
+                }
+                Err(e) => failed = Some(e),
+            }
         }
+        if let Some(e) = failed {
+            self.revoke_later(fresh.id);
+            marker_leases
+                .values()
+                .for_each(|lease| self.revoke_later(lease.id));
+            return Err(e);
+        }
+        let mut ops = Vec::new();
+        for (h, found) in holders.iter().zip(&found) {
+            let Found::Holder(held, _) = found else {
+                continue;
+            };
+            let mut then = vec![
+                // The holder as it was: its record and the lease it leaves.
+                TxnOp::get(held.key.clone(), None),
+                TxnOp::put(
+                    held.key.clone(),
+                    Vec::new(),
+                    Some(PutOptions::new().with_ignore_value().with_lease(fresh.id)),
+                ),
+            ];
+            let delay = delay_seconds(Duration::from_millis(held.record.delay_ms));
+            if let Some(markers) = marker_leases.get(&delay) {
+                let marker = self
+                    .keys
+                    .delay_key(&h.object, held.scope, &h.digest, h.fence);
+                then.push(TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::version(marker.clone(), CompareOp::Greater, 0)])
+                        .and_then([
+                            TxnOp::get(marker.clone(), None),
+                            TxnOp::put(
+                                marker,
+                                Vec::new(),
+                                Some(PutOptions::new().with_ignore_value().with_lease(markers.id)),
+                            ),
+                        ]),
+                ));
+            }
+            ops.push(TxnOp::txn(
+                Txn::new()
+                    .when([Compare::version(held.key.clone(), CompareOp::Greater, 0)])
+                    .and_then(then)
+                    .or_else([
+                        count_prefix(self.keys.holders_in(&h.object, LockScope::Object)),
+                        count_prefix(self.keys.holders_in(&h.object, LockScope::Subtree)),
+                    ]),
+            ));
+        }
+        let response = if ops.is_empty() {
+            None
+        } else {
+            match self.txn("renew", Txn::new().and_then(ops)).await {
+                Ok(response) => Some(response),
+                Err(e) => {
+                    self.revoke_later(fresh.id);
+                    marker_leases
+                        .values()
+                        .for_each(|lease| self.revoke_later(lease.id));
+                    return Err(e);
+                }
+            }
+        };
+        let mut responses = response
+            .map(|r| r.op_responses())
+            .unwrap_or_default()
+            .into_iter();
         let left = fresh.reported();
         let mut left_behind = Vec::new();
-        let verdicts = responses
-            .into_iter()
-            .map(|r| {
-                Ok(match verdict_of(&txn_response(Some(r), "a renew")?)? {
-                    Verdict::Done(done) => {
-                        let get = get_response(done.into_iter().next(), "a renewed holder")?;
-                        let kv = get.kvs().first().ok_or_else(|| malformed("renew answer"))?;
+        let mut markers_used = BTreeSet::new();
+        let mut verdicts = Vec::with_capacity(holders.len());
+        for found in &found {
+            let held = match found {
+                Found::Holder(held, _) => held,
+                Found::Absent(verdict) => {
+                    verdicts.push(absent_verdict(verdict));
+                    continue;
+                }
+            };
+            let nested = txn_response(responses.next(), "a renew")?;
+            let mut answers = nested.op_responses().into_iter();
+            if !nested.succeeded() {
+                verdicts.push(counted_verdict(&answers.collect::<Vec<_>>())?);
+                continue;
+            }
+            let get = get_response(answers.next(), "a renewed holder")?;
+            let kv = get.kvs().first().ok_or_else(|| malformed("renew answer"))?;
+            left_behind.push(kv.lease());
+            let record = HolderRecord::parse(kv.value()).ok_or_else(|| malformed("holder"))?;
+            let _put = answers.next();
+            if let Some(marker) = answers.next() {
+                let marker = txn_response(Some(marker), "a renewed lock-delay")?;
+                if marker.succeeded() {
+                    let get = get_response(marker.op_responses().into_iter().next(), "a marker")?;
+                    if let Some(kv) = get.kvs().first() {
                         left_behind.push(kv.lease());
-                        let record =
-                            HolderRecord::parse(kv.value()).ok_or_else(|| malformed("holder"))?;
-                        Verdict::Done(HolderState {
-                            owner: record.owner,
-                            mode: record.mode,
-                            ttl: left,
-                        })
                     }
-                    Verdict::NotHeld => Verdict::NotHeld,
-                    Verdict::Mismatch => Verdict::Mismatch,
-                })
-            })
-            .collect::<LockResult<Vec<_>>>()?;
-        if left_behind.is_empty() {
+                    markers_used.insert(delay_seconds(Duration::from_millis(held.record.delay_ms)));
+                }
+            }
+            verdicts.push(Verdict::Done(HolderState {
+                owner: record.owner,
+                mode: record.mode,
+                ttl: left,
+            }));
+        }
+        if verdicts.iter().all(|v| !matches!(v, Verdict::Done(_))) {
             self.revoke_later(fresh.id);
+        }
+        for (delay, lease) in &marker_leases {
+            if !markers_used.contains(delay) {
+                self.revoke_later(lease.id);
+            }
         }
         self.revoke_if_empty_later(left_behind);
         Ok(verdicts)
     }
 
     async fn validate(&self, holder: &HolderRef) -> LockResult<Verdict<HolderState>> {
-        let key = self
-            .keys
-            .holder_key(&holder.object, &holder.digest, holder.fence);
-        let response = self
-            .txn(
-                "validate",
-                Txn::new().and_then([
-                    TxnOp::get(key, None),
-                    TxnOp::get(
-                        self.keys.holders_prefix(&holder.object),
-                        Some(GetOptions::new().with_prefix().with_count_only()),
-                    ),
-                ]),
-            )
-            .await?;
-        let mut responses = response.op_responses().into_iter();
-        let own = get_response(responses.next(), "a holder read")?;
-        let count = get_response(responses.next(), "a holder count")?.count();
-        let Some(kv) = own.kvs().first() else {
-            return Ok(if count > 0 {
-                Verdict::Mismatch
-            } else {
-                Verdict::NotHeld
-            });
+        let found = self
+            .find_holders(std::slice::from_ref(holder))
+            .await?
+            .pop()
+            .ok_or_else(|| malformed("validate answer"))?;
+        let (held, holders) = match found {
+            Found::Holder(held, holders) => (held, holders),
+            Found::Absent(verdict) => return Ok(absent_verdict(&verdict)),
         };
-        let record = HolderRecord::parse(kv.value()).ok_or_else(|| malformed("holder"))?;
-        let ttls = self.lease_ttls(&[kv.lease()]).await?;
-        match ttls.get(&kv.lease()).copied().flatten() {
+        let ttls = self.lease_ttls(&[held.lease]).await?;
+        match ttls.get(&held.lease).copied().flatten() {
             Some(ttl) => Ok(Verdict::Done(HolderState {
-                owner: record.owner,
-                mode: record.mode,
+                owner: held.record.owner,
+                mode: held.record.mode,
                 ttl: ttl.max(Duration::from_millis(1)),
             })),
             // Expired; etcd is about to delete it.
-            None if count > 1 => Ok(Verdict::Mismatch),
+            None if holders > 1 => Ok(Verdict::Mismatch),
             None => Ok(Verdict::NotHeld),
         }
     }
 
     async fn downgrade(&self, holder: &HolderRef) -> LockResult<Verdict<HolderState>> {
-        let key = self
-            .keys
-            .holder_key(&holder.object, &holder.digest, holder.fence);
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let response = self
-                .txn(
-                    "downgrade",
-                    Txn::new().and_then([
-                        TxnOp::get(key.clone(), None),
-                        TxnOp::get(
-                            self.keys.holders_prefix(&holder.object),
-                            Some(GetOptions::new().with_prefix().with_count_only()),
-                        ),
-                    ]),
-                )
-                .await?;
-            let mut responses = response.op_responses().into_iter();
-            let own = get_response(responses.next(), "a holder read")?;
-            let count = get_response(responses.next(), "a holder count")?.count();
-            let Some(kv) = own.kvs().first() else {
-                return Ok(if count > 0 {
-                    Verdict::Mismatch
-                } else {
-                    Verdict::NotHeld
-                });
+            let found = self
+                .find_holders(std::slice::from_ref(holder))
+                .await?
+                .pop()
+                .ok_or_else(|| malformed("downgrade answer"))?;
+            let held = match found {
+                Found::Holder(held, _) => held,
+                Found::Absent(verdict) => return Ok(absent_verdict(&verdict)),
             };
-            let record = HolderRecord::parse(kv.value()).ok_or_else(|| malformed("holder"))?;
             let write = async {
-                if record.mode == LockMode::Shared {
+                if held.record.mode == LockMode::Shared {
                     return Ok(true);
                 }
                 let shared = HolderRecord {
                     mode: LockMode::Shared,
-                    ..record.clone()
-                };
+                    ..held.record.clone()
+                }
+                .encode();
+                let marker =
+                    self.keys
+                        .delay_key(&holder.object, held.scope, &holder.digest, holder.fence);
                 let response = self
                     .txn(
                         "downgrade",
                         Txn::new()
                             .when([Compare::mod_revision(
-                                key.clone(),
+                                held.key.clone(),
                                 CompareOp::Equal,
-                                kv.mod_revision(),
+                                held.mod_revision,
                             )])
                             .and_then([
                                 TxnOp::put(
-                                    key.clone(),
-                                    shared.encode(),
+                                    held.key.clone(),
+                                    shared.clone(),
                                     Some(PutOptions::new().with_ignore_lease()),
+                                ),
+                                // Its lock-delay, if it has one, now delays exclusive claims
+                                // only.
+                                TxnOp::txn(
+                                    Txn::new()
+                                        .when([Compare::version(
+                                            marker.clone(),
+                                            CompareOp::Greater,
+                                            0,
+                                        )])
+                                        .and_then([TxnOp::put(
+                                            marker,
+                                            shared,
+                                            Some(PutOptions::new().with_ignore_lease()),
+                                        )]),
                                 ),
                                 // For the watch: the holder's key still exists (compared
                                 // above), so its lease does too.
                                 TxnOp::put(
                                     self.keys.wake_key(&holder.object),
-                                    Vec::new(),
-                                    Some(PutOptions::new().with_lease(kv.lease())),
+                                    KeyLayout::wake_value(held.scope),
+                                    Some(PutOptions::new().with_lease(held.lease)),
                                 ),
                             ]),
                     )
                     .await?;
                 Ok::<_, LockError>(response.succeeded())
             };
-            let lease = [kv.lease()];
+            let lease = [held.lease];
             let (written, ttls) = tokio::join!(write, self.lease_ttls(&lease));
             if !written? {
                 continue;
             }
             let ttl = ttls?
-                .get(&kv.lease())
+                .get(&held.lease)
                 .copied()
                 .flatten()
                 .unwrap_or_default();
             return Ok(Verdict::Done(HolderState {
-                owner: record.owner,
+                owner: held.record.owner,
                 mode: LockMode::Shared,
                 ttl: ttl.max(Duration::from_millis(1)),
             }));
@@ -1180,7 +1549,8 @@ impl LockStore for EtcdStore {
     }
 
     async fn inspect(&self, object: &ObjectId) -> LockResult<Option<LockInfo>> {
-        Ok(self.describe(std::slice::from_ref(object)).await?.pop())
+        let described = self.describe(std::slice::from_ref(object)).await?;
+        Ok(self.infos(described, true).await?.pop())
     }
 
     async fn list(&self, query: &ListQuery) -> LockResult<LockPage> {
@@ -1190,8 +1560,21 @@ impl LockStore for EtcdStore {
             None => start_prefix,
             Some(cursor) => self.keys.after_object(&parse_cursor(cursor)?),
         };
-        let mut page: Vec<(ObjectId, Vec<HolderKv>)> = Vec::new();
+        // The holder space is ordered by object: an object's holders and lock-delays come
+        // together, so the scan gathers one object at a time.
+        let mut page: Vec<Described> = Vec::new();
+        let mut current: Option<Described> = None;
         let mut more_objects = false;
+        let finish = |described: Option<Described>, page: &mut Vec<Described>| match described {
+            Some(d) if !d.holders.is_empty() => {
+                if page.len() == query.limit {
+                    return true;
+                }
+                page.push(d);
+                false
+            }
+            _ => false,
+        };
         'scan: loop {
             if start >= end {
                 break;
@@ -1204,22 +1587,30 @@ impl LockStore for EtcdStore {
                 .timed("list", kv.get(start.clone(), Some(options)))
                 .await?;
             for kv in response.kvs() {
-                let Some(Parsed::Holder { object, .. }) = self.keys.parse(kv.key()) else {
+                let Some(parsed) = self.keys.parse(kv.key()) else {
                     continue;
                 };
-                if !object.as_str().starts_with(query.prefix.as_str()) {
+                if !parsed.object.as_str().starts_with(query.prefix.as_str()) {
                     continue;
                 }
-                let is_new = page.last().is_none_or(|(last, _)| *last != object);
-                if is_new && page.len() == query.limit {
-                    more_objects = true;
-                    break 'scan;
+                if current.as_ref().is_none_or(|d| d.object != parsed.object) {
+                    if finish(current.take(), &mut page) {
+                        more_objects = true;
+                        break 'scan;
+                    }
+                    current = Some(Described {
+                        object: parsed.object.clone(),
+                        holders: Vec::new(),
+                        markers: Vec::new(),
+                        waiters: 0,
+                    });
                 }
-                let state = self.object_state(std::slice::from_ref(kv), None)?;
-                if is_new {
-                    page.push((object, state.holders));
-                } else if let Some((_, holders)) = page.last_mut() {
-                    holders.extend(state.holders);
+                let held = crate::view::holder_kv(&self.keys, kv)?;
+                if let Some(d) = current.as_mut() {
+                    match parsed.kind {
+                        Kind::Delay => d.markers.push(held),
+                        _ => d.holders.push(held),
+                    }
                 }
             }
             match response.kvs().last() {
@@ -1230,12 +1621,26 @@ impl LockStore for EtcdStore {
                 _ => break,
             }
         }
+        if !more_objects && finish(current.take(), &mut page) {
+            more_objects = true;
+        }
         let next = if more_objects {
-            page.last().map(|(object, _)| encode_cursor(object))
+            page.last().map(|d| encode_cursor(&d.object))
         } else {
             None
         };
-        let locks = self.infos(page).await?;
+        // Each listed object's waiters: one count per object, in one transaction.
+        let counts: Vec<TxnOp> = page
+            .iter()
+            .map(|d| count_prefix(self.keys.on_object(Kind::Queue, &d.object)))
+            .collect();
+        if !counts.is_empty() {
+            let (responses, _) = self.read_all("list waiters", counts).await?;
+            for (d, count) in page.iter_mut().zip(&responses) {
+                d.waiters = u32::try_from(count.count()).unwrap_or(u32::MAX);
+            }
+        }
+        let locks = self.infos(page, false).await?;
         Ok(LockPage { locks, next })
     }
 

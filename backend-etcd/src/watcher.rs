@@ -1,11 +1,13 @@
 //! The wake-up watch: one etcd watch per store on every object's keys, waking local waiters.
 //!
-//! etcd reports every deletion of a holder or queue key (a release, a take-back, a ticket
-//! leaving the queue, or etcd revoking an expired lease: expiries wake waiters too) and every
-//! put of a wake key (a downgrade), each as [`WaitQueue::wake`] for the key's object. Puts of
-//! holder and queue keys (grants, renewals, waiters queueing) are filtered out by etcd itself:
-//! they never free anything, and sending them would cost etcd and this process work on every
-//! grant. When the watch stream fails or etcd cancels it
+//! etcd reports every deletion of a holder, lock-delay or queue key (a release, a take-back, a
+//! ticket leaving the queue, or etcd revoking an expired lease: expiries and the ends of
+//! lock-delays wake waiters too) and every put of a wake key (a downgrade), each as
+//! [`WaitQueue::wake`] for the key's object, or [`WaitQueue::wake_subtree`] when the key was a
+//! subtree lock's or a subtree waiter's (the scope is part of the key; a wake key's value
+//! names it). Puts of holder and queue keys (grants, renewals, waiters queueing) are filtered
+//! out by etcd itself: they never free anything, and sending them would cost etcd and this
+//! process work on every grant. When the watch stream fails or etcd cancels it
 //! (compaction, a member going away), the task watches again with backoff and then calls
 //! [`WaitQueue::wake_all`], since changes made while it was away are not replayed.
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable as _};
 use etcd_client::{Client, EventType, WatchFilterType, WatchOptions, WatchStream, Watcher};
-use lockcore::{LockError, WaitQueue};
+use lockcore::{LockError, LockScope, WaitQueue};
 
 use crate::error;
 use crate::keys::KeyLayout;
@@ -39,8 +41,8 @@ impl std::fmt::Debug for WakeWatch {
 }
 
 impl WakeWatch {
-    /// Opens one watch stream with two watches: deletions of every object's keys, and puts of
-    /// wake keys.
+    /// Opens one watch stream with three watches: deletions of holder and lock-delay keys,
+    /// deletions of queue keys, and puts of wake keys.
     pub(crate) async fn open(&self) -> Result<(Watcher, WatchStream), LockError> {
         let mut client = self.client.watch_client();
         let deletions = WatchOptions::new()
@@ -51,7 +53,10 @@ impl WakeWatch {
             .with_filters([WatchFilterType::NoDelete]);
         let open = async {
             let (mut watcher, stream) = client
-                .watch(self.keys.objects_prefix(), Some(deletions))
+                .watch(self.keys.holders_space(), Some(deletions.clone()))
+                .await?;
+            watcher
+                .watch(self.keys.queues_space(), Some(deletions))
                 .await?;
             watcher.watch(self.keys.wakes_prefix(), Some(wakes)).await?;
             Ok::<_, etcd_client::Error>((watcher, stream))
@@ -117,12 +122,14 @@ impl WakeWatch {
             let Some(waits) = waits.upgrade() else { return };
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
-                let object = match event.event_type() {
-                    EventType::Delete => self.keys.parse(kv.key()).map(|p| p.object().clone()),
-                    EventType::Put => self.keys.object_of_wake_key(kv.key()),
+                let freed = match event.event_type() {
+                    EventType::Delete => self.keys.parse(kv.key()).map(|p| (p.object, p.scope)),
+                    EventType::Put => self.keys.parse_wake(kv.key(), kv.value()),
                 };
-                if let Some(object) = object {
-                    waits.wake(&object);
+                match freed {
+                    Some((object, LockScope::Subtree)) => waits.wake_subtree(&object),
+                    Some((object, LockScope::Object)) => waits.wake(&object),
+                    None => {}
                 }
             }
         }

@@ -164,10 +164,11 @@ fn same_sql_script(dir: &std::path::Path) -> PathBuf {
     // The backend's statements (src/sql.rs) with pgbench variables as their parameters. Each
     // client locks its own object, named by its client id ("0", "1", ...); the token digest is
     // a fixed 32-byte value; the fence returned by the acquire goes into the release.
-    let script = "SELECT r_granted, r_ticket, r_index, r_fence, r_mode, r_holder, \
+    let script = "SELECT r_kind, r_ticket, r_index, r_object, r_fence, r_mode, r_holder, \
                          r_remaining_us, r_replayed \
                   FROM lockd_acquire(:owner, ARRAY[:client_id::text], '{exclusive}', \
-                                     ARRAY[:digest::bytea], :ttl, false, NULL, 0) \\gset\n\
+                                     '{object}', ARRAY[:digest::bytea], :ttl, 0, false, NULL, \
+                                     0) \\gset\n\
                   SELECT r_index, r_status FROM lockd_release(ARRAY[:client_id::text], \
                                      ARRAY[:digest::bytea], ARRAY[:r_fence::bigint]);\n";
     let path = dir.join("lockd_same_sql.pgbench");

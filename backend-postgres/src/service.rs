@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockcore::store::{
-    Attempt, Attempted, Claim, Granted, HolderRef, HolderState, Ticket, Verdict,
+    Attempt, Attempted, Blocker, Claim, Granted, HolderRef, HolderState, StoreFeatures, Ticket,
+    Verdict,
 };
 use lockcore::{
-    async_trait, Conflict, Fence, HolderInfo, Limits, ListQuery, LockError, LockInfo, LockMode,
-    LockPage, LockResult, LockStore, Locks, ObjectId, OwnerId, ReclaimPolicy, Undo, WaitQueue,
+    async_trait, Conflict, ConflictCause, Fence, HolderInfo, Limits, ListQuery, LockDelayInfo,
+    LockError, LockInfo, LockMode, LockPage, LockResult, LockScope, LockStore, Locks, ObjectId,
+    OwnerId, ReclaimPolicy, Undo, WaitQueue,
 };
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::Row as _;
@@ -232,6 +234,13 @@ impl LockStore for PostgresStore {
         self.limits
     }
 
+    /// Subtree scopes and lock-delay, decided in SQL (migration 6): subtree conflicts are
+    /// found through index lookups of the ancestors and an index range under a subtree claim,
+    /// and serialised across transactions by advisory locks on the ids of the tree.
+    fn features(&self) -> StoreFeatures {
+        StoreFeatures::ALL
+    }
+
     fn reclaim_policy(&self) -> Option<ReclaimPolicy> {
         Some(reclaim_policy(self.statement_timeout))
     }
@@ -250,6 +259,7 @@ impl LockStore for PostgresStore {
         }
         let objects: Vec<&str> = claims.iter().map(|c| c.object.as_str()).collect();
         let modes: Vec<&str> = claims.iter().map(|c| c.mode.as_str()).collect();
+        let scopes: Vec<&str> = claims.iter().map(|c| c.scope.as_str()).collect();
         let digests: Vec<&[u8]> = claims.iter().map(|c| &c.digest.as_bytes()[..]).collect();
         let (queue, ticket, keep_for) = match attempt.queueing {
             Some(queueing) => (
@@ -265,8 +275,10 @@ impl LockStore for PostgresStore {
                     .bind(attempt.owner.as_str())
                     .bind(objects)
                     .bind(modes)
+                    .bind(scopes)
                     .bind(digests)
                     .bind(millis(attempt.ttl))
+                    .bind(micros(attempt.lock_delay))
                     .bind(queue)
                     .bind(ticket)
                     .bind(keep_for),
@@ -381,7 +393,7 @@ impl LockStore for PostgresStore {
             .iter()
             .map(HolderRow::from_row)
             .collect::<LockResult<Vec<_>>>()?;
-        Ok(lock_info(object.clone(), holders))
+        Ok(lock_info(object.clone(), holders, true))
     }
 
     async fn list(&self, query: &ListQuery) -> LockResult<LockPage> {
@@ -447,7 +459,7 @@ impl LockStore for PostgresStore {
     }
 }
 
-/// The rows of `lockd_acquire` as the store's answer.
+/// The rows of `lockd_acquire` as the store's answer (see [`sql::ACQUIRE`] for their shape).
 fn attempted(claims: &[Claim], rows: &[PgRow]) -> LockResult<Attempted> {
     let Some(first) = rows.first() else {
         return Err(LockError::Internal(
@@ -462,7 +474,7 @@ fn attempted(claims: &[Claim], rows: &[PgRow]) -> LockResult<Attempted> {
             .and_then(|i| claims.get(i))
             .ok_or_else(|| LockError::Internal(format!("postgres: claim index {index}")))
     };
-    if get::<bool>(first, 0)? {
+    if get::<String>(first, 0)? == "granted" {
         if rows.len() != claims.len() {
             return Err(LockError::Internal(format!(
                 "postgres: {} of {} claims granted",
@@ -474,10 +486,10 @@ fn attempted(claims: &[Claim], rows: &[PgRow]) -> LockResult<Attempted> {
             .iter()
             .map(|row| {
                 Ok(Granted {
-                    fence: fence_from(get(row, 3)?)?,
-                    mode: stored_mode(&get::<String>(row, 4)?)?,
-                    ttl: micros_to_duration(get(row, 6)?),
-                    replayed: get(row, 7)?,
+                    fence: fence_from(get(row, 4)?)?,
+                    mode: stored_mode(&get::<String>(row, 5)?)?,
+                    ttl: micros_to_duration(get(row, 7)?),
+                    replayed: get(row, 8)?,
                 })
             })
             .collect::<LockResult<Vec<_>>>()?;
@@ -490,21 +502,46 @@ fn attempted(claims: &[Claim], rows: &[PgRow]) -> LockResult<Attempted> {
                 .map_err(|_| LockError::Internal("a ticket is negative".into()))
         })
         .transpose()?;
-    let conflicts = rows
-        .iter()
-        .map(|row| {
-            Ok(Conflict {
-                object: claim_of(row)?.object.clone(),
-                holder: stored_owner(&get::<String>(row, 5)?)?,
-                retry_after: micros_to_duration(get(row, 6)?),
-                cause: lockcore::ConflictCause::Held,
-            })
-        })
-        .collect::<LockResult<Vec<_>>>()?;
+    let mut conflicts = Vec::new();
+    let mut blockers = Vec::new();
+    for row in rows {
+        let kind: String = get(row, 0)?;
+        let cause = match kind.as_str() {
+            "held" => ConflictCause::Held,
+            "queued" => ConflictCause::Queued,
+            "lock_delay" => ConflictCause::LockDelay,
+            "blocker" => {
+                claim_of(row)?;
+                blockers.push(Blocker {
+                    object: stored_object(&get::<String>(row, 3)?)?,
+                    owner: stored_owner(&get::<String>(row, 6)?)?,
+                    fence: fence_from(get(row, 4)?)?,
+                    wanted: stored_mode(&get::<String>(row, 5)?)?,
+                });
+                continue;
+            }
+            other => {
+                return Err(LockError::Internal(format!(
+                    "postgres: lockd_acquire answered {other:?} in a refusal"
+                )))
+            }
+        };
+        conflicts.push(Conflict {
+            object: claim_of(row)?.object.clone(),
+            holder: stored_owner(&get::<String>(row, 6)?)?,
+            retry_after: micros_to_duration(get(row, 7)?),
+            cause,
+        });
+    }
+    if conflicts.is_empty() {
+        return Err(LockError::Internal(
+            "postgres: lockd_acquire refused without a conflict".into(),
+        ));
+    }
     Ok(Attempted::Refused {
         conflicts,
         ticket,
-        blockers: Vec::new(),
+        blockers,
     })
 }
 
@@ -555,11 +592,17 @@ fn holder_state(owner: String, mode: String, remaining_us: i64) -> LockResult<Ho
     })
 }
 
-/// A live holder row as [`sql::INSPECT`] and the list statements return it.
+/// A holder row as [`sql::INSPECT`] and the list statements return it: a live holder, or an
+/// expired one whose lock-delay is in force.
 struct HolderRow {
     object: String,
     mode: LockMode,
     info: HolderInfo,
+    live: bool,
+    /// When its lock-delay ends (its expiry if it has none).
+    delay_until: SystemTime,
+    /// Live queue entries of its object.
+    waiters: u32,
 }
 
 impl HolderRow {
@@ -572,30 +615,70 @@ impl HolderRow {
                 acquired_at: micros_to_time(get(row, 3)?),
                 expires_at: micros_to_time(get(row, 4)?),
                 ttl: micros_to_duration(get(row, 5)?),
-                scope: lockcore::LockScope::Object,
+                scope: stored_scope(&get::<String>(row, 7)?)?,
             },
             object: get(row, 6)?,
+            live: get(row, 8)?,
+            delay_until: micros_to_time(get(row, 9)?),
+            waiters: u32::try_from(get::<i64>(row, 10)?).unwrap_or(u32::MAX),
         })
+    }
+
+    /// The lock-delay of this expired holder (`info.ttl` holds the time left on it).
+    fn delay(&self) -> LockDelayInfo {
+        LockDelayInfo {
+            owner: self.info.owner.clone(),
+            fence: self.info.fence,
+            mode: self.mode,
+            scope: self.info.scope,
+            until: self.delay_until,
+            remaining: self.info.ttl,
+        }
     }
 }
 
-/// The lock of one object's holders: exclusive if any holder is.
-fn lock_info(object: ObjectId, holders: Vec<HolderRow>) -> Option<LockInfo> {
-    let mode = if holders.iter().any(|h| h.mode == LockMode::Exclusive) {
+/// The lock of one object from its holder rows: its live holders (exclusive if any is), the
+/// lock-delay in force that ends last, and its waiters. Without live holders, the delay alone
+/// when `delay_alone` (inspect), else nothing (list shows held objects only).
+fn lock_info(object: ObjectId, rows: Vec<HolderRow>, delay_alone: bool) -> Option<LockInfo> {
+    let waiters = rows.first().map_or(0, |row| row.waiters);
+    let delayed = rows
+        .iter()
+        .filter(|row| !row.live)
+        .max_by_key(|row| row.delay_until)
+        .map(|row| (row.delay(), row.info.expires_at));
+    let mode = if rows
+        .iter()
+        .any(|row| row.live && row.mode == LockMode::Exclusive)
+    {
         LockMode::Exclusive
     } else {
         LockMode::Shared
     };
-    LockInfo::from_holders(object, mode, holders.into_iter().map(|h| h.info).collect())
+    let holders: Vec<HolderInfo> = rows
+        .into_iter()
+        .filter(|row| row.live)
+        .map(|row| row.info)
+        .collect();
+    let info = match (
+        LockInfo::from_holders(object.clone(), mode, holders),
+        delayed,
+    ) {
+        (Some(info), delayed) => info.with_delay(delayed.map(|(delay, _)| delay)),
+        (None, Some((delay, expired_at))) if delay_alone => {
+            LockInfo::delayed(object, delay, expired_at)
+        }
+        (None, _) => return None,
+    };
+    Some(info.with_waiters(waiters))
 }
 
 fn group_info(group: Vec<HolderRow>) -> LockResult<Option<LockInfo>> {
     let Some(first) = group.first() else {
         return Ok(None);
     };
-    let object = ObjectId::new(&first.object)
-        .map_err(|_| LockError::Internal("a stored object id is invalid".into()))?;
-    Ok(lock_info(object, group))
+    let object = stored_object(&first.object)?;
+    Ok(lock_info(object, group, false))
 }
 
 /// Runs `future` under lockd's own deadline, so an unreachable server cannot hang a caller.
@@ -618,6 +701,13 @@ fn connect_options(config: &PostgresConfig) -> LockResult<PgConnectOptions> {
         (
             "statement_timeout",
             config.statement_timeout.as_millis().to_string(),
+        ),
+        // The tree keys of migration 6 rely on each statement seeing what was committed before
+        // it (READ COMMITTED), whatever the database's default; lockd_lock_tree checks it.
+        // (A space in an option value is escaped with a backslash.)
+        (
+            "default_transaction_isolation",
+            "read\\ committed".to_owned(),
         ),
     ]))
 }
@@ -671,6 +761,16 @@ fn stored_mode(mode: &str) -> LockResult<LockMode> {
         .map_err(|_| LockError::Internal(format!("a stored mode is invalid: {mode:?}")))
 }
 
+fn stored_scope(scope: &str) -> LockResult<LockScope> {
+    scope
+        .parse()
+        .map_err(|_| LockError::Internal(format!("a stored scope is invalid: {scope:?}")))
+}
+
+fn stored_object(object: &str) -> LockResult<ObjectId> {
+    ObjectId::new(object).map_err(|_| LockError::Internal("a stored object id is invalid".into()))
+}
+
 /// A ticket as a bigint (tickets come from a PostgreSQL sequence, so they always fit).
 fn ticket_param(ticket: Ticket) -> LockResult<i64> {
     i64::try_from(ticket.0).map_err(|_| LockError::invalid_argument("ticket", "is not one of ours"))
@@ -693,6 +793,10 @@ fn fence_param(fence: Fence) -> i64 {
 
 fn millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
 fn micros_to_duration(micros: i64) -> Duration {

@@ -49,11 +49,13 @@ pub(crate) async fn listen(
 ) {
     loop {
         match listener.try_recv().await {
-            Ok(Some(notification)) => {
-                if let Ok(object) = ObjectId::new(notification.payload()) {
-                    waits.wake(&object);
+            Ok(Some(notification)) => match announcement(notification.payload()) {
+                Some(Freed::Object(object)) => waits.wake(&object),
+                Some(Freed::Subtree(object)) => waits.wake_subtree(&object),
+                None => {
+                    tracing::debug!(target: "lockd::postgres", payload = notification.payload(), "ignored a NOTIFY payload")
                 }
-            }
+            },
             // The connection was lost and (eager reconnect) re-established.
             Ok(None) => {
                 tracing::warn!(target: "lockd::postgres", "LISTEN connection lost; reconnected");
@@ -82,6 +84,28 @@ pub(crate) async fn listen(
                 waits.wake_all();
             }
         }
+    }
+}
+
+/// What a NOTIFY on the release channel announces.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Freed {
+    /// A holder or queue entry of this object went away or became shared:
+    /// [`WaitQueue::wake`].
+    Object(ObjectId),
+    /// A subtree holder or subtree queue entry on this object did:
+    /// [`WaitQueue::wake_subtree`].
+    Subtree(ObjectId),
+}
+
+/// Reads a payload of `lockd_wake` (migration 6): the object, followed by `"\tsubtree"` for a
+/// subtree holder or entry. Object ids hold no control characters, so the tab cannot be part
+/// of one. `None` for anything else.
+pub(crate) fn announcement(payload: &str) -> Option<Freed> {
+    match payload.split_once('\t') {
+        None => ObjectId::new(payload).ok().map(Freed::Object),
+        Some((object, "subtree")) => ObjectId::new(object).ok().map(Freed::Subtree),
+        Some(_) => None,
     }
 }
 
@@ -127,4 +151,25 @@ pub(crate) async fn reap_once(conns: &Connections, older_than: Duration) -> Lock
         .map_err(from_sqlx)?;
     conn.keep();
     Ok(u64::try_from(deleted).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ObjectId {
+        ObjectId::new(s).expect("valid")
+    }
+
+    #[test]
+    fn announcements_name_an_object_or_a_subtree() {
+        assert_eq!(announcement("/vol/a"), Some(Freed::Object(id("/vol/a"))));
+        assert_eq!(
+            announcement("/vol/a\tsubtree"),
+            Some(Freed::Subtree(id("/vol/a")))
+        );
+        assert_eq!(announcement("/vol/a\tsomething"), None);
+        assert_eq!(announcement("\tsubtree"), None);
+        assert_eq!(announcement("/vol//a"), None);
+    }
 }

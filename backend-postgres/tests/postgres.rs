@@ -984,8 +984,8 @@ async fn pages_per_acquire_and_release(conn: &mut sqlx::PgConnection, object: &s
     let acquire = pages(
         conn,
         &format!(
-            "SELECT * FROM lockd_acquire('me', ARRAY['{object}'], '{{exclusive}}', \
-             ARRAY['\\xab'::bytea], 60000, true, NULL, 6000)"
+            "SELECT * FROM lockd_acquire('me', ARRAY['{object}'], '{{exclusive}}', '{{object}}', \
+             ARRAY['\\xab'::bytea], 60000, 0, true, NULL, 6000)"
         ),
     )
     .await;

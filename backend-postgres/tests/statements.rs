@@ -444,3 +444,215 @@ async fn every_operation_is_one_statement_in_one_round_trip() {
         .expect("taken back");
     assert_eq!(undo, lockcore::Undo::TookBack);
 }
+
+/// Subtree locks and lock-delay change nothing about the cost in round trips: a subtree
+/// acquire (granted, refused behind a holder under it, queued with its blockers named, retried),
+/// 64 subtree claims at once, a renewal and a release of a subtree holder (which take tree
+/// keys), an inspect that finds a lock-delay and a listing are each one statement, one round
+/// trip, one transaction, with no re-`Parse`.
+#[tokio::test]
+async fn subtree_and_lock_delay_operations_are_one_statement_each() {
+    let Some(url) = common::database_url().await else {
+        return;
+    };
+    let counts = Arc::new(Counts::default());
+    let (proxy_url, upstream) = via_proxy(&url, 0);
+    let port = start_proxy(upstream, counts.clone()).await;
+    let (proxy_url, _) = via_proxy(&proxy_url, port);
+    let mut config = common::test_config(&proxy_url);
+    config.max_connections = 1;
+    config.reap_interval = Duration::ZERO;
+    let service = common::connect(config).await;
+
+    let tag: u64 = rand::rng().random();
+    let root = format!("/stmt/{tag:x}");
+    let dir = ObjectId::new(format!("{root}/dir")).expect("valid");
+    let file = ObjectId::new(format!("{root}/dir/sub/file")).expect("valid");
+    let lapsed = ObjectId::new(format!("{root}/lapsed")).expect("valid");
+    let (a, b) = (
+        OwnerId::new("a").expect("valid"),
+        OwnerId::new("b").expect("valid"),
+    );
+    let ttl = Duration::from_secs(30);
+    let subtree = |owner: &OwnerId| {
+        AcquireRequest::many(
+            vec![LockSpec::subtree(dir.clone(), LockMode::Exclusive)],
+            owner.clone(),
+            ttl,
+        )
+        .with_lock_delay(Duration::from_secs(1))
+    };
+    let many = AcquireRequest::many(
+        (0..MAX_OBJECTS_PER_REQUEST)
+            .map(|i| {
+                LockSpec::subtree(
+                    ObjectId::new(format!("{root}/many/{i:02}")).expect("valid"),
+                    LockMode::Exclusive,
+                )
+            })
+            .collect(),
+        a.clone(),
+        ttl,
+    );
+    let listing = ListQuery::new(format!("{root}/"), 10);
+    let claims = [Claim {
+        object: dir.clone(),
+        mode: LockMode::Exclusive,
+        scope: lockcore::LockScope::Subtree,
+        digest: TokenDigest::from_bytes(&[3; 32]).expect("32 bytes"),
+    }];
+    let attempt = |ticket| Attempt {
+        owner: &b,
+        claims: &claims,
+        ttl,
+        lock_delay: Duration::from_secs(1),
+        queueing: Some(Queueing {
+            ticket,
+            keep_for: Duration::from_secs(5),
+        }),
+    };
+    let store = service.store();
+
+    // Warm-up: each statement once on the one connection.
+    let lease = service
+        .acquire_with(&subtree(&a))
+        .await
+        .expect("granted")
+        .leases[0]
+        .clone();
+    let _ = service.acquire_with(&subtree(&b)).await;
+    service
+        .renew(&dir, &lease.token, ttl)
+        .await
+        .expect("renewed");
+    service.inspect(&dir).await.expect("inspect");
+    service.list(&listing).await.expect("list");
+    service.release(&dir, &lease.token).await.expect("released");
+    let grant = service.acquire_with(&many).await.expect("granted");
+    let _ = service.acquire_with(&many).await;
+    let held: Vec<(ObjectId, lockcore::LockToken)> = grant
+        .leases
+        .iter()
+        .map(|l| (l.object.clone(), l.token.clone()))
+        .collect();
+    service.release_many(&held).await.expect("released");
+    let under = service
+        .acquire(&file, &a, ttl, Duration::ZERO)
+        .await
+        .expect("granted");
+    let Attempted::Refused {
+        ticket: Some(ticket),
+        ..
+    } = store.try_acquire(attempt(None)).await.expect("refused")
+    else {
+        panic!("expected a queued refusal");
+    };
+    store
+        .leave_queue(ticket, std::slice::from_ref(&dir))
+        .await
+        .expect("left");
+
+    let measured = |what: &'static str| {
+        let before = counts.snapshot();
+        let counts = counts.clone();
+        move || {
+            let seen = counts.since(before);
+            assert_eq!(seen.round_trips(), 1, "{what}: {seen:?}");
+            assert_eq!(seen.statements(), 1, "{what}: {seen:?}");
+            assert_eq!(seen.parse, 0, "{what} was prepared again: {seen:?}");
+        }
+    };
+
+    let done = measured("refused subtree acquire");
+    let refused = service.acquire_with(&subtree(&b)).await;
+    done();
+    assert!(
+        matches!(refused, Err(LockError::Locked { .. })),
+        "{refused:?}"
+    );
+    let done = measured("queued subtree refusal naming its blockers");
+    let queued = store.try_acquire(attempt(None)).await.expect("refused");
+    done();
+    let Attempted::Refused {
+        ticket: Some(ticket),
+        blockers,
+        ..
+    } = queued
+    else {
+        panic!("expected a queued refusal, got {queued:?}");
+    };
+    assert_eq!(blockers.len(), 1, "{blockers:?}");
+    let done = measured("queued subtree retry");
+    let again = store
+        .try_acquire(attempt(Some(ticket)))
+        .await
+        .expect("refused");
+    done();
+    assert!(matches!(again, Attempted::Refused { .. }), "{again:?}");
+    let done = measured("leave_queue of a subtree entry");
+    store
+        .leave_queue(ticket, std::slice::from_ref(&dir))
+        .await
+        .expect("left");
+    done();
+    service
+        .release(&file, &under.token)
+        .await
+        .expect("released");
+
+    let done = measured("subtree acquire with lock-delay");
+    let lease = service
+        .acquire_with(&subtree(&a))
+        .await
+        .expect("granted")
+        .leases[0]
+        .clone();
+    done();
+    let done = measured("subtree renew");
+    service
+        .renew(&dir, &lease.token, ttl)
+        .await
+        .expect("renewed");
+    done();
+    let done = measured("subtree release");
+    service.release(&dir, &lease.token).await.expect("released");
+    done();
+    let done = measured("64-subtree acquire");
+    let grant = service.acquire_with(&many).await.expect("granted");
+    done();
+    let done = measured("refused 64-subtree acquire");
+    let refused = service.acquire_with(&many).await;
+    done();
+    match refused {
+        Err(LockError::Locked { conflicts, .. }) => {
+            assert_eq!(conflicts.len(), MAX_OBJECTS_PER_REQUEST)
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    let held: Vec<(ObjectId, lockcore::LockToken)> = grant
+        .leases
+        .iter()
+        .map(|l| (l.object.clone(), l.token.clone()))
+        .collect();
+    let done = measured("64-subtree renew");
+    service.renew_many(&held, ttl).await.expect("renewed");
+    done();
+
+    // A lease that lapses with a lock-delay: inspect finds the delay in one statement.
+    service
+        .acquire_with(
+            &AcquireRequest::new(lapsed.clone(), a.clone(), Duration::from_millis(20))
+                .with_lock_delay(Duration::from_secs(5)),
+        )
+        .await
+        .expect("granted");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let done = measured("inspect in lock-delay");
+    let info = service.inspect(&lapsed).await.expect("inspect");
+    done();
+    assert!(info.and_then(|i| i.delay).is_some(), "no delay shown");
+    let done = measured("list");
+    let page = service.list(&listing).await.expect("list");
+    done();
+    assert_eq!(page.locks.len(), 10, "{page:?}");
+}

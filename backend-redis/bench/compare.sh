@@ -12,7 +12,8 @@
 # redis-benchmark runs one command per test, so its "pairs/s" is 1 / (1/acquire + 1/release).
 # Its release calls use random keys, so before each release test every one of those keys is
 # filled with a held lock whose digest and fence match: the releases then take the script's
-# full path (HMGET, DEL, EXISTS), as the backend's always do, not the cheaper not-held path.
+# full path (HGETALL, HDEL, EXISTS), as the backend's always do, not the cheaper not-held path.
+# The object `obj` has no ancestors (no ancestor keys) and is an object-scope claim.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -38,7 +39,7 @@ DIGEST="$(printf '%064d' 7)"
 KEYSPACE=1000000
 # Held locks on every key redis-benchmark's release test can pick (__rand_int__ is 12 digits).
 hold_all() {
-    redis-cli -p "$PORT" EVAL "for i = 0, $((KEYSPACE - 1)) do redis.call('HSET', string.format('rb:{%012d}:holders', i), ARGV[1], 'x 123 99999999999999 0 0 o') end return 1" 0 "$DIGEST" >/dev/null
+    redis-cli -p "$PORT" EVAL "for i = 0, $((KEYSPACE - 1)) do redis.call('HSET', string.format('rb:{%012d}:holders', i), ARGV[1], 'x o 123 99999999999999 0 0 0 o') end return 1" 0 "$DIGEST" >/dev/null
 }
 
 # rps of one redis-benchmark test: rb CONCURRENCY REQUESTS COMMAND...
@@ -67,9 +68,9 @@ for c in "${LEVELS[@]}"; do
         current+=("$(backend "$c" current 2)")
         multiplexed+=("$(backend "$c" multi 0)")
         redis-cli -p "$PORT" FLUSHALL >/dev/null
-        a="$(rb "$c" "$n" evalsha "$ACQ" 4 rb:tickets 'rb:{__rand_int__}:holders' 'rb:{__rand_int__}:fence' 'rb:{__rand_int__}:queue' owner 1 1000 1024 0 0 0 rb:released obj x "$DIGEST")"
+        a="$(rb "$c" "$n" evalsha "$ACQ" 7 rb:tickets rb:index rb:deadlines rb:waiting 'rb:{__rand_int__}:holders' 'rb:{__rand_int__}:fence' 'rb:{__rand_int__}:queue' owner 1 1000 1024 0 0 0 rb:released rb: 0 obj x o "$DIGEST" 0)"
         hold_all
-        r="$(rb "$c" "$n" evalsha "$REL" 2 'rb:{__rand_int__}:holders' 'rb:{__rand_int__}:queue' rb:released obj "$DIGEST" 123)"
+        r="$(rb "$c" "$n" evalsha "$REL" 5 rb:index rb:deadlines rb:waiting 'rb:{__rand_int__}:holders' 'rb:{__rand_int__}:queue' rb:released obj "$DIGEST" 123)"
         redis-cli -p "$PORT" FLUSHALL >/dev/null
         s="$(rb "$c" "$n" set 'plain:__rand_int__' v NX PX 1)"
         d="$(rb "$c" "$n" del 'plain:__rand_int__')"

@@ -1,17 +1,19 @@
-//! Key layout: per object `{prefix}{<object>}:holders`, `{prefix}{<object>}:fence` and
-//! `{prefix}{<object>}:queue`; per prefix the ticket counter `{prefix}tickets` and the channel
-//! `{prefix}released`.
+//! Key layout: per object `{prefix}{<member>}:holders`, `{prefix}{<member>}:fence` and
+//! `{prefix}{<member>}:queue`; per prefix the ticket counter `{prefix}tickets`, the index sets
+//! `{prefix}index`, `{prefix}deadlines` and `{prefix}waiting` (see [`crate::scripts`]), and the
+//! channel `{prefix}released`.
 //!
-//! The object sits inside a Redis Cluster hash tag, so the keys of one object live in one slot
-//! (a multi-object script and the ticket counter span slots: see the crate docs, "Redis
-//! Cluster"). Inside the tag the object is escaped (`%` -> `%25`, `{` -> `%7B`, `}` -> `%7D`)
-//! so an object containing braces cannot end the tag early. The
-//! escaping works character by character, so an object starts with a prefix exactly when its
-//! escaped form starts with the escaped prefix, which is what `list` matches on.
+//! An object's *member* is its id escaped (`%` -> `%25`, `{` -> `%7B`, `}` -> `%7D`) so that it
+//! can sit inside a Redis Cluster hash tag without ending it early: the keys of one object live
+//! in one slot (a multi-object script and the per-prefix keys span slots: see the crate docs,
+//! "Redis Cluster"). The escaping works character by character and keeps `/`, so an object
+//! starts with a prefix exactly when its member starts with the escaped prefix: the ancestors
+//! of an object are the prefixes of its member that end before a `/`, and the objects under
+//! it, or starting with a `list` prefix, are a range of members in byte order.
 
 use lockcore::ObjectId;
 
-/// Builds and parses the keys of one key prefix.
+/// Builds the keys of one key prefix and maps objects to members and back.
 #[derive(Debug, Clone)]
 pub(crate) struct KeyLayout {
     prefix: String,
@@ -28,20 +30,25 @@ impl KeyLayout {
         }
     }
 
+    /// The key prefix, from which the scripts build the keys of objects they find in the index.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The hash of the object's holders: token digest (hex) -> holder record (see
     /// [`crate::scripts`]).
-    pub(crate) fn holders_key(&self, object: &ObjectId) -> String {
+    pub(crate) fn holders_key(&self, object: &str) -> String {
         self.key(object, HOLDERS_SUFFIX)
     }
 
     /// The object's last fence, kept after release.
-    pub(crate) fn fence_key(&self, object: &ObjectId) -> String {
+    pub(crate) fn fence_key(&self, object: &str) -> String {
         self.key(object, FENCE_SUFFIX)
     }
 
     /// The sorted set of the object's queue entries, scored by ticket. Exists exactly while
-    /// someone waits for the object: scripts publish wake-ups only then.
-    pub(crate) fn queue_key(&self, object: &ObjectId) -> String {
+    /// someone waits for the object.
+    pub(crate) fn queue_key(&self, object: &str) -> String {
         self.key(object, QUEUE_SUFFIX)
     }
 
@@ -50,33 +57,28 @@ impl KeyLayout {
         format!("{}tickets", self.prefix)
     }
 
+    /// The members of every object with holder records or queue entries, in byte order.
+    pub(crate) fn index_key(&self) -> String {
+        format!("{}index", self.prefix)
+    }
+
+    /// For each indexed member, when its last record lapses.
+    pub(crate) fn deadlines_key(&self) -> String {
+        format!("{}deadlines", self.prefix)
+    }
+
+    /// The members of every object that has a queue.
+    pub(crate) fn waiting_key(&self) -> String {
+        format!("{}waiting", self.prefix)
+    }
+
     /// The pub/sub channel release scripts publish freed objects on.
     pub(crate) fn channel(&self) -> String {
         format!("{}released", self.prefix)
     }
 
-    /// A `SCAN MATCH` pattern for the holders keys of objects starting with `object_prefix`.
-    pub(crate) fn holders_pattern(&self, object_prefix: &str) -> String {
-        let mut pattern = glob_escape(&self.prefix);
-        pattern.push('{');
-        pattern.push_str(&glob_escape(&escape(object_prefix)));
-        pattern.push('*');
-        pattern.push_str(HOLDERS_SUFFIX);
-        pattern
-    }
-
-    /// The object a holders key names, or `None` for a key not in this layout.
-    pub(crate) fn object_of_holders_key(&self, key: &[u8]) -> Option<ObjectId> {
-        let key = std::str::from_utf8(key).ok()?;
-        let inner = key
-            .strip_prefix(self.prefix.as_str())?
-            .strip_prefix('{')?
-            .strip_suffix(HOLDERS_SUFFIX)?;
-        ObjectId::new(unescape(inner)?).ok()
-    }
-
-    fn key(&self, object: &ObjectId, suffix: &str) -> String {
-        let escaped = escape(object.as_str());
+    fn key(&self, object: &str, suffix: &str) -> String {
+        let escaped = member(object);
         let mut key = String::with_capacity(self.prefix.len() + escaped.len() + 1 + suffix.len());
         key.push_str(&self.prefix);
         key.push('{');
@@ -84,6 +86,17 @@ impl KeyLayout {
         key.push_str(suffix);
         key
     }
+}
+
+/// The member naming `object` in the scripts and the index sets.
+pub(crate) fn member(object: &str) -> String {
+    escape(object)
+}
+
+/// The object a member names, or `None` for text [`member`] cannot have produced.
+pub(crate) fn object_of_member(member: &[u8]) -> Option<ObjectId> {
+    let text = std::str::from_utf8(member).ok()?;
+    ObjectId::new(unescape(text)?).ok()
 }
 
 /// Escapes `%`, `{` and `}` so the result can sit inside a hash tag.
@@ -123,18 +136,6 @@ pub(crate) fn unescape(escaped: &str) -> Option<String> {
     Some(out)
 }
 
-/// Escapes the characters `SCAN MATCH` treats as glob syntax.
-fn glob_escape(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for c in raw.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,12 +147,13 @@ mod tests {
     #[test]
     fn keys_of_one_object_share_one_hash_tag() {
         let layout = KeyLayout::new("lockd:");
-        let lock = layout.holders_key(&object("/vol/a"));
-        let fence = layout.fence_key(&object("/vol/a"));
+        let lock = layout.holders_key("/vol/a");
+        let fence = layout.fence_key("/vol/a");
         assert_eq!(lock, "lockd:{/vol/a}:holders");
         assert_eq!(fence, "lockd:{/vol/a}:fence");
         assert_eq!(hash_tag(&lock), hash_tag(&fence));
-        assert_eq!(layout.queue_key(&object("/vol/a")), "lockd:{/vol/a}:queue");
+        assert_eq!(layout.queue_key("/vol/a"), "lockd:{/vol/a}:queue");
+        assert_eq!(layout.index_key(), "lockd:index");
     }
 
     /// The part of a key Redis Cluster hashes: from the first `{` to the next `}`.
@@ -165,10 +167,14 @@ mod tests {
     fn braces_in_objects_do_not_break_the_hash_tag() {
         let layout = KeyLayout::new("p:");
         let tricky = object("a}b{c%7Dd");
-        let lock = layout.holders_key(&tricky);
+        let lock = layout.holders_key(tricky.as_str());
         assert_eq!(hash_tag(&lock), "a%7Db%7Bc%257Dd");
-        assert_eq!(hash_tag(&lock), hash_tag(&layout.fence_key(&tricky)));
-        assert_eq!(layout.object_of_holders_key(lock.as_bytes()), Some(tricky));
+        assert_eq!(hash_tag(&lock), member(tricky.as_str()));
+        assert_eq!(
+            hash_tag(&lock),
+            hash_tag(&layout.fence_key(tricky.as_str()))
+        );
+        assert_eq!(object_of_member(hash_tag(&lock).as_bytes()), Some(tricky));
     }
 
     #[test]
@@ -182,71 +188,51 @@ mod tests {
     }
 
     #[test]
-    fn foreign_keys_are_not_taken_for_locks() {
-        let layout = KeyLayout::new("lockd:");
-        assert_eq!(layout.object_of_holders_key(b"lockd:{a}:fence"), None);
-        assert_eq!(layout.object_of_holders_key(b"lockd:{a}:queue"), None);
-        assert_eq!(layout.object_of_holders_key(b"other:{a}:holders"), None);
-        assert_eq!(layout.object_of_holders_key(b"lockd:{}:holders"), None);
-        assert_eq!(layout.object_of_holders_key(b"lockd:tickets"), None);
-        assert_eq!(layout.object_of_holders_key(&[0xff, 0xfe]), None);
-    }
-
-    #[test]
-    fn the_scan_pattern_escapes_glob_syntax() {
-        let layout = KeyLayout::new("a*:");
-        assert_eq!(
-            layout.holders_pattern("x?[y]\\"),
-            "a\\*:{x\\?\\[y\\]\\\\*}:holders"
-        );
-        assert_eq!(layout.holders_pattern(""), "a\\*:{*}:holders");
-        assert_eq!(layout.holders_pattern("{"), "a\\*:{%7B*}:holders");
+    fn text_that_names_no_object_is_not_taken_for_a_member() {
+        assert_eq!(object_of_member(b"bad%zz"), None);
+        assert_eq!(object_of_member(b"a{b"), None);
+        assert_eq!(object_of_member(b"/a/"), None, "ids never end with /");
+        assert_eq!(object_of_member(b""), None);
+        assert_eq!(object_of_member(&[0xff, 0xfe]), None);
+        assert_eq!(object_of_member(b"/a%7Bb"), Some(object("/a{b")));
     }
 
     mod properties {
         use super::*;
         use proptest::prelude::*;
 
-        /// Object names rich in the characters the escaping and the glob pattern care about.
+        /// Path ids rich in the characters the escaping cares about.
         fn name() -> impl Strategy<Value = String> {
-            "[a%{}7BDd25*?\\[\\]\\\\:/ü]{1,12}"
+            "/?[a%{}7BDd25ü]{1,3}(/[a%{}7BDd25ü]{1,3}){0,3}"
         }
 
         fn object(name: &str) -> ObjectId {
             ObjectId::new(name).expect("generated names are valid")
         }
 
-        /// Redis `stringmatch` for the patterns `holders_pattern` builds: `*`, `?` and `\x`.
-        fn glob_matches(pattern: &[char], text: &[char]) -> bool {
-            match pattern.split_first() {
-                None => text.is_empty(),
-                Some(('*', rest)) => (0..=text.len()).any(|skip| glob_matches(rest, &text[skip..])),
-                Some(('?', rest)) => !text.is_empty() && glob_matches(rest, &text[1..]),
-                Some(('\\', rest)) if !rest.is_empty() => {
-                    text.first() == Some(&rest[0]) && glob_matches(&rest[1..], &text[1..])
-                }
-                Some((c, rest)) => text.first() == Some(c) && glob_matches(rest, &text[1..]),
-            }
+        /// Whether `member` lies in the half-open byte range `[low, high)`.
+        fn within(member: &str, low: &str, high: &[u8]) -> bool {
+            member.as_bytes() >= low.as_bytes() && member.as_bytes() < high
         }
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(256))]
 
-            /// Distinct objects never share a key, and every key names its object back.
+            /// Distinct objects never share a key, and every member names its object back.
             #[test]
             fn distinct_objects_never_map_to_the_same_key(
-                prefix in "[a-z:{}*]{0,6}",
+                prefix in "[a-z:*]{0,6}",
                 a in name(),
                 b in name(),
             ) {
                 let layout = KeyLayout::new(&prefix);
                 let (a, b) = (object(&a), object(&b));
-                prop_assert_eq!(a == b, layout.holders_key(&a) == layout.holders_key(&b));
-                prop_assert_eq!(a == b, layout.fence_key(&a) == layout.fence_key(&b));
-                prop_assert_ne!(layout.holders_key(&a), layout.fence_key(&b));
-                prop_assert_ne!(layout.holders_key(&a), layout.queue_key(&b));
-                prop_assert_eq!(layout.object_of_holders_key(layout.holders_key(&a).as_bytes()), Some(a.clone()));
-                prop_assert_eq!(layout.object_of_holders_key(layout.fence_key(&a).as_bytes()), None);
+                let (a, b) = (a.as_str(), b.as_str());
+                prop_assert_eq!(a == b, layout.holders_key(a) == layout.holders_key(b));
+                prop_assert_eq!(a == b, layout.fence_key(a) == layout.fence_key(b));
+                prop_assert_ne!(layout.holders_key(a), layout.fence_key(b));
+                prop_assert_ne!(layout.holders_key(a), layout.queue_key(b));
+                prop_assert_eq!(object_of_member(member(a).as_bytes()), Some(object(a)));
             }
 
             /// Escaping round-trips, leaves no brace to end the hash tag early, and keeps prefixes:
@@ -259,33 +245,33 @@ mod tests {
                 prop_assert_eq!(a.starts_with(&p), escaped.starts_with(&escape(&p)));
             }
 
-            /// The `SCAN MATCH` pattern for a prefix matches an object's lock key exactly when the
-            /// object starts with the prefix, whatever glob syntax either contains.
+            /// What the scripts compute from members is what lockcore's path rules say of the
+            /// objects: a member's ancestors (cut before each `/`) are the members of the
+            /// object's ancestors, the members under a subtree are the range
+            /// `[member/, member0)`, and the objects starting with a list prefix are the range
+            /// `[escape(prefix), escape(prefix) + 0xff)`.
             #[test]
-            fn the_scan_pattern_matches_exactly_the_lock_keys_under_the_prefix(
-                key_prefix in "[a-z:*?\\[\\]]{0,5}",
-                object_prefix in "[a%{}*?\\[\\]\\\\]{0,4}",
-                a in name(),
-            ) {
-                let layout = KeyLayout::new(&key_prefix);
-                let a = object(&a);
-                let pattern: Vec<char> = layout.holders_pattern(&object_prefix).chars().collect();
-                let key: Vec<char> = layout.holders_key(&a).chars().collect();
-                prop_assert_eq!(
-                    glob_matches(&pattern, &key),
-                    a.as_str().starts_with(object_prefix.as_str())
-                );
-                let fence: Vec<char> = layout.fence_key(&a).chars().collect();
-                prop_assert!(!glob_matches(&pattern, &fence));
+            fn member_ranges_follow_the_path_rules(a in name(), q in name(), p in "[a/%{}ü]{0,4}") {
+                let (a, q) = (object(&a), object(&q));
+                let (a, q) = (a.as_str(), q.as_str());
+                let (m, root) = (member(a), member(q));
+                let cut: Vec<&str> = lockcore::path::ancestors(&m).collect();
+                let expected: Vec<String> = lockcore::path::ancestors(a).map(member).collect();
+                prop_assert_eq!(cut, expected);
+                let (low, high) = lockcore::path::subtree_range(&root);
+                prop_assert_eq!(within(&m, &low, high.as_bytes()), lockcore::path::is_under(a, q));
+                let start = escape(&p);
+                let mut end = start.clone().into_bytes();
+                end.push(0xff);
+                prop_assert_eq!(within(&m, &start, &end), a.starts_with(p.as_str()));
             }
 
-            /// Parsing arbitrary text or key bytes never panics.
+            /// Parsing arbitrary text never panics.
             #[test]
-            fn parsing_arbitrary_keys_never_panics(text in any::<String>(), bytes in any::<Vec<u8>>()) {
+            fn parsing_arbitrary_members_never_panics(text in any::<String>(), bytes in any::<Vec<u8>>()) {
                 let _ = unescape(&text);
-                let layout = KeyLayout::new("lockd:");
-                let _ = layout.object_of_holders_key(text.as_bytes());
-                let _ = layout.object_of_holders_key(&bytes);
+                let _ = object_of_member(text.as_bytes());
+                let _ = object_of_member(&bytes);
             }
         }
     }

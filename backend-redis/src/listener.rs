@@ -1,12 +1,15 @@
 //! The release listener: one pub/sub connection per backend instance, waking local waiters.
 //!
 //! Scripts that release, downgrade, take back or drop holders or queue entries `PUBLISH` the
-//! objects concerned on `{prefix}released` (one message per script call, one object per line)
-//! when someone waits for them. The listener turns each object into [`WaitQueue::wake`]. When
-//! its connection drops (or stops answering pings) it reconnects with backoff and then calls
-//! [`WaitQueue::wake_all`], since messages published while it was away are lost. Expiries
-//! publish nothing: every waiter's own timer, set from the blocking holder's remaining TTL,
-//! covers them.
+//! objects concerned on `{prefix}released` (one message per script call, one object per line,
+//! as its member: see [`crate::keys`]) when someone may wait for them. A line ending in `/`
+//! names an object whose subtree was freed (a subtree holder or queue entry went away, or a
+//! subtree holder became shared): the listener calls [`WaitQueue::wake_subtree`] for it, which
+//! also wakes waiters under the object, and [`WaitQueue::wake`] for every other line. When its
+//! connection drops (or stops answering pings) it reconnects with backoff and then calls
+//! [`WaitQueue::wake_all`], since messages published while it was away are lost. Expiries and
+//! the ends of lock-delays publish nothing: every waiter's own timer, set from the blocking
+//! holder's remaining TTL or delay, covers them.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -18,6 +21,7 @@ use redis::aio::{ConnectionManager, PubSub};
 use redis::{Client, Value};
 
 use crate::error;
+use crate::keys;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -119,12 +123,11 @@ impl Listener {
                 message = stream.next() => {
                     let Some(message) = message else { return };
                     let Some(waits) = waits.upgrade() else { return };
-                    // One message names every object a script call freed, one per line.
-                    let Ok(names) = std::str::from_utf8(message.get_payload_bytes()) else {
-                        continue;
-                    };
-                    for object in names.split('\n').filter_map(|name| ObjectId::new(name).ok()) {
-                        waits.wake(&object);
+                    for freed in freed_objects(message.get_payload_bytes()) {
+                        match freed {
+                            Freed::Object(object) => waits.wake(&object),
+                            Freed::Subtree(root) => waits.wake_subtree(&root),
+                        }
                     }
                 }
                 _ = ticker.tick() => {
@@ -135,5 +138,60 @@ impl Listener {
                 }
             }
         }
+    }
+}
+
+/// What one line of a release message frees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Freed {
+    /// Holders or queue entries of the object alone.
+    Object(ObjectId),
+    /// A subtree holder or queue entry on the object: what is under it may be free too.
+    Subtree(ObjectId),
+}
+
+/// The objects a release message names, one per line (lines that name no object are skipped).
+fn freed_objects(payload: &[u8]) -> Vec<Freed> {
+    payload
+        .split(|&byte| byte == b'\n')
+        .filter_map(|line| match line.strip_suffix(b"/") {
+            Some(root) => keys::object_of_member(root).map(Freed::Subtree),
+            None => keys::object_of_member(line).map(Freed::Object),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(name: &str) -> ObjectId {
+        ObjectId::new(name).expect("valid")
+    }
+
+    #[test]
+    fn a_trailing_slash_marks_a_freed_subtree() {
+        assert_eq!(
+            freed_objects(b"/vol/a\n/vol/b/\nchunk-7"),
+            [
+                Freed::Object(object("/vol/a")),
+                Freed::Subtree(object("/vol/b")),
+                Freed::Object(object("chunk-7")),
+            ]
+        );
+    }
+
+    #[test]
+    fn lines_are_members_and_are_unescaped() {
+        assert_eq!(
+            freed_objects(b"a%7Bb%7D\n%25/"),
+            [Freed::Object(object("a{b}")), Freed::Subtree(object("%")),]
+        );
+    }
+
+    #[test]
+    fn lines_naming_no_object_are_skipped() {
+        assert_eq!(freed_objects(b""), []);
+        assert_eq!(freed_objects(b"\n/\n//\nbad%zz\n\xff"), []);
     }
 }

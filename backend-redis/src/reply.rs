@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lockcore::{Fence, LockError, LockMode, OwnerId};
+use lockcore::{Fence, LockError, LockMode, LockScope, OwnerId};
 use redis::Value;
 
 /// A reply that does not have the shape the script returns: a bug or a foreign writer.
@@ -51,6 +51,15 @@ pub(crate) fn mode(value: &Value) -> Result<LockMode, LockError> {
         "x" => Ok(LockMode::Exclusive),
         "s" => Ok(LockMode::Shared),
         _ => Err(malformed("stored mode is neither x nor s")),
+    }
+}
+
+/// A scope as the scripts store it: `o` (the object) or `t` (its subtree).
+pub(crate) fn scope(value: &Value) -> Result<LockScope, LockError> {
+    match text(value)? {
+        "o" => Ok(LockScope::Object),
+        "t" => Ok(LockScope::Subtree),
+        _ => Err(malformed("stored scope is neither o nor t")),
     }
 }
 

@@ -1,16 +1,17 @@
 //! [`RedisStore`]: the [`LockStore`] on Redis, and [`RedisLockService`], the service on it.
 
-use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lockcore::store::{
-    Attempt, Attempted, Claim, Granted, HolderRef, HolderState, Queueing, Ticket, Verdict,
+    Attempt, Attempted, Blocker, Claim, Granted, HolderRef, HolderState, Queueing, StoreFeatures,
+    Ticket, Verdict,
 };
 use lockcore::{
-    async_trait, Conflict, HolderInfo, Limits, ListQuery, LockError, LockInfo, LockMode, LockPage,
-    LockResult, LockStore, Locks, ObjectId, ReclaimPolicy, Undo, WaitQueue,
+    async_trait, Conflict, ConflictCause, HolderInfo, Limits, ListQuery, LockDelayInfo, LockError,
+    LockInfo, LockMode, LockPage, LockResult, LockScope, LockStore, Locks, ObjectId, ReclaimPolicy,
+    Undo, WaitQueue,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ScriptInvocation, Value};
@@ -19,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::config::RedisConfig;
 use crate::dedicated::DedicatedConnections;
 use crate::error::{self, BACKEND};
-use crate::keys::KeyLayout;
+use crate::keys::{self, KeyLayout};
 use crate::listener::Listener;
 use crate::reply;
 use crate::scripts::Scripts;
@@ -41,8 +42,10 @@ const RECLAIM: ReclaimPolicy = ReclaimPolicy {
     window: Duration::from_secs(5 * 60),
     absent_window: Duration::from_secs(5),
 };
-/// Most `SCAN` calls one `list` page makes before it returns what it has.
-const MAX_SCAN_ROUNDS: usize = 64;
+/// Indexed objects one `list` page looks at beyond twice its limit: objects in the index that
+/// nobody holds (only waited for, in a lock-delay, or expired) are skipped, and a page returns
+/// early rather than look at more than this.
+const LIST_SLACK: usize = 64;
 
 /// The [`LockStore`] keeping holders, fences and the waiter queue in Redis; see the crate docs
 /// for the key layout and the guarantees.
@@ -204,62 +207,13 @@ impl RedisStore {
         }
     }
 
-    /// Describes the holders of `objects` (one EVALSHA), skipping objects nobody holds.
-    async fn describe(&self, objects: &[ObjectId]) -> LockResult<Vec<LockInfo>> {
-        let mut invocation = self.scripts.describe.prepare_invoke();
-        for object in objects {
-            invocation.key(self.keys.holders_key(object));
-        }
-        let items = reply::array(self.eval("describe", &invocation).await?)?;
-        let now_ms = reply::millis_text(item(&items, 0)?)?;
-        let mut out = Vec::with_capacity(objects.len());
-        for (object, entry) in objects.iter().zip(items.into_iter().skip(1)) {
-            let fields = reply::array(entry)?;
-            let mut holders = Vec::with_capacity(fields.len() / 5);
-            let mut mode = LockMode::Shared;
-            for holder in fields.chunks(5) {
-                let [owner, holder_mode, fence, acquired, expires] = holder else {
-                    return Err(reply::malformed("describe holder"));
-                };
-                if reply::mode(holder_mode)? == LockMode::Exclusive {
-                    mode = LockMode::Exclusive;
-                }
-                let expires_ms = reply::millis_text(expires)?;
-                holders.push(HolderInfo {
-                    owner: reply::owner(owner)?,
-                    fence: reply::fence(fence)?,
-                    acquired_at: reply::unix_millis(reply::millis_text(acquired)?),
-                    expires_at: reply::unix_millis(expires_ms),
-                    ttl: Duration::from_millis(expires_ms.saturating_sub(now_ms)),
-                    scope: lockcore::LockScope::Object,
-                });
-            }
-            if let Some(info) = LockInfo::from_holders(object.clone(), mode, holders) {
-                out.push(info);
-            }
-        }
-        Ok(out)
-    }
-
-    /// One `SCAN` step: the next cursor (0 at the end) and the keys it returned.
-    async fn scan(
-        &self,
-        cursor: u64,
-        pattern: &str,
-        count: usize,
-    ) -> LockResult<(u64, Vec<Vec<u8>>)> {
-        let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(count);
-        match tokio::time::timeout(self.operation_timeout, cmd.query_async(&mut conn)).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => Err(error::from_redis("list", &e)),
-            Err(_) => Err(error::timed_out("list", self.operation_timeout)),
-        }
+    /// Adds the keys every script that may free or index an object names first: the index,
+    /// deadlines and waiting sets.
+    fn index_keys(&self, invocation: &mut ScriptInvocation<'_>) {
+        invocation
+            .key(self.keys.index_key())
+            .key(self.keys.deadlines_key())
+            .key(self.keys.waiting_key());
     }
 }
 
@@ -281,6 +235,14 @@ fn mode_arg(mode: LockMode) -> &'static str {
     }
 }
 
+/// A scope as the scripts store it.
+fn scope_arg(scope: LockScope) -> &'static str {
+    match scope {
+        LockScope::Object => "o",
+        LockScope::Subtree => "t",
+    }
+}
+
 /// A script's status for one holder: 1 done, 0 not held, -1 held by others.
 fn verdict<T>(status: i64, done: impl FnOnce() -> LockResult<T>) -> LockResult<Verdict<T>> {
     match status {
@@ -289,6 +251,72 @@ fn verdict<T>(status: i64, done: impl FnOnce() -> LockResult<T>) -> LockResult<V
         -1 => Ok(Verdict::Mismatch),
         _ => Err(reply::malformed("holder status")),
     }
+}
+
+/// The object a script names by its member.
+fn object_of(member: &Value) -> LockResult<ObjectId> {
+    let bytes = match member {
+        Value::BulkString(bytes) => bytes.as_slice(),
+        Value::SimpleString(text) => text.as_bytes(),
+        _ => return Err(reply::malformed("expected an object")),
+    };
+    keys::object_of_member(bytes).ok_or_else(|| reply::malformed("not an object's member"))
+}
+
+/// One object as the inspect and list scripts describe it (holders, the lock-delay in force,
+/// the number of waiters), or `None` when it has neither holder nor lock-delay: it is free,
+/// even while requests wait for it (behind something elsewhere in the tree, or behind earlier
+/// waiters).
+fn description(
+    object: ObjectId,
+    now_ms: u64,
+    holders: Value,
+    delay: Value,
+    waiters: &Value,
+) -> LockResult<Option<LockInfo>> {
+    let fields = reply::array(holders)?;
+    let mut infos = Vec::with_capacity(fields.len() / 6);
+    let mut mode = LockMode::Shared;
+    for holder in fields.chunks(6) {
+        let [owner, holder_mode, scope, fence, acquired, expires] = holder else {
+            return Err(reply::malformed("described holder"));
+        };
+        if reply::mode(holder_mode)? == LockMode::Exclusive {
+            mode = LockMode::Exclusive;
+        }
+        let expires_ms = reply::millis_text(expires)?;
+        infos.push(HolderInfo {
+            owner: reply::owner(owner)?,
+            scope: reply::scope(scope)?,
+            fence: reply::fence(fence)?,
+            acquired_at: reply::unix_millis(reply::millis_text(acquired)?),
+            expires_at: reply::unix_millis(expires_ms),
+            ttl: Duration::from_millis(expires_ms.saturating_sub(now_ms)),
+        });
+    }
+    let delay = match reply::array(delay)?.as_slice() {
+        [] => None,
+        [owner, delay_mode, scope, fence, expired, until] => {
+            let until_ms = reply::millis_text(until)?;
+            let delay = LockDelayInfo {
+                owner: reply::owner(owner)?,
+                fence: reply::fence(fence)?,
+                mode: reply::mode(delay_mode)?,
+                scope: reply::scope(scope)?,
+                until: reply::unix_millis(until_ms),
+                remaining: Duration::from_millis(until_ms.saturating_sub(now_ms)),
+            };
+            Some((delay, reply::unix_millis(reply::millis_text(expired)?)))
+        }
+        _ => return Err(reply::malformed("described lock-delay")),
+    };
+    let waiters =
+        u32::try_from(reply::int(waiters)?).map_err(|_| reply::malformed("waiter count"))?;
+    let info = match LockInfo::from_holders(object.clone(), mode, infos) {
+        Some(info) => Some(info.with_delay(delay.map(|(delay, _)| delay))),
+        None => delay.map(|(delay, expired_at)| LockInfo::delayed(object, delay, expired_at)),
+    };
+    Ok(info.map(|info| info.with_waiters(waiters)))
 }
 
 #[async_trait]
@@ -301,6 +329,10 @@ impl LockStore for RedisStore {
         self.limits
     }
 
+    fn features(&self) -> StoreFeatures {
+        StoreFeatures::ALL
+    }
+
     fn reclaim_policy(&self) -> Option<ReclaimPolicy> {
         Some(RECLAIM)
     }
@@ -311,6 +343,7 @@ impl LockStore for RedisStore {
 
     async fn try_acquire(&self, attempt: Attempt<'_>) -> LockResult<Attempted> {
         let ttl_ms = millis(attempt.ttl);
+        let delay_ms = millis(attempt.lock_delay);
         let (queueing, ticket, keep_for) = match attempt.queueing {
             Some(Queueing { ticket, keep_for }) => {
                 (1u8, ticket.map_or(0, |t| t.0), millis(keep_for).max(1))
@@ -318,26 +351,42 @@ impl LockStore for RedisStore {
             None => (0, 0, 0),
         };
         let mut invocation = self.scripts.acquire.key(self.keys.tickets_key());
+        self.index_keys(&mut invocation);
         for claim in attempt.claims {
+            let object = claim.object.as_str();
             invocation
-                .key(self.keys.holders_key(&claim.object))
-                .key(self.keys.fence_key(&claim.object))
-                .key(self.keys.queue_key(&claim.object));
+                .key(self.keys.holders_key(object))
+                .key(self.keys.fence_key(object))
+                .key(self.keys.queue_key(object));
+            for ancestor in lockcore::path::ancestors(object) {
+                invocation
+                    .key(self.keys.holders_key(ancestor))
+                    .key(self.keys.queue_key(ancestor));
+            }
         }
         invocation
             .arg(attempt.owner.as_str())
             .arg(ttl_ms)
-            .arg(ttl_ms.saturating_add(self.fence_retention_ms))
+            .arg(
+                ttl_ms
+                    .saturating_add(delay_ms)
+                    .saturating_add(self.fence_retention_ms),
+            )
             .arg(1u64 << lockcore::fence::FENCE_CLOCK_SHIFT)
             .arg(queueing)
             .arg(ticket)
             .arg(keep_for)
-            .arg(&self.channel);
+            .arg(&self.channel)
+            .arg(self.keys.prefix())
+            .arg(delay_ms);
         for claim in attempt.claims {
+            let object = claim.object.as_str();
             invocation
-                .arg(claim.object.as_str())
+                .arg(keys::member(object))
                 .arg(mode_arg(claim.mode))
-                .arg(claim.digest.to_hex());
+                .arg(scope_arg(claim.scope))
+                .arg(claim.digest.to_hex())
+                .arg(lockcore::path::ancestors(object).count());
         }
         let items = reply::array(self.eval("acquire", &invocation).await?)?;
         match reply::int(item(&items, 0)?)? {
@@ -361,40 +410,7 @@ impl LockStore for RedisStore {
                 }
                 Ok(Attempted::Granted(granted))
             }
-            0 => {
-                let ticket = match reply::int(item(&items, 1)?)? {
-                    0 => None,
-                    n => Some(Ticket(
-                        u64::try_from(n).map_err(|_| reply::malformed("ticket"))?,
-                    )),
-                };
-                let conflicts = items[2..]
-                    .chunks(3)
-                    .map(|conflict| {
-                        let [index, holder, retry] = conflict else {
-                            return Err(reply::malformed("acquire conflict"));
-                        };
-                        let claim = usize::try_from(reply::int(index)?)
-                            .ok()
-                            .and_then(|i| attempt.claims.get(i.checked_sub(1)?))
-                            .ok_or_else(|| reply::malformed("conflict index"))?;
-                        Ok(Conflict {
-                            object: claim.object.clone(),
-                            holder: reply::owner(holder)?,
-                            retry_after: reply::pttl(retry, self.limits.max_ttl)?,
-                            cause: lockcore::ConflictCause::Held,
-                        })
-                    })
-                    .collect::<LockResult<Vec<_>>>()?;
-                if conflicts.is_empty() {
-                    return Err(reply::malformed("refusal without conflicts"));
-                }
-                Ok(Attempted::Refused {
-                    conflicts,
-                    ticket,
-                    blockers: Vec::new(),
-                })
-            }
+            0 => self.refusal(&attempt, &items),
             _ => Err(reply::malformed("acquire status")),
         }
     }
@@ -404,12 +420,15 @@ impl LockStore for RedisStore {
             return Ok(());
         }
         let mut invocation = self.scripts.leave.prepare_invoke();
+        self.index_keys(&mut invocation);
         for object in objects {
-            invocation.key(self.keys.queue_key(object));
+            invocation
+                .key(self.keys.holders_key(object.as_str()))
+                .key(self.keys.queue_key(object.as_str()));
         }
         invocation.arg(&self.channel).arg(ticket.0);
         for object in objects {
-            invocation.arg(object.as_str());
+            invocation.arg(keys::member(object.as_str()));
         }
         reply::int(&self.eval("leave queue", &invocation).await?)?;
         Ok(())
@@ -420,15 +439,16 @@ impl LockStore for RedisStore {
             return Ok(Undo::Absent);
         }
         let mut invocation = self.scripts.abandon.prepare_invoke();
+        self.index_keys(&mut invocation);
         for claim in claims {
             invocation
-                .key(self.keys.holders_key(&claim.object))
-                .key(self.keys.queue_key(&claim.object));
+                .key(self.keys.holders_key(claim.object.as_str()))
+                .key(self.keys.queue_key(claim.object.as_str()));
         }
         invocation.arg(&self.channel);
         for claim in claims {
             invocation
-                .arg(claim.object.as_str())
+                .arg(keys::member(claim.object.as_str()))
                 .arg(claim.digest.to_hex());
         }
         match reply::int(&self.eval_multiplexed("abandon", &invocation).await?)? {
@@ -444,15 +464,16 @@ impl LockStore for RedisStore {
             return Ok(Vec::new());
         }
         let mut invocation = self.scripts.release.prepare_invoke();
+        self.index_keys(&mut invocation);
         for holder in holders {
             invocation
-                .key(self.keys.holders_key(&holder.object))
-                .key(self.keys.queue_key(&holder.object));
+                .key(self.keys.holders_key(holder.object.as_str()))
+                .key(self.keys.queue_key(holder.object.as_str()));
         }
         invocation.arg(&self.channel);
         for holder in holders {
             invocation
-                .arg(holder.object.as_str())
+                .arg(keys::member(holder.object.as_str()))
                 .arg(holder.digest.to_hex())
                 .arg(holder.fence.get());
         }
@@ -476,16 +497,20 @@ impl LockStore for RedisStore {
         }
         let ttl_ms = millis(ttl);
         let mut invocation = self.scripts.renew.prepare_invoke();
+        invocation
+            .key(self.keys.index_key())
+            .key(self.keys.deadlines_key());
         for holder in holders {
             invocation
-                .key(self.keys.holders_key(&holder.object))
-                .key(self.keys.fence_key(&holder.object));
+                .key(self.keys.holders_key(holder.object.as_str()))
+                .key(self.keys.fence_key(holder.object.as_str()));
         }
         invocation
             .arg(ttl_ms)
             .arg(ttl_ms.saturating_add(self.fence_retention_ms));
         for holder in holders {
             invocation
+                .arg(keys::member(holder.object.as_str()))
                 .arg(holder.digest.to_hex())
                 .arg(holder.fence.get());
         }
@@ -514,7 +539,7 @@ impl LockStore for RedisStore {
         let mut invocation = self
             .scripts
             .validate
-            .key(self.keys.holders_key(&holder.object));
+            .key(self.keys.holders_key(holder.object.as_str()));
         invocation
             .arg(holder.digest.to_hex())
             .arg(holder.fence.get());
@@ -529,14 +554,13 @@ impl LockStore for RedisStore {
     }
 
     async fn downgrade(&self, holder: &HolderRef) -> LockResult<Verdict<HolderState>> {
-        let mut invocation = self
-            .scripts
-            .downgrade
-            .key(self.keys.holders_key(&holder.object));
+        let object = holder.object.as_str();
+        let mut invocation = self.scripts.downgrade.key(self.keys.waiting_key());
         invocation
-            .key(self.keys.queue_key(&holder.object))
+            .key(self.keys.holders_key(object))
+            .key(self.keys.queue_key(object))
             .arg(&self.channel)
-            .arg(holder.object.as_str())
+            .arg(keys::member(object))
             .arg(holder.digest.to_hex())
             .arg(holder.fence.get());
         let items = reply::array(self.eval("downgrade", &invocation).await?)?;
@@ -550,59 +574,67 @@ impl LockStore for RedisStore {
     }
 
     async fn inspect(&self, object: &ObjectId) -> LockResult<Option<LockInfo>> {
-        Ok(self.describe(std::slice::from_ref(object)).await?.pop())
+        let mut invocation = self
+            .scripts
+            .inspect
+            .key(self.keys.holders_key(object.as_str()));
+        invocation.key(self.keys.queue_key(object.as_str()));
+        let items = reply::array(self.eval("inspect", &invocation).await?)?;
+        let [now, holders, delay, waiters] =
+            <[Value; 4]>::try_from(items).map_err(|_| reply::malformed("inspect reply"))?;
+        description(
+            object.clone(),
+            reply::millis_text(&now)?,
+            holders,
+            delay,
+            &waiters,
+        )
     }
 
     async fn list(&self, query: &ListQuery) -> LockResult<LockPage> {
-        let (mut scan, mut pending) = match &query.after {
-            None => (ScanPosition::At(0), VecDeque::new()),
-            Some(cursor) => ListCursor::parse(cursor)?.into_parts(),
-        };
-        let pattern = self.keys.holders_pattern(&query.prefix);
-        let mut page: Vec<ObjectId> = Vec::with_capacity(query.limit);
-        let mut seen = HashSet::new();
-        while page.len() < query.limit {
-            let Some(object) = pending.pop_front() else {
-                break;
-            };
-            if object.as_str().starts_with(query.prefix.as_str()) && seen.insert(object.clone()) {
-                page.push(object);
-            }
-        }
-        let mut rounds = 0;
-        while page.len() < query.limit && rounds < MAX_SCAN_ROUNDS {
-            let ScanPosition::At(cursor) = scan else {
-                break;
-            };
-            rounds += 1;
-            let (next, keys) = self.scan(cursor, &pattern, query.limit).await?;
-            scan = if next == 0 {
-                ScanPosition::Done
-            } else {
-                ScanPosition::At(next)
-            };
-            for key in keys {
-                let Some(object) = self.keys.object_of_holders_key(&key) else {
-                    continue;
-                };
-                if !seen.insert(object.clone()) {
-                    continue;
-                }
-                if page.len() < query.limit {
-                    page.push(object);
+        let start = keys::escape(&query.prefix);
+        let low = match &query.after {
+            Some(cursor) => {
+                let after = ListCursor::parse(cursor)?;
+                if after.0.as_bytes() >= start.as_bytes() {
+                    format!("({}", after.0)
                 } else {
-                    pending.push_back(object);
+                    format!("[{start}")
                 }
             }
-        }
-        let locks = if page.is_empty() {
-            Vec::new()
-        } else {
-            self.describe(&page).await?
+            None => format!("[{start}"),
         };
-        let next = match (&scan, pending.is_empty()) {
-            (ScanPosition::Done, true) => None,
-            _ => Some(ListCursor { scan, pending }.encode()),
+        // Every member starting with `start`: UTF-8 never holds the byte 0xff.
+        let mut high = Vec::with_capacity(start.len() + 2);
+        high.push(b'(');
+        high.extend_from_slice(start.as_bytes());
+        high.push(0xff);
+        let mut invocation = self.scripts.list.prepare_invoke();
+        self.index_keys(&mut invocation);
+        invocation
+            .arg(self.keys.prefix())
+            .arg(low)
+            .arg(high)
+            .arg(query.limit)
+            .arg(query.limit.saturating_mul(2).saturating_add(LIST_SLACK));
+        let mut items = reply::array(self.eval("list", &invocation).await?)?.into_iter();
+        let (Some(now), Some(next)) = (items.next(), items.next()) else {
+            return Err(reply::malformed("list reply"));
+        };
+        let now_ms = reply::millis_text(&now)?;
+        let mut locks = Vec::with_capacity(items.len());
+        for listed in items {
+            let [member, holders, delay, waiters] =
+                <[Value; 4]>::try_from(reply::array(listed)?)
+                    .map_err(|_| reply::malformed("listed object"))?;
+            let object = object_of(&member)?;
+            if let Some(info) = description(object, now_ms, holders, delay, &waiters)? {
+                locks.push(info);
+            }
+        }
+        let next = match reply::text(&next)? {
+            "" => None,
+            member => Some(ListCursor(member.to_owned()).encode()),
         };
         Ok(LockPage { locks, next })
     }
@@ -620,59 +652,83 @@ impl LockStore for RedisStore {
     }
 }
 
-/// Where a listing's `SCAN` stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ScanPosition {
-    /// Continue `SCAN` from this cursor.
-    At(u64),
-    /// `SCAN` has returned cursor 0: only pending objects remain.
-    Done,
+impl RedisStore {
+    /// Reads the acquire script's refusal: the ticket, the conflicts, and the blockers when the
+    /// attempt drew the ticket.
+    fn refusal(&self, attempt: &Attempt<'_>, items: &[Value]) -> LockResult<Attempted> {
+        let ticket = match reply::int(item(items, 1)?)? {
+            0 => None,
+            n => Some(Ticket(
+                u64::try_from(n).map_err(|_| reply::malformed("ticket"))?,
+            )),
+        };
+        let count = usize::try_from(reply::int(item(items, 2)?)?)
+            .map_err(|_| reply::malformed("conflict count"))?;
+        let end = count
+            .checked_mul(4)
+            .and_then(|n| n.checked_add(3))
+            .filter(|&end| end <= items.len())
+            .ok_or_else(|| reply::malformed("conflict count"))?;
+        let conflicts = items[3..end]
+            .chunks(4)
+            .map(|conflict| {
+                let [index, holder, retry, cause] = conflict else {
+                    return Err(reply::malformed("acquire conflict"));
+                };
+                let claim = usize::try_from(reply::int(index)?)
+                    .ok()
+                    .and_then(|i| attempt.claims.get(i.checked_sub(1)?))
+                    .ok_or_else(|| reply::malformed("conflict index"))?;
+                Ok(Conflict {
+                    object: claim.object.clone(),
+                    holder: reply::owner(holder)?,
+                    retry_after: reply::pttl(retry, self.limits.max_ttl)?,
+                    cause: ConflictCause::from_wire(reply::text(cause)?),
+                })
+            })
+            .collect::<LockResult<Vec<_>>>()?;
+        if conflicts.is_empty() {
+            return Err(reply::malformed("refusal without conflicts"));
+        }
+        let blockers = items[end..]
+            .chunks(4)
+            .map(|blocker| {
+                let [member, owner, fence, wanted] = blocker else {
+                    return Err(reply::malformed("blocker"));
+                };
+                Ok(Blocker {
+                    object: object_of(member)?,
+                    owner: reply::owner(owner)?,
+                    fence: reply::fence(fence)?,
+                    wanted: reply::mode(wanted)?,
+                })
+            })
+            .collect::<LockResult<Vec<_>>>()?;
+        Ok(Attempted::Refused {
+            conflicts,
+            ticket,
+            blockers,
+        })
+    }
 }
 
-/// The `next` cursor of a listing page: the `SCAN` position plus the objects a `SCAN` step
-/// returned beyond the page's limit (a step can return more than `COUNT` keys), so none are
-/// lost between pages. Text form: `v1.<scan cursor or "end">[.<hex of object>]...`.
+/// The `next` cursor of a listing page: the member of the last object the page looked at; the
+/// next page starts after it. Text form: `v2.<hex of the member>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ListCursor {
-    scan: ScanPosition,
-    pending: VecDeque<ObjectId>,
-}
+struct ListCursor(String);
 
 impl ListCursor {
     fn encode(&self) -> String {
-        let mut out = String::from("v1.");
-        match self.scan {
-            ScanPosition::At(cursor) => out.push_str(&cursor.to_string()),
-            ScanPosition::Done => out.push_str("end"),
-        }
-        for object in &self.pending {
-            out.push('.');
-            out.push_str(&hex::encode(object.as_str()));
-        }
-        out
+        format!("v2.{}", hex::encode(self.0.as_bytes()))
     }
 
     fn parse(text: &str) -> LockResult<Self> {
         let bad = || LockError::invalid_argument("after", "not a cursor returned by this backend");
-        let mut parts = text.split('.');
-        if parts.next() != Some("v1") {
-            return Err(bad());
-        }
-        let scan = match parts.next().ok_or_else(bad)? {
-            "end" => ScanPosition::Done,
-            number => ScanPosition::At(number.parse().map_err(|_| bad())?),
-        };
-        let mut pending = VecDeque::new();
-        for part in parts {
-            let bytes = hex::decode(part).map_err(|_| bad())?;
-            let name = String::from_utf8(bytes).map_err(|_| bad())?;
-            pending.push_back(ObjectId::new(name).map_err(|_| bad())?);
-        }
-        Ok(Self { scan, pending })
-    }
-
-    fn into_parts(self) -> (ScanPosition, VecDeque<ObjectId>) {
-        (self.scan, self.pending)
+        let hex_member = text.strip_prefix("v2.").ok_or_else(bad)?;
+        let member =
+            String::from_utf8(hex::decode(hex_member).map_err(|_| bad())?).map_err(|_| bad())?;
+        keys::object_of_member(member.as_bytes()).ok_or_else(bad)?;
+        Ok(Self(member))
     }
 }
 
@@ -681,27 +737,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn list_cursors_round_trip_with_pending_objects() {
-        let cursor = ListCursor {
-            scan: ScanPosition::At(17),
-            pending: ["a.b", "ü/{x}"]
-                .into_iter()
-                .map(|n| ObjectId::new(n).expect("valid"))
-                .collect(),
-        };
-        let text = cursor.encode();
-        assert_eq!(ListCursor::parse(&text).expect("parses"), cursor);
-        let done = ListCursor {
-            scan: ScanPosition::Done,
-            pending: VecDeque::new(),
-        };
-        assert_eq!(done.encode(), "v1.end");
-        assert_eq!(ListCursor::parse("v1.end").expect("parses"), done);
+    fn list_cursors_round_trip() {
+        for name in ["a.b", "ü/{x}", "/vol/a%b"] {
+            let cursor = ListCursor(keys::member(name));
+            let text = cursor.encode();
+            assert!(text.starts_with("v2."), "{text}");
+            assert_eq!(ListCursor::parse(&text).expect("parses"), cursor);
+        }
     }
 
     #[test]
     fn foreign_cursors_are_invalid_arguments() {
-        for text in ["", "17", "v2.0", "v1.x", "v1.0.zz", "v1.0.0", "v1.0.ff"] {
+        let not_a_member = format!("v2.{}", hex::encode("a{b"));
+        let not_an_id = format!("v2.{}", hex::encode("/a/"));
+        for text in [
+            "",
+            "17",
+            "v1.0",
+            "v1.end",
+            "v2.",
+            "v2.zz",
+            "v2.ff",
+            &not_a_member,
+            &not_an_id,
+        ] {
             assert!(
                 matches!(
                     ListCursor::parse(text),
@@ -716,37 +775,23 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        fn cursor() -> impl Strategy<Value = ListCursor> {
-            (
-                prop_oneof![
-                    Just(ScanPosition::Done),
-                    any::<u64>().prop_map(ScanPosition::At)
-                ],
-                proptest::collection::vec("[a-z./{}%ü ]{1,10}", 0..5),
-            )
-                .prop_map(|(scan, pending)| ListCursor {
-                    scan,
-                    pending: pending
-                        .into_iter()
-                        .map(|n| ObjectId::new(n).expect("valid"))
-                        .collect(),
-                })
-        }
-
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(256))]
 
-            /// Every cursor a page hands out parses back to the same position and pending objects.
+            /// Every cursor a page hands out parses back to the same position.
             #[test]
-            fn list_cursors_round_trip(cursor in cursor()) {
-                prop_assert_eq!(ListCursor::parse(&cursor.encode()).expect("parses"), cursor);
+            fn list_cursors_round_trip(name in "[a-z./{}%ü ]{0,8}[a-z{}%ü]") {
+                if let Ok(object) = ObjectId::new(name) {
+                    let cursor = ListCursor(keys::member(object.as_str()));
+                    prop_assert_eq!(ListCursor::parse(&cursor.encode()).expect("parses"), cursor);
+                }
             }
 
             /// Any other text is refused as `invalid_argument` on `after`, never a panic.
             #[test]
             fn arbitrary_cursors_are_refused_without_panicking(text in prop_oneof![
                 any::<String>(),
-                "v1\\.[0-9a-z]{0,22}(\\.[0-9a-fA-F]{0,9}){0,3}",
+                "v2\\.[0-9a-fA-F]{0,12}",
             ]) {
                 if let Err(e) = ListCursor::parse(&text) {
                     let names_after = matches!(e, LockError::InvalidArgument { field: "after", .. });

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::PrivateRedis;
 use lockcore::{
-    AcquireRequest, ListQuery, LockError, LockMode, LockService, LockSpec, ObjectId, OwnerId,
+    AcquireRequest, ListQuery, LockError, LockMode, LockScope, LockService, LockSpec, ObjectId,
+    OwnerId,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,9 +21,9 @@ async fn every_operation_works_with_the_documented_acl() {
         .expect("admin connection");
     let mut config = common::test_config(&redis.url());
     let prefix = config.key_prefix.clone();
-    let rules = "+evalsha +script|load +scan +ping +subscribe +time +get +set +incr +pexpire \
-                 +pttl +exists +publish +hget +hgetall +hset +hdel +zrange +zrangebyscore \
-                 +zcount +zadd +zrem +zremrangebyscore";
+    let rules = "+evalsha +script|load +ping +subscribe +time +get +set +incr +pexpire +pttl \
+                 +exists +publish +hget +hgetall +hset +hdel +zrange +zrangebyscore \
+                 +zrangebylex +zscore +zcard +zadd +zrem +zremrangebyscore";
     let mut setuser = redis::cmd("ACL");
     setuser
         .arg("SETUSER")
@@ -127,4 +128,50 @@ async fn every_operation_works_with_the_documented_acl() {
     for released in service.release_many(&locks).await.expect("release_many") {
         released.expect("released");
     }
+
+    // A subtree lock: the scripts read the keys of what is locked under it, which they name
+    // themselves from the index; a waiter under it is woken by its release.
+    let (root, below) = (
+        ObjectId::new("acl/dir").expect("valid"),
+        ObjectId::new("acl/dir/file").expect("valid"),
+    );
+    let file = service
+        .acquire(&below, &bob, ttl, Duration::ZERO)
+        .await
+        .expect("acquire under the subtree");
+    let refused = service
+        .acquire_with(
+            &AcquireRequest::new(root.clone(), alice.clone(), ttl).with_scope(LockScope::Subtree),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(LockError::Locked { .. })),
+        "{refused:?}"
+    );
+    service.release(&below, &file.token).await.expect("release");
+    let tree = service
+        .acquire_with(
+            &AcquireRequest::new(root.clone(), alice.clone(), ttl).with_scope(LockScope::Subtree),
+        )
+        .await
+        .expect("subtree acquire")
+        .into_first();
+    let waiter = {
+        let (service, below, bob) = (service.clone(), below.clone(), bob.clone());
+        tokio::spawn(async move {
+            service
+                .acquire(&below, &bob, ttl, Duration::from_secs(10))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    service.release(&root, &tree.token).await.expect("release");
+    let granted = waiter
+        .await
+        .expect("task")
+        .expect("the waiter under the subtree is woken by its release");
+    service
+        .release(&below, &granted.token)
+        .await
+        .expect("release");
 }

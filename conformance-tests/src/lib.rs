@@ -56,6 +56,10 @@ pub struct Capabilities {
     /// How long after a lease's TTL the backend may still show it (default 400 ms; etcd
     /// revokes expired leases on a 500 ms tick, through Raft).
     pub expiry_slack: std::time::Duration,
+    /// Whether the backend has subtree locks and lock-delay (default: yes). A backend without
+    /// them refuses them as `invalid_argument`; the subtree and lock-delay checks then check
+    /// only that refusal, loudly, and the model draws neither.
+    pub subtrees: bool,
 }
 
 impl Default for Capabilities {
@@ -65,6 +69,7 @@ impl Default for Capabilities {
             fifo_waiters: true,
             min_ttl: lockcore::MIN_TTL,
             expiry_slack: std::time::Duration::from_millis(400),
+            subtrees: true,
         }
     }
 }
@@ -114,6 +119,12 @@ impl Capabilities {
     /// How long to sleep for a lease of `ttl` granted just before to be gone.
     pub fn past(&self, ttl: std::time::Duration) -> std::time::Duration {
         ttl + self.expiry_slack
+    }
+
+    /// Capabilities of a backend without subtree locks and lock-delay.
+    pub fn without_subtrees(mut self) -> Self {
+        self.subtrees = false;
+        self
     }
 
     /// Capabilities with or without FIFO waiters.
@@ -225,6 +236,7 @@ macro_rules! conformance_suite {
             a_waiting_subtree_request_holds_back_later_requests_under_it,
             waiters_are_counted_by_inspect_and_list,
             a_waiter_tells_each_holder_it_waits_behind_once,
+            subtree_holders_never_overlap,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,6 +266,9 @@ macro_rules! conformance_suite {
                     return;
                 };
                 let caps: $crate::Capabilities = $caps;
+                if $crate::subtrees::unsupported(&*service, &caps).await {
+                    return;
+                }
                 $crate::subtrees::$check(&*service, &caps).await;
             }
         )+
@@ -266,6 +281,9 @@ macro_rules! conformance_suite {
                     return;
                 };
                 let caps: $crate::Capabilities = $caps;
+                if $crate::subtrees::unsupported(&*service, &caps).await {
+                    return;
+                }
                 $crate::subtrees::$check(service, &caps).await;
             }
         )+

@@ -1157,7 +1157,7 @@ fn generate_acquire(
         } else {
             LockMode::Exclusive
         };
-        let scope = if rng.random_bool(0.3) {
+        let scope = if caps.subtrees && rng.random_bool(0.3) {
             LockScope::Subtree
         } else {
             LockScope::Object
@@ -1171,6 +1171,7 @@ fn generate_acquire(
         }
     }
     let lock_delay = match LOCK_DELAYS_MS[rng.random_range(0..LOCK_DELAYS_MS.len())] {
+        _ if !caps.subtrees => Duration::ZERO,
         0 => Duration::ZERO,
         ms => caps.lock_delay(Duration::from_millis(ms)),
     };

@@ -27,6 +27,40 @@ const CLOCK_TOLERANCE: Duration = Duration::from_millis(30);
 use LockMode::{Exclusive, Shared};
 use LockScope::{Object, Subtree};
 
+/// For a backend declared without subtree locks and lock-delay
+/// ([`Capabilities::without_subtrees`]): checks that it refuses both as `invalid_argument`
+/// rather than grant them as plain locks, says so on stderr, and returns `true` (the caller then
+/// skips its check). `false` for a backend that has them.
+pub async fn unsupported(svc: &dyn LockService, caps: &Capabilities) -> bool {
+    if caps.subtrees {
+        return false;
+    }
+    let scope = Scope::new("no_subtrees");
+    let owner = scope.owner("o");
+    let subtree = AcquireRequest::many(
+        vec![spec(&scope.object("d"), Exclusive, Subtree)],
+        owner.clone(),
+        LONG,
+    );
+    let delayed = AcquireRequest::new(scope.object("f"), owner, LONG).with_lock_delay(SHORT);
+    for request in [subtree, delayed] {
+        assert!(
+            matches!(
+                svc.acquire_with(&request).await,
+                Err(LockError::InvalidArgument { .. })
+            ),
+            "a backend without subtrees must refuse {request:?}"
+        );
+    }
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIP: {} has no subtree locks or lock-delay; checked that it refuses them",
+        svc.backend()
+    );
+    true
+}
+
 fn spec(object: &ObjectId, mode: LockMode, scope: LockScope) -> LockSpec {
     LockSpec::new(object.clone(), mode).with_scope(scope)
 }
@@ -340,32 +374,31 @@ pub async fn a_waiting_subtree_request_holds_back_later_requests_under_it(
             svc.acquire_with(&request).await
         })
     };
-    // The renamer has drawn its ticket once its waiter count shows.
+    // The renamer has drawn its ticket once a later request for a free object under its root
+    // is refused as queued behind it (until then such a request is granted, and let go).
     let deadline = Instant::now() + PROMPTLY;
     loop {
-        let waiting = svc
-            .inspect(&dir)
-            .await
-            .expect("inspect")
-            .map_or(0, |i| i.waiters);
-        if waiting == 1 {
-            break;
+        match try_one(&*svc, spec(&free, Shared, Object), &late, LONG).await {
+            Err(LockError::Locked { conflicts, .. }) => {
+                assert_eq!(conflicts[0].holder, renamer, "refused behind the renamer");
+                assert_eq!(conflicts[0].cause, ConflictCause::Queued);
+                break;
+            }
+            Ok(early) => release_all(&*svc, &early).await,
+            Err(e) => panic!("a request under the root should be granted or locked: {e}"),
         }
         assert!(
             Instant::now() < deadline,
-            "the rename should be counted as a waiter of {dir}"
+            "the rename should queue on {dir}"
         );
         sleep(Duration::from_millis(20)).await;
     }
-    for later in [spec(&free, Shared, Object), spec(&held, Shared, Object)] {
-        let what = later.object.clone();
-        let conflicts = assert_locked(try_one(&*svc, later, &late, LONG).await);
-        assert_eq!(
-            conflicts[0].holder, renamer,
-            "{what} is refused behind the renamer"
-        );
-        assert_eq!(conflicts[0].cause, ConflictCause::Queued, "{what}");
-    }
+    let conflicts = assert_locked(try_one(&*svc, spec(&held, Shared, Object), &late, LONG).await);
+    assert_eq!(
+        (conflicts[0].holder.clone(), conflicts[0].cause),
+        (renamer.clone(), ConflictCause::Queued),
+        "a shared request that the holder alone would admit is refused behind the renamer"
+    );
     let beside = granted(
         &*svc,
         spec(&scope.object("e/x"), Exclusive, Object),
@@ -666,4 +699,90 @@ pub async fn a_waiter_tells_each_holder_it_waits_behind_once(
         .filter(|n| matches!(n, WaitNotice::Contended { objects, granted: true, .. } if objects == &vec![dir.clone()]))
         .count();
     assert_eq!(contended, 1, "the contended grant is reported once");
+}
+
+/// Sixteen tasks lock a small tree at random, in both modes and both scopes, each waiting for
+/// its turn; from the holders' own records (taken after each grant returns and before each
+/// release is sent), no two conflicting holders ever overlap, and every grant's fence is above
+/// the fence of every grant of its object that was released before it was asked for.
+pub async fn subtree_holders_never_overlap(svc: Arc<dyn LockService>, _caps: &Capabilities) {
+    const TASKS: usize = 16;
+    const CYCLES: usize = 40;
+    const TREE: [&str; 7] = ["t", "t/a", "t/a/1", "t/a/2", "t/b", "t/b/1", "tb"];
+    let scope = Scope::new("subtree_stress");
+    let ids: Vec<String> = TREE.iter().map(|n| scope.object(n).to_string()).collect();
+    let universe: Arc<Vec<String>> = Arc::new(ids);
+    /// Who holds what right now: (task, object index, mode, scope).
+    type Held = Vec<(usize, usize, LockMode, LockScope)>;
+    #[derive(Default)]
+    struct Records {
+        held: Held,
+        /// Per object, the highest fence of a grant whose holder has let go of it.
+        retired: HashMap<usize, lockcore::Fence>,
+        grants: usize,
+    }
+    let records = Arc::new(Mutex::new(Records::default()));
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let (svc, universe, records) = (svc.clone(), universe.clone(), records.clone());
+        let owner = scope.owner(&format!("task-{task}"));
+        tasks.push(tokio::spawn(async move {
+            for cycle in 0..CYCLES {
+                let draw = (task * 31 + cycle * 17 + task * cycle) % 97;
+                let at = draw % TREE.len();
+                let mode = if draw % 5 < 2 { Shared } else { Exclusive };
+                let lock_scope = if draw % 3 == 0 { Subtree } else { Object };
+                let object = ObjectId::new(&universe[at]).expect("valid");
+                let request = AcquireRequest::many(
+                    vec![spec(&object, mode, lock_scope)],
+                    owner.clone(),
+                    LONG,
+                )
+                .with_wait(Duration::from_secs(60));
+                let floor = records.lock().expect("records").retired.get(&at).copied();
+                let grant = svc
+                    .acquire_with(&request)
+                    .await
+                    .unwrap_or_else(|e| panic!("task {task} cycle {cycle}: {e}"));
+                let fence = grant.leases[0].fence;
+                {
+                    let mut r = records.lock().expect("records");
+                    let all: Vec<&str> = universe.iter().map(String::as_str).collect();
+                    for &(other, other_at, other_mode, other_scope) in &r.held {
+                        let overlap = covered(&universe[at], lock_scope, &all)
+                            .iter()
+                            .any(|id| covered(&universe[other_at], other_scope, &all).contains(id));
+                        assert!(
+                            !(overlap && (mode == Exclusive || other_mode == Exclusive)),
+                            "task {task} was granted {mode} {lock_scope} {} while task {other} \
+                             holds {other_mode} {other_scope} {}",
+                            TREE[at],
+                            TREE[other_at]
+                        );
+                    }
+                    if let Some(floor) = floor {
+                        assert!(
+                            fence > floor,
+                            "fence {fence} of {} is not above {floor}, released before",
+                            TREE[at]
+                        );
+                    }
+                    r.held.push((task, at, mode, lock_scope));
+                    r.grants += 1;
+                }
+                tokio::task::yield_now().await;
+                {
+                    let mut r = records.lock().expect("records");
+                    r.held.retain(|&(t, _, _, _)| t != task);
+                    let retired = r.retired.entry(at).or_insert(fence);
+                    *retired = (*retired).max(fence);
+                }
+                release_all(&*svc, &grant).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("stress task panicked");
+    }
+    assert_eq!(records.lock().expect("records").grants, TASKS * CYCLES);
 }

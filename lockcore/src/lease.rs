@@ -59,7 +59,9 @@ impl Grant {
 ///
 /// [`LockService::inspect`](crate::LockService::inspect) also answers for an object that has no
 /// holder but is in a lock-delay: `holders` is then empty, `delay` is set, and the top-level
-/// fields describe the lease that expired (its `ttl` is zero).
+/// fields describe the lease that expired (its `ttl` is zero). An object with neither holders
+/// nor a delay is free, and `inspect` answers `None` for it even while requests wait for it
+/// (they wait behind something elsewhere in the tree, or behind earlier waiters).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LockInfo {
     /// The locked object.

@@ -18,7 +18,7 @@ use lockd_wire::{
     ResultsBody, TokenRequest,
 };
 
-use crate::events::{Event, EventStream};
+use crate::events::{Event, EventFilter, EventStream};
 use crate::wire::{lock_error, parse_error};
 use crate::{ClientConfig, BACKEND};
 
@@ -189,6 +189,9 @@ impl LockdClient {
                 builder = builder.add_root_certificate(certificate);
             }
         }
+        if let Some(identity) = read_identity(&config)? {
+            builder = builder.identity(identity);
+        }
         let http = builder
             .default_headers(headers)
             .user_agent(concat!("lockd-client/", env!("CARGO_PKG_VERSION")))
@@ -231,6 +234,20 @@ impl LockdClient {
     /// Up to `limit` events with a sequence number above `after` (all retained ones for `None`),
     /// oldest first.
     pub async fn events(&self, after: Option<u64>, limit: usize) -> LockResult<Vec<Event>> {
+        self.events_with(after, limit, &EventFilter::default())
+            .await
+    }
+
+    /// Like [`LockdClient::events`], only the events that pass `filter` (sent as the query
+    /// parameters `object`, `prefix`, `owner`, `kind`). Fewer than `limit` events means none
+    /// that passes is left; the events keep the log's sequence numbers, so pass the last one's as
+    /// `after` for the next page.
+    pub async fn events_with(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> LockResult<Vec<Event>> {
         if limit == 0 || limit > MAX_EVENTS_LIMIT {
             return Err(LockError::invalid_argument(
                 "limit",
@@ -241,7 +258,7 @@ impl LockdClient {
             after,
             limit: Some(limit),
         };
-        let url = with_query(&self.endpoints.events, &params)?;
+        let url = with_filter(with_query(&self.endpoints.events, &params)?, filter);
         let response: EventsBody = self
             .call(Method::GET, url, None::<&()>, self.request_timeout, None)
             .await?
@@ -252,8 +269,20 @@ impl LockdClient {
     /// Follows lockd's live event stream, starting after sequence number `after` when given
     /// (sent as `?after=` and `Last-Event-ID`). The stream has no overall deadline.
     pub async fn event_stream(&self, after: Option<u64>) -> LockResult<EventStream> {
+        self.event_stream_with(after, &EventFilter::default()).await
+    }
+
+    /// Like [`LockdClient::event_stream`], only the events that pass `filter`: for example a
+    /// holder's own `wanted` notices,
+    /// `EventFilter::default().owner("node-7").kind(EventKind::Wanted)`. The events keep the
+    /// log's sequence numbers, so resuming after the last one seen misses none that passes.
+    pub async fn event_stream_with(
+        &self,
+        after: Option<u64>,
+        filter: &EventFilter,
+    ) -> LockResult<EventStream> {
         let params = EventParams { after, limit: None };
-        let url = with_query(&self.endpoints.events_stream, &params)?;
+        let url = with_filter(with_query(&self.endpoints.events_stream, &params)?, filter);
         let mut request = self.http.get(url);
         if let Some(after) = after {
             request = request.header("Last-Event-ID", after.to_string());
@@ -566,6 +595,15 @@ fn with_query<Q: Serialize>(endpoint: &Url, params: &Q) -> LockResult<Url> {
     Ok(url)
 }
 
+/// `url` with `filter`'s query parameters appended.
+fn with_filter(mut url: Url, filter: &EventFilter) -> Url {
+    let pairs = filter.query_pairs();
+    if !pairs.is_empty() {
+        url.query_pairs_mut().extend_pairs(pairs);
+    }
+    url
+}
+
 /// Checks and normalizes the base URL so that joining `v1/...` keeps any path prefix.
 fn parse_base_url(raw: &str) -> LockResult<Url> {
     let mut url = Url::parse(raw.trim())
@@ -612,6 +650,48 @@ fn read_ca_file(path: &std::path::Path) -> LockResult<Vec<reqwest::Certificate>>
         ));
     }
     Ok(certificates)
+}
+
+/// The client certificate and key of `config`, for TLS: both or neither, each a readable PEM
+/// file of its kind.
+fn read_identity(config: &ClientConfig) -> LockResult<Option<reqwest::Identity>> {
+    let (cert_path, key_path) = match (&config.client_cert, &config.client_key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(LockError::invalid_argument(
+                "client_key",
+                "a client certificate needs its private key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(LockError::invalid_argument(
+                "client_cert",
+                "a client key needs its certificate",
+            ))
+        }
+    };
+    let read = |field: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            LockError::invalid_argument(field, format!("cannot read {}: {e}", path.display()))
+        })
+    };
+    let mut pem = read("client_cert", cert_path)?;
+    if !pem.ends_with(b"\n") {
+        pem.push(b'\n');
+    }
+    pem.extend(read("client_key", key_path)?);
+    let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+        LockError::invalid_argument(
+            "client_cert",
+            format!(
+                "{} and {} are not a PEM certificate and its private key: {e}",
+                cert_path.display(),
+                key_path.display()
+            ),
+        )
+    })?;
+    Ok(Some(identity))
 }
 
 /// Whether the URL's host is a loopback address (or `localhost`).
@@ -713,6 +793,38 @@ mod tests {
         let client = LockdClient::new(config).unwrap();
         assert!(!format!("{client:?}").contains("k-123456"));
         assert_eq!(client.backend(), "http");
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_both_must_be_pem() {
+        let base = || ClientConfig::from_url("https://locks.example");
+        let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+        let cert = format!("{data}/test-server.pem");
+        let key = format!("{data}/test-server-key.pem");
+        assert!(LockdClient::new(base().with_client_cert(&cert, &key)).is_ok());
+        let field = |config: ClientConfig| match LockdClient::new(config) {
+            Err(LockError::InvalidArgument { field, .. }) => Some(field),
+            _ => None,
+        };
+        let mut half = base();
+        half.client_cert = Some(cert.clone().into());
+        assert_eq!(field(half), Some("client_key"));
+        let mut half = base();
+        half.client_key = Some(key.clone().into());
+        assert_eq!(field(half), Some("client_cert"));
+        assert_eq!(
+            field(base().with_client_cert("/nonexistent/c.pem", &key)),
+            Some("client_cert")
+        );
+        assert_eq!(
+            field(base().with_client_cert(&cert, "/nonexistent/k.pem")),
+            Some("client_key")
+        );
+        // A certificate where the key should be.
+        assert_eq!(
+            field(base().with_client_cert(&cert, &cert)),
+            Some("client_cert")
+        );
     }
 
     #[test]

@@ -31,8 +31,9 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
 #[non_exhaustive]
 pub struct ClientConfig {
     /// Base URL of the lockd server, `http://` or `https://` (a path prefix is kept, so lockd
-    /// may sit behind a proxy at `https://proxy/lockd`), or `grpc://host:port` for its gRPC API
-    /// (through [`connect`](crate::connect)). Default `http://127.0.0.1:7070`.
+    /// may sit behind a proxy at `https://proxy/lockd`), or `grpc://host:port` /
+    /// `grpcs://host:port` (TLS) for its gRPC API (through [`connect`](crate::connect)).
+    /// Default `http://127.0.0.1:7070`.
     pub url: String,
     /// Sent as `Authorization: Bearer KEY` on every request when set.
     pub api_key: Option<String>,
@@ -42,9 +43,14 @@ pub struct ClientConfig {
     /// Time allowed for one request (default 10 s). A blocking acquire gets its `wait` on top.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// A PEM file of extra CA certificates to trust for `https://` (a private CA), on top of the
-    /// built-in web roots.
+    /// A PEM file of extra CA certificates to trust for `https://` and `grpcs://` (a private
+    /// CA), on top of the built-in web roots.
     pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate chain presented over `https://` and `grpcs://`, for a lockd
+    /// that requires one (`--tls-client-ca`, mutual TLS); needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -55,6 +61,8 @@ impl Default for ClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -86,6 +94,14 @@ impl ClientConfig {
         self
     }
 
+    /// Presents the PEM certificate chain at `cert`, with its PEM private key at `key`, over
+    /// TLS (builder style): for a lockd that requires client certificates.
+    pub fn with_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_cert = Some(cert.into());
+        self.client_key = Some(key.into());
+        self
+    }
+
     /// Sets the per-request timeout (builder style).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
@@ -101,6 +117,8 @@ impl fmt::Debug for ClientConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .finish()
     }
 }
@@ -128,6 +146,21 @@ mod tests {
         assert_eq!(config.request_timeout, Duration::from_secs(3));
         let back = serde_json::to_string(&config).unwrap();
         assert!(back.contains("\"250ms\""), "{back}");
+    }
+
+    #[test]
+    fn tls_files_are_read_from_the_config() {
+        let config: ClientConfig = serde_json::from_str(
+            r#"{"url": "grpcs://locks.example:7071", "ca_file": "ca.pem",
+                "client_cert": "client.pem", "client_key": "client-key.pem"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config,
+            ClientConfig::from_url("grpcs://locks.example:7071")
+                .with_ca_file("ca.pem")
+                .with_client_cert("client.pem", "client-key.pem")
+        );
     }
 
     #[test]

@@ -8,12 +8,58 @@ use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use lockcore::{
-    AcquireRequest, Fence, Grant, Lease, LockError, LockResult, LockService, LockToken, ObjectId,
-    OwnerId,
+    AcquireRequest, Fence, Grant, Lease, LockError, LockMode, LockResult, LockService, LockToken,
+    ObjectId, OwnerId,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use crate::events::{Event, EventFilter, EventKind, EventSource};
+
+/// First pause before following the event log again after its stream broke; it doubles up to
+/// [`WANTED_RETRY_MAX`].
+const WANTED_RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Longest pause between attempts to follow the event log for [`LeaseGuard::wanted`].
+const WANTED_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// A `wanted` notice for a guarded lease: a request started waiting for it, as
+/// [`LeaseGuard::wanted`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Wanted {
+    /// The guarded object that is wanted.
+    pub object: ObjectId,
+    /// The wanted lease's fence.
+    pub fence: Fence,
+    /// Who waits (the waiting request's owner).
+    pub waiter: String,
+    /// The mode the waiter asks for (a shared holder is wanted only by exclusive waiters).
+    pub mode: LockMode,
+    /// The notice's sequence number in lockd's event log.
+    pub seq: u64,
+}
+
+impl Wanted {
+    /// The notice `event` is, if it is a `wanted` event for one of `leases`.
+    fn of(event: &Event, leases: &[Lease]) -> Option<Self> {
+        if event.kind != EventKind::Wanted {
+            return None;
+        }
+        let lease = leases.iter().find(|lease| {
+            lease.object.as_str() == event.object
+                && Some(lease.fence.get()) == event.fence
+                && event.owner.as_deref() == Some(lease.owner.as_str())
+        })?;
+        Some(Self {
+            object: lease.object.clone(),
+            fence: lease.fence,
+            waiter: event.waiter.clone().unwrap_or_default(),
+            mode: event.mode.unwrap_or_default(),
+            seq: event.seq,
+        })
+    }
+}
 
 /// Where a guarded lease stands, as [`LeaseGuard::subscribe`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -540,6 +586,46 @@ impl LeaseGuard {
         state
     }
 
+    /// Resolves when a request starts waiting for one of the guarded leases: the `wanted`
+    /// notice lockd records for the holder (Lustre's blocking callback, NFS's delegation recall).
+    /// A holder that wants to be polite finishes what it is doing and releases early.
+    ///
+    /// `events` is the lockd to listen to: a [`LockdClient`](crate::LockdClient), or with the
+    /// `grpc` feature a `GrpcClient`, of the same lockd the waiters talk to (each lockd process
+    /// keeps its own event log). The guard follows only its own notices (filtered by owner,
+    /// objects and kind on the server, then by fence here), starting with those already in the
+    /// log, so a notice recorded before this call counts too. A broken stream is followed again
+    /// from the last event seen, retrying with a pause of up to a second while the server is
+    /// unreachable.
+    ///
+    /// Fails with [`LockError::NotHeld`] once the guard no longer holds its lease (lost or
+    /// released: nobody can want it from this holder), and with the error of a refused stream
+    /// (a bad API key, a server without an event log).
+    ///
+    /// ```no_run
+    /// # async fn demo(guard: lockd_client::LeaseGuard, lockd: lockd_client::LockdClient) -> lockcore::LockResult<()> {
+    /// tokio::select! {
+    ///     wanted = guard.wanted(&lockd) => {
+    ///         let wanted = wanted?;
+    ///         eprintln!("{} waits for {} ({})", wanted.waiter, wanted.object, wanted.mode);
+    ///         // flush caches, then:
+    ///         guard.release().await?;
+    ///     }
+    ///     _ = async { /* work under the lock */ } => {}
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn wanted<S: EventSource + ?Sized>(&self, events: &S) -> LockResult<Wanted> {
+        let leases = self.leases();
+        let not_held = || LockError::NotHeld {
+            object: leases[0].object.clone(),
+        };
+        tokio::select! {
+            _ = self.lost() => Err(not_held()),
+            wanted = follow_wanted(events, &leases) => wanted,
+        }
+    }
+
     /// Stops renewing and releases the lock (every lease of the grant, in one request),
     /// returning the (first) released fence.
     ///
@@ -596,6 +682,51 @@ impl Drop for LeaseGuard {
         runtime.spawn(async move {
             release_quietly(service.as_ref(), &leases).await;
         });
+    }
+}
+
+/// Follows `events` until a `wanted` notice for one of `leases` arrives (see
+/// [`LeaseGuard::wanted`]).
+async fn follow_wanted<S: EventSource + ?Sized>(
+    events: &S,
+    leases: &[Lease],
+) -> LockResult<Wanted> {
+    let mut filter = EventFilter::default()
+        .owner(leases[0].owner.as_str())
+        .kind(EventKind::Wanted);
+    for lease in leases {
+        filter = filter.object(lease.object.as_str());
+    }
+    // Everything still in the log: a notice may have come before this call.
+    let mut after = 0;
+    let mut pause = WANTED_RETRY_FIRST;
+    loop {
+        match events.follow(Some(after), &filter).await {
+            Ok(mut stream) => {
+                while let Some(next) = stream.next().await {
+                    match next {
+                        Ok(event) => {
+                            pause = WANTED_RETRY_FIRST;
+                            after = after.max(event.seq);
+                            if let Some(wanted) = Wanted::of(&event, leases) {
+                                return Ok(wanted);
+                            }
+                        }
+                        Err(e) if is_transient(&e) => {
+                            tracing::debug!(error = %e, "event stream broke; following again");
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) if is_transient(&e) => {
+                tracing::debug!(error = %e, "cannot follow the event log yet; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(WANTED_RETRY_MAX);
     }
 }
 
@@ -743,6 +874,35 @@ mod tests {
             mode: lockcore::LockMode::Exclusive,
             fence: Fence(1),
             ttl,
+        }
+    }
+
+    fn wanted_event(object: &str, owner: &str, fence: u64) -> Event {
+        Event::new(9, std::time::SystemTime::now(), EventKind::Wanted, object)
+            .with_owner(owner)
+            .with_fence(fence)
+            .with_mode(LockMode::Shared)
+            .with_waiter("w")
+    }
+
+    /// A notice is the guard's only for its own object, fence and owner.
+    #[test]
+    fn only_notices_for_the_guarded_lease_count() {
+        let leases = [lease(Duration::from_secs(1))];
+        let wanted = Wanted::of(&wanted_event("a", "o", 1), &leases).expect("the guard's");
+        assert_eq!(wanted.waiter, "w");
+        assert_eq!(wanted.mode, LockMode::Shared);
+        assert_eq!(wanted.seq, 9);
+        assert_eq!(wanted.fence, Fence(1));
+        for other in [
+            wanted_event("b", "o", 1),
+            wanted_event("a", "o", 2),
+            wanted_event("a", "p", 1),
+            Event::new(9, std::time::SystemTime::now(), EventKind::Grant, "a")
+                .with_owner("o")
+                .with_fence(1),
+        ] {
+            assert_eq!(Wanted::of(&other, &leases), None, "{other:?}");
         }
     }
 

@@ -9,8 +9,8 @@ mod wire;
 
 pub use client::{LockdClient, MAX_EVENTS_LIMIT};
 pub use config::{ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_URL};
-pub use events::{Event, EventKind, EventStream};
-pub use guard::{GuardOptions, LeaseGuard, LeaseState, LossReason};
+pub use events::{Event, EventFilter, EventKind, EventSource, EventStream};
+pub use guard::{GuardOptions, LeaseGuard, LeaseState, LossReason, Wanted};
 #[cfg(feature = "grpc")]
 pub use lockd_grpc::{GrpcClient, GrpcConfig};
 #[cfg(feature = "grpc")]

@@ -14,8 +14,8 @@ use crate::{ClientConfig, LockdClient};
 pub enum Transport {
     /// `http://` or `https://`: lockd's HTTP/JSON API ([`LockdClient`]).
     Http,
-    /// `grpc://host[:port]` (port 7071 when omitted): lockd's gRPC API (lockd-grpc's
-    /// `GrpcClient`; needs this crate's `grpc` feature, on by default).
+    /// `grpc://host[:port]` (port 7071 when omitted), or `grpcs://` for TLS: lockd's gRPC API
+    /// (lockd-grpc's `GrpcClient`; needs this crate's `grpc` feature, on by default).
     Grpc,
 }
 
@@ -29,24 +29,20 @@ impl Transport {
             .map(|(scheme, _)| scheme.to_ascii_lowercase());
         match scheme.as_deref() {
             Some("http" | "https") => Ok(Transport::Http),
-            Some("grpc") => Ok(Transport::Grpc),
-            Some("grpcs") => Err(LockError::invalid_argument(
-                "url",
-                format!("`{url}`: gRPC over TLS (grpcs://) is not supported yet"),
-            )),
+            Some("grpc" | "grpcs") => Ok(Transport::Grpc),
             _ => Err(LockError::invalid_argument(
                 "url",
-                format!("`{url}` must start with http://, https:// or grpc://"),
+                format!("`{url}` must start with http://, https://, grpc:// or grpcs://"),
             )),
         }
     }
 }
 
 /// A [`LockService`] talking to the lockd `config.url` names: a [`LockdClient`] for
-/// `http(s)://`, lockd-grpc's `GrpcClient` for `grpc://host:port` (with the `grpc` feature;
+/// `http(s)://`, lockd-grpc's `GrpcClient` for `grpc(s)://host:port` (with the `grpc` feature;
 /// without it, `grpc://` is refused as [`LockError::InvalidArgument`]). Both behave alike (same typed
 /// errors, same take-back of acquires whose answer was lost); the API key and timeouts apply to
-/// both, `ca_file` only to `https://`.
+/// both, `ca_file` and the client certificate to `https://` and `grpcs://`.
 ///
 /// Does not contact the server. Refuses a URL of another scheme with
 /// [`LockError::InvalidArgument`].
@@ -80,6 +76,9 @@ pub fn grpc_client(config: &ClientConfig) -> LockResult<GrpcClient> {
     if let Some(key) = &config.api_key {
         grpc = grpc.with_api_key(key.clone());
     }
+    grpc.ca_file.clone_from(&config.ca_file);
+    grpc.client_cert.clone_from(&config.client_cert);
+    grpc.client_key.clone_from(&config.client_key);
     GrpcClient::new(grpc)
 }
 
@@ -101,7 +100,8 @@ mod tests {
             Transport::of_url(" grpc://127.0.0.1:7071"),
             Ok(Transport::Grpc)
         );
-        for refused in ["grpcs://x:1", "ftp://x", "127.0.0.1:7070", ""] {
+        assert_eq!(Transport::of_url("GRPCS://x:1"), Ok(Transport::Grpc));
+        for refused in ["ftp://x", "127.0.0.1:7070", ""] {
             assert!(
                 matches!(
                     Transport::of_url(refused),

@@ -69,6 +69,8 @@ pub(crate) fn lock_error(error: ErrorBody, status: u16, object: Option<&ObjectId
             let Some(object) = object else {
                 return LockError::Internal(format!("unexpected `locked`: {message}"));
             };
+            // No `conflicts` (a server older than them): nothing tells the cause, and `held`
+            // is the only one such a server knew.
             match holder.as_deref().map(OwnerId::new) {
                 Some(Ok(holder)) => LockError::locked(vec![Conflict {
                     object: object.clone(),

@@ -260,6 +260,106 @@ async fn a_refused_multi_object_acquire_lists_its_conflicts() {
     assert_eq!(objects, ["/vol/b", "/vol/c"]);
 }
 
+/// Subtree scopes and a lock-delay are sent next to each object and on the request; the
+/// answer's scopes are accepted (lockcore's lease has none to keep).
+#[tokio::test]
+async fn subtree_scopes_and_lock_delays_are_sent() {
+    let lockd = FakeLockd::start(|seen| {
+        let locks: Vec<serde_json::Value> = seen.body["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let object = spec["object"].as_str().unwrap();
+                serde_json::json!({"object": object, "mode": "exclusive",
+                    "scope": spec.get("scope").cloned().unwrap_or("object".into()),
+                    "token": token(object, 20 + i as u64).expose(), "fence": 20 + i as u64})
+            })
+            .collect();
+        let body = serde_json::json!({"owner": "node-1", "ttl_ms": 2000, "locks": locks});
+        (200, body.to_string(), Duration::ZERO)
+    })
+    .await;
+    let (_, owner) = names();
+    let rename = AcquireRequest::many(
+        vec![
+            LockSpec::subtree(ObjectId::new("/vol/a").unwrap(), LockMode::Exclusive),
+            LockSpec::exclusive(ObjectId::new("/vol/b/new").unwrap()),
+        ],
+        owner,
+        Duration::from_secs(2),
+    )
+    .with_lock_delay(Duration::from_micros(2_500_100));
+    let grant = lockd.client().acquire_with(&rename).await.unwrap();
+    assert_eq!(grant.leases.len(), 2);
+    let body = &lockd.seen()[0].body;
+    assert_eq!(
+        body["objects"],
+        serde_json::json!([{"object": "/vol/a", "mode": "exclusive", "scope": "subtree"},
+                           {"object": "/vol/b/new", "mode": "exclusive"}])
+    );
+    // Rounded up: the caller gets at least the delay it asked for.
+    assert_eq!(body["lock_delay_ms"], 2501);
+}
+
+/// A refusal caused by a lock-delay comes back with that cause.
+#[tokio::test]
+async fn a_lock_delay_refusal_keeps_its_cause() {
+    let lockd = FakeLockd::start(|_| {
+        (
+            409,
+            r#"{"error":{"code":"locked","message":"object /vol/a is in its lock-delay","holder":"gone","retry_after_ms":900,
+               "conflicts":[{"object":"/vol/a","holder":"gone","retry_after_ms":900,"cause":"lock_delay"}]}}"#
+                .to_owned(),
+            Duration::ZERO,
+        )
+    })
+    .await;
+    let (object, owner) = names();
+    let err = lockd
+        .client()
+        .acquire(&object, &owner, Duration::from_secs(1), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        LockError::locked(vec![Conflict {
+            object,
+            holder: OwnerId::new("gone").unwrap(),
+            retry_after: Duration::from_millis(900),
+            cause: lockcore::ConflictCause::LockDelay,
+        }])
+    );
+}
+
+/// An object with only a lock-delay in force is described with that delay, its waiters and
+/// no holder.
+#[tokio::test]
+async fn inspect_reads_waiters_and_a_lock_delay() {
+    let lockd = FakeLockd::start(|_| {
+        (
+            200,
+            r#"{"object":"/vol/a","owner":"gone","mode":"exclusive","fence":12,"ttl_ms":0,
+                "acquired_at":"2026-01-01T00:00:00.000Z","expires_at":"2026-01-01T00:00:00.000Z",
+                "waiters":2,
+                "delay":{"owner":"gone","fence":12,"mode":"exclusive","scope":"subtree",
+                         "until":"2026-01-01T00:00:05.000Z","remaining_ms":3000}}"#
+                .to_owned(),
+            Duration::ZERO,
+        )
+    })
+    .await;
+    let (object, _) = names();
+    let info = lockd.client().inspect(&object).await.unwrap().unwrap();
+    assert!(info.holders.is_empty(), "{info:?}");
+    assert_eq!(info.waiters, 2);
+    let delay = info.delay.expect("a delay");
+    assert_eq!(delay.owner.as_str(), "gone");
+    assert_eq!(delay.scope, lockcore::LockScope::Subtree);
+    assert_eq!(delay.remaining, Duration::from_secs(3));
+}
+
 /// Batched release and renew send `locks` in one request and read one outcome per lock, in
 /// order, refusals included.
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -9,11 +10,13 @@ use lockcore::{
     async_trait, check_objects, Fence, Grant, Lease, ListQuery, LockError, LockInfo, LockPage,
     LockResult, LockService, LockToken, ObjectId, RequestId,
 };
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
-use crate::convert::{self, mode_to_pb};
+use crate::convert::{self, mode_to_pb, scope_to_pb};
 use crate::pb;
 use crate::pb::locks_client::LocksClient;
 use crate::status::{detail_of, lock_error_of, lock_error_of_detail};
@@ -45,11 +48,21 @@ const TAKE_BACK_DELAYS: [Duration; 4] = [
 ];
 
 /// Where a [`GrpcClient`] finds lockd and how it talks to it. `Debug` never shows the API key.
+///
+/// ```
+/// use lockd_grpc::GrpcConfig;
+///
+/// // TLS, trusting a private CA, with a client certificate (mutual TLS).
+/// let config = GrpcConfig::from_url("grpcs://locks.example:7071")
+///     .with_ca_file("/etc/lockd/ca.pem")
+///     .with_client_cert("/etc/lockd/client.pem", "/etc/lockd/client-key.pem");
+/// assert!(config.client_key.is_some());
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GrpcConfig {
-    /// `grpc://host[:port]` (port 7071 when omitted) or `http://host:port`. TLS
-    /// (`grpcs://`) is not supported yet.
+    /// `grpc://host[:port]` (port 7071 when omitted) or `http://host:port`; `grpcs://` or
+    /// `https://` for TLS (rustls; the server's certificate must be valid for `host`).
     pub url: String,
     /// Sent as `authorization: Bearer KEY` metadata on every call when set.
     pub api_key: Option<String>,
@@ -57,6 +70,14 @@ pub struct GrpcConfig {
     pub connect_timeout: Duration,
     /// Time allowed for one call (default 10 s). A blocking acquire gets its `wait` on top.
     pub request_timeout: Duration,
+    /// A PEM file of CA certificates to trust for `grpcs://` (a private CA), on top of the
+    /// built-in web roots.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate chain presented over `grpcs://`, for a server that requires
+    /// one (mutual TLS); needs [`GrpcConfig::client_key`].
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of [`GrpcConfig::client_cert`].
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for GrpcConfig {
@@ -66,6 +87,9 @@ impl Default for GrpcConfig {
             api_key: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -77,6 +101,9 @@ impl fmt::Debug for GrpcConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .finish()
     }
 }
@@ -107,31 +134,53 @@ impl GrpcConfig {
         self.request_timeout = timeout;
         self
     }
+
+    /// Trusts the CA certificates in the PEM file at `path` for `grpcs://` (builder style).
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents the PEM certificate chain at `cert`, with its PEM private key at `key`, over
+    /// `grpcs://` (builder style).
+    pub fn with_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_cert = Some(cert.into());
+        self.client_key = Some(key.into());
+        self
+    }
 }
 
-/// The `http://host:port` URI tonic connects to for a `grpc://` or `http://` URL.
-fn endpoint_uri(raw: &str) -> LockResult<String> {
+/// What tonic connects to for a gRPC URL: an `http://` or `https://` URI, and for TLS the
+/// name the server's certificate must be valid for.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    uri: String,
+    tls_server_name: Option<String>,
+}
+
+/// The [`Target`] of a `grpc://`, `http://` (plaintext), `grpcs://` or `https://` (TLS) URL.
+fn endpoint_target(raw: &str) -> LockResult<Target> {
     let url = url::Url::parse(raw.trim())
         .map_err(|e| LockError::invalid_argument("url", format!("`{raw}` is not a URL: {e}")))?;
-    match url.scheme() {
-        "grpc" | "http" => {}
-        "grpcs" | "https" => {
-            return Err(LockError::invalid_argument(
-                "url",
-                format!("`{raw}`: TLS is not supported by the gRPC transport yet"),
-            ))
-        }
+    let tls = match url.scheme() {
+        "grpc" | "http" => false,
+        "grpcs" | "https" => true,
         _ => {
             return Err(LockError::invalid_argument(
                 "url",
-                format!("`{raw}` must start with grpc:// (or http://)"),
+                format!("`{raw}` must start with grpc:// or grpcs:// (or http://, https://)"),
             ))
         }
-    }
+    };
     let host = url
         .host_str()
         .filter(|host| !host.is_empty())
         .ok_or_else(|| LockError::invalid_argument("url", format!("`{raw}` names no host")))?;
+    // The certificate names an IPv6 address without the URL's brackets.
+    let server_name = match url.host() {
+        Some(url::Host::Ipv6(address)) => address.to_string(),
+        _ => host.to_owned(),
+    };
     if !url.username().is_empty() || url.password().is_some() {
         return Err(LockError::invalid_argument(
             "url",
@@ -145,7 +194,85 @@ fn endpoint_uri(raw: &str) -> LockResult<String> {
         ));
     }
     let port = url.port().unwrap_or(DEFAULT_PORT);
-    Ok(format!("http://{host}:{port}"))
+    Ok(if tls {
+        Target {
+            uri: format!("https://{host}:{port}"),
+            tls_server_name: Some(server_name),
+        }
+    } else {
+        Target {
+            uri: format!("http://{host}:{port}"),
+            tls_server_name: None,
+        }
+    })
+}
+
+/// Reads a PEM file named by the configuration field `field`.
+fn read_pem(field: &'static str, path: &Path) -> LockResult<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        LockError::invalid_argument(field, format!("cannot read {}: {e}", path.display()))
+    })
+}
+
+/// The rustls (ring) client configuration of a TLS target: web roots and `ca_file`, the client
+/// certificate when set, the handshake within the connect timeout. Files are read and checked
+/// here, so a wrong one is refused when the client is made, not on its first call.
+fn tls_config(config: &GrpcConfig, server_name: String) -> LockResult<ClientTlsConfig> {
+    let mut tls = ClientTlsConfig::new()
+        .domain_name(server_name)
+        .with_webpki_roots()
+        .timeout(config.connect_timeout);
+    if let Some(path) = &config.ca_file {
+        let pem = read_pem("ca_file", path)?;
+        let certificates = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                LockError::invalid_argument(
+                    "ca_file",
+                    format!("{} is not a PEM bundle: {e}", path.display()),
+                )
+            })?;
+        if certificates.is_empty() {
+            return Err(LockError::invalid_argument(
+                "ca_file",
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+        tls = tls.ca_certificate(Certificate::from_pem(pem));
+    }
+    match (&config.client_cert, &config.client_key) {
+        (Some(cert_path), Some(key_path)) => {
+            let cert = read_pem("client_cert", cert_path)?;
+            if CertificateDer::pem_slice_iter(&cert).next().is_none() {
+                return Err(LockError::invalid_argument(
+                    "client_cert",
+                    format!("{} holds no PEM certificate", cert_path.display()),
+                ));
+            }
+            let key = read_pem("client_key", key_path)?;
+            PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
+                LockError::invalid_argument(
+                    "client_key",
+                    format!("{} holds no PEM private key: {e}", key_path.display()),
+                )
+            })?;
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(LockError::invalid_argument(
+                "client_key",
+                "a client certificate needs its private key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(LockError::invalid_argument(
+                "client_cert",
+                "a client key needs its certificate",
+            ))
+        }
+    }
+    Ok(tls)
 }
 
 /// A [`LockService`] that forwards every call to a lockd server over gRPC (`lockd.v1.Locks`).
@@ -228,12 +355,17 @@ impl Drop for TakeBack<'_> {
 impl GrpcClient {
     /// A client for the server `config` names.
     ///
-    /// Refuses a URL that is not `grpc://` or `http://` with a host, and an API key that cannot
-    /// be sent as metadata, with [`LockError::InvalidArgument`]. Does not contact the server
-    /// (it connects on the first call, which must run inside a Tokio runtime); use
-    /// [`LockService::health`] for that.
+    /// Refuses a URL that is not `grpc://`, `grpcs://`, `http://` or `https://` with a host,
+    /// an API key that cannot be sent as metadata, and (for TLS) a CA file or client
+    /// certificate that cannot be read or holds no PEM item of its kind, with
+    /// [`LockError::InvalidArgument`]. Does not contact the server (it connects on the first
+    /// call, which must run inside a Tokio runtime); use [`LockService::health`] for that.
+    ///
+    /// The TLS settings apply to TLS URLs only. A server certificate that is not trusted or
+    /// not valid for the host, and a client certificate the server refuses, make calls fail as
+    /// [`LockError::Unavailable`].
     pub fn new(config: GrpcConfig) -> LockResult<Self> {
-        let uri = endpoint_uri(&config.url)?;
+        let target = endpoint_target(&config.url)?;
         let authorization = match &config.api_key {
             Some(key) => {
                 let mut value: MetadataValue<Ascii> =
@@ -248,7 +380,7 @@ impl GrpcClient {
             }
             None => None,
         };
-        let endpoint = Endpoint::from_shared(uri)
+        let mut endpoint = Endpoint::from_shared(target.uri)
             .map_err(|e| LockError::invalid_argument("url", e.to_string()))?
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
@@ -256,6 +388,16 @@ impl GrpcClient {
             .keep_alive_timeout(Duration::from_secs(10))
             .user_agent(concat!("lockd-grpc/", env!("CARGO_PKG_VERSION")))
             .map_err(|e| LockError::Internal(format!("cannot set the user agent: {e}")))?;
+        if let Some(server_name) = target.tls_server_name {
+            endpoint = endpoint
+                .tls_config(tls_config(&config, server_name)?)
+                .map_err(|e| {
+                    LockError::invalid_argument(
+                        "client_cert",
+                        format!("cannot set up TLS with these files: {e}"),
+                    )
+                })?;
+        }
         Ok(Self {
             endpoint,
             channel: Arc::new(OnceLock::new()),
@@ -288,7 +430,21 @@ impl GrpcClient {
         &self,
         after: Option<u64>,
     ) -> LockResult<impl tokio_stream::Stream<Item = LockResult<pb::EventsResponse>>> {
-        let mut request = Request::new(pb::EventsRequest { after });
+        self.events_with(pb::EventsRequest {
+            after,
+            ..pb::EventsRequest::default()
+        })
+        .await
+    }
+
+    /// Follows lockd's events as `request` asks: after `request.after` when given, passing its
+    /// filters (`objects`, `prefixes`, `owners`, `kinds`). A filter the server refuses (an
+    /// unspecified kind) is [`LockError::InvalidArgument`].
+    pub async fn events_with(
+        &self,
+        request: pb::EventsRequest,
+    ) -> LockResult<impl tokio_stream::Stream<Item = LockResult<pb::EventsResponse>>> {
+        let mut request = Request::new(request);
         if let Some(value) = &self.authorization {
             request
                 .metadata_mut()
@@ -398,6 +554,9 @@ impl GrpcClient {
 }
 
 /// The acquire message of `request`: the one-object form for one object, `objects` otherwise.
+///
+/// A zero lock-delay is left out, so the server's default applies to it (lockcore's request
+/// cannot tell "zero" from "not given"); any other is sent in whole milliseconds, rounded up.
 fn acquire_message(request: &lockcore::AcquireRequest) -> LockResult<pb::AcquireRequest> {
     let mut message = pb::AcquireRequest {
         owner: request.owner.to_string(),
@@ -408,12 +567,14 @@ fn acquire_message(request: &lockcore::AcquireRequest) -> LockResult<pb::Acquire
             .as_ref()
             .map(|id| id.as_str().to_owned())
             .unwrap_or_default(),
+        lock_delay_ms: (!request.lock_delay.is_zero()).then(|| ceil_millis(request.lock_delay)),
         ..pb::AcquireRequest::default()
     };
     match request.objects.as_slice() {
         [one] => {
             message.object = one.object.to_string();
             message.mode = mode_to_pb(one.mode) as i32;
+            message.scope = scope_to_pb(one.scope) as i32;
         }
         specs => {
             message.objects = specs
@@ -421,6 +582,7 @@ fn acquire_message(request: &lockcore::AcquireRequest) -> LockResult<pb::Acquire
                 .map(|spec| pb::ObjectSpec {
                     object: spec.object.to_string(),
                     mode: mode_to_pb(spec.mode) as i32,
+                    scope: scope_to_pb(spec.scope) as i32,
                 })
                 .collect();
         }
@@ -546,6 +708,7 @@ impl LockService for GrpcClient {
             token: renewed.token,
             fence: renewed.fence,
             ttl_ms: renewed.ttl_ms,
+            scope: pb::LockScope::Unspecified as i32,
         })
     }
 
@@ -593,6 +756,7 @@ impl LockService for GrpcClient {
             token: downgraded.token,
             fence: downgraded.fence,
             ttl_ms: downgraded.ttl_ms,
+            scope: pb::LockScope::Unspecified as i32,
         })
     }
 
@@ -615,6 +779,7 @@ impl LockService for GrpcClient {
             token: token.expose().to_owned(),
             fence: valid.fence,
             ttl_ms: valid.ttl_ms,
+            scope: pb::LockScope::Unspecified as i32,
         })
     }
 
@@ -714,23 +879,31 @@ fn ceil_millis(wait: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    fn uri(raw: &str) -> Option<String> {
+        endpoint_target(raw).ok().map(|target| target.uri)
+    }
+
     #[test]
     fn urls_are_grpc_or_http_with_a_host_and_default_to_port_7071() {
         assert_eq!(
-            endpoint_uri("grpc://127.0.0.1").ok().as_deref(),
+            uri("grpc://127.0.0.1").as_deref(),
             Some("http://127.0.0.1:7071")
         );
         assert_eq!(
-            endpoint_uri("grpc://lockd:9000/").ok().as_deref(),
+            uri("grpc://lockd:9000/").as_deref(),
             Some("http://lockd:9000")
         );
         assert_eq!(
-            endpoint_uri("http://[::1]:7071").ok().as_deref(),
+            uri("http://[::1]:7071").as_deref(),
             Some("http://[::1]:7071")
         );
+        assert_eq!(
+            endpoint_target("grpc://lockd")
+                .ok()
+                .and_then(|t| t.tls_server_name),
+            None
+        );
         for bad in [
-            "grpcs://lockd",
-            "https://lockd",
             "redis://lockd",
             "grpc://",
             "grpc://user:pw@lockd",
@@ -739,12 +912,61 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    endpoint_uri(bad),
+                    endpoint_target(bad),
                     Err(LockError::InvalidArgument { field: "url", .. })
                 ),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn grpcs_urls_use_tls_with_the_host_as_server_name() {
+        assert_eq!(
+            endpoint_target("grpcs://locks.example").ok(),
+            Some(Target {
+                uri: "https://locks.example:7071".into(),
+                tls_server_name: Some("locks.example".into()),
+            })
+        );
+        assert_eq!(
+            endpoint_target("https://[::1]:9000").ok(),
+            Some(Target {
+                uri: "https://[::1]:9000".into(),
+                tls_server_name: Some("::1".into()),
+            })
+        );
+        assert!(endpoint_target("grpcs://").is_err());
+    }
+
+    #[test]
+    fn tls_files_are_checked_when_the_client_is_made() {
+        let dir = std::env::temp_dir().join(format!("lockd-grpc-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "nothing here").expect("write");
+        let url = "grpcs://127.0.0.1:1";
+        let field = |config: GrpcConfig| match GrpcClient::new(config) {
+            Err(LockError::InvalidArgument { field, .. }) => Some(field),
+            _ => None,
+        };
+        assert_eq!(
+            field(GrpcConfig::from_url(url).with_ca_file(dir.join("missing.pem"))),
+            Some("ca_file")
+        );
+        assert_eq!(
+            field(GrpcConfig::from_url(url).with_ca_file(&not_pem)),
+            Some("ca_file")
+        );
+        assert_eq!(
+            field(GrpcConfig::from_url(url).with_client_cert(&not_pem, &not_pem)),
+            Some("client_cert")
+        );
+        let mut half = GrpcConfig::from_url(url);
+        half.client_cert = Some(not_pem.clone());
+        assert_eq!(field(half), Some("client_key"));
+        assert!(GrpcClient::new(GrpcConfig::from_url(url)).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!   [`pb::ErrorDetail`] in the status details, checks `authorization: Bearer` API keys
 //!   ([`Auth`]), and lets the embedding server plug in its metrics, event log and caps
 //!   ([`Hooks`]);
-//! * [`GrpcClient`], a [`LockService`](lockcore::LockService) over `grpc://host:port`, which
-//!   maps refusals back to typed [`LockError`](lockcore::LockError)s.
+//! * [`GrpcClient`], a [`LockService`](lockcore::LockService) over `grpc://host:port` (or
+//!   `grpcs://` for TLS, with a private CA and a client certificate if the server wants one),
+//!   which maps refusals back to typed [`LockError`](lockcore::LockError)s.
 //!
 //! ## Guarantees
 //!

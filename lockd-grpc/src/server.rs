@@ -120,11 +120,14 @@ pub trait Hooks: Send + Sync + 'static {
     /// A call was refused for a missing or unknown API key.
     fn unauthenticated(&self) {}
 
-    /// The events after `after` still retained, then live ones (`after: None`: live ones
-    /// only). `None` (the default): this server keeps no event log, and `Events` answers
-    /// `UNIMPLEMENTED`. The stream is ended when the server shuts down.
-    fn events(&self, after: Option<u64>) -> Option<LockResult<EventStream>> {
-        let _ = after;
+    /// The events `request` asks for: those after `request.after` still retained, then live
+    /// ones (`after` absent: live ones only), passing its filters (`objects`, `prefixes`,
+    /// `owners`, `kinds`: see the proto; [`convert::event_kinds_from_pb`] reads the kinds).
+    /// `None` (the default): this server keeps no event log, and `Events` answers
+    /// `UNIMPLEMENTED`. A refusal (a bad filter: `InvalidArgument`) is sent as the call's
+    /// status. The stream is ended when the server shuts down.
+    fn events(&self, request: &pb::EventsRequest) -> Option<LockResult<EventStream>> {
+        let _ = request;
         None
     }
 }
@@ -149,6 +152,9 @@ pub struct GrpcOptions {
     pub shutdown: Option<watch::Receiver<bool>>,
     /// Whether [`serve`] adds server reflection (`grpc.reflection.v1` and `v1alpha`).
     pub reflection: bool,
+    /// The lock-delay of an acquire without `lock_delay_ms` (zero by default), as lockd's
+    /// `--default-lock-delay`.
+    pub default_lock_delay: Duration,
 }
 
 impl Default for GrpcOptions {
@@ -159,6 +165,7 @@ impl Default for GrpcOptions {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             shutdown: None,
             reflection: true,
+            default_lock_delay: Duration::ZERO,
         }
     }
 }
@@ -169,6 +176,7 @@ impl fmt::Debug for GrpcOptions {
             .field("auth", &self.auth)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("reflection", &self.reflection)
+            .field("default_lock_delay", &self.default_lock_delay)
             .finish_non_exhaustive()
     }
 }
@@ -189,6 +197,12 @@ impl GrpcOptions {
     /// Options with a message limit of `bytes`.
     pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Options giving an acquire without `lock_delay_ms` the lock-delay `delay`.
+    pub fn with_default_lock_delay(mut self, delay: Duration) -> Self {
+        self.default_lock_delay = delay;
         self
     }
 
@@ -214,6 +228,7 @@ pub fn service_with(locks: Arc<dyn LockService>, options: GrpcOptions) -> LocksS
         locks,
         hooks: options.hooks.clone(),
         shutdown: options.shutdown,
+        default_lock_delay: options.default_lock_delay,
     };
     let server = LocksServer::new(handler).max_decoding_message_size(options.max_message_bytes);
     InterceptedService::new(server, Authenticator::new(options.auth, options.hooks))
@@ -359,6 +374,8 @@ pub struct LocksHandler {
     locks: Arc<dyn LockService>,
     hooks: Arc<dyn Hooks>,
     shutdown: Option<watch::Receiver<bool>>,
+    /// The lock-delay of an acquire without `lock_delay_ms`.
+    default_lock_delay: Duration,
 }
 
 impl fmt::Debug for LocksHandler {
@@ -675,11 +692,11 @@ impl Locks for LocksHandler {
     ) -> Result<Response<pb::AcquireResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            let acquire = convert::acquire_request(request.get_ref())?;
+            let acquire = convert::acquire_request(request.get_ref(), self.default_lock_delay)?;
             let _admission = self.hooks.admit("acquire", !acquire.wait.is_zero())?;
             let grant = self.locks.acquire_with(&acquire).await?;
             self.hooks.granted(&grant);
-            Ok(convert::grant_to_pb(&grant))
+            Ok(convert::grant_to_pb(&acquire, &grant))
         }
         .await;
         self.finish("acquire", started, result)
@@ -825,14 +842,13 @@ impl Locks for LocksHandler {
         &self,
         request: Request<pb::EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        let after = request.get_ref().after;
         let started = Instant::now();
         // Over a cap on streams: refused before the event log is touched, as on HTTP.
         let admission = match self.hooks.admit("events", false) {
             Ok(admission) => admission,
             Err(e) => return self.finish("events", started, Err(e.into())),
         };
-        let Some(opened) = self.hooks.events(after) else {
+        let Some(opened) = self.hooks.events(request.get_ref()) else {
             return Err(Status::unimplemented(
                 "this lockd server keeps no event log for gRPC",
             ));

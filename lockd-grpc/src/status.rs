@@ -25,6 +25,7 @@ use lockcore::{Conflict, LockError, ObjectId, OwnerId};
 use prost::Message;
 use tonic::{Code, Status};
 
+use crate::convert::{cause_from_pb, cause_to_pb};
 use crate::pb;
 
 /// The `type_url` of a packed [`pb::ErrorDetail`].
@@ -97,6 +98,7 @@ pub fn error_detail(error: &LockError) -> pb::ErrorDetail {
                     object: object.to_string(),
                     holder: holder.to_string(),
                     retry_after_ms: millis(*retry_after),
+                    cause: pb::ConflictCause::Held as i32,
                 });
             }
         }
@@ -114,6 +116,7 @@ fn conflict_message(conflict: &Conflict) -> pb::Conflict {
         object: conflict.object.to_string(),
         holder: conflict.holder.to_string(),
         retry_after_ms: millis(conflict.retry_after),
+        cause: cause_to_pb(conflict.cause) as i32,
     }
 }
 
@@ -200,6 +203,8 @@ pub const ARGUMENT_FIELDS: &[&str] = &[
     "limit",
     "prefix",
     "after",
+    // Events filters (`object`, `prefix` and `owner` are above).
+    "kind",
     "request_id",
     "mode",
     "objects",
@@ -207,16 +212,21 @@ pub const ARGUMENT_FIELDS: &[&str] = &[
     "body",
     "api_key",
     "url",
+    "scope",
+    "lock_delay_ms",
 ];
 
-/// The argument `name` stands for, as a `'static` string (`ttl_ms` is `ttl`, `wait_ms` is
+/// The argument `name` stands for, as a `'static` string: an entry of [`ARGUMENT_FIELDS`]
+/// (`lock_delay_ms` included), or a field of a request (`ttl_ms` is `ttl`, `wait_ms` is
 /// `wait`); `None` for anything else.
 pub fn argument_field(name: &str) -> Option<&'static str> {
-    let name = name.strip_suffix("_ms").unwrap_or(name);
-    ARGUMENT_FIELDS
-        .iter()
-        .find(|known| **known == name)
-        .copied()
+    let known = |name: &str| {
+        ARGUMENT_FIELDS
+            .iter()
+            .find(|known| **known == name)
+            .copied()
+    };
+    known(name).or_else(|| known(name.strip_suffix("_ms")?))
 }
 
 /// lockcore's reasons for refusing a token, as `'static` strings.
@@ -282,7 +292,7 @@ pub fn lock_error_of_detail(
                         object: ObjectId::new(&c.object).ok()?,
                         holder: OwnerId::new(&c.holder).ok()?,
                         retry_after: Duration::from_millis(c.retry_after_ms),
-                        cause: lockcore::ConflictCause::Held,
+                        cause: cause_from_pb(c.cause),
                     })
                 })
                 .collect();
@@ -290,6 +300,8 @@ pub fn lock_error_of_detail(
                 return LockError::locked(listed);
             }
             match (object, OwnerId::new(&holder)) {
+                // No conflict listed (an older server): nothing tells the cause, held is the
+                // only one such a server knew.
                 (Some(object), Ok(holder)) => LockError::locked(vec![Conflict {
                     object: object.clone(),
                     holder,
@@ -504,6 +516,47 @@ mod tests {
     fn argument_fields_are_static_names() {
         assert_eq!(argument_field("ttl_ms"), Some("ttl"));
         assert_eq!(argument_field("objects"), Some("objects"));
+        assert_eq!(argument_field("scope"), Some("scope"));
+        assert_eq!(argument_field("lock_delay_ms"), Some("lock_delay_ms"));
+        assert_eq!(argument_field("kind"), Some("kind"));
         assert_eq!(argument_field("nonsense"), None);
+    }
+
+    /// Each conflict keeps its cause through a status, and a lock-delay's message says so.
+    #[test]
+    fn conflicts_keep_their_cause() {
+        let conflict = |name: &str, cause| Conflict {
+            object: object(name),
+            holder: OwnerId::new("gone").expect("valid"),
+            retry_after: Duration::from_millis(800),
+            cause,
+        };
+        let error = LockError::locked(vec![
+            conflict("/a", lockcore::ConflictCause::LockDelay),
+            conflict("/b", lockcore::ConflictCause::Queued),
+            conflict("/c", lockcore::ConflictCause::Held),
+        ]);
+        let (status, back) = round_trip(&error, &object("/a"));
+        assert!(
+            status.message().contains("lock-delay"),
+            "{}",
+            status.message()
+        );
+        let causes: Vec<i32> = detail_of(&status)
+            .expect("details")
+            .conflicts
+            .iter()
+            .map(|c| c.cause)
+            .collect();
+        assert_eq!(
+            causes,
+            [
+                pb::ConflictCause::LockDelay as i32,
+                pb::ConflictCause::Queued as i32,
+                pb::ConflictCause::Held as i32
+            ]
+        );
+        assert_eq!(back, error);
+        assert_eq!(retry_delay_of(&status), Some(Duration::from_millis(800)));
     }
 }

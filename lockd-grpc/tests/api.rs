@@ -141,6 +141,7 @@ async fn locked_refusals_carry_holder_retry_after_and_conflicts() {
             .map(|object| pb::ObjectSpec {
                 object: object.into(),
                 mode: pb::LockMode::Shared as i32,
+                ..pb::ObjectSpec::default()
             })
             .collect(),
         owner: "node-2".into(),
@@ -368,6 +369,7 @@ async fn bad_requests_name_the_field_at_fault() {
             .map(|i| pb::ObjectSpec {
                 object: if same { "/x".into() } else { format!("/o{i}") },
                 mode: 0,
+                ..pb::ObjectSpec::default()
             })
             .collect(),
         owner: "o".into(),
@@ -415,6 +417,30 @@ async fn bad_requests_name_the_field_at_fault() {
         ),
         (many(65, false), "objects"),
         (many(2, true), "objects"),
+        (
+            pb::AcquireRequest {
+                scope: 7,
+                ..acquire_one("/a", "o")
+            },
+            "scope",
+        ),
+        (
+            pb::AcquireRequest {
+                scope: pb::LockScope::Subtree as i32,
+                ..many(2, false)
+            },
+            "scope",
+        ),
+        (
+            pb::AcquireRequest {
+                lock_delay_ms: Some(60_001),
+                ..acquire_one("/a", "o")
+            },
+            "lock_delay_ms",
+        ),
+        (acquire_one("/a/../b", "o"), "object"),
+        (acquire_one("/a/", "o"), "object"),
+        (acquire_one(&"/d".repeat(33), "o"), "object"),
     ];
     for (request, field) in cases {
         let shown = format!("{request:?}");
@@ -828,8 +854,8 @@ impl Hooks for Recorder {
     fn unauthenticated(&self) {
         self.note("unauthenticated".into());
     }
-    fn events(&self, after: Option<u64>) -> Option<LockResult<EventStream>> {
-        self.note(format!("events {after:?}"));
+    fn events(&self, request: &pb::EventsRequest) -> Option<LockResult<EventStream>> {
+        self.note(format!("events {:?}", request.after));
         let receiver = self.events.lock().unwrap().take()?;
         Some(Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
             receiver,
@@ -920,7 +946,7 @@ async fn events_stream_from_the_hooks_until_shutdown() {
     let bare = support::start().await;
     let status = raw(&bare)
         .await
-        .events(pb::EventsRequest { after: None })
+        .events(pb::EventsRequest::default())
         .await
         .expect_err("no event log");
     assert_eq!(status.code(), Code::Unimplemented);

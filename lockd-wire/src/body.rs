@@ -10,13 +10,15 @@
 //! | `POST /v1/locks/validate` | [`TokenRequest`] | [`LockBody`] (no times, no holders) |
 //! | `POST /v1/locks/inspect` | [`InspectRequest`] | [`LockBody`] |
 //! | `GET /v1/locks` | [`ListParams`] (query) | [`ListBody`] |
-//! | `GET /v1/events` | [`EventParams`] (query) | [`EventsBody`] |
-//! | `GET /v1/events/stream` | [`EventParams`] (query) | server-sent [`Event`]s |
+//! | `GET /v1/events` | [`EventParams`] and [`EventFilter`](crate::EventFilter) (query) | [`EventsBody`] |
+//! | `GET /v1/events/stream` | [`EventParams`] and [`EventFilter`](crate::EventFilter) (query) | server-sent [`Event`]s |
 //!
 //! Names and tokens travel as plain strings: the server checks them with lockcore's parsers, so
 //! a bad one is refused naming the argument (`invalid_argument` with `field`), not as unreadable
 //! JSON. Modes travel as `"exclusive"` or `"shared"`; an omitted mode is exclusive, so a
-//! request or an answer of an older version reads as it always did.
+//! request or an answer of an older version reads as it always did. Scopes travel the same way:
+//! `"object"` (the default, also when omitted) or `"subtree"` (the object and every id under it,
+//! see [`lockcore::path`]).
 //!
 //! A request names one lock the way it always did (`object`, plus `token` for release and
 //! renew) or several: `objects` for acquire, `locks` for release and renew. The answer has the
@@ -25,8 +27,8 @@
 use std::time::{Duration, SystemTime};
 
 use lockcore::{
-    Fence, Grant, HolderInfo, Lease, LockError, LockInfo, LockMode, LockSpec, LockToken, ObjectId,
-    OwnerId, RequestId,
+    Fence, Grant, HolderInfo, Lease, LockDelayInfo, LockError, LockInfo, LockMode, LockScope,
+    LockSpec, LockToken, ObjectId, OwnerId, RequestId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,8 +38,8 @@ use crate::event::Event;
 /// `POST /v1/locks/acquire`: lock `object` (or every one of `objects`, all or nothing) for
 /// `owner` for `ttl_ms`, waiting up to `wait_ms` while they cannot be granted.
 ///
-/// Exactly one of `object` and `objects` is given. `mode` goes with `object`; each entry of
-/// `objects` has its own.
+/// Exactly one of `object` and `objects` is given. `mode` and `scope` go with `object`; each
+/// entry of `objects` has its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AcquireRequest {
     /// The object to lock (the one-object form).
@@ -46,6 +48,10 @@ pub struct AcquireRequest {
     /// The mode of `object`; exclusive when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<LockMode>,
+    /// What the lock on `object` covers: the object alone (`object`, the default when omitted)
+    /// or its whole subtree (`subtree`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<LockScope>,
     /// The objects to lock together (the several-object form), 1 to 64 distinct ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub objects: Option<Vec<ObjectSpec>>,
@@ -60,6 +66,11 @@ pub struct AcquireRequest {
     /// second grants. Omitted when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The leases' lock-delay in milliseconds, 0 to 60 000: when one of them ends by expiry
+    /// rather than release, nothing conflicting with it is granted for this long after the
+    /// expiry. Omitted: the server's default (`--default-lock-delay`, 0 unless configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_delay_ms: Option<u64>,
 }
 
 /// One entry of [`AcquireRequest::objects`].
@@ -70,22 +81,39 @@ pub struct ObjectSpec {
     /// Its mode; exclusive when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<LockMode>,
+    /// What its lock covers: the object alone when omitted, or its whole `subtree`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<LockScope>,
 }
 
 impl ObjectSpec {
-    /// `object` in `mode`; an exclusive mode is written out too.
+    /// `object` in `mode`, the object alone; an exclusive mode is written out too, the object
+    /// scope is not.
     pub fn new(object: impl Into<String>, mode: LockMode) -> Self {
         Self {
             object: object.into(),
             mode: Some(mode),
+            scope: None,
         }
+    }
+
+    /// The same entry covering `scope` (written out only for a subtree).
+    pub fn with_scope(mut self, scope: LockScope) -> Self {
+        self.scope = written_scope(scope);
+        self
     }
 }
 
 impl From<&LockSpec> for ObjectSpec {
     fn from(spec: &LockSpec) -> Self {
-        Self::new(spec.object.as_str(), spec.mode)
+        Self::new(spec.object.as_str(), spec.mode).with_scope(spec.scope)
     }
+}
+
+/// A scope as a request writes it: omitted for the object scope, the default, so a request
+/// without subtree locks reads as it did before scopes existed.
+fn written_scope(scope: LockScope) -> Option<LockScope> {
+    (scope != LockScope::Object).then_some(scope)
 }
 
 impl AcquireRequest {
@@ -94,11 +122,13 @@ impl AcquireRequest {
         Self {
             object: Some(object.into()),
             mode: None,
+            scope: None,
             objects: None,
             owner: owner.into(),
             ttl_ms,
             wait_ms: 0,
             request_id: None,
+            lock_delay_ms: None,
         }
     }
 
@@ -107,22 +137,29 @@ impl AcquireRequest {
         Self {
             object: None,
             mode: None,
+            scope: None,
             objects: Some(objects),
             owner: owner.into(),
             ttl_ms,
             wait_ms: 0,
             request_id: None,
+            lock_delay_ms: None,
         }
     }
 
     /// The body of `request`: the one-object form for a request naming one object (with `mode`
-    /// only when shared), the several-object form otherwise. `ttl_ms` and `wait_ms` are given
-    /// by the caller, who decides how to round.
+    /// only when shared and `scope` only when subtree), the several-object form otherwise.
+    /// `ttl_ms` and `wait_ms` are given by the caller, who decides how to round.
+    ///
+    /// A zero lock-delay is omitted, so the server's default applies to it (lockcore's request
+    /// cannot tell "zero" from "not given"); any other is sent in whole milliseconds, rounded
+    /// up.
     pub fn of(request: &lockcore::AcquireRequest, ttl_ms: u64, wait_ms: u64) -> Self {
         let mut body = match request.objects.as_slice() {
             [one] => {
                 let mut body = Self::new(one.object.as_str(), request.owner.as_str(), ttl_ms);
                 body.mode = (one.mode != LockMode::Exclusive).then_some(one.mode);
+                body.scope = written_scope(one.scope);
                 body
             }
             specs => Self::many(
@@ -133,6 +170,8 @@ impl AcquireRequest {
         };
         body.wait_ms = wait_ms;
         body.request_id = request.request_id.as_ref().map(|id| id.as_str().to_owned());
+        body.lock_delay_ms =
+            (!request.lock_delay.is_zero()).then(|| ceil_millis(request.lock_delay));
         body
     }
 
@@ -142,21 +181,40 @@ impl AcquireRequest {
         self.objects.is_some()
     }
 
-    /// The lockcore request this body asks for. Refuses a body naming both or neither of
-    /// `object` and `objects`, a `mode` next to `objects`, and any name lockcore refuses, as
-    /// [`LockError::InvalidArgument`]. Limits (TTL, wait, number of objects, duplicates) are the
-    /// lock service's to check.
+    /// The lockcore request this body asks for, with no lock-delay when the body gives none
+    /// (see [`AcquireRequest::to_request_with_default`]).
     pub fn to_request(&self) -> Result<lockcore::AcquireRequest, LockError> {
+        self.to_request_with_default(Duration::ZERO)
+    }
+
+    /// The lockcore request this body asks for, with the lock-delay `default_lock_delay` when
+    /// the body omits `lock_delay_ms` (a server passes its `--default-lock-delay`). Refuses a
+    /// body naming both or neither of `object` and `objects`, a `mode` or `scope` next to
+    /// `objects`, and any name lockcore refuses, as [`LockError::InvalidArgument`]. Limits
+    /// (TTL, wait, lock-delay, number of objects, duplicates and overlaps) are the lock
+    /// service's to check.
+    pub fn to_request_with_default(
+        &self,
+        default_lock_delay: Duration,
+    ) -> Result<lockcore::AcquireRequest, LockError> {
         let specs = match (&self.object, &self.objects) {
-            (Some(object), None) => vec![LockSpec::new(
-                ObjectId::new(object)?,
-                self.mode.unwrap_or_default(),
-            )],
+            (Some(object), None) => {
+                vec![
+                    LockSpec::new(ObjectId::new(object)?, self.mode.unwrap_or_default())
+                        .with_scope(self.scope.unwrap_or_default()),
+                ]
+            }
             (None, Some(objects)) => {
                 if self.mode.is_some() {
                     return Err(LockError::invalid_argument(
                         "mode",
                         "goes with `object`; give each entry of `objects` its own mode",
+                    ));
+                }
+                if self.scope.is_some() {
+                    return Err(LockError::invalid_argument(
+                        "scope",
+                        "goes with `object`; give each entry of `objects` its own scope",
                     ));
                 }
                 objects
@@ -165,7 +223,8 @@ impl AcquireRequest {
                         Ok(LockSpec::new(
                             ObjectId::new(&spec.object)?,
                             spec.mode.unwrap_or_default(),
-                        ))
+                        )
+                        .with_scope(spec.scope.unwrap_or_default()))
                     })
                     .collect::<Result<_, LockError>>()?
             }
@@ -187,7 +246,11 @@ impl AcquireRequest {
             OwnerId::new(&self.owner)?,
             Duration::from_millis(self.ttl_ms),
         )
-        .with_wait(Duration::from_millis(self.wait_ms));
+        .with_wait(Duration::from_millis(self.wait_ms))
+        .with_lock_delay(
+            self.lock_delay_ms
+                .map_or(default_lock_delay, Duration::from_millis),
+        );
         if let Some(id) = &self.request_id {
             request = request.with_request_id(RequestId::new(id)?);
         }
@@ -353,7 +416,8 @@ pub struct ListParams {
     pub after: Option<String>,
 }
 
-/// The query of `GET /v1/events` and `GET /v1/events/stream`.
+/// The query of `GET /v1/events` and `GET /v1/events/stream`, beside the filter parameters
+/// ([`EventFilter`](crate::EventFilter): repeatable, so not part of this struct).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EventParams {
@@ -381,6 +445,10 @@ pub struct LeaseBody {
     pub fence: u64,
     /// Lease length in milliseconds, from when the server granted or renewed it.
     pub ttl_ms: u64,
+    /// What the lease covers, `object` or `subtree`: in an acquire's answer, as the request
+    /// asked; omitted from renew and downgrade answers (the lease keeps its scope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<LockScope>,
 }
 
 /// What a several-object acquire returns: one lock per requested object, in request order,
@@ -407,6 +475,9 @@ pub struct GrantedLock {
     pub token: String,
     /// This grant's fence.
     pub fence: u64,
+    /// What it covers, as the request asked: `object` (also when omitted) or `subtree`.
+    #[serde(default)]
+    pub scope: LockScope,
 }
 
 /// What a one-lock release returns; also the entry of a released lock in a several-lock
@@ -491,9 +562,19 @@ pub struct LockBody {
     )]
     pub expires_at: Option<SystemTime>,
     /// Every holder, by increasing fence (inspect and list only): one for an exclusive lock,
-    /// one or more when shared. Never a token.
+    /// one or more when shared, none when only a lock-delay is in force (`delay`). Never a
+    /// token.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holders: Vec<HolderBody>,
+    /// How many requests wait in the object's queue (inspect and list only; those waiting for
+    /// a subtree lock on the object count, those waiting for objects under it do not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiters: Option<u32>,
+    /// The lock-delay in force on the object, when a lease granted with one expired less than
+    /// its delay ago (inspect and list only). With no holder left, the top-level fields
+    /// describe that expired lease (its `ttl_ms` is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<DelayBody>,
 }
 
 /// One holder in a [`LockBody`]: never a token.
@@ -501,6 +582,10 @@ pub struct LockBody {
 pub struct HolderBody {
     /// Who holds it.
     pub owner: String,
+    /// What this grant covers: `object` (also when omitted, as from an older server) or
+    /// `subtree`.
+    #[serde(default)]
+    pub scope: LockScope,
     /// This grant's fence.
     pub fence: u64,
     /// Time left on this lease in milliseconds, when the server answered.
@@ -511,6 +596,27 @@ pub struct HolderBody {
     /// When this lease runs out unless renewed, by the backend's clock.
     #[serde(default, with = "crate::rfc3339")]
     pub expires_at: Option<SystemTime>,
+}
+
+/// The lock-delay in force on an object ([`LockBody::delay`]): nothing conflicting with the
+/// expired lease it describes is granted before `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelayBody {
+    /// Who held the lease that expired.
+    pub owner: String,
+    /// That lease's fence.
+    pub fence: u64,
+    /// That lease's mode: an expired shared lease delays exclusive requests only.
+    #[serde(default)]
+    pub mode: LockMode,
+    /// That lease's scope: an expired subtree lease delays its whole subtree.
+    #[serde(default)]
+    pub scope: LockScope,
+    /// When the delay ends, by the backend's clock.
+    #[serde(default, with = "crate::rfc3339")]
+    pub until: Option<SystemTime>,
+    /// Milliseconds left on the delay when the server answered.
+    pub remaining_ms: u64,
 }
 
 /// What `GET /v1/locks` returns.
@@ -546,6 +652,27 @@ fn answered_token(token: &str) -> Result<LockToken, LockError> {
         .map_err(|e| LockError::Internal(format!("lockd answered with a malformed token: {e}")))
 }
 
+/// Whole milliseconds of `d`, rounded up (so a sub-millisecond lock-delay is not lost).
+fn ceil_millis(d: Duration) -> u64 {
+    let whole = millis(d);
+    if Duration::from_millis(whole) < d {
+        whole.saturating_add(1)
+    } else {
+        whole
+    }
+}
+
+/// The scope `object` was asked in by `request` (object when the request does not name it).
+fn scope_asked(request: &lockcore::AcquireRequest, object: &ObjectId) -> LockScope {
+    request
+        .objects
+        .iter()
+        .find(|spec| spec.object == *object)
+        .map_or(LockScope::Object, |spec| spec.scope)
+}
+
+/// A lease without its scope (renew and downgrade answers): `lockcore`'s [`Lease`] does not
+/// carry one. An acquire's answer uses [`LeaseBody::granted`].
 impl From<&Lease> for LeaseBody {
     fn from(lease: &Lease) -> Self {
         Self {
@@ -555,11 +682,21 @@ impl From<&Lease> for LeaseBody {
             token: lease.token.expose().to_owned(),
             fence: lease.fence.get(),
             ttl_ms: millis(lease.ttl),
+            scope: None,
         }
     }
 }
 
 impl LeaseBody {
+    /// The answer to the one-object acquire `request` that was granted `lease`: the lease with
+    /// the scope the request asked for.
+    pub fn granted(request: &lockcore::AcquireRequest, lease: &Lease) -> Self {
+        Self {
+            scope: Some(scope_asked(request, &lease.object)),
+            ..Self::from(lease)
+        }
+    }
+
     /// The lease this body describes; a malformed name or token is [`LockError::Internal`].
     pub fn into_lease(self) -> Result<Lease, LockError> {
         Ok(Lease {
@@ -573,8 +710,10 @@ impl LeaseBody {
     }
 }
 
-impl From<&Grant> for GrantBody {
-    fn from(grant: &Grant) -> Self {
+impl GrantBody {
+    /// The answer to the several-object acquire `request` that was granted `grant`: each lock
+    /// with the scope the request asked for it (lockcore's [`Lease`] carries none).
+    pub fn granted(request: &lockcore::AcquireRequest, grant: &Grant) -> Self {
         Self {
             owner: grant.owner.to_string(),
             ttl_ms: millis(grant.ttl),
@@ -586,13 +725,12 @@ impl From<&Grant> for GrantBody {
                     mode: lease.mode,
                     token: lease.token.expose().to_owned(),
                     fence: lease.fence.get(),
+                    scope: scope_asked(request, &lease.object),
                 })
                 .collect(),
         }
     }
-}
 
-impl GrantBody {
     /// The grant this body describes, each lease with the body's TTL; a malformed name or
     /// token, or no lock at all, is [`LockError::Internal`].
     pub fn into_grant(self) -> Result<Grant, LockError> {
@@ -632,6 +770,8 @@ impl From<&Lease> for LockBody {
             acquired_at: None,
             expires_at: None,
             holders: Vec::new(),
+            waiters: None,
+            delay: None,
         }
     }
 }
@@ -640,6 +780,7 @@ impl From<&HolderInfo> for HolderBody {
     fn from(holder: &HolderInfo) -> Self {
         Self {
             owner: holder.owner.to_string(),
+            scope: holder.scope,
             fence: holder.fence.get(),
             ttl_ms: millis(holder.ttl),
             acquired_at: Some(holder.acquired_at),
@@ -659,7 +800,38 @@ impl From<&LockInfo> for LockBody {
             acquired_at: Some(info.acquired_at),
             expires_at: Some(info.expires_at),
             holders: info.holders.iter().map(HolderBody::from).collect(),
+            waiters: Some(info.waiters),
+            delay: info.delay.as_ref().map(DelayBody::from),
         }
+    }
+}
+
+impl From<&LockDelayInfo> for DelayBody {
+    fn from(delay: &LockDelayInfo) -> Self {
+        Self {
+            owner: delay.owner.to_string(),
+            fence: delay.fence.get(),
+            mode: delay.mode,
+            scope: delay.scope,
+            until: Some(delay.until),
+            remaining_ms: millis(delay.remaining),
+        }
+    }
+}
+
+impl DelayBody {
+    /// The lock-delay this body describes; a missing `until` is derived from `now` and
+    /// `remaining_ms`.
+    fn into_delay(self, now: SystemTime) -> Result<LockDelayInfo, LockError> {
+        let remaining = Duration::from_millis(self.remaining_ms);
+        Ok(LockDelayInfo {
+            owner: answered_name(OwnerId::new(&self.owner))?,
+            fence: Fence(self.fence),
+            mode: self.mode,
+            scope: self.scope,
+            until: self.until.unwrap_or(now + remaining),
+            remaining,
+        })
     }
 }
 
@@ -673,7 +845,7 @@ impl HolderBody {
             acquired_at: self.acquired_at.unwrap_or(now),
             expires_at: self.expires_at.unwrap_or_else(|| now + ttl),
             ttl,
-            scope: lockcore::LockScope::Object,
+            scope: self.scope,
         })
     }
 }
@@ -692,12 +864,15 @@ impl LockBody {
     }
 
     /// The lock this inspect or list answer describes. Missing times are derived from the
-    /// reader's clock: `acquired_at` as now, `expires_at` as now + `ttl_ms`; missing `holders`
-    /// (an older server) as the one top-level holder.
+    /// reader's clock: `acquired_at` as now, `expires_at` as now + `ttl_ms`; missing `waiters`
+    /// as 0. Missing `holders` are read as the one top-level holder only from an older server,
+    /// one that sends neither `waiters` nor `delay`: a newer one lists every holder, none when
+    /// the object only has a lock-delay in force or requests waiting for it.
     pub fn into_info(self) -> Result<LockInfo, LockError> {
         let now = SystemTime::now();
         let top = HolderBody {
             owner: self.owner,
+            scope: LockScope::Object,
             fence: self.fence,
             ttl_ms: self.ttl_ms,
             acquired_at: self.acquired_at,
@@ -709,7 +884,9 @@ impl LockBody {
             .into_iter()
             .map(|holder| holder.into_holder(now))
             .collect::<Result<Vec<_>, LockError>>()?;
-        if holders.is_empty() {
+        let delay = self.delay.map(|delay| delay.into_delay(now)).transpose()?;
+        let older_server = self.waiters.is_none() && delay.is_none();
+        if holders.is_empty() && older_server {
             holders.push(top.clone());
         }
         holders.sort_by_key(|holder| holder.fence);
@@ -722,8 +899,8 @@ impl LockBody {
             expires_at: top.expires_at,
             ttl: top.ttl,
             holders,
-            delay: None,
-            waiters: 0,
+            delay,
+            waiters: self.waiters.unwrap_or(0),
         })
     }
 }
@@ -830,6 +1007,180 @@ mod tests {
         .is_err());
     }
 
+    /// A subtree and a lock-delay travel next to `object`, or per entry of `objects` for the
+    /// scope; the object scope and a zero lock-delay are left out, so such a request is written
+    /// as before scopes and lock-delays existed.
+    #[test]
+    fn acquire_bodies_carry_scopes_and_lock_delays() {
+        let object = |name| ObjectId::new(name).unwrap();
+        let owner = OwnerId::new("o").unwrap();
+        let rename_dir =
+            lockcore::AcquireRequest::new(object("/vol/a"), owner.clone(), Duration::from_secs(1))
+                .with_scope(LockScope::Subtree)
+                .with_lock_delay(Duration::from_millis(1500));
+        let body = AcquireRequest::of(&rename_dir, 1000, 0);
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            json!({"object": "/vol/a", "scope": "subtree", "owner": "o", "ttl_ms": 1000,
+                   "wait_ms": 0, "lock_delay_ms": 1500})
+        );
+        assert_eq!(body.to_request().unwrap(), rename_dir);
+
+        let rename = lockcore::AcquireRequest::many(
+            vec![
+                LockSpec::subtree(object("/vol/a"), LockMode::Exclusive),
+                LockSpec::exclusive(object("/vol/b/new")),
+            ],
+            owner.clone(),
+            Duration::from_secs(1),
+        );
+        let body = AcquireRequest::of(&rename, 1000, 0);
+        assert_eq!(
+            serde_json::to_value(&body).unwrap()["objects"],
+            json!([{"object": "/vol/a", "mode": "exclusive", "scope": "subtree"},
+                   {"object": "/vol/b/new", "mode": "exclusive"}])
+        );
+        assert!(serde_json::to_value(&body)
+            .unwrap()
+            .get("lock_delay_ms")
+            .is_none());
+        assert_eq!(body.to_request().unwrap(), rename);
+
+        let plain = AcquireRequest::of(
+            &lockcore::AcquireRequest::new(object("a"), owner, Duration::from_secs(1)),
+            1000,
+            0,
+        );
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            json!({"object": "a", "owner": "o", "ttl_ms": 1000, "wait_ms": 0})
+        );
+    }
+
+    /// A body without `lock_delay_ms` takes the default the server passes; one with it keeps
+    /// its own, zero included.
+    #[test]
+    fn an_omitted_lock_delay_is_the_servers_default() {
+        let default = Duration::from_secs(3);
+        let omitted = AcquireRequest::new("a", "o", 1000);
+        assert_eq!(
+            omitted.to_request_with_default(default).unwrap().lock_delay,
+            default
+        );
+        assert_eq!(omitted.to_request().unwrap().lock_delay, Duration::ZERO);
+        for (given, expected) in [(0, Duration::ZERO), (250, Duration::from_millis(250))] {
+            let body = AcquireRequest {
+                lock_delay_ms: Some(given),
+                ..AcquireRequest::new("a", "o", 1000)
+            };
+            assert_eq!(
+                body.to_request_with_default(default).unwrap().lock_delay,
+                expected
+            );
+        }
+    }
+
+    /// A scope beside `objects` is refused naming `scope`, and an unknown scope does not
+    /// deserialize (the server answers it as `invalid_argument` on `scope`).
+    #[test]
+    fn scopes_go_with_their_object() {
+        let read = |json: &str| serde_json::from_str::<AcquireRequest>(json);
+        let beside =
+            read(r#"{"objects":[{"object":"b"}],"scope":"subtree","owner":"o","ttl_ms":5}"#)
+                .unwrap()
+                .to_request();
+        assert!(
+            matches!(
+                beside,
+                Err(LockError::InvalidArgument { field: "scope", .. })
+            ),
+            "{beside:?}"
+        );
+        assert!(read(r#"{"object":"a","scope":"tree","owner":"o","ttl_ms":5}"#).is_err());
+        assert!(
+            read(r#"{"objects":[{"object":"a","scope":"dir"}],"owner":"o","ttl_ms":5}"#).is_err()
+        );
+        let request = read(
+            r#"{"objects":[{"object":"/v/a","scope":"subtree"},{"object":"/v/b","scope":"object"}],"owner":"o","ttl_ms":5}"#,
+        )
+        .unwrap()
+        .to_request()
+        .unwrap();
+        let scopes: Vec<LockScope> = request.objects.iter().map(|s| s.scope).collect();
+        assert_eq!(scopes, [LockScope::Subtree, LockScope::Object]);
+    }
+
+    /// An acquire's answer carries the scope each lease was asked in; a renew's answer, which
+    /// lockcore's lease cannot tell, leaves it out.
+    #[test]
+    fn granted_leases_carry_their_scope() {
+        let a = ObjectId::new("/vol/a").unwrap();
+        let lease = Lease {
+            object: a.clone(),
+            owner: OwnerId::new("o").unwrap(),
+            mode: LockMode::Exclusive,
+            token: token(&a, 3),
+            fence: Fence(3),
+            ttl: Duration::from_secs(1),
+        };
+        let request = lockcore::AcquireRequest::new(a, lease.owner.clone(), Duration::from_secs(1))
+            .with_scope(LockScope::Subtree);
+        let json = serde_json::to_value(LeaseBody::granted(&request, &lease)).unwrap();
+        assert_eq!(json["scope"], "subtree");
+        let back: LeaseBody = serde_json::from_value(json).unwrap();
+        assert_eq!(back.into_lease().unwrap(), lease);
+        let renewed = serde_json::to_value(LeaseBody::from(&lease)).unwrap();
+        assert!(renewed.get("scope").is_none(), "{renewed}");
+    }
+
+    /// Inspect answers carry the waiters, each holder's scope and a lock-delay in force, and
+    /// read back to the same description, an object with only a delay included (no holder is
+    /// invented for it).
+    #[test]
+    fn waiters_scopes_and_delays_round_trip() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        let object = ObjectId::new("/vol/a").unwrap();
+        let delay = LockDelayInfo {
+            owner: OwnerId::new("gone").unwrap(),
+            fence: Fence(4),
+            mode: LockMode::Exclusive,
+            scope: LockScope::Subtree,
+            until: at + Duration::from_millis(2500),
+            remaining: Duration::from_millis(1200),
+        };
+        let delayed = LockInfo::delayed(object.clone(), delay.clone(), at).with_waiters(2);
+        let json = serde_json::to_value(LockBody::from(&delayed)).unwrap();
+        assert_eq!(json["waiters"], 2);
+        assert!(json.get("holders").is_none(), "{json}");
+        assert_eq!(
+            json["delay"],
+            json!({"owner": "gone", "fence": 4, "mode": "exclusive", "scope": "subtree",
+                   "until": "2026-01-01T00:00:02.500Z", "remaining_ms": 1200})
+        );
+        let back: LockBody = serde_json::from_value(json).unwrap();
+        assert_eq!(back.into_info().unwrap(), delayed);
+
+        let holder = HolderInfo {
+            owner: OwnerId::new("r1").unwrap(),
+            scope: LockScope::Subtree,
+            fence: Fence(9),
+            acquired_at: at,
+            expires_at: at + Duration::from_secs(9),
+            ttl: Duration::from_secs(9),
+        };
+        let held = LockInfo::from_holders(object, LockMode::Shared, vec![holder])
+            .unwrap()
+            .with_waiters(1)
+            .with_delay(Some(LockDelayInfo {
+                mode: LockMode::Shared,
+                ..delay
+            }));
+        let json = serde_json::to_value(LockBody::from(&held)).unwrap();
+        assert_eq!(json["holders"][0]["scope"], "subtree");
+        let back: LockBody = serde_json::from_value(json).unwrap();
+        assert_eq!(back.into_info().unwrap(), held);
+    }
+
     /// Release and renew bodies name one lock or several, never both or neither.
     #[test]
     fn release_and_renew_bodies_name_one_lock_or_several() {
@@ -883,8 +1234,18 @@ mod tests {
                 lease(&a, LockMode::Shared, 4),
             ],
         };
-        let body = GrantBody::from(&grant);
+        let request = lockcore::AcquireRequest::many(
+            vec![
+                LockSpec::subtree(b.clone(), LockMode::Exclusive),
+                LockSpec::shared(a.clone()),
+            ],
+            owner.clone(),
+            Duration::from_secs(2),
+        );
+        let body = GrantBody::granted(&request, &grant);
         let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["locks"][0]["scope"], "subtree");
+        assert_eq!(json["locks"][1]["scope"], "object");
         assert_eq!(json["owner"], "o");
         assert_eq!(json["ttl_ms"], 2000);
         assert_eq!(json["locks"][0]["object"], "b");
@@ -933,12 +1294,16 @@ mod tests {
             acquired_at: Some(UNIX_EPOCH + Duration::from_millis(1_767_225_600_123)),
             expires_at: None,
             holders: Vec::new(),
+            waiters: None,
+            delay: None,
         };
         let json = serde_json::to_value(&body).unwrap();
         assert_eq!(json["acquired_at"], "2026-01-01T00:00:00.123Z");
         assert_eq!(json["mode"], "exclusive");
         assert!(json.get("expires_at").is_none(), "{json}");
         assert!(json.get("holders").is_none(), "{json}");
+        assert!(json.get("waiters").is_none(), "{json}");
+        assert!(json.get("delay").is_none(), "{json}");
         let back: LockBody = serde_json::from_value(json).unwrap();
         assert_eq!(back, body);
     }
@@ -967,9 +1332,10 @@ mod tests {
         assert_eq!(json["owner"], "r2");
         assert_eq!(json["fence"], 9);
         assert_eq!(json["holders"].as_array().unwrap().len(), 2);
+        assert_eq!(json["waiters"], 0);
         assert_eq!(
             json["holders"][0],
-            json!({"owner": "r1", "fence": 5, "ttl_ms": 5000,
+            json!({"owner": "r1", "scope": "object", "fence": 5, "ttl_ms": 5000,
                    "acquired_at": "2026-01-01T00:00:00.000Z",
                    "expires_at": "2026-01-01T00:00:05.000Z"})
         );
@@ -979,7 +1345,8 @@ mod tests {
     }
 
     /// Times missing from a lock body are derived from the reader's clock and the TTL, and a
-    /// body without holders has its one top-level holder.
+    /// body without holders from an older server (no `waiters`, no `delay`) has its one
+    /// top-level holder; a newer server's body without holders has none (only waiters).
     #[test]
     fn missing_lock_times_are_derived_from_the_ttl() {
         let before = SystemTime::now();
@@ -993,6 +1360,13 @@ mod tests {
         assert!(info.acquired_at >= before);
         assert!(info.expires_at >= before + Duration::from_secs(5));
         assert!(info.expires_at <= SystemTime::now() + Duration::from_secs(5));
+
+        let only_waiters: LockBody =
+            serde_json::from_str(r#"{"object":"a","owner":"w","fence":0,"ttl_ms":0,"waiters":1}"#)
+                .unwrap();
+        let info = only_waiters.into_info().unwrap();
+        assert!(info.holders.is_empty(), "{info:?}");
+        assert_eq!(info.waiters, 1);
     }
 
     /// A lease body with a malformed token or name is the server's fault: `Internal`.
@@ -1005,6 +1379,7 @@ mod tests {
             token: "nope".into(),
             fence: 1,
             ttl_ms: 10,
+            scope: None,
         };
         assert!(matches!(body.into_lease(), Err(LockError::Internal(_))));
         let body = LockBody {
@@ -1016,6 +1391,8 @@ mod tests {
             acquired_at: None,
             expires_at: None,
             holders: Vec::new(),
+            waiters: None,
+            delay: None,
         };
         assert!(matches!(body.into_info(), Err(LockError::Internal(_))));
         let empty = GrantBody {

@@ -3,7 +3,7 @@
 //!
 //! | code | HTTP | extra fields |
 //! |---|---|---|
-//! | `locked` | 409 | `holder`, `retry_after_ms` (of the first object in conflict), `conflicts` |
+//! | `locked` | 409 | `holder`, `retry_after_ms` (of the first object in conflict), `conflicts` (each with its `cause`: `held`, `queued` or `lock_delay`) |
 //! | `not_held` | 409 | |
 //! | `token_mismatch` | 403 | |
 //! | `invalid_token` | 400 | |
@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use lockcore::{Conflict, LockError, ObjectId, OwnerId};
+use lockcore::{Conflict, ConflictCause, LockError, ObjectId, OwnerId};
 use serde::{Deserialize, Serialize};
 
 /// `{"error": {...}}`.
@@ -89,6 +89,7 @@ impl ErrorBody {
                         object: object.to_string(),
                         holder: holder.to_string(),
                         retry_after_ms: millis(*retry_after),
+                        cause: ConflictCause::Held.as_str().to_owned(),
                     });
                 }
                 body.conflicts = Some(listed);
@@ -112,10 +113,16 @@ impl ErrorBody {
 pub struct ConflictBody {
     /// The object asked for.
     pub object: String,
-    /// Who holds it, or waits for it ahead of the request.
+    /// Who holds it, or waits for it ahead of the request, or held it until its lease expired
+    /// (a lock-delay).
     pub holder: String,
-    /// Milliseconds until that lease (or that wait) ends unless renewed.
+    /// Milliseconds until that lease (or that wait, or that lock-delay) ends unless renewed.
     pub retry_after_ms: u64,
+    /// What blocks it: `held` (a holder), `queued` (an earlier waiter) or `lock_delay` (the
+    /// lock-delay of an expired lease). Read as `held` when missing or unknown (an older or a
+    /// newer server), see [`ConflictCause::from_wire`].
+    #[serde(default)]
+    pub cause: String,
 }
 
 impl From<&Conflict> for ConflictBody {
@@ -124,6 +131,7 @@ impl From<&Conflict> for ConflictBody {
             object: conflict.object.to_string(),
             holder: conflict.holder.to_string(),
             retry_after_ms: millis(conflict.retry_after),
+            cause: conflict.cause.as_str().to_owned(),
         }
     }
 }
@@ -135,7 +143,7 @@ impl ConflictBody {
             object: ObjectId::new(&self.object).ok()?,
             holder: OwnerId::new(&self.holder).ok()?,
             retry_after: Duration::from_millis(self.retry_after_ms),
-            cause: lockcore::ConflictCause::Held,
+            cause: ConflictCause::from_wire(&self.cause),
         })
     }
 }
@@ -158,23 +166,29 @@ pub const ARGUMENT_FIELDS: &[&str] = &[
     "limit",
     "prefix",
     "after",
+    // Event filters (`object`, `prefix` and `owner` are above).
+    "kind",
     "request_id",
     "mode",
     "objects",
     "locks",
     "body",
     "api_key",
+    "scope",
+    "lock_delay_ms",
 ];
 
 /// The argument `name` stands for, as a `'static` string: an entry of [`ARGUMENT_FIELDS`], or a
 /// JSON field of a request body (`ttl_ms` is `ttl`, `wait_ms` is `wait`). `None` for anything
 /// else.
 pub fn argument_field(name: &str) -> Option<&'static str> {
-    let name = name.strip_suffix("_ms").unwrap_or(name);
-    ARGUMENT_FIELDS
-        .iter()
-        .find(|known| **known == name)
-        .copied()
+    let known = |name: &str| {
+        ARGUMENT_FIELDS
+            .iter()
+            .find(|known| **known == name)
+            .copied()
+    };
+    known(name).or_else(|| known(name.strip_suffix("_ms")?))
 }
 
 #[cfg(test)]
@@ -192,7 +206,7 @@ mod tests {
             object: ObjectId::new(object).unwrap(),
             holder: OwnerId::new(holder).unwrap(),
             retry_after: Duration::from_millis(ms),
-            cause: lockcore::ConflictCause::Held,
+            cause: ConflictCause::Held,
         };
         let conflicts = vec![
             conflict("/vol/a", "node-2", 1500),
@@ -207,12 +221,51 @@ mod tests {
         assert_eq!(json["error"]["retry_after_ms"], 1500);
         assert_eq!(
             json["error"]["conflicts"],
-            json!([{"object": "/vol/a", "holder": "node-2", "retry_after_ms": 1500},
-                   {"object": "/vol/c", "holder": "node-3", "retry_after_ms": 20}])
+            json!([{"object": "/vol/a", "holder": "node-2", "retry_after_ms": 1500, "cause": "held"},
+                   {"object": "/vol/c", "holder": "node-3", "retry_after_ms": 20, "cause": "held"}])
         );
         assert!(json["error"].get("field").is_none(), "{json}");
         assert_eq!(body.to_conflicts(), Some(conflicts));
         assert_eq!(ErrorBody::new("locked", "m").to_conflicts(), None);
+    }
+
+    /// Each conflict names its cause, and reads back with it; a lock-delay's message says so.
+    /// A conflict without a cause (an older server) or with one this version does not know
+    /// reads as `held`.
+    #[test]
+    fn conflicts_carry_their_cause() {
+        let conflict = |object: &str, cause| Conflict {
+            object: ObjectId::new(object).unwrap(),
+            holder: OwnerId::new("node-2").unwrap(),
+            retry_after: Duration::from_millis(250),
+            cause,
+        };
+        let conflicts = vec![
+            conflict("/vol/a", ConflictCause::LockDelay),
+            conflict("/vol/b", ConflictCause::Queued),
+            conflict("/vol/c", ConflictCause::Held),
+        ];
+        let body = ErrorBody::of_lock_error(&LockError::locked(conflicts.clone()));
+        assert!(body.message.contains("lock-delay"), "{}", body.message);
+        let json = serde_json::to_value(&body).unwrap();
+        let causes: Vec<&str> = json["conflicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["cause"].as_str().unwrap())
+            .collect();
+        assert_eq!(causes, ["lock_delay", "queued", "held"]);
+        let back: ErrorBody = serde_json::from_value(json).unwrap();
+        assert_eq!(back.to_conflicts(), Some(conflicts));
+
+        let older: ConflictBody =
+            serde_json::from_str(r#"{"object":"/a","holder":"n","retry_after_ms":1}"#).unwrap();
+        assert_eq!(older.to_conflict().unwrap().cause, ConflictCause::Held);
+        let newer: ConflictBody = serde_json::from_str(
+            r#"{"object":"/a","holder":"n","retry_after_ms":1,"cause":"quota"}"#,
+        )
+        .unwrap();
+        assert_eq!(newer.to_conflict().unwrap().cause, ConflictCause::Held);
     }
 
     /// An `invalid_argument` error names its argument in `field`.
@@ -236,6 +289,14 @@ mod tests {
             ListQuery::new("", 0).check(),
             lockcore::Limits::default().check_ttl(Duration::ZERO),
             lockcore::Limits::default().check_wait(Duration::MAX),
+            "tree".parse::<lockcore::LockScope>().map(|_| ()),
+            lockcore::AcquireRequest::new(
+                ObjectId::new("a").unwrap(),
+                OwnerId::new("o").unwrap(),
+                Duration::from_secs(1),
+            )
+            .with_lock_delay(lockcore::MAX_LOCK_DELAY * 2)
+            .check(&lockcore::Limits::default()),
         ];
         for refusal in refusals {
             match refusal {
@@ -247,6 +308,7 @@ mod tests {
         }
         assert_eq!(argument_field("ttl_ms"), Some("ttl"));
         assert_eq!(argument_field("wait_ms"), Some("wait"));
+        assert_eq!(argument_field("lock_delay_ms"), Some("lock_delay_ms"));
         assert_eq!(argument_field("nonsense"), None);
     }
 }

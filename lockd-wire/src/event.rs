@@ -23,12 +23,33 @@ pub enum EventKind {
     Expiry,
     /// A release was refused (`not_held` or `token_mismatch`): possible misuse or attack.
     ReleaseRefused,
+    /// A request started waiting behind this holder's lease: the holder may want to finish and
+    /// release early. `owner`, `fence` and `object` are the holder's; `waiter` and `mode` say
+    /// who waits and for what. Sent once per waiting request and holder, not once per retry.
+    Wanted,
     /// A kind this version does not know (sent by a newer server); read, never written.
     #[serde(other)]
     Unknown,
 }
 
 impl EventKind {
+    /// Every kind the server writes (all but [`EventKind::Unknown`]), in the order of the docs.
+    pub const WRITTEN: [EventKind; 7] = [
+        EventKind::Grant,
+        EventKind::Release,
+        EventKind::Renew,
+        EventKind::Downgrade,
+        EventKind::Expiry,
+        EventKind::ReleaseRefused,
+        EventKind::Wanted,
+    ];
+
+    /// The kind named `name` as JSON writes it (`grant`, `wanted`, ...); `None` for any other
+    /// name, `unknown` included: it is no kind the server writes, so nothing could match it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::WRITTEN.into_iter().find(|kind| kind.as_str() == name)
+    }
+
     /// The name used in JSON and as the SSE `event:` field.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -38,6 +59,7 @@ impl EventKind {
             EventKind::Downgrade => "downgrade",
             EventKind::Expiry => "expiry",
             EventKind::ReleaseRefused => "release_refused",
+            EventKind::Wanted => "wanted",
             EventKind::Unknown => "unknown",
         }
     }
@@ -91,6 +113,10 @@ pub struct Event {
     /// For a refused release: `not_held` or `token_mismatch`. Omitted otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For a `wanted` notice: who waits (the waiting request's owner). Omitted otherwise. The
+    /// waiter asks for `mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiter: Option<String>,
 }
 
 impl Event {
@@ -105,6 +131,7 @@ impl Event {
             mode: None,
             fence: None,
             reason: None,
+            waiter: None,
         }
     }
 
@@ -129,6 +156,12 @@ impl Event {
     /// Sets the refusal reason.
     pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
         self.reason = Some(reason.into());
+        self
+    }
+
+    /// Sets the waiter of a `wanted` notice.
+    pub fn with_waiter(mut self, waiter: impl Into<String>) -> Self {
+        self.waiter = Some(waiter.into());
         self
     }
 }
@@ -164,6 +197,38 @@ mod tests {
         let grant = serde_json::to_value(grant).unwrap();
         assert!(grant.get("reason").is_none(), "{grant}");
         assert_eq!(grant["mode"], "shared");
+    }
+
+    /// A `wanted` notice names the holder as `owner` and the waiter and the mode it asks for.
+    #[test]
+    fn wanted_notices_name_the_holder_the_waiter_and_the_mode_asked_for() {
+        let time = UNIX_EPOCH + Duration::from_millis(1_767_225_600_000);
+        let wanted = Event::new(10, time, EventKind::Wanted, "/vol/a")
+            .with_owner("holder")
+            .with_fence(7)
+            .with_mode(LockMode::Exclusive)
+            .with_waiter("waiter");
+        let json = serde_json::to_value(&wanted).unwrap();
+        assert_eq!(
+            json,
+            json!({"seq": 10, "time": "2026-01-01T00:00:00.000Z", "kind": "wanted",
+                   "object": "/vol/a", "owner": "holder", "mode": "exclusive", "fence": 7,
+                   "waiter": "waiter"})
+        );
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), wanted);
+    }
+
+    /// Every written kind is found by its name; `unknown` and other names are not.
+    #[test]
+    fn kinds_are_found_by_the_names_json_writes() {
+        for kind in EventKind::WRITTEN {
+            assert_eq!(EventKind::from_name(kind.as_str()), Some(kind));
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, kind.as_str());
+        }
+        for name in ["unknown", "Grant", "grants", ""] {
+            assert_eq!(EventKind::from_name(name), None, "{name}");
+        }
     }
 
     /// A kind from a newer server is read as `Unknown`, not refused.

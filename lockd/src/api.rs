@@ -27,12 +27,12 @@ use lockd_wire::{
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
 
 use crate::error::ApiError;
-use crate::events::{Event, EventKind, EventLog, NewEvent, MAX_EVENTS_PAGE};
+use crate::events::{self, Event, EventFilter, EventKind, NewEvent, MAX_EVENTS_PAGE};
 use crate::expiry::ExpiryTracker;
 use crate::limits::{Limit, Usage};
 use crate::metrics::Metrics;
@@ -80,13 +80,15 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
     pub(crate) service: Arc<dyn LockService>,
-    pub(crate) events: Arc<EventLog>,
+    pub(crate) events: Arc<events::EventLog>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tracker: Arc<ExpiryTracker>,
     pub(crate) keys: Arc<ApiKeys>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) max_body_bytes: usize,
     pub(crate) usage: Arc<Usage>,
+    /// The lock-delay of an acquire that does not give `lock_delay_ms` (`--default-lock-delay`).
+    pub(crate) default_lock_delay: Duration,
 }
 
 /// Builds the router: `/v1/...` (authenticated when keys are configured), `/metrics`,
@@ -265,6 +267,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// The event filter of a query (`object`, `prefix`, `owner`, `kind`, repeatable); an unknown
+/// kind or too many values are `400 invalid_argument`.
+#[derive(Debug)]
+pub(crate) struct EventQuery(pub(crate) EventFilter);
+
+impl<S: Send + Sync> FromRequestParts<S> for EventQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let filter = EventFilter::from_pairs(form_urlencoded::parse(query.as_bytes()))?;
+        Ok(EventQuery(filter))
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Handlers.
 
@@ -302,7 +319,7 @@ async fn acquire(
 ) -> Result<Response, ApiError> {
     timed(&state, "acquire", async {
         let several = request.is_many();
-        let acquire = request.to_request()?;
+        let acquire = request.to_request_with_default(state.default_lock_delay)?;
         // A blocking acquire over --max-waiters is refused before the backend sees it.
         let _waiting = if acquire.wait.is_zero() {
             None
@@ -317,11 +334,12 @@ async fn acquire(
             state.tracker.granted(lease);
             record(&state, NewEvent::of_lease(EventKind::Grant, lease));
         }
+        // Leases answer with the scope they were asked in (lockcore's Lease has none).
         if several {
-            return Ok(Json(GrantBody::from(&grant)).into_response());
+            return Ok(Json(GrantBody::granted(&acquire, &grant)).into_response());
         }
         match grant.leases.first() {
-            Some(lease) => Ok(Json(LeaseBody::from(lease)).into_response()),
+            Some(lease) => Ok(Json(LeaseBody::granted(&acquire, lease)).into_response()),
             None => Err(LockError::Internal("a grant without a lease".into()).into()),
         }
     })
@@ -630,31 +648,33 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 async fn events(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<EventParams>,
+    EventQuery(filter): EventQuery,
 ) -> Result<Json<EventsBody>, ApiError> {
     timed(&state, "events", async {
         let limit = page_limit(params.limit)?;
         Ok(Json(EventsBody {
-            events: state.events.since(params.after.unwrap_or(0), limit),
+            events: state.events.page(params.after.unwrap_or(0), limit, &filter),
         }))
     })
     .await
 }
 
-fn sse_event(event: &Event) -> SseEvent {
+fn sse_event(event: &Event) -> Result<SseEvent, Infallible> {
     let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
-    SseEvent::default()
+    Ok(SseEvent::default()
         .id(event.seq.to_string())
         .event(event.kind.as_str())
-        .data(data)
+        .data(data))
 }
 
-/// `GET /v1/events/stream`: live events as server-sent events. With `?after=SEQ` (or a
-/// `Last-Event-ID` header, as browsers send on reconnect) the events after `SEQ` still in the
-/// ring are sent first.
+/// `GET /v1/events/stream`: live events as server-sent events, those passing the filter
+/// parameters only. With `?after=SEQ` (or a `Last-Event-ID` header, as browsers send on
+/// reconnect) the events after `SEQ` still in the ring are sent first.
 async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<EventParams>,
+    EventQuery(filter): EventQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let resume = match params.after {
         Some(after) => Some(after),
@@ -678,7 +698,15 @@ async fn stream(
     let live = state.events.subscribe();
     let last = resume.unwrap_or_else(|| state.events.last_seq());
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
-    let forward = forward_events(state.events.clone(), live, last, tx, state.shutdown.clone());
+    let forward = events::forward(
+        state.events.clone(),
+        live,
+        last,
+        filter,
+        tx,
+        state.shutdown.clone(),
+        sse_event,
+    );
     tokio::spawn(async move {
         forward.await;
         drop(slot);
@@ -691,64 +719,6 @@ async fn stream(
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
-}
-
-/// Sends the ring's events after `last`, then live ones, until the client goes away or the
-/// server shuts down. A subscriber too slow for the live channel is caught up from the ring.
-async fn forward_events(
-    log: Arc<EventLog>,
-    mut live: broadcast::Receiver<Event>,
-    mut last: u64,
-    tx: mpsc::Sender<Result<SseEvent, Infallible>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    async fn catch_up(
-        log: &EventLog,
-        last: &mut u64,
-        tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
-    ) -> bool {
-        loop {
-            let batch = log.since(*last, MAX_EVENTS_PAGE);
-            if batch.is_empty() {
-                return true;
-            }
-            for event in batch {
-                *last = event.seq;
-                if tx.send(Ok(sse_event(&event))).await.is_err() {
-                    return false;
-                }
-            }
-        }
-    }
-    if !catch_up(&log, &mut last, &tx).await {
-        return;
-    }
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            () = tx.closed() => return,
-            received = live.recv() => match received {
-                Ok(event) => {
-                    if event.seq <= last {
-                        continue;
-                    }
-                    last = event.seq;
-                    if tx.send(Ok(sse_event(&event))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if !catch_up(&log, &mut last, &tx).await {
-                        return;
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-        }
-    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -1,5 +1,5 @@
-//! `lockd acquire | release | renew | downgrade | list | events`: talk to a running lockd from
-//! the shell.
+//! `lockd acquire | release | renew | downgrade | inspect | list | events`: talk to a running
+//! lockd from the shell.
 //!
 //! Each command prints a readable table by default and JSON with `--json` (`events` prints one
 //! JSON object per line, so `--follow --json` is a stream of JSON lines). With one object,
@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockcore::{
-    AcquireRequest, Grant, Lease, ListQuery, LockError, LockMode, LockService, LockSpec, LockToken,
-    ObjectId, OwnerId,
+    AcquireRequest, Grant, Lease, ListQuery, LockError, LockInfo, LockMode, LockScope, LockService,
+    LockSpec, LockToken, ObjectId, OwnerId,
 };
 use lockd_client::{ClientConfig, Event, LockdClient};
 use lockd_wire::{EntryResult, GrantBody, LeaseBody, LockBody, ReleaseBody, ResultsBody};
@@ -22,7 +22,7 @@ use serde::Serialize;
 /// Where the server is and how to print.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ClientArgs {
-    /// The lockd server: http(s)://, or grpc://HOST:PORT for its gRPC API (API key from env
+    /// The lockd server: http(s)://, or grpc(s)://HOST:PORT for its gRPC API (API key from env
     /// LOCKD_API_KEY).
     #[arg(
         long,
@@ -31,6 +31,16 @@ pub(crate) struct ClientArgs {
         global = true
     )]
     server: String,
+    /// PEM file of CA certificates to trust for https:// and grpcs:// (a private CA).
+    #[arg(long, env = "LOCKD_CA_FILE", value_name = "FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate to present over TLS, for a lockd with --tls-client-ca (needs
+    /// --client-key).
+    #[arg(long, env = "LOCKD_CLIENT_CERT", value_name = "FILE", global = true)]
+    client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, env = "LOCKD_CLIENT_KEY", value_name = "FILE", global = true)]
+    client_key: Option<std::path::PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -45,6 +55,15 @@ pub(crate) struct AcquireArgs {
     /// Lock them shared (readers) instead of exclusively.
     #[arg(long)]
     shared: bool,
+    /// Lock each object's whole subtree (the object and every id under it, as a directory
+    /// rename needs) instead of the object alone.
+    #[arg(long)]
+    subtree: bool,
+    /// Lock-delay, e.g. 5s (at most 60s): if the lease expires instead of being released,
+    /// nothing conflicting is granted for this long after (default: the server's
+    /// --default-lock-delay).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    lock_delay: Option<Duration>,
     /// Who holds it.
     #[arg(long)]
     owner: String,
@@ -99,6 +118,15 @@ pub(crate) struct DowngradeArgs {
     client: ClientArgs,
 }
 
+/// `lockd inspect`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct InspectArgs {
+    /// The object to describe.
+    object: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
 /// `lockd list`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ListArgs {
@@ -124,6 +152,9 @@ pub(crate) struct EventsArgs {
 
 fn client_config(args: &ClientArgs) -> ClientConfig {
     let mut config = ClientConfig::from_url(args.server.clone());
+    config.ca_file.clone_from(&args.ca_file);
+    config.client_cert.clone_from(&args.client_cert);
+    config.client_key.clone_from(&args.client_key);
     if let Ok(key) = std::env::var("LOCKD_API_KEY") {
         if !key.is_empty() {
             config.api_key = Some(key);
@@ -167,12 +198,17 @@ fn out_json<T: Serialize>(value: &T) -> Result<(), LockError> {
     out(&text)
 }
 
-fn print_lease(lease: &Lease, as_json: bool) -> Result<(), LockError> {
+/// Prints a lease as the API's one-object answer (`body`, with the scope when known) or a table.
+fn print_lease(lease: &Lease, body: LeaseBody, as_json: bool) -> Result<(), LockError> {
     if as_json {
-        return out_json(&LeaseBody::from(lease));
+        return out_json(&body);
     }
+    let scope = body
+        .scope
+        .map(|scope| format!("\nscope   {scope}"))
+        .unwrap_or_default();
     out(&format!(
-        "object  {}\nowner   {}\nmode    {}\nfence   {}\nttl     {}\ntoken   {}",
+        "object  {}\nowner   {}\nmode    {}{scope}\nfence   {}\nttl     {}\ntoken   {}",
         lease.object,
         lease.owner,
         lease.mode,
@@ -182,20 +218,23 @@ fn print_lease(lease: &Lease, as_json: bool) -> Result<(), LockError> {
     ))
 }
 
-fn print_grant(grant: &Grant, as_json: bool) -> Result<(), LockError> {
+fn print_grant(request: &AcquireRequest, grant: &Grant, as_json: bool) -> Result<(), LockError> {
     if let [lease] = grant.leases.as_slice() {
-        return print_lease(lease, as_json);
+        return print_lease(lease, LeaseBody::granted(request, lease), as_json);
     }
+    let body = GrantBody::granted(request, grant);
     if as_json {
-        return out_json(&GrantBody::from(grant));
+        return out_json(&body);
     }
     let rows: Vec<Vec<String>> = grant
         .leases
         .iter()
-        .map(|lease| {
+        .zip(&body.locks)
+        .map(|(lease, granted)| {
             vec![
                 lease.object.to_string(),
                 lease.mode.to_string(),
+                granted.scope.to_string(),
                 lease.fence.to_string(),
                 lease.token.expose().to_owned(),
             ]
@@ -205,26 +244,40 @@ fn print_grant(grant: &Grant, as_json: bool) -> Result<(), LockError> {
         "owner   {}\nttl     {}\n{}",
         grant.owner,
         humantime::format_duration(grant.ttl),
-        table(&["OBJECT", "MODE", "FENCE", "TOKEN"], &rows)
+        table(&["OBJECT", "MODE", "SCOPE", "FENCE", "TOKEN"], &rows)
     ))
 }
 
-pub(crate) async fn acquire(args: AcquireArgs) -> Result<(), LockError> {
-    let client = connect(&args.client)?;
+/// The request `lockd acquire` sends for `args`.
+fn acquire_request(args: &AcquireArgs) -> Result<AcquireRequest, LockError> {
     let mode = if args.shared {
         LockMode::Shared
     } else {
         LockMode::Exclusive
     };
+    let scope = if args.subtree {
+        LockScope::Subtree
+    } else {
+        LockScope::Object
+    };
     let specs = args
         .objects
         .iter()
-        .map(|object| Ok(LockSpec::new(ObjectId::new(object)?, mode)))
+        .map(|object| Ok(LockSpec::new(ObjectId::new(object)?, mode).with_scope(scope)))
         .collect::<Result<Vec<_>, LockError>>()?;
     let owner = OwnerId::new(&args.owner)?;
-    let request = AcquireRequest::many(specs, owner, args.ttl).with_wait(args.wait);
+    let mut request = AcquireRequest::many(specs, owner, args.ttl).with_wait(args.wait);
+    if let Some(delay) = args.lock_delay {
+        request = request.with_lock_delay(delay);
+    }
+    Ok(request)
+}
+
+pub(crate) async fn acquire(args: AcquireArgs) -> Result<(), LockError> {
+    let client = connect(&args.client)?;
+    let request = acquire_request(&args)?;
     let grant = client.acquire_with(&request).await?;
-    print_grant(&grant, args.client.json)
+    print_grant(&request, &grant, args.client.json)
 }
 
 /// Pairs each object with its token, in order; the counts must match.
@@ -287,7 +340,7 @@ pub(crate) async fn renew(args: RenewArgs) -> Result<(), LockError> {
     let locks = locks_of(&args.objects, &args.tokens)?;
     if let [(object, token)] = locks.as_slice() {
         let lease = client.renew(object, token, args.ttl).await?;
-        return print_lease(&lease, args.client.json);
+        return print_lease(&lease, LeaseBody::from(&lease), args.client.json);
     }
     let outcomes: Vec<Result<LeaseBody, LockError>> = client
         .renew_many(&locks, args.ttl)
@@ -350,7 +403,7 @@ pub(crate) async fn downgrade(args: DowngradeArgs) -> Result<(), LockError> {
     let object = ObjectId::new(&args.object)?;
     let token = LockToken::parse(&args.token)?;
     let lease = client.downgrade(&object, &token).await?;
-    print_lease(&lease, args.client.json)
+    print_lease(&lease, LeaseBody::from(&lease), args.client.json)
 }
 
 /// Lays out rows under a header, columns padded to their widest cell.
@@ -372,6 +425,64 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut lines = vec![line(header.iter().map(|h| (*h).to_owned()).collect())];
     lines.extend(rows.iter().map(|r| line(r.clone())));
     lines.join("\n")
+}
+
+/// A duration as the tables show it: whole milliseconds, humanly.
+fn shown(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(ms(d))).to_string()
+}
+
+/// `lockd inspect` as text: the lock, its holders, waiters and lock-delay.
+fn describe(info: &LockInfo) -> String {
+    let mut text = format!(
+        "object   {}\nmode     {}\nwaiters  {}",
+        info.object, info.mode, info.waiters
+    );
+    if let Some(delay) = &info.delay {
+        text.push_str(&format!(
+            "\ndelay    {} left, until {} (lock-delay of {}'s expired {} {} lease, fence {})",
+            shown(delay.remaining),
+            humantime::format_rfc3339_millis(delay.until),
+            delay.owner,
+            delay.scope,
+            delay.mode,
+            delay.fence
+        ));
+    }
+    if info.holders.is_empty() {
+        text.push_str("\nholders  none");
+        return text;
+    }
+    let rows: Vec<Vec<String>> = info
+        .holders
+        .iter()
+        .map(|holder| {
+            vec![
+                holder.owner.to_string(),
+                holder.scope.to_string(),
+                holder.fence.to_string(),
+                shown(holder.ttl),
+                humantime::format_rfc3339_millis(holder.expires_at).to_string(),
+            ]
+        })
+        .collect();
+    text.push('\n');
+    text.push_str(&table(
+        &["OWNER", "SCOPE", "FENCE", "TTL LEFT", "EXPIRES AT"],
+        &rows,
+    ));
+    text
+}
+
+pub(crate) async fn inspect(args: InspectArgs) -> Result<(), LockError> {
+    let client = connect(&args.client)?;
+    let object = ObjectId::new(&args.object)?;
+    match client.inspect(&object).await? {
+        Some(info) if args.client.json => out_json(&LockBody::from(&info)),
+        Some(info) => out(&describe(&info)),
+        None if args.client.json => out("null"),
+        None => out(&format!("{object} is not locked")),
+    }
 }
 
 pub(crate) async fn list(args: ListArgs) -> Result<(), LockError> {
@@ -404,12 +515,18 @@ pub(crate) async fn list(args: ListArgs) -> Result<(), LockError> {
                 l.holders.len().to_string(),
                 l.owner.to_string(),
                 l.fence.to_string(),
-                humantime::format_duration(Duration::from_millis(ms(l.ttl))).to_string(),
+                shown(l.ttl),
+                l.waiters.to_string(),
+                l.delay
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |delay| shown(delay.remaining)),
             ]
         })
         .collect();
     out(&table(
-        &["OBJECT", "MODE", "HOLDERS", "OWNER", "FENCE", "TTL LEFT"],
+        &[
+            "OBJECT", "MODE", "HOLDERS", "OWNER", "FENCE", "TTL LEFT", "WAITERS", "DELAY",
+        ],
         &rows,
     ))
 }
@@ -491,5 +608,63 @@ mod tests {
             ],
         );
         assert_eq!(text, "A          BB\nlong-cell  x\ns          y");
+    }
+
+    /// `--subtree` and `--lock-delay` reach the request; without `--lock-delay` none is asked
+    /// for, so the server's default applies.
+    #[test]
+    fn subtree_and_lock_delay_flags_shape_the_request() {
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            acquire: AcquireArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["lockd", "/vol/a", "/vol/b", "--owner", "o", "--ttl", "5s"];
+            argv.extend_from_slice(extra);
+            let cli = <Cli as clap::Parser>::try_parse_from(argv).expect("valid flags");
+            acquire_request(&cli.acquire).expect("valid request")
+        };
+        let rename = parse(&["--subtree", "--lock-delay", "1500ms"]);
+        assert!(rename.objects.iter().all(|s| s.scope == LockScope::Subtree));
+        assert_eq!(rename.lock_delay, Duration::from_millis(1500));
+        let plain = parse(&[]);
+        assert!(plain.objects.iter().all(|s| s.scope == LockScope::Object));
+        assert_eq!(plain.lock_delay, Duration::ZERO);
+        assert!(<Cli as clap::Parser>::try_parse_from([
+            "lockd",
+            "/a",
+            "--owner",
+            "o",
+            "--ttl",
+            "5s",
+            "--lock-delay",
+            "soon",
+        ])
+        .is_err());
+    }
+
+    /// An object with only a lock-delay shows it and no holder.
+    #[test]
+    fn inspect_shows_waiters_and_a_delay_in_force() {
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        let delay = lockcore::LockDelayInfo {
+            owner: OwnerId::new("gone").expect("valid"),
+            fence: lockcore::Fence(7),
+            mode: LockMode::Exclusive,
+            scope: LockScope::Subtree,
+            until: at + Duration::from_secs(2),
+            remaining: Duration::from_millis(1500),
+        };
+        let info =
+            LockInfo::delayed(ObjectId::new("/vol/a").expect("valid"), delay, at).with_waiters(2);
+        let text = describe(&info);
+        assert!(text.contains("waiters  2"), "{text}");
+        assert!(text.contains("delay    1s 500ms left"), "{text}");
+        assert!(
+            text.contains("gone's expired subtree exclusive lease"),
+            "{text}"
+        );
+        assert!(text.contains("holders  none"), "{text}");
     }
 }

@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lockcore::{Limits, TokenSecret};
+use lockcore::{Limits, TokenSecret, MAX_LOCK_DELAY};
 use serde::Deserialize;
 
 use crate::limits::Caps;
+use crate::tls::TlsConfig;
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -78,10 +79,17 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How many events the event ring keeps.
     pub events_capacity: usize,
+    /// Path segments of an object that name its prefix in the contention metrics (`/vol/a/x/y`
+    /// counts under `/vol/a` at 2, the default); 1 to [`lockcore::MAX_OBJECT_DEPTH`].
+    pub metrics_prefix_depth: usize,
     /// Where `memory://` keeps its restart state; `None`: no restart protection.
     pub data_dir: Option<PathBuf>,
     /// Allows listening on a non-loopback address without API keys.
     pub insecure_no_auth: bool,
+    /// TLS on both listeners (`https://`, `grpcs://`); `None`: plaintext. With a client CA,
+    /// clients must present a certificate it issued, which counts as authentication for the
+    /// non-loopback rule.
+    pub tls: Option<TlsConfig>,
     /// How long shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
     /// Time a client has, from the first byte of a request, to send its headers, and, from the
@@ -91,6 +99,10 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Caps on connections, requests in flight, blocking waiters and event streams.
     pub caps: Caps,
+    /// The lock-delay of an acquire that does not give one (`lock_delay_ms` on HTTP and gRPC),
+    /// at most [`MAX_LOCK_DELAY`]; zero (the default) frees an expired lease's objects at
+    /// once. A backend without lock-delay support refuses every acquire given a non-zero one.
+    pub default_lock_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -104,12 +116,15 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             events_capacity: DEFAULT_EVENTS_CAPACITY,
+            metrics_prefix_depth: crate::metrics::DEFAULT_METRICS_PREFIX_DEPTH,
             data_dir: None,
             insecure_no_auth: false,
+            tls: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             request_read_timeout: DEFAULT_REQUEST_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             caps: DEFAULT_CAPS,
+            default_lock_delay: Duration::ZERO,
         }
     }
 }
@@ -131,12 +146,15 @@ impl fmt::Debug for ServerConfig {
             .field("limits", &self.limits)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("events_capacity", &self.events_capacity)
+            .field("metrics_prefix_depth", &self.metrics_prefix_depth)
             .field("data_dir", &self.data_dir)
             .field("insecure_no_auth", &self.insecure_no_auth)
+            .field("tls", &self.tls)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("request_read_timeout", &self.request_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("caps", &self.caps)
+            .field("default_lock_delay", &self.default_lock_delay)
             .finish()
     }
 }
@@ -153,8 +171,12 @@ impl fmt::Debug for ServerConfig {
 /// max_wait = "5m"
 /// max_body_bytes = 65536
 /// events_capacity = 10000
+/// metrics_prefix_depth = 2
 /// data_dir = "/var/lib/lockd"
 /// insecure_no_auth = false
+/// tls_cert = "/etc/lockd/tls/cert.pem"
+/// tls_key = "/etc/lockd/tls/key.pem"
+/// tls_client_ca = "/etc/lockd/tls/clients-ca.pem"
 /// shutdown_timeout = "10s"
 /// request_read_timeout = "10s"
 /// idle_timeout = "60s"
@@ -162,6 +184,7 @@ impl fmt::Debug for ServerConfig {
 /// max_in_flight = 4096
 /// max_waiters = 1024
 /// max_event_streams = 256
+/// default_lock_delay = "0s"
 /// log = "info"
 /// ```
 #[derive(Debug, Default, Deserialize)]
@@ -186,10 +209,18 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     /// `--events-capacity`.
     pub events_capacity: Option<usize>,
+    /// `--metrics-prefix-depth`.
+    pub metrics_prefix_depth: Option<usize>,
     /// `--data-dir`.
     pub data_dir: Option<PathBuf>,
     /// `--insecure-no-auth`.
     pub insecure_no_auth: Option<bool>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-client-ca`.
+    pub tls_client_ca: Option<PathBuf>,
     /// `--shutdown-timeout`, e.g. `"10s"`.
     pub shutdown_timeout: Option<String>,
     /// `--request-read-timeout`, e.g. `"10s"`.
@@ -204,6 +235,8 @@ pub struct FileConfig {
     pub max_waiters: Option<usize>,
     /// `--max-event-streams`.
     pub max_event_streams: Option<usize>,
+    /// `--default-lock-delay`, e.g. `"5s"`.
+    pub default_lock_delay: Option<String>,
     /// `--log`, a tracing filter such as `info` or `lockd=debug`.
     pub log: Option<String>,
 }
@@ -271,12 +304,27 @@ pub struct ServeArgs {
     /// Events kept for GET /v1/events [default: 10000].
     #[arg(long, env = "LOCKD_EVENTS_CAPACITY", value_name = "N")]
     pub events_capacity: Option<usize>,
+    /// Path segments naming an object's prefix in the contention metrics: at 2, /vol/a/x/y
+    /// counts under /vol/a [default: 2].
+    #[arg(long, env = "LOCKD_METRICS_PREFIX_DEPTH", value_name = "N")]
+    pub metrics_prefix_depth: Option<usize>,
     /// Directory for memory://'s restart state (no restart protection without it).
     #[arg(long, env = "LOCKD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Allow a non-loopback listen address without API keys.
     #[arg(long, env = "LOCKD_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Serve TLS on both listeners with this PEM certificate chain (reloaded on SIGHUP; needs
+    /// --tls-key).
+    #[arg(long, env = "LOCKD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "LOCKD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates issued by the CAs in this PEM file (mutual TLS; needs
+    /// --tls-cert). A verified certificate counts as authentication on non-loopback addresses.
+    #[arg(long, env = "LOCKD_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Time allowed to finish requests in flight at shutdown [default: 10s].
     #[arg(long, env = "LOCKD_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
@@ -300,6 +348,10 @@ pub struct ServeArgs {
     /// Event streams (GET /v1/events/stream) open at once; more get 503 [default: 256].
     #[arg(long, env = "LOCKD_MAX_EVENT_STREAMS", value_name = "N")]
     pub max_event_streams: Option<usize>,
+    /// Lock-delay of acquires that do not give `lock_delay_ms`: after a lease expires (its
+    /// holder vanished), nothing conflicting is granted for this long, 0 to 60s [default: 0s].
+    #[arg(long, env = "LOCKD_DEFAULT_LOCK_DELAY", value_name = "DURATION")]
+    pub default_lock_delay: Option<String>,
     /// Log filter (tracing syntax), e.g. info, lockd=debug [default: info].
     #[arg(long, env = "LOCKD_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -334,6 +386,30 @@ fn cap(
         return Err(ConfigError::new(format!("{name} must be at least 1")));
     }
     Ok(value)
+}
+
+/// TLS from its three settings: a certificate and its key together, a client CA only with
+/// them. The files are read when the server starts.
+fn tls_config(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<TlsConfig>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let tls = TlsConfig::new(cert, key);
+            Ok(Some(match client_ca {
+                Some(ca) => tls.with_client_ca(ca),
+                None => tls,
+            }))
+        }
+        (None, None) if client_ca.is_some() => Err(ConfigError::new(
+            "tls_client_ca needs tls_cert and tls_key: client certificates are checked over TLS",
+        )),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::new("tls_cert needs tls_key (its private key)")),
+        (None, Some(_)) => Err(ConfigError::new("tls_key needs tls_cert (its certificate)")),
+    }
 }
 
 fn read_secret_file(path: &Path) -> Result<TokenSecret, ConfigError> {
@@ -473,8 +549,23 @@ impl ServeArgs {
         if server.events_capacity == 0 {
             return Err(ConfigError::new("events_capacity must be at least 1"));
         }
+        server.metrics_prefix_depth = self
+            .metrics_prefix_depth
+            .or(file.metrics_prefix_depth)
+            .unwrap_or(crate::metrics::DEFAULT_METRICS_PREFIX_DEPTH);
+        if !(1..=lockcore::MAX_OBJECT_DEPTH).contains(&server.metrics_prefix_depth) {
+            return Err(ConfigError::new(format!(
+                "metrics_prefix_depth must be between 1 and {}",
+                lockcore::MAX_OBJECT_DEPTH
+            )));
+        }
         server.data_dir = self.data_dir.clone().or(file.data_dir);
         server.insecure_no_auth = self.insecure_no_auth || file.insecure_no_auth.unwrap_or(false);
+        server.tls = tls_config(
+            self.tls_cert.clone().or(file.tls_cert),
+            self.tls_key.clone().or(file.tls_key),
+            self.tls_client_ca.clone().or(file.tls_client_ca),
+        )?;
         if let Some(text) = self
             .shutdown_timeout
             .as_deref()
@@ -522,6 +613,19 @@ impl ServeArgs {
                 DEFAULT_CAPS.max_event_streams,
             )?,
         };
+        if let Some(text) = self
+            .default_lock_delay
+            .as_deref()
+            .or(file.default_lock_delay.as_deref())
+        {
+            server.default_lock_delay = duration("default_lock_delay", text)?;
+            if server.default_lock_delay > MAX_LOCK_DELAY {
+                return Err(ConfigError::new(format!(
+                    "default_lock_delay must be at most {}",
+                    humantime::format_duration(MAX_LOCK_DELAY)
+                )));
+            }
+        }
         let log = self
             .log
             .clone()
@@ -707,6 +811,131 @@ mod tests {
             },
         ] {
             assert!(args.resolve(None).is_err(), "{args:?}");
+        }
+    }
+
+    /// The metrics prefix depth comes from the file or the flag, 2 by default, within 1..=32.
+    #[test]
+    fn the_metrics_prefix_depth_is_configurable_within_the_object_depth() {
+        let defaults = ServeArgs::default().resolve(None).expect("valid").server;
+        assert_eq!(defaults.metrics_prefix_depth, 2);
+        let f = file("metrics_prefix_depth = 3\n");
+        let from_file = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            from_file
+                .resolve(None)
+                .expect("valid")
+                .server
+                .metrics_prefix_depth,
+            3
+        );
+        let flag = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            metrics_prefix_depth: Some(1),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            flag.resolve(None)
+                .expect("valid")
+                .server
+                .metrics_prefix_depth,
+            1
+        );
+        for refused in [0, lockcore::MAX_OBJECT_DEPTH + 1] {
+            let args = ServeArgs {
+                metrics_prefix_depth: Some(refused),
+                ..ServeArgs::default()
+            };
+            let err = args.resolve(None).expect_err("refused").to_string();
+            assert!(err.contains("metrics_prefix_depth"), "{err}");
+        }
+    }
+
+    /// The default lock-delay comes from the file, then the flag, is zero without either, and
+    /// is refused above a minute or when it is not a duration.
+    #[test]
+    fn the_default_lock_delay_is_configurable_up_to_a_minute() {
+        let defaults = ServeArgs::default().resolve(None).expect("valid").server;
+        assert_eq!(defaults.default_lock_delay, Duration::ZERO);
+        let f = file("default_lock_delay = \"15s\"\n");
+        let from_file = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let resolved = from_file.resolve(None).expect("valid").server;
+        assert_eq!(resolved.default_lock_delay, Duration::from_secs(15));
+        let flag_wins = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            default_lock_delay: Some("250ms".into()),
+            ..ServeArgs::default()
+        };
+        let resolved = flag_wins.resolve(None).expect("valid").server;
+        assert_eq!(resolved.default_lock_delay, Duration::from_millis(250));
+        for bad in ["61s", "2m", "soon"] {
+            let args = ServeArgs {
+                default_lock_delay: Some(bad.into()),
+                ..ServeArgs::default()
+            };
+            let err = args.resolve(None).expect_err(bad).to_string();
+            assert!(err.contains("default_lock_delay"), "{err}");
+        }
+    }
+
+    #[test]
+    fn tls_takes_a_certificate_and_key_together_and_a_client_ca_only_with_them() {
+        assert_eq!(
+            ServeArgs::default()
+                .resolve(None)
+                .expect("valid")
+                .server
+                .tls,
+            None
+        );
+        let f = file("tls_cert = \"/etc/lockd/cert.pem\"\ntls_key = \"/etc/lockd/key.pem\"\n");
+        let args = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            tls_client_ca: Some("/etc/lockd/ca.pem".into()),
+            ..ServeArgs::default()
+        };
+        let tls = args
+            .resolve(None)
+            .expect("valid")
+            .server
+            .tls
+            .expect("tls on");
+        assert_eq!(tls.cert, PathBuf::from("/etc/lockd/cert.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/lockd/key.pem"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/lockd/ca.pem")));
+        assert!(tls.requires_client_certificates());
+
+        for (args, named) in [
+            (
+                ServeArgs {
+                    tls_cert: Some("c.pem".into()),
+                    ..ServeArgs::default()
+                },
+                "tls_key",
+            ),
+            (
+                ServeArgs {
+                    tls_key: Some("k.pem".into()),
+                    ..ServeArgs::default()
+                },
+                "tls_cert",
+            ),
+            (
+                ServeArgs {
+                    tls_client_ca: Some("ca.pem".into()),
+                    ..ServeArgs::default()
+                },
+                "tls_client_ca",
+            ),
+        ] {
+            let err = args.resolve(None).expect_err("incomplete TLS").to_string();
+            assert!(err.contains(named), "{err}");
         }
     }
 

@@ -14,6 +14,13 @@
 //! A connection with a request being handled or a response being sent (a blocking acquire, an
 //! event stream) is never closed by the watchdog. Both closes are counted in
 //! `lockd_connection_timeouts_total{timeout}`.
+//!
+//! # TLS
+//!
+//! With TLS on, the handshake comes first, within the request read timeout (counted as a
+//! `request_read` timeout when it is late), and the connection is then served as above over
+//! the encrypted stream. A connection over the cap is handshaken too, so its client can read
+//! the `503`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,6 +45,7 @@ use tower::ServiceExt as _;
 use crate::error::ApiError;
 use crate::limits::{Limit, LimitExceeded, Slot, Usage, RETRY_AFTER_SECS};
 use crate::metrics::Metrics;
+use crate::tls::{self, Certificates};
 
 /// `Activity::head_started` when no request has started arriving.
 const NO_HEAD: u64 = u64::MAX;
@@ -60,6 +68,8 @@ pub(crate) struct Shared {
     pub(crate) idle_timeout: Duration,
     /// Refused connections being answered now.
     pub(crate) refusing: AtomicUsize,
+    /// What both listeners serve TLS with; `None`: plaintext.
+    pub(crate) tls: Option<Arc<Certificates>>,
 }
 
 /// What the watchdog needs to know about one connection, kept up to date by the I/O wrapper
@@ -166,14 +176,14 @@ impl Timeout {
     }
 }
 
-/// The TCP stream, telling the watchdog when bytes arrive.
+/// The connection's stream (TCP, or TLS over it), telling the watchdog when bytes arrive.
 #[derive(Debug)]
-struct WatchedIo {
-    stream: TcpStream,
+struct WatchedIo<S> {
+    stream: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -188,7 +198,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -336,13 +346,45 @@ async fn handle(
 }
 
 /// Serves one accepted connection until the client or the server closes it, or a timeout does.
-/// `_connection` is its unit of `--max-connections`.
+/// `_connection` is its unit of `--max-connections`. With TLS, the handshake comes first.
 pub(crate) async fn serve(
     stream: TcpStream,
     shared: Arc<Shared>,
     _connection: Slot,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Some(certificates) = shared.tls.clone() else {
+        return serve_stream(stream, shared, stop).await;
+    };
+    let peer = stream.peer_addr().ok();
+    let handshake = tokio::time::timeout(
+        shared.request_read_timeout,
+        certificates.http().accept(stream),
+    );
+    let stream = tokio::select! {
+        handshake = handshake => match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tls::log_handshake_failure(&e, peer, "http");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.connection_timeout(Timeout::RequestRead.label());
+                tracing::debug!(peer = ?peer, "closing a connection whose TLS handshake was late");
+                return;
+            }
+        },
+        // Shutting down: nothing was asked on this connection yet.
+        () = async { drop(stop.wait_for(|stopped| *stopped).await) } => return,
+    };
+    serve_stream(stream, shared, stop).await;
+}
+
+/// Serves HTTP/1.1 on a connection's (plain or TLS) stream, with the watchdog.
+async fn serve_stream<S>(stream: S, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(WatchedIo {
         stream,
@@ -397,8 +439,9 @@ pub(crate) async fn serve(
 }
 
 /// Answers a connection over `--max-connections` with one `503 unavailable` and closes it, in
-/// the background and bounded in time; beyond [`MAX_REFUSING`] at once, closes it at once.
-pub(crate) fn refuse(mut stream: TcpStream, refused: LimitExceeded, shared: &Arc<Shared>) {
+/// the background and bounded in time (TLS handshake included); beyond [`MAX_REFUSING`] at
+/// once, closes it at once.
+pub(crate) fn refuse(stream: TcpStream, refused: LimitExceeded, shared: &Arc<Shared>) {
     if shared.refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
         shared.refusing.fetch_sub(1, Ordering::AcqRel);
         return;
@@ -412,21 +455,36 @@ pub(crate) fn refuse(mut stream: TcpStream, refused: LimitExceeded, shared: &Arc
             body.len()
         );
         let _ = tokio::time::timeout(REFUSAL_TIME, async {
-            stream.write_all(answer.as_bytes()).await?;
-            stream.shutdown().await?;
-            // Read what the client sent before closing, so the kernel does not reset the
-            // connection and lose the answer.
-            let mut sink = [0u8; 4096];
-            let mut drained = 0;
-            while drained < REFUSAL_DRAIN {
-                match stream.read(&mut sink).await? {
-                    0 => break,
-                    n => drained += n,
+            match &shared.tls {
+                None => answer_and_close(stream, answer.as_bytes()).await,
+                Some(certificates) => {
+                    let stream = certificates.http().accept(stream).await?;
+                    answer_and_close(stream, answer.as_bytes()).await
                 }
             }
-            Ok::<_, io::Error>(())
         })
         .await;
         shared.refusing.fetch_sub(1, Ordering::AcqRel);
     });
+}
+
+/// Writes `answer`, closes the sending side, and reads (a bounded amount of) what the client
+/// sent before closing.
+async fn answer_and_close<S>(mut stream: S, answer: &[u8]) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(answer).await?;
+    stream.shutdown().await?;
+    // Read what the client sent before closing, so the kernel does not reset the connection
+    // and lose the answer.
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < REFUSAL_DRAIN {
+        match stream.read(&mut sink).await? {
+            0 => break,
+            n => drained += n,
+        }
+    }
+    Ok(())
 }

@@ -2,7 +2,8 @@
 //!
 //! A backend that times its own leases (`memory://`) reports every release and expiry through
 //! [`LockService::report_lease_ends`]; the tracker then only turns those reports into events and
-//! keeps a count, and holds nothing per lease. For the others, the server remembers the leases it
+//! keeps a count, and holds nothing per lease (but the hold-time clock's hash and instant, see
+//! below). For the others, the server remembers the leases it
 //! granted and, when one's deadline passes without a release or renew through this process, asks
 //! the backend (`inspect`) whether it really ended.
 //!
@@ -17,6 +18,9 @@
 //! of one object are separate leases, each checked, renewed, released and expired on its own.
 //! The check asks whether the object still has a holder with the lease's fence, not whether
 //! the lease is the object's newest (another reader may have joined since).
+//!
+//! It also times each lease for `lockd_hold_seconds` ([`Metrics::lease_started`] at the grant,
+//! [`Metrics::lease_ended`] at the release or expiry), on either path.
 //!
 //! Memory: one map entry per lease this process granted, and at most one heap entry per lease
 //! plus stale entries of released leases, which are dropped once they outnumber the live ones.
@@ -154,6 +158,7 @@ impl ExpiryTracker {
         let held = self.reported_held.fetch_sub(1, Ordering::AcqRel) - 1;
         self.metrics
             .set_locks_held(usize::try_from(held).unwrap_or(0));
+        self.metrics.lease_ended(&end.object, end.fence);
         self.record(NewEvent {
             kind: if end.expired {
                 EventKind::Expiry
@@ -193,6 +198,7 @@ impl ExpiryTracker {
 
     /// A lease was granted.
     pub(crate) fn granted(&self, lease: &Lease) {
+        self.metrics.lease_started(&lease.object, lease.fence);
         if self.is_reported() {
             let held = self.reported_held.fetch_add(1, Ordering::AcqRel) + 1;
             self.metrics
@@ -219,6 +225,7 @@ impl ExpiryTracker {
         let tracked = state.leases.remove(&(object.clone(), fence));
         self.metrics.set_locks_held(state.leases.len());
         drop(state);
+        self.metrics.lease_ended(object, fence);
         self.record(NewEvent {
             kind: EventKind::Release,
             object: object.clone(),
@@ -305,6 +312,7 @@ impl ExpiryTracker {
                 drop(state);
                 if let Some(tracked) = tracked {
                     let (object, fence) = grant;
+                    self.metrics.lease_ended(&object, fence);
                     self.record(NewEvent {
                         kind: EventKind::Expiry,
                         object,

@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use lockcore::{Fence, Grant, Lease, LockError, LockResult, LockToken, ObjectId};
-use lockd_grpc::convert::{event_kind, mode_to_pb, timestamp};
+use lockd_grpc::convert::{event_kind, event_kinds_from_pb, mode_to_pb, timestamp};
 use lockd_grpc::{pb, Admission, EventStream, Hooks};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::{self, AppState};
-use crate::events::{Event, EventKind, NewEvent, MAX_EVENTS_PAGE};
+use crate::events::{self, Event, EventFilter, EventKind, NewEvent};
 use crate::limits::{Limit, LimitExceeded};
 
 /// The backend name of the `Unavailable` error a gRPC call over a cap gets.
@@ -89,15 +89,37 @@ impl Hooks for GrpcHooks {
         self.state.metrics.unauthenticated();
     }
 
-    fn events(&self, after: Option<u64>) -> Option<LockResult<EventStream>> {
+    fn events(&self, request: &pb::EventsRequest) -> Option<LockResult<EventStream>> {
         let state = &self.state;
+        let filter = match filter_of(request) {
+            Ok(filter) => filter,
+            Err(refused) => return Some(Err(refused)),
+        };
         // Subscribe before reading the backlog so nothing falls between the two.
         let live = state.events.subscribe();
-        let last = after.unwrap_or_else(|| state.events.last_seq());
+        let last = request.after.unwrap_or_else(|| state.events.last_seq());
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(forward_events(state.clone(), live, last, tx));
+        tokio::spawn(events::forward(
+            state.events.clone(),
+            live,
+            last,
+            filter,
+            tx,
+            state.shutdown.clone(),
+            event_to_pb,
+        ));
         Some(Ok(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// The filter an `Events` request asks for, checked as the HTTP query's is.
+fn filter_of(request: &pb::EventsRequest) -> LockResult<EventFilter> {
+    let kinds = event_kinds_from_pb(&request.kinds)?;
+    let pairs = (request.objects.iter().map(|o| ("object", o.as_str())))
+        .chain(request.prefixes.iter().map(|p| ("prefix", p.as_str())))
+        .chain(request.owners.iter().map(|o| ("owner", o.as_str())))
+        .chain(kinds.into_iter().map(|k| ("kind", k)));
+    EventFilter::from_pairs(pairs)
 }
 
 /// The `Events` message of an event of the log.
@@ -114,65 +136,7 @@ fn event_to_pb(event: &Event) -> pb::EventsResponse {
             .into(),
         fence: event.fence.unwrap_or(0),
         reason: event.reason.clone().unwrap_or_default(),
-    }
-}
-
-/// Sends the ring's events after `last`, then live ones, until the client goes away or the
-/// server shuts down (as `forward_events` does for `GET /v1/events/stream`). A subscriber too
-/// slow for the live channel is caught up from the ring.
-async fn forward_events(
-    state: AppState,
-    mut live: broadcast::Receiver<Event>,
-    mut last: u64,
-    tx: mpsc::Sender<pb::EventsResponse>,
-) {
-    async fn catch_up(
-        state: &AppState,
-        last: &mut u64,
-        tx: &mpsc::Sender<pb::EventsResponse>,
-    ) -> bool {
-        loop {
-            let batch = state.events.since(*last, MAX_EVENTS_PAGE);
-            if batch.is_empty() {
-                return true;
-            }
-            for event in batch {
-                *last = event.seq;
-                if tx.send(event_to_pb(&event)).await.is_err() {
-                    return false;
-                }
-            }
-        }
-    }
-    let mut shutdown = state.shutdown.clone();
-    if !catch_up(&state, &mut last, &tx).await {
-        return;
-    }
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            () = tx.closed() => return,
-            received = live.recv() => match received {
-                Ok(event) => {
-                    if event.seq <= last {
-                        continue;
-                    }
-                    last = event.seq;
-                    if tx.send(event_to_pb(&event)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if !catch_up(&state, &mut last, &tx).await {
-                        return;
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-        }
+        waiter: event.waiter.clone().unwrap_or_default(),
     }
 }
 
@@ -208,5 +172,50 @@ mod tests {
         assert_eq!(message.kind, pb::EventKind::Grant as i32);
         assert_eq!(message.owner, "node-1");
         assert_eq!(message.mode, pb::LockMode::Shared as i32);
+        assert_eq!(message.waiter, "");
+
+        let wanted = Event::new(8, std::time::UNIX_EPOCH, EventKind::Wanted, "/vol/a")
+            .with_owner("holder")
+            .with_fence(4)
+            .with_mode(LockMode::Exclusive)
+            .with_waiter("waiter");
+        let message = event_to_pb(&wanted);
+        assert_eq!(message.kind, pb::EventKind::Wanted as i32);
+        assert_eq!(message.owner, "holder");
+        assert_eq!(message.waiter, "waiter");
+        assert_eq!(message.mode, pb::LockMode::Exclusive as i32);
+    }
+
+    /// An `Events` request's filters read as the HTTP query's; a bad kind is refused on `kind`.
+    #[test]
+    fn events_requests_filter_as_http_queries_do() {
+        let request = pb::EventsRequest {
+            after: None,
+            objects: vec!["/f".into()],
+            prefixes: vec!["/vol/".into()],
+            owners: vec!["node-1".into()],
+            kinds: vec![pb::EventKind::Wanted as i32],
+        };
+        assert_eq!(
+            filter_of(&request).expect("valid"),
+            EventFilter::default()
+                .object("/f")
+                .prefix("/vol/")
+                .owner("node-1")
+                .kind(EventKind::Wanted)
+        );
+        assert!(filter_of(&pb::EventsRequest::default())
+            .expect("valid")
+            .is_empty());
+        for kinds in [vec![pb::EventKind::Unspecified as i32], vec![77]] {
+            let refused = pb::EventsRequest {
+                kinds,
+                ..pb::EventsRequest::default()
+            };
+            assert!(matches!(
+                filter_of(&refused),
+                Err(LockError::InvalidArgument { field: "kind", .. })
+            ));
+        }
     }
 }

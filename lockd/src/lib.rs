@@ -22,6 +22,8 @@ mod limits;
 mod metrics;
 #[cfg(feature = "server")]
 mod server;
+#[cfg(feature = "server")]
+mod tls;
 
 pub use backend::{connect_backend, redact_url, BackendOptions, SCHEMES};
 #[cfg(feature = "server")]
@@ -29,10 +31,14 @@ pub use config::{ConfigError, ServeArgs, ServerConfig};
 #[cfg(feature = "server")]
 pub use error::ApiError;
 #[cfg(feature = "server")]
-pub use events::{Event, EventKind};
+pub use events::{Event, EventFilter, EventKind};
 #[cfg(feature = "server")]
 pub use limits::{Caps, Limit, LimitExceeded};
 #[cfg(feature = "server")]
-pub use metrics::Metrics;
+pub use metrics::{
+    prefix_of, Metrics, DEFAULT_METRICS_PREFIX_DEPTH, MAX_METRIC_PREFIXES, OTHER_PREFIX,
+};
 #[cfg(feature = "server")]
 pub use server::{Server, ServerError};
+#[cfg(feature = "server")]
+pub use tls::{TlsConfig, TlsError, TlsReloader};

@@ -1,5 +1,5 @@
 //! The `lockd` binary: `lockd serve` runs the server; `acquire`, `renew`, `release`,
-//! `downgrade`, `list` and `events` talk to a running one.
+//! `downgrade`, `inspect`, `list` and `events` talk to a running one.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
@@ -26,10 +26,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (prints `lockd listening on http://ADDR` once it accepts connections, then
-    /// `lockd grpc listening on grpc://ADDR` unless --grpc-listen is off).
+    /// `lockd grpc listening on grpc://ADDR` unless --grpc-listen is off; `https://` and
+    /// `grpcs://` with --tls-cert, whose files are reloaded on SIGHUP).
     Serve(Box<ServeArgs>),
-    /// Acquire one lock, or several all together (--shared for readers), and print tokens and
-    /// fences.
+    /// Acquire one lock, or several all together (--shared for readers, --subtree for whole
+    /// subtrees, --lock-delay after an expiry), and print tokens and fences.
     #[cfg(feature = "http")]
     Acquire(cli::AcquireArgs),
     /// Renew one lease, or several in one request.
@@ -41,6 +42,9 @@ enum Command {
     /// Turn an exclusive lock into a shared one (same token, fence and expiry).
     #[cfg(feature = "http")]
     Downgrade(cli::DowngradeArgs),
+    /// Show who holds an object, how many wait for it, and any lock-delay in force.
+    #[cfg(feature = "http")]
+    Inspect(cli::InspectArgs),
     /// List current locks.
     #[cfg(feature = "http")]
     List(cli::ListArgs),
@@ -82,6 +86,32 @@ async fn shutdown_signal() {
     }
 }
 
+/// Reloads the TLS certificate, key and client CA on every SIGHUP, for new connections; a
+/// reload that fails is logged and the old ones stay in use.
+#[cfg(unix)]
+fn reload_tls_on_sighup(reloader: lockd::TlsReloader) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())
+        .map_err(|e| format!("cannot listen for SIGHUP (TLS reloads): {e}"))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let files = reloader.files();
+            match reloader.reload() {
+                Ok(()) => tracing::info!(
+                    cert = %files.cert.display(),
+                    client_ca = ?files.client_ca,
+                    "SIGHUP: reloaded the TLS certificate; new connections use it"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: cannot reload the TLS certificate; still serving the previous one"
+                ),
+            }
+        }
+    });
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let resolved = args
         .resolve(std::env::var("LOCKD_TOKEN_SECRET").ok())
@@ -90,6 +120,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let server = Server::bind(resolved.server)
         .await
         .map_err(|e| e.to_string())?;
+    // Listening for SIGHUP before the address is printed: a reload asked right after start
+    // does not kill the process (SIGHUP's default).
+    #[cfg(unix)]
+    if let Some(reloader) = server.tls_reloader() {
+        reload_tls_on_sighup(reloader)?;
+    }
     let mut stdout = std::io::stdout().lock();
     // Tests and scripts read the first line; the gRPC address, when on, comes second.
     writeln!(stdout, "lockd listening on {}", server.url())
@@ -129,6 +165,8 @@ fn main() -> ExitCode {
             Command::Release(args) => cli::release(args).await.map_err(|e| e.to_string()),
             #[cfg(feature = "http")]
             Command::Downgrade(args) => cli::downgrade(args).await.map_err(|e| e.to_string()),
+            #[cfg(feature = "http")]
+            Command::Inspect(args) => cli::inspect(args).await.map_err(|e| e.to_string()),
             #[cfg(feature = "http")]
             Command::List(args) => cli::list(args).await.map_err(|e| e.to_string()),
             #[cfg(feature = "http")]

@@ -20,6 +20,7 @@ use crate::expiry::ExpiryTracker;
 use crate::grpc::GrpcHooks;
 use crate::limits::{Limit, Usage};
 use crate::metrics::Metrics;
+use crate::tls::{self, Certificates, TlsError, TlsReloader};
 
 /// Longest wait at exit for the backend to take back grants of acquires that were cut off.
 const RECLAIM_ON_EXIT: Duration = Duration::from_secs(5);
@@ -50,6 +51,9 @@ pub enum ServerError {
         /// What failed.
         source: std::io::Error,
     },
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Serving failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
@@ -98,16 +102,27 @@ struct GrpcListener {
     options: lockd_grpc::GrpcOptions,
 }
 
-/// Refuses `addr` without API keys unless it is loopback or `--insecure-no-auth` is set: the
-/// rule both listeners follow.
+/// Refuses `addr` without authentication unless it is loopback or `--insecure-no-auth` is set:
+/// the rule both listeners follow. Authentication is API keys, or client certificates (mutual
+/// TLS, `--tls-client-ca`): every connection then presents one that the client CA issued.
 fn check_listener_auth(
     config: &ServerConfig,
     addr: SocketAddr,
     what: &str,
     flag: &str,
 ) -> Result<(), ServerError> {
+    let client_certificates = config
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.requires_client_certificates());
     if config.api_keys.is_empty() && !addr.ip().is_loopback() {
-        if config.insecure_no_auth {
+        if client_certificates {
+            tracing::info!(
+                listen = %addr,
+                "{what} listening on a non-loopback address without API keys: clients \
+                 authenticate with certificates from --tls-client-ca"
+            );
+        } else if config.insecure_no_auth {
             tracing::warn!(
                 listen = %addr,
                 "{what} listening on a non-loopback address WITHOUT authentication \
@@ -116,7 +131,8 @@ fn check_listener_auth(
         } else {
             return Err(ServerError::Config(format!(
                 "refusing to listen ({flag}) on non-loopback address {addr} without API keys: \
-                 set --api-key (or LOCKD_API_KEYS), or pass --insecure-no-auth"
+                 set --api-key (or LOCKD_API_KEYS), require client certificates \
+                 (--tls-client-ca), or pass --insecure-no-auth"
             )));
         }
     }
@@ -187,6 +203,10 @@ impl Server {
                 "an API key is shorter than {MIN_STRONG_KEY_LEN} characters: use long random keys"
             );
         }
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(Certificates::load(files.clone())?)),
+            None => None,
+        };
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -205,11 +225,19 @@ impl Server {
             }
             None => None,
         };
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_prefix_depth(config.metrics_prefix_depth));
         let events = Arc::new(EventLog::starting_now(config.events_capacity));
         let tracker = Arc::new(ExpiryTracker::new(events.clone(), metrics.clone()));
         if tracker.use_reports_of(service.as_ref()) {
             tracing::debug!("the backend reports releases and expiries: no lease is tracked here");
+        }
+        // `wanted` notices and the contention metrics come from the service's wait reports.
+        if !crate::events::follow_waits(service.as_ref(), events.clone(), metrics.clone()) {
+            tracing::warn!(
+                backend = service.backend(),
+                "the lock service does not report waits to this server (a remote service, or \
+                 one already serving another server): no `wanted` events, no contention metrics"
+            );
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let usage = Usage::new(config.caps, metrics.clone());
@@ -222,6 +250,7 @@ impl Server {
             shutdown: shutdown_rx,
             max_body_bytes: config.max_body_bytes,
             usage: usage.clone(),
+            default_lock_delay: config.default_lock_delay,
         };
         let grpc = grpc_listener.map(|(listener, local_addr)| GrpcListener {
             listener,
@@ -233,6 +262,7 @@ impl Server {
                     state: state.clone(),
                 }))
                 .with_max_message_bytes(config.max_body_bytes)
+                .with_default_lock_delay(config.default_lock_delay)
                 .with_shutdown(state.shutdown.clone()),
         });
         let metrics = state.metrics.clone();
@@ -243,6 +273,7 @@ impl Server {
             request_read_timeout: config.request_read_timeout,
             idle_timeout: config.idle_timeout,
             refusing: AtomicUsize::new(0),
+            tls,
         });
         Ok(Self {
             listener,
@@ -261,9 +292,20 @@ impl Server {
         self.local_addr
     }
 
-    /// The server's base URL, `http://IP:PORT`.
+    /// The server's base URL, `http://IP:PORT` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// Reloads the TLS certificate, key and client CA from their files, for new connections
+    /// (`lockd serve` does it on SIGHUP); `None` without TLS. Valid while the server runs.
+    pub fn tls_reloader(&self) -> Option<TlsReloader> {
+        self.shared.tls.clone().map(TlsReloader)
     }
 
     /// The address the gRPC API actually bound, when [`ServerConfig::grpc_listen`] is set.
@@ -271,10 +313,16 @@ impl Server {
         self.grpc.as_ref().map(|grpc| grpc.local_addr)
     }
 
-    /// The gRPC API's URL, `grpc://IP:PORT` (what lockd-client and `connect_backend` take),
-    /// when [`ServerConfig::grpc_listen`] is set.
+    /// The gRPC API's URL, `grpc://IP:PORT` (`grpcs://` with TLS; what lockd-client and
+    /// `connect_backend` take), when [`ServerConfig::grpc_listen`] is set.
     pub fn grpc_url(&self) -> Option<String> {
-        self.grpc_local_addr().map(|addr| format!("grpc://{addr}"))
+        let scheme = if self.shared.tls.is_some() {
+            "grpcs"
+        } else {
+            "grpc"
+        };
+        self.grpc_local_addr()
+            .map(|addr| format!("{scheme}://{addr}"))
     }
 
     /// Serves until `shutdown` completes, then stops accepting connections, ends event streams,
@@ -307,6 +355,11 @@ impl Server {
             listen = %local_addr,
             backend = service.backend(),
             auth = !config.api_keys.is_empty(),
+            tls = shared.tls.is_some(),
+            client_certificates = shared
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.requires_client_certificates()),
             "lockd serving"
         );
         let expiries = tokio::spawn(tracker.run(service.clone()));
@@ -418,7 +471,9 @@ fn log_grpc_end(ended: Result<Result<(), lockd_grpc::ServeError>, tokio::task::J
 
 /// Accepts gRPC connections on `listener` until the server stops, each holding a unit of
 /// `--max-connections` (shared with HTTP) for as long as it is open: a connection over the cap
-/// is closed at once (counted in `lockd_limit_refusals_total{limit="connections"}`).
+/// is closed at once (counted in `lockd_limit_refusals_total{limit="connections"}`). With TLS,
+/// each connection is handshaken in a task of its own (within the request read timeout) before
+/// tonic gets it, so a slow client holds up no other.
 fn accept_grpc(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -436,12 +491,26 @@ fn accept_grpc(
                             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                         }
                         match shared.usage.take(Limit::Connections) {
-                            Ok(slot) => {
-                                let counted = CountedStream { stream, _slot: slot };
-                                if tx.send(Ok(counted)).await.is_err() {
-                                    return;
+                            Ok(slot) => match &shared.tls {
+                                None => {
+                                    let counted = CountedStream {
+                                        stream: GrpcStream::Plain(stream),
+                                        _slot: slot,
+                                    };
+                                    if tx.send(Ok(counted)).await.is_err() {
+                                        return;
+                                    }
                                 }
-                            }
+                                Some(certificates) => {
+                                    tokio::spawn(handshake_grpc(
+                                        stream,
+                                        slot,
+                                        certificates.grpc(),
+                                        shared.request_read_timeout,
+                                        tx.clone(),
+                                    ));
+                                }
+                            },
                             Err(refused) => {
                                 tracing::debug!(%refused, "closed a gRPC connection over the cap");
                             }
@@ -458,12 +527,110 @@ fn accept_grpc(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// Runs the TLS handshake of an accepted gRPC connection, within `timeout`, and hands the
+/// connection to tonic; a failed or late handshake closes it (its slot given back).
+async fn handshake_grpc(
+    stream: tokio::net::TcpStream,
+    slot: crate::limits::Slot,
+    acceptor: tokio_rustls::TlsAcceptor,
+    timeout: Duration,
+    tx: tokio::sync::mpsc::Sender<Result<CountedStream, std::io::Error>>,
+) {
+    let peer = stream.peer_addr().ok();
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let counted = CountedStream {
+                stream: GrpcStream::Tls(Box::new(stream)),
+                _slot: slot,
+            };
+            // Fails only once the server stopped: the connection is then closed.
+            let _ = tx.send(Ok(counted)).await;
+        }
+        Ok(Err(e)) => tls::log_handshake_failure(&e, peer, "grpc"),
+        Err(_) => {
+            tracing::debug!(peer = ?peer, "closed a gRPC connection whose TLS handshake was late")
+        }
+    }
+}
+
 /// An accepted gRPC connection and its unit of `--max-connections`, given back when tonic
 /// drops the connection.
 #[derive(Debug)]
 struct CountedStream {
-    stream: tokio::net::TcpStream,
+    stream: GrpcStream,
     _slot: crate::limits::Slot,
+}
+
+/// A gRPC connection's stream: TCP, or TLS over TCP.
+#[derive(Debug)]
+enum GrpcStream {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl GrpcStream {
+    fn tcp(&self) -> &tokio::net::TcpStream {
+        match self {
+            GrpcStream::Plain(stream) => stream,
+            GrpcStream::Tls(stream) => stream.get_ref().0,
+        }
+    }
+}
+
+/// Forwards an I/O call to the stream inside a [`GrpcStream`].
+macro_rules! forward {
+    ($this:expr, $stream:ident => $call:expr) => {
+        match $this {
+            GrpcStream::Plain($stream) => $call,
+            GrpcStream::Tls($stream) => $call,
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for GrpcStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        forward!(self.get_mut(), s => std::pin::Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for GrpcStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        forward!(self.get_mut(), s => std::pin::Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        forward!(self.get_mut(), s => std::pin::Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        forward!(self, s => s.is_write_vectored())
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        forward!(self.get_mut(), s => std::pin::Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        forward!(self.get_mut(), s => std::pin::Pin::new(s).poll_shutdown(cx))
+    }
 }
 
 impl tokio::io::AsyncRead for CountedStream {
@@ -516,6 +683,58 @@ impl tonic::transport::server::Connected for CountedStream {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.stream.tcp().connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::TlsConfig;
+
+    fn config_on(listen: &str) -> ServerConfig {
+        ServerConfig {
+            listen: listen.parse().expect("address"),
+            ..ServerConfig::default()
+        }
+    }
+
+    /// Without API keys, a non-loopback listener needs client certificates (or the explicit
+    /// opt-out): a verified client certificate is authentication, TLS alone is not.
+    #[test]
+    fn client_certificates_count_as_authentication_for_non_loopback_listeners() {
+        let open = config_on("192.0.2.1:7070");
+        let err = check_auth_policy(&open).expect_err("no authentication");
+        assert!(err.to_string().contains("--tls-client-ca"), "{err}");
+
+        let tls_only = ServerConfig {
+            tls: Some(TlsConfig::new("cert.pem", "key.pem")),
+            ..open.clone()
+        };
+        assert!(check_auth_policy(&tls_only).is_err());
+
+        let mutual = ServerConfig {
+            tls: Some(TlsConfig::new("cert.pem", "key.pem").with_client_ca("ca.pem")),
+            ..open.clone()
+        };
+        assert!(check_auth_policy(&mutual).is_ok());
+
+        let grpc_open = ServerConfig {
+            grpc_listen: Some("192.0.2.1:7071".parse().expect("address")),
+            ..config_on("127.0.0.1:7070")
+        };
+        assert!(check_auth_policy(&grpc_open).is_err());
+        let grpc_mutual = ServerConfig {
+            tls: Some(TlsConfig::new("cert.pem", "key.pem").with_client_ca("ca.pem")),
+            ..grpc_open
+        };
+        assert!(check_auth_policy(&grpc_mutual).is_ok());
+
+        let keys = ServerConfig {
+            api_keys: vec!["a-long-enough-api-key".into()],
+            ..open
+        };
+        assert!(check_auth_policy(&keys).is_ok());
+        assert!(check_auth_policy(&config_on("127.0.0.1:7070")).is_ok());
     }
 }

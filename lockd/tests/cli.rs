@@ -1,5 +1,5 @@
-//! The command-line helpers (`lockd acquire | renew | release | list | events`) against a real
-//! server.
+//! The command-line helpers (`lockd acquire | renew | release | inspect | list | events`)
+//! against a real server.
 
 mod support;
 
@@ -107,7 +107,11 @@ async fn acquire_renew_list_release_and_events_from_the_shell() {
         .filter(|e| e["object"] == object.as_str())
         .map(|e| e["kind"].as_str().expect("kind").to_owned())
         .collect();
-    assert_eq!(kinds, vec!["grant", "renew", "release", "release_refused"]);
+    // The refused acquire waited 100 ms behind "shell": a `wanted` notice for it.
+    assert_eq!(
+        kinds,
+        vec!["grant", "wanted", "renew", "release", "release_refused"]
+    );
     assert!(
         !events.contains(&token),
         "the event log must not show tokens"
@@ -265,4 +269,88 @@ async fn several_objects_shared_mode_batches_and_downgrade_from_the_shell() {
     ));
     assert_eq!(down["mode"], "shared");
     assert_eq!(down["fence"], writer["fence"]);
+}
+
+/// `acquire --subtree --lock-delay` takes a subtree lock with a lock-delay; `inspect` shows the
+/// holder's scope and waiters, then, once the lease expired, the lock-delay in force (and the
+/// refusals name it); `list` shows waiters and delays too.
+#[tokio::test]
+async fn subtree_locks_lock_delays_and_inspect_from_the_shell() {
+    let lockd = Lockd::start(&[]).await;
+    let url = lockd.url.clone();
+    let dir = unique("cli-dir");
+    let file = format!("{dir}/x/y");
+
+    let lease = json_of(&lockd_cli(
+        &url,
+        &[
+            "acquire",
+            &dir,
+            "--subtree",
+            "--lock-delay",
+            "2s",
+            "--owner",
+            "renamer",
+            "--ttl",
+            "400ms",
+            "--json",
+        ],
+        None,
+    ));
+    assert_eq!(lease["scope"], "subtree", "{lease}");
+    let refused = lockd_cli(
+        &url,
+        &["acquire", &file, "--owner", "w", "--ttl", "1s"],
+        None,
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("renamer"),
+        "{refused:?}"
+    );
+
+    let held = text_of(&lockd_cli(&url, &["inspect", &dir], None));
+    assert!(held.contains("waiters  0"), "{held}");
+    assert!(
+        held.lines()
+            .any(|l| l.starts_with("renamer") && l.contains("subtree")),
+        "{held}"
+    );
+    let described = json_of(&lockd_cli(&url, &["inspect", &dir, "--json"], None));
+    assert_eq!(described["holders"][0]["scope"], "subtree");
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let refused = lockd_cli(
+        &url,
+        &["acquire", &file, "--owner", "w", "--ttl", "1s"],
+        None,
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("lock-delay"), "{stderr}");
+    let delayed = json_of(&lockd_cli(&url, &["inspect", &dir, "--json"], None));
+    assert_eq!(delayed["delay"]["owner"], "renamer", "{delayed}");
+    assert_eq!(delayed["delay"]["scope"], "subtree", "{delayed}");
+    let text = text_of(&lockd_cli(&url, &["inspect", &dir], None));
+    assert!(
+        text.contains("delay ") && text.contains("holders  none"),
+        "{text}"
+    );
+    let table = text_of(&lockd_cli(&url, &["list", "--prefix", &dir], None));
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("WAITERS") && h.contains("DELAY")),
+        "{table}"
+    );
+
+    let free = text_of(&lockd_cli(&url, &["inspect", &unique("cli-free")], None));
+    assert!(free.contains("is not locked"), "{free}");
+    let free = text_of(&lockd_cli(
+        &url,
+        &["inspect", &unique("cli-free"), "--json"],
+        None,
+    ));
+    assert_eq!(free.trim(), "null");
 }

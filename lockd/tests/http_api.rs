@@ -616,9 +616,10 @@ async fn hostile_inputs_never_get_a_5xx_and_leave_other_locks_alone() {
 
 // ---- Lock modes, several objects, batches and downgrade (issue 11) ----------------------
 
-/// A one-object exclusive acquire answers exactly the fields it always did, plus `mode`.
+/// A one-object exclusive acquire answers exactly the fields it always did, plus `mode` and
+/// `scope`.
 #[tokio::test]
-async fn a_one_object_exclusive_acquire_answers_as_before_plus_its_mode() {
+async fn a_one_object_exclusive_acquire_answers_as_before_plus_its_mode_and_scope() {
     let lockd = Lockd::start(&[]).await;
     let object = unique("plain");
     let lease = lockd.acquire(&object, "alice", 30_000).await;
@@ -631,9 +632,10 @@ async fn a_one_object_exclusive_acquire_answers_as_before_plus_its_mode() {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["fence", "mode", "object", "owner", "token", "ttl_ms"]
+        ["fence", "mode", "object", "owner", "scope", "token", "ttl_ms"]
     );
     assert_eq!(lease["mode"], "exclusive");
+    assert_eq!(lease["scope"], "object");
 }
 
 /// Shared holders coexist, each with its own token and fence; an exclusive request is refused

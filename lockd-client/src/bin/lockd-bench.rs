@@ -7,12 +7,19 @@
 //! lockd-bench --mode shared --contended 1                     # 50 readers sharing one object
 //! lockd-bench --mode mixed --contended 8 --objects-per-request 2   # readers and writers, pairs of objects
 //! lockd-bench --objects-per-request 64 --concurrency 1        # the cost of one 64-object acquire
+//! lockd-bench --tree-depth 6 --objects 100000                 # objects five directories deep
 //! ```
 //!
 //! `--mode` sets the mode of every request: `exclusive` (the default), `shared`, or `mixed`
 //! (each request shared or exclusive at random, half and half). `--objects-per-request N`
 //! makes each acquire name N distinct random objects (1 to 64), granted all or nothing, and
 //! each release one batched release of all N: a pair is still two requests.
+//!
+//! `--tree-depth D` spreads the objects over a tree of paths D segments deep below the run's
+//! root: object `N` is `bench/RUN/N` at depth 1 (the default), and `bench/RUN/dA/dB/.../N`
+//! deeper, under D - 1 levels of directories that share the objects evenly (the smallest
+//! fan-out `F` with `F^D` at least the number of objects). Each acquire then pays for its
+//! ancestors, as a DFS's deep paths make it (see lockcore's `path` module).
 //!
 //! Each client has its own connection pool (so N clients hold N keep-alive connections, as
 //! `redis-benchmark -c N` does). A pair is one acquire followed, once granted, by its release;
@@ -88,6 +95,10 @@ struct Args {
     /// together by one batched release.
     #[arg(long, default_value_t = 1)]
     objects_per_request: usize,
+    /// Path segments of each object below the run's root: 1 names objects `bench/RUN/N`, D puts
+    /// them under D - 1 levels of directories sharing them evenly (1 to 30).
+    #[arg(long, default_value_t = 1)]
+    tree_depth: usize,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -128,6 +139,58 @@ impl ModeArg {
     }
 }
 
+/// The most `--tree-depth`: object ids have at most `MAX_OBJECT_DEPTH` segments, two of which
+/// are `bench/RUN`.
+const MAX_TREE_DEPTH: usize = lockcore::MAX_OBJECT_DEPTH - 2;
+
+/// Where the objects of a run live: `depth` segments below `bench/RUN`, the directories above
+/// the leaf each holding `fanout` children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tree {
+    depth: usize,
+    fanout: usize,
+}
+
+impl Tree {
+    /// A tree `depth` deep (1 to [`MAX_TREE_DEPTH`]) spreading `space` objects evenly: the
+    /// smallest fan-out `F` (at least 2) with `F^depth >= space`.
+    fn new(depth: usize, space: usize) -> Result<Self, String> {
+        if depth == 0 || depth > MAX_TREE_DEPTH {
+            return Err(format!(
+                "--tree-depth must be between 1 and {MAX_TREE_DEPTH}"
+            ));
+        }
+        if depth == 1 {
+            return Ok(Self { depth, fanout: 1 });
+        }
+        let exponent = u32::try_from(depth).map_err(|e| e.to_string())?;
+        let covers = |fanout: usize| fanout.checked_pow(exponent).is_none_or(|n| n >= space);
+        let mut fanout = ((space as f64).powf(1.0 / depth as f64).floor() as usize).max(2);
+        while fanout > 2 && covers(fanout - 1) {
+            fanout -= 1;
+        }
+        while !covers(fanout) {
+            fanout += 1;
+        }
+        Ok(Self { depth, fanout })
+    }
+
+    /// The id of object `n` of `run`: its directories are the leading base-`fanout` digits of
+    /// `n`, its leaf `n` itself (so distinct objects have distinct ids).
+    fn object(&self, run: &str, n: usize) -> String {
+        let mut path = format!("bench/{run}");
+        for level in (1..self.depth).rev() {
+            let digit = u32::try_from(level)
+                .ok()
+                .and_then(|level| self.fanout.checked_pow(level))
+                .map_or(0, |place| (n / place) % self.fanout);
+            path.push_str(&format!("/d{digit}"));
+        }
+        path.push_str(&format!("/{n}"));
+        path
+    }
+}
+
 /// What each client's requests look like.
 #[derive(Debug, Clone, Copy)]
 struct Shape {
@@ -136,6 +199,7 @@ struct Shape {
     mode: ModeArg,
     ttl: Duration,
     wait: Duration,
+    tree: Tree,
 }
 
 impl Shape {
@@ -153,7 +217,7 @@ impl Shape {
         let specs = picked
             .into_iter()
             .map(|n| {
-                ObjectId::new(format!("bench/{run}/{n}"))
+                ObjectId::new(self.tree.object(run, n))
                     .map(|object| LockSpec::new(object, mode))
                     .map_err(|e| e.to_string())
             })
@@ -349,6 +413,7 @@ async fn run(args: Args) -> Result<bool, String> {
             "--objects-per-request {per_request} needs at least that many objects, not {space}"
         ));
     }
+    let tree = Tree::new(args.tree_depth, space)?;
     let wait = args.wait.unwrap_or(if args.contended.is_some() {
         Duration::from_secs(5)
     } else {
@@ -385,6 +450,7 @@ async fn run(args: Args) -> Result<bool, String> {
             mode: args.mode,
             ttl: args.ttl,
             wait,
+            tree,
         };
         clients.push(tokio::spawn(client_loop(
             client,
@@ -466,6 +532,12 @@ async fn run(args: Args) -> Result<bool, String> {
         ", {} locks, {per_request} object(s) per request",
         args.mode.name()
     ));
+    if tree.depth > 1 {
+        mode.push_str(&format!(
+            ", {} segments deep (fan-out {})",
+            tree.depth, tree.fanout
+        ));
+    }
     if args.json {
         let summary = serde_json::json!({
             "url": args.url,
@@ -476,6 +548,7 @@ async fn run(args: Args) -> Result<bool, String> {
             "pairs_per_sec": rate,
             "lock_mode": args.mode.name(),
             "objects_per_request": per_request,
+            "tree_depth": tree.depth,
             "locks_per_sec": rate * per_request as f64,
             "locked": total.locked,
             "errors": total.errors,
@@ -602,6 +675,9 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((args.mode, args.objects_per_request), (ModeArg::Mixed, 3));
+        assert_eq!(args.tree_depth, 1);
+        let args = Args::try_parse_from(["lockd-bench", "--tree-depth", "4"]).unwrap();
+        assert_eq!(args.tree_depth, 4);
         assert!(Args::try_parse_from(["lockd-bench", "--mode", "read"]).is_err());
     }
 
@@ -616,6 +692,7 @@ mod tests {
                 mode,
                 ttl: Duration::from_secs(1),
                 wait: Duration::ZERO,
+                tree: Tree::new(1, 5).unwrap(),
             };
             let request = shape.request("run", &owner).unwrap();
             assert_eq!(request.objects.len(), 5);
@@ -626,5 +703,38 @@ mod tests {
                 assert_eq!(first, LockMode::Shared);
             }
         }
+    }
+
+    /// A tree `D` deep names every object with `D` segments below `bench/RUN`, distinct objects
+    /// distinctly, and shares them evenly among the directories above the leaves.
+    #[test]
+    fn trees_spread_objects_evenly_at_their_depth() {
+        let flat = Tree::new(1, 100_000).unwrap();
+        assert_eq!(flat.object("run", 42), "bench/run/42");
+
+        let tree = Tree::new(3, 1000).unwrap();
+        assert_eq!(tree.fanout, 10);
+        assert_eq!(tree.object("run", 123), "bench/run/d1/d2/123");
+        assert_eq!(tree.object("run", 7), "bench/run/d0/d0/7");
+
+        for (depth, space) in [(2, 5), (4, 100_000), (MAX_TREE_DEPTH, 100_000)] {
+            let tree = Tree::new(depth, space).unwrap();
+            let names: std::collections::HashSet<String> =
+                (0..space.min(5000)).map(|n| tree.object("r", n)).collect();
+            assert_eq!(names.len(), space.min(5000));
+            let mut leaves_per_dir = std::collections::HashMap::<String, usize>::new();
+            for name in &names {
+                let id = ObjectId::new(name).expect("a valid id");
+                assert_eq!(id.as_str().split('/').count(), 2 + depth, "{name}");
+                let dir = name.rsplit_once('/').map(|(dir, _)| dir.to_owned());
+                *leaves_per_dir.entry(dir.unwrap_or_default()).or_default() += 1;
+            }
+            assert!(
+                leaves_per_dir.values().all(|n| *n <= tree.fanout),
+                "{depth}: {leaves_per_dir:?}"
+            );
+        }
+        assert!(Tree::new(0, 10).is_err());
+        assert!(Tree::new(MAX_TREE_DEPTH + 1, 10).is_err());
     }
 }

@@ -15,10 +15,10 @@ pub mod shared;
 /// A running `lockd serve` child process.
 pub struct Lockd {
     child: Child,
-    /// `http://127.0.0.1:PORT`, from the first line of stdout.
+    /// `http://127.0.0.1:PORT` (`https://` with `--tls-cert`), from the first line of stdout.
     pub url: String,
-    /// `grpc://127.0.0.1:PORT`, from the second line of stdout (`None` with
-    /// `--grpc-listen off`).
+    /// `grpc://127.0.0.1:PORT` (`grpcs://` with `--tls-cert`), from the second line of stdout
+    /// (`None` with `--grpc-listen off`).
     pub grpc_url: Option<String>,
     stderr: Arc<Mutex<String>>,
     http: reqwest::Client,
@@ -30,6 +30,9 @@ pub const LOCKD_ENV: &[&str] = &[
     "LOCKD_CONFIG",
     "LOCKD_LISTEN",
     "LOCKD_GRPC_LISTEN",
+    "LOCKD_TLS_CERT",
+    "LOCKD_TLS_KEY",
+    "LOCKD_TLS_CLIENT_CA",
     "LOCKD_BACKEND",
     "LOCKD_API_KEYS",
     "LOCKD_TOKEN_SECRET",
@@ -38,6 +41,7 @@ pub const LOCKD_ENV: &[&str] = &[
     "LOCKD_MAX_WAIT",
     "LOCKD_MAX_BODY_BYTES",
     "LOCKD_EVENTS_CAPACITY",
+    "LOCKD_METRICS_PREFIX_DEPTH",
     "LOCKD_DATA_DIR",
     "LOCKD_INSECURE_NO_AUTH",
     "LOCKD_SHUTDOWN_TIMEOUT",
@@ -133,7 +137,10 @@ impl Lockd {
             .strip_prefix("lockd listening on ")
             .unwrap_or_else(|| panic!("unexpected first stdout line: {first:?}"))
             .to_owned();
-        assert!(url.starts_with("http://"), "{url}");
+        assert!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "{url}"
+        );
         let grpc_off = args
             .windows(2)
             .any(|pair| pair[0] == "--grpc-listen" && pair[1].eq_ignore_ascii_case("off"));
@@ -149,7 +156,10 @@ impl Lockd {
                 .strip_prefix("lockd grpc listening on ")
                 .unwrap_or_else(|| panic!("unexpected second stdout line: {second:?}"))
                 .to_owned();
-            assert!(grpc_url.starts_with("grpc://"), "{grpc_url}");
+            assert!(
+                grpc_url.starts_with("grpc://") || grpc_url.starts_with("grpcs://"),
+                "{grpc_url}"
+            );
             Some(grpc_url)
         };
         // Any further stdout would be a bug; drain it so the child never blocks.
@@ -166,6 +176,12 @@ impl Lockd {
             http: reqwest::Client::new(),
             api_key: None,
         })
+    }
+
+    /// Sends requests through `http` from now on (one that trusts a test CA, say).
+    pub fn with_http(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
     }
 
     /// Sends this key as `Authorization: Bearer` from now on.
