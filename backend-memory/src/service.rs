@@ -1051,8 +1051,9 @@ impl LockStore for MemoryStore {
             .ok_or_else(|| LockError::Internal("no downgrade verdict".into()))
     }
 
-    /// The holders of `object`; without holders, the lock-delay in force on it; without
-    /// either, its waiters. Each with the count of live queue entries on the object.
+    /// The holders of `object`; without holders, the lock-delay in force on it; each with the
+    /// count of live queue entries on the object. `None` for a free object, even one that
+    /// requests wait for.
     async fn inspect(&self, object: &ObjectId) -> LockResult<Option<LockInfo>> {
         let inner = &*self.inner;
         let now = inner.clock.now();

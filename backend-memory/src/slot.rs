@@ -372,8 +372,7 @@ impl Slot {
     }
 
     /// The object as inspect shows it: its holders; or, without holders, the lock-delay in
-    /// force; or, without either, its waiters (the earliest one's owner and mode at the top,
-    /// fence zero: there is no grant to show).
+    /// force. An object with neither is free: `None`, even while requests wait for it.
     pub(crate) fn inspect(
         &self,
         object: &ObjectId,
@@ -383,28 +382,12 @@ impl Slot {
         if let Some(info) = self.describe(object, now, wall_now) {
             return Some(info);
         }
-        let waiters = self.waiters(now);
-        if let Some(delay) = self.longest_delay(now) {
-            let expired_at = wall_now - Duration::from_nanos(now.saturating_sub(delay.expired));
-            return Some(
-                lockcore::LockInfo::delayed(object.clone(), delay.info(now, wall_now), expired_at)
-                    .with_waiters(waiters),
-            );
-        }
-        let first = self.queue().iter().find(|e| e.expires > now)?;
-        let left = Duration::from_nanos(first.expires.saturating_sub(now));
-        Some(lockcore::LockInfo {
-            object: object.clone(),
-            mode: first.mode,
-            owner: first.owner.clone(),
-            fence: Fence(0),
-            acquired_at: wall_now,
-            expires_at: wall_now + left,
-            ttl: Duration::ZERO,
-            holders: Vec::new(),
-            waiters,
-            delay: None,
-        })
+        let delay = self.longest_delay(now)?;
+        let expired_at = wall_now - Duration::from_nanos(now.saturating_sub(delay.expired));
+        Some(
+            lockcore::LockInfo::delayed(object.clone(), delay.info(now, wall_now), expired_at)
+                .with_waiters(self.waiters(now)),
+        )
     }
 
     fn longest_delay(&self, now: u64) -> Option<DelayView<'_>> {
