@@ -127,6 +127,14 @@ validated_id!(
     crate::path::check_path
 );
 
+/// Lets maps keyed by [`ObjectId`] be searched by a plain `&str` (an ancestor's id, the bounds
+/// of a subtree's range) without building an id: equality, order and hash are the string's.
+impl std::borrow::Borrow<str> for ObjectId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 validated_id!(
     /// Who holds a lock (a DFS client or node id): non-empty, at most [`MAX_OWNER_LEN`] bytes,
     /// no NUL or control characters.

@@ -102,15 +102,12 @@ impl WaitQueue {
             wake_head(line);
         }
         let (low, high) = path::subtree_range(object.as_str());
-        let (Ok(low), Ok(high)) = (ObjectId::new(&low[..low.len() - 1]), ObjectId::new(&high))
-        else {
-            return;
-        };
-        let range = (Bound::Excluded(low), Bound::Excluded(high));
-        for (id, line) in waiters.range(range) {
-            if path::is_under(id.as_str(), object.as_str()) {
-                wake_head(line);
-            }
+        let range = (
+            Bound::Included(low.as_str()),
+            Bound::Excluded(high.as_str()),
+        );
+        for line in waiters.range::<str, _>(range).map(|(_, line)| line) {
+            wake_head(line);
         }
     }
 
@@ -159,7 +156,7 @@ impl WaitQueue {
 /// Wakes every subtree waiter of an ancestor of `object`.
 fn wake_ancestors(waiters: &Lines, object: &str) {
     for ancestor in path::ancestors(object) {
-        let Some(line) = ObjectId::new(ancestor).ok().and_then(|id| waiters.get(&id)) else {
+        let Some(line) = waiters.get(ancestor) else {
             continue;
         };
         for (waiter, _, scope) in line {
